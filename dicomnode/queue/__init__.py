@@ -1,0 +1,64 @@
+"""Job queue backends behind one interface (``JobQueue``), chosen by config ``queue.backend``.
+
+A backend is one module with a ``JobQueue`` subclass and a ``from_config(url, **kwargs)``; it is
+registered here by dotted name, imported only when chosen (Celery stays unimported on a plain node).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .base import Backoff, Job, JobQueue, JobState, QueueError, Stage
+
+if TYPE_CHECKING:
+    from dicomnode.config import NodeConfig
+
+__all__ = ["Backoff", "Job", "JobQueue", "JobState", "QueueError", "Stage", "BACKENDS", "register", "open_queue"]
+
+#: config ``queue.backend`` → "module:Class"
+BACKENDS: dict[str, str] = {
+    "sqlite": "dicomnode.queue.sqlite:SQLiteQueue",
+    "celery": "dicomnode.queue.celery:CeleryQueue",
+}
+
+
+def register(name: str, target: str) -> None:
+    """Add a backend (``"module:Class"``) under ``name``."""
+    if ":" not in target:
+        raise ValueError(f"backend target must be 'module:Class', got {target!r}")
+    BACKENDS[name] = target
+
+
+def backend_class(name: str) -> type[JobQueue]:
+    try:
+        target = BACKENDS[name]
+    except KeyError:
+        raise QueueError(f"unknown queue backend {name!r}; known: {', '.join(sorted(BACKENDS))}") from None
+    module, _, attr = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise QueueError(f"queue backend {name!r} ({target}) cannot be loaded: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, JobQueue)):
+        raise QueueError(f"queue backend {name!r} ({target}) is not a JobQueue")
+    return cls
+
+
+def queue_path(config: "NodeConfig") -> Path:
+    """Where the embedded queue keeps its file."""
+    return Path(config.node.data_dir) / "queue.sqlite3"
+
+
+def open_queue(config: "NodeConfig") -> JobQueue:
+    """The queue the config asks for."""
+    q = config.queue
+    cls = backend_class(q.backend)
+    url = q.redis_url if q.backend == "celery" else str(queue_path(config))
+    return cls.from_config(
+        url,
+        max_attempts=q.max_attempts,
+        backoff=Backoff(base_s=q.backoff_base_s, max_s=q.backoff_max_s),
+        lease_s=q.job_timeout_s + 60.0,
+    )

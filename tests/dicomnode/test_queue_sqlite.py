@@ -1,0 +1,192 @@
+"""The embedded queue: state machine, leases, backoff, dead letters, kill -9 survival."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from dicomnode.queue import BACKENDS, JobState, QueueError, Stage, backend_class
+from dicomnode.queue.base import Backoff
+from dicomnode.queue.sqlite import SQLiteQueue
+
+
+@pytest.fixture
+def q(tmp_path):
+    queue = SQLiteQueue(tmp_path / "q.sqlite3", max_attempts=3, backoff=Backoff(base_s=0.2, max_s=1.0), lease_s=30)
+    yield queue
+    queue.close()
+
+
+def test_happy_path_walks_every_state(q):
+    job = q.enqueue("study-a", {"series": "s1"})
+    assert job.state is JobState.QUEUED
+    running = q.claim("w1")
+    assert running.id == job.id and running.state is JobState.RUNNING and running.lease_owner == "w1"
+    assert q.claim("w2") is None  # leased
+    encoded = q.mark_encoded(job.id, "w1", "/tmp/out")
+    assert encoded.state is JobState.ENCODED and encoded.result_dir == "/tmp/out"
+    assert q.claim("w2") is None  # analysis stage has nothing
+    sending = q.claim("s1", stage=Stage.SEND)
+    assert sending.id == job.id and sending.lease_owner == "s1"
+    assert q.claim("s2", stage=Stage.SEND) is None
+    done = q.complete(job.id, "s1")
+    assert done.state is JobState.SENT
+    assert q.counts()[JobState.SENT] == 1 and set(q.counts()) == set(JobState)
+
+
+def test_enqueue_coalesces_until_claimed_then_serialises_per_key(q):
+    a = q.enqueue("k", {"n": 1})
+    b = q.enqueue("k", {"n": 2})
+    assert a.id == b.id and q.get(a.id).payload == {"n": 2}
+    q.claim("w1")
+    c = q.enqueue("k", {"n": 3})  # late instances while the first runs: a second job
+    assert c.id != a.id
+    assert q.claim("w2") is None  # same key still running → waits
+    q.mark_encoded(a.id, "w1", "/r/a")
+    assert q.claim("w2").id == c.id
+    assert q.latest_result("k", before=c.id).id == a.id
+
+
+def test_delay_holds_job_received(q):
+    job = q.enqueue("k", {}, delay_s=0.3)
+    assert job.state is JobState.RECEIVED
+    assert q.claim("w") is None
+    time.sleep(0.35)
+    assert q.claim("w").id == job.id
+
+
+def test_backoff_then_dead_after_max_attempts(q):
+    job = q.enqueue("k", {})
+    q.claim("w")
+    failed = q.fail(job.id, "w", "boom 1")
+    assert failed.state is JobState.FAILED and failed.attempts == 1 and failed.last_error == "boom 1"
+    assert 0.1 < failed.next_try_at - time.time() <= 0.2
+    assert q.claim("w") is None  # not due yet
+    time.sleep(0.25)
+    assert q.claim("w").id == job.id
+    failed = q.fail(job.id, "w", "boom 2")
+    assert 0.3 < failed.next_try_at - time.time() <= 0.4  # doubled
+    time.sleep(0.45)
+    q.claim("w")
+    dead = q.fail(job.id, "w", "boom 3")
+    assert dead.state is JobState.DEAD and dead.attempts == 3
+    assert [j.id for j in q.last_errors()] == [job.id]
+    retried = q.retry(job.id)
+    assert retried.state is JobState.QUEUED and retried.attempts == 0
+    with pytest.raises(QueueError, match="only failed or dead"):
+        q.retry(job.id)
+
+
+def test_non_retryable_failure_is_dead_at_once(q):
+    job = q.enqueue("k", {})
+    q.claim("w")
+    assert q.fail(job.id, "w", "bad input", retryable=False).state is JobState.DEAD
+
+
+def test_send_failures_retry_from_encoded(q):
+    job = q.enqueue("k", {})
+    q.claim("w")
+    q.mark_encoded(job.id, "w", "/r")
+    q.claim("s", stage="send")
+    f = q.fail(job.id, "s", "PACS down")
+    assert f.state is JobState.FAILED and f.stage is Stage.SEND
+    assert q.claim("w") is None  # not an analysis job
+    time.sleep(0.25)
+    again = q.claim("s", stage=Stage.SEND)
+    assert again.id == job.id and again.state is JobState.ENCODED
+    q.fail(job.id, "s", "x")
+    time.sleep(0.45)
+    q.claim("s", stage=Stage.SEND)
+    assert q.fail(job.id, "s", "x").state is JobState.DEAD
+    assert q.retry(job.id).state is JobState.ENCODED  # outputs exist: resend, no re-analysis
+
+
+def test_lost_lease_is_refused(q, tmp_path):
+    short = SQLiteQueue(tmp_path / "q.sqlite3", lease_s=0.1)
+    job = short.enqueue("k", {})
+    short.claim("w1")
+    time.sleep(0.15)
+    assert short.claim("w2").id == job.id  # expired lease re-claimed
+    assert short.get(job.id).attempts == 1
+    assert not short.heartbeat(job.id, "w1")
+    with pytest.raises(QueueError, match="cannot mark encoded"):
+        short.mark_encoded(job.id, "w1", "/x")
+    assert short.heartbeat(job.id, "w2")
+
+
+def test_recover_hands_back_previous_incarnation(q):
+    a = q.enqueue("a", {})
+    q.claim("node-1/worker-0")
+    b = q.enqueue("b", {})
+    q.claim("other/worker-0")
+    assert q.recover("node-1/") == 1
+    assert q.get(a.id).state is JobState.QUEUED
+    assert q.get(b.id).state is JobState.RUNNING
+
+
+def test_get_unknown_and_invalid_ids(q):
+    with pytest.raises(QueueError, match="no job"):
+        q.get("999")
+    with pytest.raises(QueueError, match="integers"):
+        q.get("abc")
+
+
+def test_registry_knows_backends():
+    assert backend_class("sqlite") is SQLiteQueue
+    assert "celery" in BACKENDS
+    with pytest.raises(QueueError, match="unknown queue backend"):
+        backend_class("kafka")
+
+
+_CHILD = textwrap.dedent("""
+    import sys, time
+    from dicomnode.queue.sqlite import SQLiteQueue
+    q = SQLiteQueue(sys.argv[1], lease_s=float(sys.argv[2]))
+    job = q.claim("child")
+    print(job.id, flush=True)
+    time.sleep(60)
+""")
+
+
+def test_kill_9_while_running_job_is_claimed_again(tmp_path):
+    path = tmp_path / "q.sqlite3"
+    q = SQLiteQueue(path, lease_s=30)
+    job = q.enqueue("k", {"x": 1})
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(path), "0.5"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == job.id
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+    assert q.get(job.id).state is JobState.RUNNING
+    assert q.claim("parent") is None  # lease still valid
+    time.sleep(0.6)
+    again = q.claim("parent")
+    assert again.id == job.id and again.payload == {"x": 1} and again.attempts == 1
+
+
+def test_two_processes_never_claim_the_same_job(tmp_path):
+    path = tmp_path / "q.sqlite3"
+    q = SQLiteQueue(path)
+    for i in range(40):
+        q.enqueue(f"k{i}", {})
+    code = textwrap.dedent("""
+        import sys
+        from dicomnode.queue.sqlite import SQLiteQueue
+        q = SQLiteQueue(sys.argv[1])
+        while (job := q.claim(sys.argv[2])) is not None:
+            print(job.id, flush=True)
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path), f"p{i}"], stdout=subprocess.PIPE, text=True)
+             for i in range(2)]
+    ids = []
+    for p in procs:
+        out, _ = p.communicate(timeout=60)
+        ids += out.split()
+    assert sorted(ids, key=int) == [str(i) for i in range(1, 41)]
