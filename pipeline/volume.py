@@ -1,0 +1,376 @@
+"""DICOM CT series → HU volume on a regular, untilted grid in LPS space, and masks back onto the slices.
+
+Geometry comes only from ImagePositionPatient/ImageOrientationPatient (never file names or
+InstanceNumber), because those are the only attributes a viewer uses to place a SEG frame. A series
+that is sheared (gantry tilt) or unevenly spaced is resampled onto an orthogonal grid whose axes are
+the slices' own row, column and normal directions; ``LoadedSeries.mask_to_source`` maps a mask from that
+grid back onto every original slice so the SEG lies exactly where the source pixels are.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from scipy import ndimage
+
+from pipeline.result import CannotAssess
+
+log = logging.getLogger(__name__)
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+ORIENTATION_TOL = 1e-3      # direction cosines that differ by more are "mixed orientations"
+SPACING_TOL_MM = 1e-3       # pixel spacings / positions that differ by more are different
+UNIFORM_REL_TOL = 0.01      # slice gaps within 1 % of the median count as evenly spaced
+MISSING_GAP_FACTOR = 1.5    # a gap larger than 1.5× its neighbourhood's spacing is a missing slice
+AIR_HU = -1024.0
+
+
+@dataclass(frozen=True)
+class Volume:
+    """HU volume on a regular, untilted grid in LPS physical space.
+
+    ``hu`` is indexed (z, y, x) like ``SimpleITK.GetArrayFromImage``; ``spacing``, ``origin`` and
+    ``direction`` are in SimpleITK order ((x, y, z), row-major 3×3 whose columns are the axes).
+    """
+
+    hu: np.ndarray
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.hu.ndim != 3:
+            raise ValueError(f"Volume.hu must be 3-D (z, y, x), got shape {self.hu.shape}")
+        if len(self.spacing) != 3 or min(self.spacing) <= 0:
+            raise ValueError(f"Volume.spacing must be 3 positive values (x, y, z), got {self.spacing}")
+        if len(self.origin) != 3:
+            raise ValueError(f"Volume.origin must be 3 values, got {self.origin}")
+        if len(self.direction) != 9:
+            raise ValueError(f"Volume.direction must be 9 values, got {len(self.direction)}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.hu.shape)  # type: ignore[return-value]
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """True voxel volume in mL (mm³ / 1000): mask volume = voxel count × this."""
+        return float(np.prod(self.spacing)) / 1000.0
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        return np.asarray(self.direction, dtype=float).reshape(3, 3)
+
+    def index_to_physical(self, zyx: np.ndarray) -> np.ndarray:
+        """(n, 3) continuous (z, y, x) indices → (n, 3) LPS points in mm."""
+        ijk = np.asarray(zyx, dtype=float)[:, ::-1] * np.asarray(self.spacing)
+        return ijk @ self.direction_matrix.T + np.asarray(self.origin)
+
+    def physical_to_index(self, points: np.ndarray) -> np.ndarray:
+        """(n, 3) LPS points in mm → (n, 3) continuous (z, y, x) indices."""
+        rel = np.asarray(points, dtype=float) - np.asarray(self.origin)
+        ijk = rel @ np.linalg.inv(self.direction_matrix).T / np.asarray(self.spacing)
+        return ijk[:, ::-1]
+
+    def with_hu(self, hu: np.ndarray) -> "Volume":
+        """Same grid, other voxel values (e.g. a volume with an inserted lesion)."""
+        return Volume(np.asarray(hu, dtype=np.float32), self.spacing, self.origin, self.direction)
+
+    def to_sitk(self) -> sitk.Image:
+        img = sitk.GetImageFromArray(np.ascontiguousarray(self.hu, dtype=np.float32))
+        img.SetSpacing(tuple(float(v) for v in self.spacing))
+        img.SetOrigin(tuple(float(v) for v in self.origin))
+        img.SetDirection(tuple(float(v) for v in self.direction))
+        return img
+
+    @classmethod
+    def from_sitk(cls, img: sitk.Image) -> "Volume":
+        hu = sitk.GetArrayFromImage(img).astype(np.float32, copy=False)
+        return cls(hu, tuple(img.GetSpacing()), tuple(img.GetOrigin()), tuple(img.GetDirection()))
+
+
+@dataclass(frozen=True)
+class _Resampling:
+    """How the analysis grid relates to the (sheared / uneven) source slices."""
+
+    offsets_px: np.ndarray   # (n_slices, 2) source slice k's first pixel on the grid, (row=y, col=x), float
+    levels: np.ndarray       # (n_slices,) source slice k's continuous z index on the grid
+
+
+@dataclass(frozen=True)
+class LoadedSeries:
+    """One CT series: the analysis volume plus the source slices it came from."""
+
+    volume: Volume
+    datasets: list[Dataset]                  # source slices sorted spatially along the slice normal
+    tilted: bool = False
+    resampled: bool = False
+    _resampling: _Resampling | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def source_shape(self) -> tuple[int, int, int]:
+        return (len(self.datasets), int(self.datasets[0].Rows), int(self.datasets[0].Columns))
+
+    def mask_to_source(self, mask: np.ndarray) -> np.ndarray:
+        """Bool mask on the analysis grid → bool (n_slices, rows, cols) on the original slices.
+
+        Each source pixel takes the value of the analysis voxel nearest to its centre; with no
+        resampling this is the identity.
+        """
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != self.volume.shape:
+            raise ValueError(f"mask shape {mask.shape} is not the volume shape {self.volume.shape}")
+        if self._resampling is None:
+            return mask.copy()
+        n, rows, cols = self.source_shape
+        out = np.zeros((n, rows, cols), dtype=bool)
+        nz, ny, nx = mask.shape
+        for k in range(n):
+            z = int(np.rint(self._resampling.levels[k]))
+            if not 0 <= z < nz:
+                continue
+            dy, dx = (int(v) for v in np.rint(self._resampling.offsets_px[k]))
+            # source pixel (j, i) ↔ grid pixel (j + dy, i + dx)
+            y0, y1 = max(0, -dy), min(rows, ny - dy)
+            x0, x1 = max(0, -dx), min(cols, nx - dx)
+            if y0 < y1 and x0 < x1:
+                out[k, y0:y1, x0:x1] = mask[z, y0 + dy : y1 + dy, x0 + dx : x1 + dx]
+        return out
+
+    def source_voxel_volumes_ml(self) -> np.ndarray:
+        """Per-slice voxel volume (mL) of the source slices, using the true local slice spacing."""
+        pos = _normal_positions(self.datasets)
+        gaps = np.diff(pos)
+        local = np.empty(len(pos))
+        local[0], local[-1] = gaps[0], gaps[-1]
+        if len(pos) > 2:
+            local[1:-1] = (gaps[:-1] + gaps[1:]) / 2
+        px = [float(v) for v in self.datasets[0].PixelSpacing]
+        return local * px[0] * px[1] / 1000.0
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def load_series(source: Path | str | Sequence[Path | str] | Sequence[Dataset]) -> LoadedSeries:
+    """Read one CT series (a folder, files, or datasets) into an analysis volume.
+
+    Raises ``CannotAssess`` with a stable code when the series cannot be analysed safely.
+    """
+    datasets = _read(source)
+    datasets = _select_images(datasets)
+    _check_consistency(datasets)
+    datasets, positions = _sort_spatially(datasets)
+    _check_spacing(positions)
+    return _build(datasets, positions)
+
+
+def _read(source: Path | str | Sequence[Path | str] | Sequence[Dataset]) -> list[Dataset]:
+    if isinstance(source, (str, Path)):
+        root = Path(source)
+        if root.is_dir():
+            paths = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+        elif root.is_file():
+            paths = [root]
+        else:
+            raise CannotAssess("no_images", f"{root} does not exist")
+        return [ds for ds in (_read_file(p) for p in paths) if ds is not None]
+    items = list(source)
+    if all(isinstance(x, Dataset) for x in items):
+        return list(items)  # type: ignore[arg-type]
+    return [ds for ds in (_read_file(Path(p)) for p in items) if ds is not None]  # type: ignore[arg-type]
+
+
+def _read_file(path: Path) -> Dataset | None:
+    """Parse one file; anything that is not a DICOM image (DICOMDIR, junk) is skipped."""
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        log.debug("skipping %s: not readable as DICOM (%s)", path.name, type(exc).__name__)
+        return None
+    return ds
+
+
+def _is_image(ds: Dataset) -> bool:
+    if str(ds.get("SOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
+        return False
+    return "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
+
+
+def _select_images(datasets: list[Dataset]) -> list[Dataset]:
+    images = [ds for ds in datasets if _is_image(ds)]
+    # scouts ride along in many series; they are not part of the axial stack
+    images = [ds for ds in images if "LOCALIZER" not in [str(v).upper() for v in (ds.get("ImageType") or [])]]
+    if not images:
+        raise CannotAssess("no_images", "no CT image slices found in the series")
+    modalities = {str(ds.get("Modality", "")) for ds in images}
+    if modalities - {"CT"}:
+        raise CannotAssess("not_ct", f"modality {sorted(modalities)} is not CT")
+    series = {str(ds.get("SeriesInstanceUID", "")) for ds in images}
+    if len(series) > 1:
+        raise CannotAssess("mixed_series", f"{len(series)} series mixed in one input")
+    if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in images):
+        raise CannotAssess("unsupported_multiframe", "multi-frame (enhanced) CT is not supported")
+    if len(images) == 1:
+        raise CannotAssess("single_slice", "a single slice is not a volume")
+    return images
+
+
+def _check_consistency(datasets: list[Dataset]) -> None:
+    for ds in datasets:
+        for kw in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
+            if ds.get(kw) in (None, "", []):
+                raise CannotAssess("missing_geometry", f"a slice has no {kw}")
+    frames = {str(ds.get("FrameOfReferenceUID", "") or "") for ds in datasets}
+    if "" in frames:
+        raise CannotAssess("no_frame_of_reference", "slices lack FrameOfReferenceUID")
+    if len(frames) > 1:
+        raise CannotAssess("mixed_frame_of_reference", f"{len(frames)} frames of reference in one series")
+    iop = np.array([[float(v) for v in ds.ImageOrientationPatient] for ds in datasets])
+    if iop.shape[1] != 6 or np.abs(iop - iop[0]).max() > ORIENTATION_TOL:
+        raise CannotAssess("mixed_orientation", "slices have different ImageOrientationPatient")
+    r, c = iop[0, :3], iop[0, 3:]
+    if abs(np.linalg.norm(r) - 1) > 0.01 or abs(np.linalg.norm(c) - 1) > 0.01 or abs(r @ c) > 0.01:
+        raise CannotAssess("invalid_orientation", "ImageOrientationPatient is not two orthonormal vectors")
+    px = np.array([[float(v) for v in ds.PixelSpacing] for ds in datasets])
+    if px.min() <= 0:
+        raise CannotAssess("invalid_pixel_spacing", "PixelSpacing must be positive")
+    if np.abs(px - px[0]).max() > SPACING_TOL_MM:
+        raise CannotAssess("mixed_pixel_spacing", "slices have different PixelSpacing")
+    sizes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
+    if len(sizes) > 1:
+        raise CannotAssess("mixed_matrix_size", f"slices have different Rows/Columns {sorted(sizes)}")
+
+
+def _axes(ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+    r = iop[:3] / np.linalg.norm(iop[:3])
+    c = iop[3:] / np.linalg.norm(iop[3:])
+    n = np.cross(r, c)
+    return r, c, n / np.linalg.norm(n)
+
+
+def _normal_positions(datasets: Sequence[Dataset]) -> np.ndarray:
+    _, _, n = _axes(datasets[0])
+    return np.array([np.array([float(v) for v in ds.ImagePositionPatient]) @ n for ds in datasets])
+
+
+def _sort_spatially(datasets: list[Dataset]) -> tuple[list[Dataset], np.ndarray]:
+    pos = _normal_positions(datasets)
+    order = np.argsort(pos, kind="stable")
+    return [datasets[i] for i in order], pos[order]
+
+
+def _check_spacing(positions: np.ndarray) -> None:
+    gaps = np.diff(positions)
+    if np.any(gaps < SPACING_TOL_MM):
+        raise CannotAssess("duplicate_slices", "two slices share one position")
+    for k, gap in enumerate(gaps):
+        # Compare each gap with its neighbourhood, not only the global median: real protocols switch
+        # slice spacing mid-series (posterior fossa 4 mm, then 7 mm), which is not a missing slice.
+        nbh = np.concatenate([gaps[max(0, k - 3) : k], gaps[k + 1 : k + 4]])
+        expected = max(float(np.median(nbh)) if len(nbh) else gap, 0.0)
+        global_med = float(np.median(gaps))
+        if gap > MISSING_GAP_FACTOR * expected and gap > MISSING_GAP_FACTOR * global_med:
+            raise CannotAssess(
+                "missing_slices",
+                f"gap of {gap:.2f} mm between slices {k} and {k + 1} (expected about {expected:.2f} mm)",
+            )
+
+
+# ---------------------------------------------------------------------------------------------- pixels
+
+
+def _hu(ds: Dataset) -> np.ndarray:
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # decoder missing or corrupt pixel data: same outcome for the user
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+        raise CannotAssess("undecodable_pixels", f"pixel data cannot be decoded ({ts}): {type(exc).__name__}") from exc
+    if arr.ndim != 2:
+        raise CannotAssess("unsupported_pixels", f"expected a 2-D grayscale slice, got shape {arr.shape}")
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    return arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+
+
+def _build(datasets: list[Dataset], positions: np.ndarray) -> LoadedSeries:
+    r, c, n = _axes(datasets[0])
+    sy, sx = (float(v) for v in datasets[0].PixelSpacing)   # PixelSpacing = (row spacing, column spacing)
+    ipp = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
+    rel = ipp - ipp[0]
+    shift_mm = np.stack([rel @ c, rel @ r], axis=1)          # in-plane shear (y, x) per slice
+    tilted = bool(np.abs(shift_mm).max() > 0.01 * min(sx, sy))
+    gaps = np.diff(positions)
+    med = float(np.median(gaps))
+    uniform = bool(np.all(np.abs(gaps - med) <= UNIFORM_REL_TOL * med))
+    direction = tuple(np.column_stack([r, c, n]).ravel().tolist())
+    slices = np.stack([_hu(ds) for ds in datasets])
+    if not tilted and uniform:
+        vol = Volume(slices, (sx, sy, med), tuple(ipp[0].tolist()), direction)
+        return LoadedSeries(vol, datasets)
+    return _resample(datasets, slices, positions, shift_mm, (sx, sy), direction, tilted)
+
+
+def _resample(
+    datasets: list[Dataset],
+    slices: np.ndarray,
+    positions: np.ndarray,
+    shift_mm: np.ndarray,
+    pixel: tuple[float, float],
+    direction: tuple[float, ...],
+    tilted: bool,
+) -> LoadedSeries:
+    """Resample sheared / unevenly spaced slices onto an orthogonal grid with axes (row, col, normal)."""
+    sx, sy = pixel
+    n_sl, rows, cols = slices.shape
+    gaps = np.diff(positions)
+    # z spacing: the finer of the typical spacings, so thin parts of the series keep their detail
+    dz = float(np.percentile(gaps, 25))
+    dz = max(dz, 0.5)
+    depth = positions[-1] - positions[0]
+    nz = int(np.floor(depth / dz + 1e-6)) + 1
+    # in-plane: the union of all shifted slices, on the source pixel lattice of slice 0 shifted by whole pixels
+    shift_px = shift_mm / np.array([sy, sx])                  # (n, 2) in pixels (y, x)
+    lo = np.floor(shift_px.min(axis=0) + 1e-6).astype(int)
+    hi = np.ceil(shift_px.max(axis=0) - 1e-6).astype(int)
+    ny, nx = rows + hi[0] - lo[0], cols + hi[1] - lo[1]
+    offsets_px = shift_px - lo                                # source pixel (0,0) of slice k sits at grid (oy, ox)
+    levels = (positions - positions[0]) / dz
+    grid_z = np.arange(nz) * dz + positions[0]
+    out = np.full((nz, ny, nx), AIR_HU, dtype=np.float32)
+    for z, t in enumerate(grid_z):
+        k1 = int(np.clip(np.searchsorted(positions, t, side="right"), 1, n_sl - 1))
+        k0 = k1 - 1
+        w = float(np.clip((t - positions[k0]) / (positions[k1] - positions[k0]), 0.0, 1.0))
+        acc = np.zeros((ny, nx), dtype=np.float32)
+        for k, weight in ((k0, 1.0 - w), (k1, w)):
+            if weight <= 1e-6:
+                continue
+            acc += np.float32(weight) * _place(slices[k], offsets_px[k], (ny, nx))
+        out[z] = acc
+    ipp0 = np.array([float(v) for v in datasets[0].ImagePositionPatient])
+    d = np.asarray(direction).reshape(3, 3)
+    origin = ipp0 + lo[1] * sx * d[:, 0] + lo[0] * sy * d[:, 1]
+    vol = Volume(out, (sx, sy, dz), tuple(origin.tolist()), direction)
+    return LoadedSeries(vol, datasets, tilted=tilted, resampled=True, _resampling=_Resampling(offsets_px, levels))
+
+
+def _place(img: np.ndarray, offset: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Put a slice onto the grid canvas at a (possibly fractional) pixel offset, air outside."""
+    iy, ix = (int(np.floor(v)) for v in offset)
+    fy, fx = float(offset[0] - iy), float(offset[1] - ix)
+    canvas = np.full(shape, AIR_HU, dtype=np.float32)
+    rows, cols = img.shape
+    canvas[iy : iy + rows, ix : ix + cols] = img
+    if fy > 1e-6 or fx > 1e-6:
+        canvas = ndimage.shift(canvas, (fy, fx), order=1, mode="nearest")
+    return canvas
