@@ -1,0 +1,140 @@
+"""Model registry: bundled defaults as version 1, add, atomic promote, rollback, history, watcher."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.models import BUNDLED_ROOT, ModelMetadata, ModelPaths
+from training.registry import ModelWatcher, Registry, RegistryError
+
+
+def make_model(path: Path, kind: str, version: str = "0", payload: str = "w") -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "weights.bin").write_text(payload)
+    ModelMetadata(kind=kind, version=version, name=f"test-{kind}", created="2026-01-01T00:00:00+00:00",
+                  training_data={"source": "synthetic", "fingerprint": "x" * 8, "cases": 10},
+                  metrics={}, code_version="test").write(path)
+    return path
+
+
+@pytest.fixture()
+def bundled(tmp_path: Path) -> Path:
+    root = tmp_path / "bundled"
+    for kind in ("segmenter", "classifier"):
+        make_model(root / kind / "1", kind, "1", payload=f"bundled-{kind}")
+    return root
+
+
+@pytest.fixture()
+def registry(tmp_path: Path, bundled: Path) -> Registry:
+    return Registry(tmp_path / "registry", bundled_root=bundled)
+
+
+def test_bundled_defaults_are_version_1_and_served(registry: Registry, bundled: Path) -> None:
+    assert [v.version for v in registry.versions("segmenter")] == ["1"]
+    assert registry.promoted() == {"segmenter": "1", "classifier": "1"}
+    paths = registry.current_paths()
+    assert paths.segmenter == registry.root / "segmenter" / "1"
+    assert (paths.classifier / "weights.bin").read_text() == "bundled-classifier"
+    # copied in: deleting the code's bundled copy does not change what is served
+    (bundled / "segmenter" / "1" / "weights.bin").unlink()
+    assert (registry.current_paths().segmenter / "weights.bin").read_text() == "bundled-segmenter"
+
+
+def test_real_bundled_models_when_shipped(tmp_path: Path) -> None:
+    shipped = ModelPaths.bundled()
+    reg = Registry(tmp_path / "r")
+    for kind in ("segmenter", "classifier"):
+        src = getattr(shipped, kind)
+        if src is None:
+            assert reg.promoted()[kind] is None
+            continue
+        assert reg.get(kind, "1").metadata.kind == kind
+        assert BUNDLED_ROOT in src.parents
+
+
+def test_add_promote_rollback_history(registry: Registry, tmp_path: Path) -> None:
+    v2 = registry.add("classifier", make_model(tmp_path / "new", "classifier", payload="v2"), parent_version="1",
+                      metrics={"auc": 0.8})
+    assert v2.version == "2" and v2.metadata.version == "2" and v2.metadata.parent_version == "1"
+    assert registry.promoted()["classifier"] == "1", "adding must not promote"
+    registry.promote("classifier", "2", reason="test")
+    assert registry.promoted() == {"segmenter": "1", "classifier": "2"}
+    assert (registry.current_paths().classifier / "weights.bin").read_text() == "v2"
+    with pytest.raises(RegistryError, match="already promoted"):
+        registry.promote("classifier", "2")
+    back = registry.rollback("classifier", reason="worse on site data")
+    assert back.version == "1" and registry.promoted()["classifier"] == "1"
+    with pytest.raises(RegistryError, match="nothing to roll back to"):
+        registry.rollback("classifier")
+    actions = [(e["action"], e["kind"], e["version"]) for e in registry.history("classifier")]
+    assert actions == [("add", "classifier", "1"), ("add", "classifier", "2"), ("promote", "classifier", "2"),
+                       ("rollback", "classifier", "1")]
+    state = json.loads((registry.root / "promoted.json").read_text())
+    assert state["current"]["classifier"] == "1" and state["generation"] == 2
+
+
+def test_rollback_walks_back_through_several_promotions(registry: Registry, tmp_path: Path) -> None:
+    for i in (2, 3):
+        registry.add("segmenter", make_model(tmp_path / f"m{i}", "segmenter", payload=str(i)))
+        registry.promote("segmenter", str(i))
+    assert registry.rollback("segmenter").version == "2"
+    assert registry.rollback("segmenter").version == "1"
+
+
+def test_precise_errors(registry: Registry, tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="no segmenter version 7 .*known: 1"):
+        registry.promote("segmenter", "7")
+    with pytest.raises(RegistryError, match="positive integer"):
+        registry.get("segmenter", "../1")
+    with pytest.raises(RegistryError, match="unknown model kind"):
+        registry.versions("detector")
+    with pytest.raises(RegistryError, match="holds a 'segmenter' model"):
+        registry.add("classifier", make_model(tmp_path / "s", "segmenter"))
+    with pytest.raises(FileNotFoundError, match="metadata.json missing"):
+        registry.add("classifier", tmp_path)
+
+
+def test_watcher_sees_promotion_with_one_stat(registry: Registry, tmp_path: Path) -> None:
+    watcher = ModelWatcher(registry)
+    assert not watcher.poll()
+    registry.add("segmenter", make_model(tmp_path / "n", "segmenter"))
+    assert not watcher.poll(), "an unpromoted version must not reload the worker"
+    registry.promote("segmenter", "2")
+    assert watcher.poll() and watcher.paths.segmenter.name == "2"
+    assert not watcher.poll()
+    registry.rollback("segmenter")
+    assert watcher.poll() and watcher.paths.segmenter.name == "1"
+
+
+def _promote_many(root: str, bundled: str, kind: str, n: int) -> None:
+    reg = Registry(root, bundled_root=bundled)
+    for _ in range(n):
+        reg.promote(kind, "2")
+        reg.rollback(kind)
+
+
+def test_concurrent_promotions_never_tear_promoted_json(registry: Registry, bundled: Path, tmp_path: Path) -> None:
+    for kind in ("segmenter", "classifier"):
+        registry.add(kind, make_model(tmp_path / kind, kind))
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_promote_many, args=(str(registry.root), str(bundled), k, 15))
+             for k in ("segmenter", "classifier")]
+    for p in procs:
+        p.start()
+    reads = 0
+    while any(p.is_alive() for p in procs):
+        assert set(registry.promoted().values()) <= {"1", "2"}  # a torn file would raise
+        reads += 1
+        time.sleep(0.001)
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    assert registry.promoted() == {"segmenter": "1", "classifier": "1"}
+    assert json.loads((registry.root / "promoted.json").read_text())["generation"] == 60
+    assert reads > 0
