@@ -1,0 +1,72 @@
+"""Shared pytest fixtures for every test package (generic; reuse them, don't copy them).
+
+- ``free_port()`` / ``free_port`` fixture: a TCP port free on 127.0.0.1 right now.
+- ``ct_data`` fixture: the real CT series folder (``../shared/data/ct`` beside the repo, or
+  ``$ICH_CT_DATA``); tests that need it are skipped when it is absent.
+- ``dcmtk`` fixture: ``dcmtk("storescu", "-aec", "NODE", "127.0.0.1", port, path)`` runs a dcmtk tool
+  with a timeout and returns the ``CompletedProcess`` (stdout/stderr as text, never raises on a
+  non-zero exit so tests can assert refusals). Skips when dcmtk is not installed.
+- ``require_tool(name)``: skip the test unless an executable is on PATH.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 at the time of the call."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(name="free_port")
+def free_port_fixture() -> Callable[[], int]:
+    """Call it for each port you need: ``p = free_port()``."""
+    return free_port
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} not installed (make test installs dcmtk, orthanc, dicom3tools)")
+    return path
+
+
+def ct_data_dir() -> Path | None:
+    candidates = [os.environ.get("ICH_CT_DATA"), REPO.parent / "shared" / "data" / "ct", "/work/shared/data/ct"]
+    for c in candidates:
+        if c and Path(c).is_dir():
+            return Path(c)
+    return None
+
+
+@pytest.fixture(scope="session")
+def ct_data() -> Path:
+    """Folder with ge-human-head-tilted/, philips-phantom-5mm/, philips-phantom-thin/ (read-only)."""
+    d = ct_data_dir()
+    if d is None:
+        pytest.skip("real CT data (../shared/data/ct) not available")
+    return d
+
+
+def run_dcmtk(tool: str, *args: object, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a dcmtk command line tool; returns the CompletedProcess whatever the exit status."""
+    exe = require_tool(tool)
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def dcmtk() -> Callable[..., subprocess.CompletedProcess]:
+    return run_dcmtk
