@@ -1,0 +1,53 @@
+"""A destination receives the DICOM objects of one analysis: the contract every sender fulfils.
+
+Why per-file callbacks: the dispatcher records each delivered object in the ledger the moment the
+peer confirms it, so a node killed in the middle of a send resumes with the objects not yet
+confirmed and never sends a confirmed one twice.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+if TYPE_CHECKING:
+    from dicomnode.config import Destination as DestinationConfig
+
+
+class DeliveryError(Exception):
+    """A send that did not go through; ``retryable`` False means retrying cannot help."""
+
+    def __init__(self, destination: str, message: str, *, retryable: bool = True) -> None:
+        super().__init__(f"{destination}: {message}")
+        self.destination = destination
+        self.retryable = retryable
+
+
+OnDelivered = Callable[[Path], None]
+
+
+class Destination(abc.ABC):
+    """One configured peer. Subclasses are registered by config ``type`` in ``dicomnode.destinations``."""
+
+    def __init__(self, config: "DestinationConfig", *, calling_ae_title: str = "ICHNODE") -> None:
+        self.config = config
+        self.name = config.name
+        self.calling_ae_title = config.calling_ae_title or calling_ae_title
+
+    @property
+    def send_overlay(self) -> bool:
+        return self.config.send_overlay
+
+    @abc.abstractmethod
+    def send(self, files: Sequence[Path], on_delivered: OnDelivered) -> None:
+        """Store ``files`` at the peer in order, calling ``on_delivered(file)`` after each confirmed one.
+
+        Raises ``DeliveryError`` at the first file the peer did not take.
+        """
+
+    def check(self) -> None:
+        """Cheap reachability check (C-ECHO, HTTP); raises ``DeliveryError``. Default: nothing."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"

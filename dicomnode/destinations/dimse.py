@@ -1,0 +1,100 @@
+"""C-STORE SCU (pynetdicom), optionally over TLS: the way results reach a PACS."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from pathlib import Path
+from typing import Sequence
+
+from .base import DeliveryError, Destination, OnDelivered
+
+log = logging.getLogger(__name__)
+
+# Statuses after which re-sending the same object can only fail again (PS3.4 Annex B.2.3).
+_PERMANENT = {0xA900, 0xC000, 0x0122, 0x0124, 0x0211, 0x0117}
+
+
+def tls_context(tls) -> ssl.SSLContext:
+    """Client-side TLS context from a ``TLSClient`` config section."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca) if tls.ca else None)
+    ctx.check_hostname = bool(tls.check_hostname)
+    if tls.cert:
+        ctx.load_cert_chain(str(tls.cert), str(tls.key))
+    return ctx
+
+
+class DimseDestination(Destination):
+    """A DICOM peer reached by association + C-STORE per object."""
+
+    def __init__(self, config, *, calling_ae_title: str = "ICHNODE", timeout_s: float = 30.0) -> None:
+        super().__init__(config, calling_ae_title=calling_ae_title)
+        self.timeout_s = timeout_s
+
+    def _associate(self, contexts: dict[str, set[str]]):
+        from pynetdicom import AE, build_context
+
+        ae = AE(ae_title=self.calling_ae_title)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
+        ae.connection_timeout = self.timeout_s
+        for sop_class, syntaxes in contexts.items():
+            ae.requested_contexts.append(build_context(sop_class, sorted(syntaxes)))
+        tls_args = None
+        if self.config.tls.enabled:
+            tls_args = (tls_context(self.config.tls), self.config.host)
+        try:
+            assoc = ae.associate(self.config.host, self.config.port, ae_title=self.config.ae_title, tls_args=tls_args)
+        except (OSError, ssl.SSLError) as exc:
+            raise DeliveryError(self.name, f"cannot connect to {self.config.address}: {exc}") from exc
+        if not assoc.is_established:
+            why = ("rejected" if assoc.is_rejected
+                   else "aborted (peer unreachable or it dropped the connection)" if assoc.is_aborted
+                   else "not established")
+            raise DeliveryError(self.name, f"association with {self.config.address} {why}")
+        return assoc
+
+    def check(self) -> None:
+        from pynetdicom.sop_class import Verification
+
+        assoc = self._associate({Verification: {"1.2.840.10008.1.2"}})
+        try:
+            status = assoc.send_c_echo()
+            if not status or status.Status != 0x0000:
+                raise DeliveryError(self.name, "C-ECHO failed")
+        finally:
+            assoc.release()
+
+    def send(self, files: Sequence[Path], on_delivered: OnDelivered) -> None:
+        from pydicom import dcmread
+        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+        if not files:
+            return
+        datasets = []
+        contexts: dict[str, set[str]] = {}
+        for path in files:
+            ds = dcmread(path)
+            ts = str(ds.file_meta.TransferSyntaxUID)
+            contexts.setdefault(str(ds.SOPClassUID), {ExplicitVRLittleEndian, ImplicitVRLittleEndian}).add(ts)
+            datasets.append((Path(path), ds))
+        if len(contexts) > 128:
+            raise DeliveryError(self.name, f"{len(contexts)} SOP classes in one send, more than one association allows",
+                                retryable=False)
+        assoc = self._associate(contexts)
+        try:
+            for path, ds in datasets:
+                try:
+                    status = assoc.send_c_store(ds)
+                except (ValueError, RuntimeError) as exc:  # no accepted context for this SOP class
+                    raise DeliveryError(self.name, f"{path.name}: {exc}", retryable=False) from exc
+                if not status:  # timeout / abort: no status dataset
+                    raise DeliveryError(self.name, f"{path.name}: no response (association lost)")
+                code = int(status.Status)
+                if code == 0x0000 or (code & 0xF000) == 0xB000:
+                    on_delivered(path)
+                    continue
+                raise DeliveryError(self.name, f"{path.name}: C-STORE status 0x{code:04X}",
+                                    retryable=code not in _PERMANENT)
+        finally:
+            if assoc.is_established:
+                assoc.release()

@@ -1,0 +1,52 @@
+"""DICOMweb STOW-RS (dicomweb-client): for archives reached over HTTP(S)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from .base import DeliveryError, Destination, OnDelivered
+
+
+class StowRsDestination(Destination):
+    """One ``POST {url}/studies`` per object, so each confirmed object is recorded on its own."""
+
+    def __init__(self, config, *, calling_ae_title: str = "ICHNODE", timeout_s: float = 30.0) -> None:
+        super().__init__(config, calling_ae_title=calling_ae_title)
+        self.timeout_s = timeout_s
+
+    def _client(self):
+        import requests
+        from dicomweb_client.api import DICOMwebClient
+        from dicomweb_client.session_utils import create_session
+
+        session = create_session()
+        tls = self.config.tls
+        if tls.enabled:
+            session.verify = str(tls.ca) if tls.ca else True
+            if tls.cert:
+                session.cert = (str(tls.cert), str(tls.key))
+        self._requests = requests
+        client = DICOMwebClient(url=self.config.url, session=session, timeout=self.timeout_s)
+        client.set_http_retry_params(retry=False)  # the queue's backoff retries, not the client
+        return client
+
+    def send(self, files: Sequence[Path], on_delivered: OnDelivered) -> None:
+        from pydicom import dcmread
+
+        if not files:
+            return
+        client = self._client()
+        for path in files:
+            ds = dcmread(path)
+            try:
+                client.store_instances([ds])
+            except self._requests.exceptions.HTTPError as exc:
+                code = exc.response.status_code if exc.response is not None else 0
+                # 4xx (but 408/429) = the archive refuses this object; 5xx = try again later.
+                retryable = code >= 500 or code in (0, 408, 429)
+                raise DeliveryError(self.name, f"{path.name}: HTTP {code}", retryable=retryable) from exc
+            except self._requests.exceptions.RequestException as exc:
+                raise DeliveryError(self.name, f"{path.name}: {type(exc).__name__}: {exc}") from exc
+            on_delivered(path)
+

@@ -1,0 +1,333 @@
+"""Runs analyses away from the SCP: a long-lived child process per worker that loads the models once.
+
+Why a child process and not a thread: the analysis holds the GIL for long stretches (NumPy, TF),
+may leak or fragment memory, and can hang on a hostile series. In a child it can be killed at the
+per-job timeout and restarted after ``max_jobs_per_process`` jobs, which returns its memory to the
+system, while the SCP in the parent keeps answering. ``spawn`` (not fork) because the parent has
+threads and open SQLite handles.
+
+Flow of one job: ``Worker`` claims it (lease) → ``AnalysisProcess.analyze`` in the child writes
+seg.dcm / sr.dcm / sc/*.dcm / result.json into the job's directory (named from hashes, never UIDs)
+→ ``mark_encoded`` → ``on_encoded`` (the sender and the index are told). The lease is renewed while
+the child works, so a worker that dies (kill -9) leaves a job that is claimed again.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import logging
+import multiprocessing as mp
+import os
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .queue import Job, JobQueue, QueueError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ANALYZER = "pipeline.analyze:Analyzer"
+
+
+class AnalysisFailed(Exception):
+    """The analysis of one job did not produce results; ``retryable`` says whether trying again may help."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class AnalysisTimeout(AnalysisFailed):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the child finds its models: the registry's promoted versions, else the bundled ones."""
+
+    registry_dir: str | None = None
+    bundled_fallback: bool = True
+
+
+def _load(target: str) -> Callable[..., Any]:
+    module, _, attr = target.partition(":")
+    if not module or not attr:
+        raise ValueError(f"analyzer must be 'module:callable', got {target!r}")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _model_paths(source: ModelSource):
+    """The ModelPaths to load and a watcher to notice promotions (None when there is no registry)."""
+    from pipeline.models import BUNDLED_ROOT, ModelPaths
+
+    if source.registry_dir:
+        try:
+            from training.registry import ModelWatcher, Registry
+
+            watcher = ModelWatcher(Registry(source.registry_dir,
+                                            bundled_root=BUNDLED_ROOT if source.bundled_fallback else None))
+            return watcher.paths, watcher
+        except ImportError:  # a node installed without training/
+            pass
+    return (ModelPaths.bundled() if source.bundled_fallback else ModelPaths()), None
+
+
+def _child_main(conn, analyzer_target: str, source: ModelSource, threads: int) -> None:
+    """Child process: load the models once, then answer requests until told to stop (``None``)."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        os.environ.setdefault(var, str(threads))
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        build = _load(analyzer_target)
+        paths, watcher = _model_paths(source)
+        analyzer = build(paths)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which logs it
+        conn.send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
+        return
+    conn.send({"ready": True, "models": {k: str(v) if v else None for k, v in vars(paths).items()}})
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:
+            return
+        if request is None:
+            return
+        if watcher is not None and watcher.poll():  # a promotion: reload between jobs, never during one
+            analyzer = build(watcher.paths)
+        try:
+            kwargs = {"predecessor": request["predecessor"]} if request.get("predecessor") else {}
+            result = analyzer.analyze(request["files"], request["out_dir"], **kwargs)
+            conn.send({"ok": True, "result": result.to_json()})
+        except BaseException as exc:  # noqa: BLE001
+            retryable = not isinstance(exc, (ValueError, TypeError, FileNotFoundError))
+            conn.send({"ok": False, "error": f"{type(exc).__name__}: {exc}", "retryable": retryable})
+        finally:
+            gc.collect()
+
+
+class AnalysisProcess:
+    """Parent-side handle on one long-lived analysis child."""
+
+    def __init__(self, analyzer: str = DEFAULT_ANALYZER, models: ModelSource | None = None, *,
+                 max_jobs: int = 50, start_timeout_s: float = 600.0, threads: int = 2) -> None:
+        self.analyzer = analyzer
+        self.models = models or ModelSource()
+        self.max_jobs = max_jobs
+        self.start_timeout_s = start_timeout_s
+        self.threads = threads
+        self._proc: mp.process.BaseProcess | None = None
+        self._conn = None
+        self._jobs = 0
+        self.model_info: dict[str, Any] = {}
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.is_alive() else None
+
+    def start(self) -> None:
+        """Start the child and wait until its models are loaded (not counted in any job's timeout)."""
+        if self._proc is not None and self._proc.is_alive():
+            return
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_child_main, args=(child, self.analyzer, self.models, self.threads),
+                           name="ich-analysis", daemon=True)
+        proc.start()
+        child.close()
+        if not parent.poll(self.start_timeout_s):
+            proc.kill()
+            raise AnalysisFailed(f"analysis process did not load its models within {self.start_timeout_s:.0f} s")
+        try:
+            hello = parent.recv()
+        except EOFError:
+            proc.join(5)
+            raise AnalysisFailed(f"analysis process died while loading models (exit code {proc.exitcode})") from None
+        if not hello.get("ready"):
+            proc.join(5)
+            raise AnalysisFailed(f"analysis process cannot load its models: {hello.get('error')}", retryable=False)
+        self._proc, self._conn, self._jobs = proc, parent, 0
+        self.model_info = hello.get("models", {})
+        log.info("analysis process %s ready (models %s)", proc.pid, self.model_info)
+
+    def kill(self) -> None:
+        """Hard stop (timeout, lost lease): SIGKILL, nothing of the child survives."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.join(10)
+        self._proc = self._conn = None
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Polite stop between jobs; the models' memory goes back to the system."""
+        if self._proc is None:
+            return
+        try:
+            self._conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self._proc.join(timeout_s)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(5)
+        self._proc = self._conn = None
+
+    def analyze(self, files: list[str], out_dir: str, *, predecessor: Any = None, timeout_s: float = 600.0,
+                tick: Callable[[], bool] | None = None, tick_every_s: float = 5.0) -> str:
+        """Run one analysis in the child; returns ``result.json`` text.
+
+        ``tick`` is called every ``tick_every_s`` while waiting (lease renewal); when it returns False the
+        child is killed and ``AnalysisFailed`` raised. Past ``timeout_s`` the child is killed too.
+        """
+        self.start()
+        try:
+            self._conn.send({"files": [str(f) for f in files], "out_dir": str(out_dir), "predecessor": predecessor})
+        except (OSError, ValueError) as exc:
+            self.kill()
+            raise AnalysisFailed(f"analysis process unreachable: {exc}") from exc
+        deadline = time.monotonic() + timeout_s
+        next_tick = time.monotonic() + tick_every_s
+        while True:
+            wait = max(0.0, min(deadline, next_tick) - time.monotonic())
+            if self._conn.poll(min(wait, 1.0)):
+                try:
+                    reply = self._conn.recv()
+                except EOFError:
+                    code = self._proc.exitcode if self._proc else None
+                    self.kill()
+                    raise AnalysisFailed(f"analysis process died (exit code {code})") from None
+                break
+            if self._proc is not None and not self._proc.is_alive():
+                code = self._proc.exitcode
+                self.kill()
+                raise AnalysisFailed(f"analysis process died (exit code {code})")
+            now = time.monotonic()
+            if now >= deadline:
+                self.kill()
+                raise AnalysisTimeout(f"analysis timed out after {timeout_s:.0f} s (process killed)")
+            if tick is not None and now >= next_tick:
+                next_tick = now + tick_every_s
+                if not tick():
+                    self.kill()
+                    raise AnalysisFailed("lease lost while analysing (another worker owns the job)")
+        self._jobs += 1
+        if self._jobs >= self.max_jobs:
+            self.stop()
+        if not reply.get("ok"):
+            raise AnalysisFailed(reply.get("error", "unknown error"), retryable=reply.get("retryable", True))
+        return reply["result"]
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def job_dir(results_root: Path, job: Job) -> Path:
+    """Per-job output directory, from the study key (a hash) and the job id; nothing from a UID."""
+    key = _SAFE.sub("_", job.key)[:64] or "_"
+    return Path(results_root) / key[:2] / key / f"job-{_SAFE.sub('_', str(job.id))[:64]}"
+
+
+def predecessor_of(queue: JobQueue, job: Job) -> str | None:
+    """Result directory of the earlier analysis this one replaces (the new SR/SEG reference it)."""
+    prev = queue.latest_result(job.key, before=job.id)
+    return prev.result_dir if prev is not None else None
+
+
+class Worker(threading.Thread):
+    """One analysis slot: claims jobs from the queue and runs them in its own ``AnalysisProcess``."""
+
+    def __init__(self, queue: JobQueue, process: AnalysisProcess, results_root: Path, *, owner: str,
+                 timeout_s: float = 600.0, lease_s: float | None = None, poll_s: float = 1.0,
+                 on_encoded: Callable[[Job], None] | None = None) -> None:
+        super().__init__(name=f"worker-{owner}", daemon=True)
+        self.queue = queue
+        self.process = process
+        self.results_root = Path(results_root)
+        self.owner = owner
+        self.timeout_s = timeout_s
+        self.lease_s = lease_s or timeout_s + 60.0
+        self.poll_s = poll_s
+        self.on_encoded = on_encoded
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.current: Job | None = None
+
+    def kick(self) -> None:
+        """Look for work now (new job enqueued, retry due)."""
+        self._wake.set()
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self.join(timeout_s)
+        self.process.stop()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.process.start()
+                job = self.queue.claim(self.owner, lease_s=self.lease_s)
+            except AnalysisFailed as exc:
+                log.error("worker %s: %s; retrying in 30 s", self.owner, exc)
+                self._stop.wait(30)
+                continue
+            except Exception:  # noqa: BLE001 - a worker thread must not die silently
+                log.exception("worker %s: claim failed", self.owner)
+                self._stop.wait(self.poll_s)
+                continue
+            if job is None:
+                self._wake.wait(self.poll_s)
+                self._wake.clear()
+                continue
+            self.run_job(job)
+
+    def run_job(self, job: Job) -> Job:
+        """Analyse one claimed job and record the outcome in the queue."""
+        self.current = job
+        out = job_dir(self.results_root, job)
+        t0 = time.monotonic()
+        try:
+            if out.exists():  # a previous attempt died half-way: its partial outputs were never sent
+                shutil.rmtree(out)
+            out.mkdir(parents=True)
+            files = job.payload.get("files") or []
+            if not files:
+                raise AnalysisFailed("job has no input files", retryable=False)
+            missing = [f for f in files if not Path(f).is_file()]
+            if missing:
+                raise AnalysisFailed(f"{len(missing)} of {len(files)} input files are missing from the spool",
+                                     retryable=False)
+            self.process.analyze(
+                files, str(out), predecessor=predecessor_of(self.queue, job), timeout_s=self.timeout_s,
+                tick=lambda: self.queue.heartbeat(job.id, self.owner, lease_s=self.lease_s))
+            done = self.queue.mark_encoded(job.id, self.owner, str(out))
+            log.info("job %s (study %s) analysed in %.1f s", job.id, job.key[:12], time.monotonic() - t0)
+        except AnalysisFailed as exc:
+            log.warning("job %s (study %s) failed: %s", job.id, job.key[:12], exc)
+            try:
+                done = self.queue.fail(job.id, self.owner, str(exc), retryable=exc.retryable)
+            except QueueError as qexc:  # lost the lease: the new owner records the outcome
+                log.warning("job %s: %s", job.id, qexc)
+                done = self.queue.get(job.id)
+            return done
+        except QueueError as exc:
+            log.warning("job %s: %s", job.id, exc)
+            return self.queue.get(job.id)
+        except Exception as exc:  # noqa: BLE001 - disk full, permissions: retry later, keep the thread
+            log.exception("job %s: unexpected error", job.id)
+            try:
+                return self.queue.fail(job.id, self.owner, f"{type(exc).__name__}: {exc}")
+            except QueueError:
+                return self.queue.get(job.id)
+        finally:
+            self.current = None
+        if self.on_encoded is not None:
+            try:
+                self.on_encoded(done)
+            except Exception:  # noqa: BLE001
+                log.exception("job %s: on_encoded hook failed", job.id)
+        return done

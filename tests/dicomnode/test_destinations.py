@@ -1,0 +1,270 @@
+"""Senders against real peers on loopback: dcmtk storescp (plain and mutual TLS) and an HTTP STOW-RS endpoint."""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import http.server
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dicomnode.config import Destination as DestinationConfig
+from dicomnode.config import TLSClient
+from dicomnode.destinations import DeliveryError, build
+from dicomnode.destinations.dispatch import Dispatcher, Sender, result_objects
+from dicomnode.destinations.ledger import Ledger
+from dicomnode.queue import JobState
+from dicomnode.queue.base import Backoff
+from dicomnode.queue.sqlite import SQLiteQueue
+
+CT = Path("/work/shared/data/ct/philips-phantom-5mm")
+if not CT.is_dir():
+    CT = Path(__file__).resolve().parents[3] / "shared" / "data" / "ct" / "philips-phantom-5mm"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    """A result directory shaped like pipeline.analyze's (real DICOM files stand in for SEG/SR/SC)."""
+    root = tmp_path / "job-1"
+    (root / "sc").mkdir(parents=True)
+    src = sorted(p for p in CT.iterdir() if p.name != "DIRFILE")[:3]
+    shutil.copy(src[0], root / "seg.dcm")
+    shutil.copy(src[1], root / "sr.dcm")
+    shutil.copy(src[2], root / "sc" / "001.dcm")
+    (root / "result.json").write_text(json.dumps({"outputs": {"seg": ["seg.dcm"], "sr": ["sr.dcm"], "sc": ["sc/001.dcm"]}}))
+    return root
+
+
+class StoreSCP:
+    """dcmtk storescp on a free loopback port; counts the C-STORE requests it received."""
+
+    def __init__(self, tmp: Path, extra: list[str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.dir = tmp / f"scp-{self.port}"
+        self.dir.mkdir(exist_ok=True)
+        self.log = tmp / f"scp-{self.port}.log"
+        self.extra = extra or []
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "StoreSCP":
+        fh = open(self.log, "a")
+        self.proc = subprocess.Popen(["storescp", "-v", "-aet", "DEST", "-od", str(self.dir), *self.extra, str(self.port)],
+                                     stdout=fh, stderr=subprocess.STDOUT)
+        wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.proc = None
+
+    def stores(self) -> int:
+        return self.log.read_text().count("Received Store Request") if self.log.exists() else 0
+
+    def received_sops(self) -> set[str]:
+        return {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in self.dir.iterdir()}
+
+
+@pytest.fixture
+def scp(tmp_path):
+    peer = StoreSCP(tmp_path).start()
+    yield peer
+    peer.stop()
+
+
+def dimse(port: int, **kw) -> DestinationConfig:
+    return DestinationConfig(name=kw.pop("name", "pacs"), type="dimse", ae_title="DEST", host="127.0.0.1", port=port, **kw)
+
+
+def test_result_objects_order_and_containment(results):
+    kinds = [k for k, _ in result_objects(results)]
+    assert kinds == ["seg", "sr", "sc"]
+    (results / "result.json").write_text(json.dumps({"outputs": {"seg": ["../../etc/passwd"]}}))
+    with pytest.raises(DeliveryError, match="outside the result directory"):
+        result_objects(results)
+
+
+def test_dimse_delivers_once_and_respects_overlay_flag(tmp_path, results, scp):
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    with_overlay = build(dimse(scp.port, name="a"))
+    without = build(dimse(scp.port, name="b", send_overlay=False))
+    d = Dispatcher([with_overlay, without], ledger)
+    assert d.deliver("1", results) == []
+    assert scp.stores() == 3 + 2
+    assert d.deliver("1", results) == []  # idempotent: the ledger knows everything arrived
+    assert scp.stores() == 5
+    assert {s.destination: len(s.delivered) for s in ledger.states("1")} == {"a": 3, "b": 2}
+    expected = {pydicom.dcmread(p).SOPInstanceUID for p in results.rglob("*.dcm")}
+    assert scp.received_sops() == expected
+
+
+def test_interrupted_send_resumes_with_the_rest(tmp_path, results, scp):
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    real = build(dimse(scp.port))
+
+    class DiesAfterFirst(type(real)):
+        def send(self, files, on_delivered):
+            def once(path):
+                on_delivered(path)
+                raise DeliveryError(self.name, "connection dropped")
+            super().send(files, once)
+
+    broken = DiesAfterFirst(dimse(scp.port))
+    errs = Dispatcher([broken], ledger).deliver("7", results)
+    assert len(errs) == 1 and errs[0].retryable and scp.stores() == 1
+    assert Dispatcher([real], ledger).deliver("7", results) == []
+    assert scp.stores() == 3  # 1 + the 2 that were not confirmed; nothing twice
+
+
+def test_peer_down_backoff_then_delivered_and_dead_letter_retry(tmp_path, results):
+    port = free_port()
+    q = SQLiteQueue(tmp_path / "q.sqlite3", max_attempts=3, backoff=Backoff(base_s=0.2, max_s=0.5))
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    sender = Sender(q, Dispatcher([build(dimse(port))], ledger), owner="s")
+    job = q.enqueue("k", {})
+    q.claim("w")
+    q.mark_encoded(job.id, "w", str(results))
+    j = sender.deliver(q.claim("s", stage="send"))
+    assert j.state is JobState.FAILED and "aborted" in j.last_error and j.next_try_at > time.time()
+    time.sleep(0.25)
+    sender.deliver(q.claim("s", stage="send"))
+    time.sleep(0.45)
+    dead = sender.deliver(q.claim("s", stage="send"))
+    assert dead.state is JobState.DEAD and dead.attempts == 3
+    peer = StoreSCP(tmp_path, port=port).start()
+    try:
+        q.retry(job.id)  # what `ich-node jobs retry` does
+        assert sender.drain()
+        assert q.get(job.id).state is JobState.SENT
+        assert peer.stores() == 3
+    finally:
+        peer.stop()
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("pki")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+             "-subj", "/CN=test-ca", cwd=d)
+    for name in ("server", "client"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={name}", cwd=d)
+        (d / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
+    return d
+
+
+def test_dimse_mutual_tls(tmp_path, results, pki):
+    peer = StoreSCP(tmp_path, ["+tls", str(pki / "server.key"), str(pki / "server.crt"), "+cf", str(pki / "ca.crt"),
+                               "-rc"]).start()
+    try:
+        ledger = Ledger(tmp_path / "ledger.sqlite3")
+        tls = TLSClient(enabled=True, ca=pki / "ca.crt", cert=pki / "client.crt", key=pki / "client.key")
+        assert Dispatcher([build(dimse(peer.port, tls=tls))], ledger).deliver("1", results) == []
+        assert peer.stores() == 3
+        plain = Dispatcher([build(dimse(peer.port, name="plain"))], ledger).deliver("1", results)
+        assert len(plain) == 1 and peer.stores() == 3  # plain TCP against a TLS peer gets nothing through
+        no_cert = TLSClient(enabled=True, ca=pki / "ca.crt")
+        errs = Dispatcher([build(dimse(peer.port, name="nocert", tls=no_cert))], ledger).deliver("1", results)
+        assert len(errs) == 1 and peer.stores() == 3  # the peer requires our certificate
+    finally:
+        peer.stop()
+
+
+class _StowHandler(http.server.BaseHTTPRequestHandler):
+    received: list[str] = []
+    status = 200
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if type(self).status != 200:
+            self.send_response(type(self).status)
+            self.end_headers()
+            return
+        msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            b"Content-Type: " + self.headers["Content-Type"].encode() + b"\r\n\r\n" + body)
+        for part in msg.iter_parts():
+            assert part.get_content_type() == "application/dicom"
+            ds = pydicom.dcmread(io.BytesIO(part.get_payload(decode=True)))
+            type(self).received.append(ds.SOPInstanceUID)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dicom+json")
+        out = b"{}"
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def stow():
+    _StowHandler.received = []
+    _StowHandler.status = 200
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StowHandler)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield server, _StowHandler
+    server.shutdown()
+    server.server_close()
+
+
+def test_stowrs_delivers_and_classifies_http_errors(tmp_path, results, stow):
+    server, handler = stow
+    cfg = DestinationConfig(name="web", type="stowrs", url=f"http://127.0.0.1:{server.server_port}/dicomweb",
+                            send_overlay=False)
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    handler.status = 503
+    errs = Dispatcher([build(cfg)], ledger).deliver("1", results)
+    assert len(errs) == 1 and errs[0].retryable and "HTTP 503" in str(errs[0])
+    handler.status = 400
+    errs = Dispatcher([build(cfg)], ledger).deliver("1", results)
+    assert len(errs) == 1 and not errs[0].retryable
+    handler.status = 200
+    assert Dispatcher([build(cfg)], ledger).deliver("1", results) == []
+    assert handler.received == [pydicom.dcmread(results / n).SOPInstanceUID for n in ("seg.dcm", "sr.dcm")]
+
+
+def test_unknown_destination_type_is_a_clear_error():
+    cfg = DestinationConfig(name="x", type="dimse", ae_title="A", host="h", port=1)
+    object.__setattr__(cfg, "type", "carrier-pigeon")
+    with pytest.raises(ValueError, match="unknown type 'carrier-pigeon'"):
+        build(cfg)
