@@ -1,0 +1,176 @@
+"""Model-1 runtime: a tiny Keras model the test builds, saved as a model directory, run end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from pipeline.brain import extract_brain
+from pipeline.models import ModelMetadata
+from pipeline.segment import load_segmenter
+from pipeline.segment.cnn import WEIGHTS_FILE, CNNSegmenter, build_unet, predict_grid
+from pipeline.segment.preprocess import (
+    PreprocessConfig,
+    from_model_grid,
+    label_to_model_grid,
+    to_model_grid,
+    window,
+)
+from pipeline.volume import Volume
+
+BLOOD_CUT_HU = 50.0
+
+
+def phantom(direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), spacing=(2.5, 2.5, 4.0), seed=0):
+    """Ellipsoidal head: 6 mm skull, 35 HU brain, a 65 HU sphere (r 15 mm) off centre; + its truth mask."""
+    shape = tuple(int(np.ceil(fov / s)) for fov, s in zip((128, 200, 200), spacing[::-1]))  # z, y, x
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing[::-1])],
+                             indexing="ij")
+    r = np.sqrt((xx / 70) ** 2 + (yy / 85) ** 2 + (zz / 55) ** 2)
+    hu = np.full(shape, -1000.0, np.float32)
+    hu[r < 1.0] = 1200.0
+    inner = r < 1.0 - 6.0 / 70
+    hu[inner] = 35.0 + rng.normal(0, 3, inner.sum())
+    blob = np.sqrt((xx - 20) ** 2 + (yy + 10) ** 2 + (zz - 4) ** 2) < 15.0
+    hu[blob] = 65.0 + rng.normal(0, 3, blob.sum())
+    return Volume(hu.astype(np.float32), spacing, (-100.0, -100.0, -64.0), tuple(float(v) for v in direction)), blob
+
+
+def oracle_model():
+    """A 1×1×1 conv + sigmoid that thresholds windowed HU at 50 HU: a 'trained' model with a known answer."""
+    import keras
+
+    cfg = PreprocessConfig()
+    inputs = keras.Input((None, None, None, 1))
+    layer = keras.layers.Conv3D(1, 1, activation="sigmoid")
+    outputs = layer(inputs)
+    model = keras.Model(inputs, outputs)
+    cut = float(window(np.array([BLOOD_CUT_HU]), cfg)[0])
+    layer.set_weights([np.full((1, 1, 1, 1, 1), 200.0, np.float32), np.array([-200.0 * cut], np.float32)])
+    return model
+
+
+def save_model_dir(model, path: Path, config: PreprocessConfig | None = None, framework="keras") -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    model.save(path / WEIGHTS_FILE)
+    (config or PreprocessConfig()).write(path)
+    ModelMetadata(kind="segmenter", version="7", name="test-unet", created="2026-01-01T00:00:00+00:00",
+                  training_data={"source": "synthetic", "fingerprint": "0" * 64, "cases": 0}, metrics={},
+                  code_version="test", extra={"framework": framework}).write(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def oracle_dir(tmp_path_factory):
+    return save_model_dir(oracle_model(), tmp_path_factory.mktemp("oracle") / "1")
+
+
+def dice(a, b):
+    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+@pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1),          # axial LPS
+                                       (1, 0, 0, 0, 0.956, -0.292, 0, 0.292, 0.956)])  # oblique
+def test_oracle_model_segments_blob_on_original_grid(oracle_dir, direction):
+    volume, truth = phantom(direction)
+    brain = extract_brain(volume)
+    assert brain[truth].mean() > 0.99  # the phantom is a fair test of the runtime
+    seg = load_segmenter(oracle_dir)
+    assert isinstance(seg, CNNSegmenter) and (seg.name, seg.version) == ("test-unet", "7")
+    mask = seg.predict_mask(volume, brain)
+    assert mask.dtype == bool and mask.shape == volume.shape
+    assert not (mask & ~brain).any()
+    assert dice(mask, truth) > 0.9
+    vol_ml = mask.sum() * volume.voxel_volume_ml
+    assert vol_ml == pytest.approx(4 / 3 * np.pi * 15 ** 3 / 1000, rel=0.15)
+
+
+def test_tiled_inference_matches_whole_volume(oracle_dir):
+    volume, _ = phantom()
+    brain = extract_brain(volume)
+    seg = CNNSegmenter.load(oracle_dir)
+    whole = seg.predict_proba(volume, brain)
+    cfg = PreprocessConfig(patch=(32, 32, 32), max_whole_voxels=1000)
+    model_input = to_model_grid(volume.to_sitk(), brain, cfg)
+    tiled = predict_grid(seg.model, model_input.image, cfg)
+    direct = predict_grid(seg.model, model_input.image, PreprocessConfig())
+    assert tiled.shape == direct.shape and np.abs(tiled - direct).max() < 1e-4
+    assert whole.max() > 0.99
+
+
+def test_preprocessing_round_trip_keeps_geometry():
+    volume, truth = phantom((1, 0, 0, 0, 0.956, -0.292, 0, 0.292, 0.956), spacing=(1.2, 1.2, 5.0))
+    brain = extract_brain(volume)
+    cfg = PreprocessConfig(spacing_mm=2.0)
+    mi = to_model_grid(volume.to_sitk(), brain, cfg)
+    assert all(s % cfg.multiple == 0 for s in mi.image.shape)
+    assert mi.image.dtype == np.float32 and 0.0 <= mi.image.min() and mi.image.max() <= 1.0
+    assert np.all(mi.image[~mi.brain] == 0.0)
+    assert mi.reference.GetSpacing() == pytest.approx((2.0, 2.0, 2.0))
+    truth_img = sitk.GetImageFromArray(truth.astype(np.uint8))
+    truth_img.CopyInformation(volume.to_sitk())
+    label = label_to_model_grid(truth_img, mi)
+    # soft label conserves volume (partial voxels) on the model grid
+    assert label.sum() * 8e-3 == pytest.approx(truth.sum() * volume.voxel_volume_ml, rel=0.05)
+    back = from_model_grid(label, mi, volume.to_sitk()) >= 0.5
+    assert dice(back, truth) > 0.9
+
+
+def test_empty_brain_and_bad_shapes(oracle_dir):
+    volume, _ = phantom()
+    seg = CNNSegmenter.load(oracle_dir)
+    assert not seg.predict_mask(volume, np.zeros(volume.shape, bool)).any()
+    with pytest.raises(ValueError, match="brain mask shape"):
+        seg.predict_mask(volume, np.ones((2, 2, 2), bool))
+
+
+def test_load_rejects_incomplete_or_foreign_model_dirs(tmp_path, oracle_dir):
+    with pytest.raises(FileNotFoundError, match="metadata.json"):
+        CNNSegmenter.load(tmp_path)
+    foreign = save_model_dir(oracle_model(), tmp_path / "foreign", framework="sklearn")
+    with pytest.raises(ValueError, match="framework"):
+        CNNSegmenter.load(foreign)
+    (oracle_dir.parent / "nopre").mkdir()
+    nopre = oracle_dir.parent / "nopre"
+    (nopre / "metadata.json").write_text((oracle_dir / "metadata.json").read_text())
+    with pytest.raises(FileNotFoundError, match="preprocess.json"):
+        CNNSegmenter.load(nopre)
+
+
+def test_preprocess_config_validates_and_round_trips(tmp_path):
+    cfg = PreprocessConfig(spacing_mm=1.25, window_hu=(-10, 110), patch=(48, 48, 48))
+    cfg.write(tmp_path)
+    assert PreprocessConfig.read(tmp_path) == cfg
+    with pytest.raises(ValueError, match="window_hu"):
+        PreprocessConfig(window_hu=(100, 0))
+    with pytest.raises(ValueError, match="multiples"):
+        PreprocessConfig(patch=(30, 32, 32))
+    (tmp_path / "preprocess.json").write_text(json.dumps({"spacing": 2}))
+    with pytest.raises(ValueError, match="unknown preprocessing keys"):
+        PreprocessConfig.read(tmp_path)
+
+
+def test_unet_is_small_and_fully_convolutional(tmp_path):
+    model = build_unet(base_filters=8, depth=3)
+    out = model(np.zeros((1, 16, 24, 32, 1), np.float32))
+    assert tuple(out.shape) == (1, 16, 24, 32, 1)
+    model.save(tmp_path / WEIGHTS_FILE)
+    assert (tmp_path / WEIGHTS_FILE).stat().st_size < 20e6
+
+
+def test_threads_are_bounded_before_tensorflow_starts():
+    code = ("from pipeline.segment.cnn import configure_threads; import tensorflow as tf; "
+            "n = configure_threads(); tf.constant(1.0) + 1; "
+            "print(n, tf.config.threading.get_intra_op_parallelism_threads(), "
+            "tf.config.threading.get_inter_op_parallelism_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "ICH_TF_THREADS": "1"}, cwd=Path(__file__).parents[3])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-3:] == ["1", "1", "1"]
