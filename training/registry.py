@@ -9,7 +9,7 @@ Layout of a registry directory (config ``models.registry_dir``, default ``<data_
     <root>/.lock                           flock for read-modify-write of the two files above
 
 The bundled defaults (``models/<kind>/<n>/`` in the repository) are copied in (hard links where the file
-system allows) the first time a kind is used, so they are version 1 of each and a later code update never
+system allows) while a kind has no version yet, so they are version 1 of each and a later code update never
 silently changes what a site serves. ``promoted.json`` is replaced by write-temp-fsync-rename, so a reader
 (the worker) sees either the old or the new state, never half of one. Version directories are immutable
 once added: a new model is staged in a hidden directory and renamed into place.
@@ -142,9 +142,9 @@ class Registry:
     def _import_bundled(self, kind: str) -> None:
         """First use of a kind: copy the bundled default versions in (under the lock)."""
         kind_dir = self._kind_dir(kind)
-        if kind_dir.is_dir():
+        if kind_dir.is_dir() and any(p.name.isdigit() for p in kind_dir.iterdir()):
             return
-        kind_dir.mkdir(parents=True)
+        kind_dir.mkdir(parents=True, exist_ok=True)
         src_root = self.bundled_root / kind if self.bundled_root else None
         if src_root is None or not src_root.is_dir():
             return
@@ -159,7 +159,7 @@ class Registry:
 
     def _ensure(self, kind: str) -> Path:
         kind_dir = self._kind_dir(kind)
-        if not kind_dir.is_dir():
+        if not kind_dir.is_dir() or not any(p.name.isdigit() for p in kind_dir.iterdir()):
             with self._locked():
                 self._import_bundled(kind)
         return kind_dir
