@@ -197,7 +197,10 @@ class AnalysisProcess:
                 try:
                     reply = self._conn.recv()
                 except EOFError:
-                    code = self._proc.exitcode if self._proc else None
+                    code = None
+                    if self._proc is not None:
+                        self._proc.join(5)
+                        code = self._proc.exitcode
                     self.kill()
                     raise AnalysisFailed(f"analysis process died (exit code {code})") from None
                 break
@@ -252,7 +255,7 @@ class Worker(threading.Thread):
         self.lease_s = lease_s or timeout_s + 60.0
         self.poll_s = poll_s
         self.on_encoded = on_encoded
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._wake = threading.Event()
         self.current: Job | None = None
 
@@ -261,23 +264,23 @@ class Worker(threading.Thread):
         self._wake.set()
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        self._stop.set()
+        self._halt.set()
         self._wake.set()
         self.join(timeout_s)
         self.process.stop()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 self.process.start()
                 job = self.queue.claim(self.owner, lease_s=self.lease_s)
             except AnalysisFailed as exc:
                 log.error("worker %s: %s; retrying in 30 s", self.owner, exc)
-                self._stop.wait(30)
+                self._halt.wait(30)
                 continue
             except Exception:  # noqa: BLE001 - a worker thread must not die silently
                 log.exception("worker %s: claim failed", self.owner)
-                self._stop.wait(self.poll_s)
+                self._halt.wait(self.poll_s)
                 continue
             if job is None:
                 self._wake.wait(self.poll_s)

@@ -97,19 +97,19 @@ class Sender(threading.Thread):
         self.poll_s = poll_s
         self.lease_s = lease_s
         self.on_sent = on_sent
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._wake = threading.Event()
 
     def kick(self) -> None:
         self._wake.set()
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        self._stop.set()
+        self._halt.set()
         self._wake.set()
         self.join(timeout_s)
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 worked = self.drain()
             except Exception:  # noqa: BLE001
@@ -123,7 +123,7 @@ class Sender(threading.Thread):
         """Deliver due jobs until none is left; True when at least one was handled."""
         handled = False
         for _ in range(max_jobs):
-            if self._stop.is_set():
+            if self._halt.is_set():
                 break
             job = self.queue.claim(self.owner, stage=Stage.SEND, lease_s=self.lease_s)
             if job is None:

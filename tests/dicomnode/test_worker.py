@@ -1,0 +1,163 @@
+"""The worker's child process: models once, per-job timeout, crash isolation, memory returned, outputs by hash.
+
+A test double stands in for ``pipeline.analyze`` here (unit test of the node); the e2e test uses the real one.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from dicomnode.queue import JobState
+from dicomnode.queue.sqlite import SQLiteQueue
+from dicomnode.worker import AnalysisFailed, AnalysisProcess, Worker, job_dir
+
+FAKE = textwrap.dedent('''
+    """Test double with the shape of pipeline.analyze.Analyzer."""
+    import os, time
+    from pathlib import Path
+    from pipeline.result import AnalysisResult, Status
+
+    class FakeAnalyzer:
+        def __init__(self, models):
+            with open(os.environ["FAKE_LOG"], "a") as fh:
+                fh.write(f"load {os.getpid()}\\n")
+
+        def analyze(self, files, out_dir, predecessor=None):
+            names = [Path(f).name for f in files]
+            if "sleep" in names:
+                time.sleep(60)
+            if "crash" in names:
+                os._exit(3)
+            if "error" in names:
+                raise RuntimeError("cannot read pixel data")
+            out = Path(out_dir)
+            (out / "seg.dcm").write_bytes(b"seg")
+            (out / "sr.dcm").write_bytes(b"sr")
+            (out / "pid").write_text(str(os.getpid()))
+            (out / "predecessor").write_text(str(predecessor))
+            r = AnalysisResult(status=Status.ANALYZED, outputs={"seg": ["seg.dcm"], "sr": ["sr.dcm"]})
+            r.write(out)
+            return r
+''')
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    mod_dir = tmp_path / "mods"
+    mod_dir.mkdir()
+    (mod_dir / "fake_analyzer_mod.py").write_text(FAKE)
+    monkeypatch.syspath_prepend(str(mod_dir))  # spawn children inherit sys.path
+    log = tmp_path / "loads.log"
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    return log
+
+
+def inputs(tmp_path: Path, *names: str) -> list[str]:
+    d = tmp_path / "in"
+    d.mkdir(exist_ok=True)
+    out = []
+    for n in names:
+        (d / n).write_bytes(b"x")
+        out.append(str(d / n))
+    return out
+
+
+def make(tmp_path, fake, **kw):
+    q = SQLiteQueue(tmp_path / "q.sqlite3", max_attempts=3)
+    proc = AnalysisProcess("fake_analyzer_mod:FakeAnalyzer", max_jobs=kw.pop("max_jobs", 50), start_timeout_s=60)
+    encoded = []
+    w = Worker(q, proc, tmp_path / "results", owner="node/w0", timeout_s=kw.pop("timeout_s", 20),
+               on_encoded=encoded.append, **kw)
+    return q, proc, w, encoded
+
+
+def run_one(q, w, key, files):
+    job = q.enqueue(key, {"files": files})
+    return w.run_job(q.claim(w.owner))
+
+
+def test_models_load_once_outputs_by_hash_and_predecessor_link(tmp_path, fake):
+    q, proc, w, encoded = make(tmp_path, fake)
+    try:
+        key = "ab" + "0" * 30
+        first = run_one(q, w, key, inputs(tmp_path, "a.dcm"))
+        second = run_one(q, w, key, inputs(tmp_path, "b.dcm"))
+        assert first.state is JobState.ENCODED and second.state is JobState.ENCODED
+        assert [j.id for j in encoded] == [first.id, second.id]
+        assert Path(first.result_dir) == job_dir(tmp_path / "results", first)
+        assert Path(first.result_dir).relative_to(tmp_path / "results").parts == ("ab", key, f"job-{first.id}")
+        assert fake.read_text().count("load") == 1  # one child, models loaded once
+        pids = {Path(j.result_dir, "pid").read_text() for j in (first, second)}
+        assert len(pids) == 1 and str(proc.pid) in pids
+        # the re-analysis is told which earlier result it replaces
+        assert Path(second.result_dir, "predecessor").read_text() == first.result_dir
+        assert Path(first.result_dir, "predecessor").read_text() == "None"
+    finally:
+        proc.stop()
+
+
+def test_timeout_kills_child_and_next_job_runs(tmp_path, fake):
+    q, proc, w, _ = make(tmp_path, fake, timeout_s=2)
+    try:
+        proc.start()
+        old = proc.pid
+        t0 = time.monotonic()
+        job = run_one(q, w, "k1", inputs(tmp_path, "sleep"))
+        assert time.monotonic() - t0 < 10
+        assert job.state is JobState.FAILED and "timed out after 2 s" in job.last_error and job.attempts == 1
+        assert proc.pid is None  # killed, not left running
+        ok = run_one(q, w, "k2", inputs(tmp_path, "c.dcm"))
+        assert ok.state is JobState.ENCODED and proc.pid not in (None, old)
+    finally:
+        proc.stop()
+
+
+def test_child_crash_and_errors_are_recorded_not_fatal(tmp_path, fake):
+    q, proc, w, _ = make(tmp_path, fake)
+    try:
+        crashed = run_one(q, w, "k1", inputs(tmp_path, "crash"))
+        assert crashed.state is JobState.FAILED and "exit code 3" in crashed.last_error
+        err = run_one(q, w, "k2", inputs(tmp_path, "error"))
+        assert err.state is JobState.FAILED and "RuntimeError: cannot read pixel data" in err.last_error
+        missing = run_one(q, w, "k3", [str(tmp_path / "gone.dcm")])
+        assert missing.state is JobState.DEAD and "missing from the spool" in missing.last_error
+    finally:
+        proc.stop()
+
+
+def test_child_restarts_after_max_jobs_to_free_memory(tmp_path, fake):
+    q, proc, w, _ = make(tmp_path, fake, max_jobs=1)
+    try:
+        a = run_one(q, w, "k1", inputs(tmp_path, "a.dcm"))
+        assert proc.pid is None  # stopped after its quota
+        b = run_one(q, w, "k2", inputs(tmp_path, "b.dcm"))
+        assert Path(a.result_dir, "pid").read_text() != Path(b.result_dir, "pid").read_text()
+        assert fake.read_text().count("load") == 2
+    finally:
+        proc.stop()
+
+
+def test_unloadable_analyzer_is_a_clear_error(tmp_path, fake):
+    proc = AnalysisProcess("no_such_module_x:Analyzer", start_timeout_s=60)
+    with pytest.raises(AnalysisFailed, match="cannot load its models: ModuleNotFoundError"):
+        proc.start()
+
+
+def test_worker_thread_claims_and_stops(tmp_path, fake):
+    q, proc, w, encoded = make(tmp_path, fake, poll_s=0.2)
+    w.start()
+    try:
+        job = q.enqueue("k", {"files": inputs(tmp_path, "a.dcm")})
+        deadline = time.monotonic() + 60
+        while q.get(job.id).state is not JobState.ENCODED and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert q.get(job.id).state is JobState.ENCODED
+    finally:
+        w.stop()
+    assert not w.is_alive() and proc.pid is None
