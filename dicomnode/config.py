@@ -272,6 +272,10 @@ class QueueSection(_Section):
 
 class WorkerSection(_Section):
     processes: int = Field(1, ge=1)  # analysis processes; each loads the models once
+    # The analysis entry ("module:callable" taking ModelPaths); swapped only by unit tests of the node.
+    analyzer: str = Field("pipeline.analyze:Analyzer", pattern=r"^[\w.]+:\w+$")
+    max_jobs_per_process: int = Field(50, ge=1)  # then the child restarts: leaked/fragmented memory goes back
+    threads: int = Field(2, ge=1)  # BLAS/TF threads inside one analysis process
 
 
 class Destination(_Section):
