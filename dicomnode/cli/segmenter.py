@@ -1,9 +1,86 @@
-"""Placeholder: this family of subcommands is not implemented yet."""
+"""`ich-node train segmenter` and `ich-node evaluate segmenter`: model 1 (3D U-Net) from a cohort."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+GE_HEAD = Path(os.environ.get("ICH_CT_DATA") or Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ct"
+               ) / "ge-human-head-tilted"
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
-    """Add this module's subcommands to ``app`` or to one of ``groups``."""
+    """Add ``segmenter`` to the ``train`` and ``evaluate`` groups."""
+
+    @groups["train"].command("segmenter")
+    def train_segmenter(
+        cohort: Path = typer.Option(..., "--cohort", exists=True, file_okay=False, help="Cohort folder with manifest.csv (ich-node synth)."),
+        out: Path = typer.Option(..., "--out", help="New versioned model directory, e.g. models/segmenter/2."),
+        epochs: int = typer.Option(20, "--epochs", min=1),
+        steps_per_epoch: int = typer.Option(60, "--steps-per-epoch", min=1),
+        batch_size: int = typer.Option(2, "--batch-size", min=1),
+        learning_rate: float = typer.Option(1e-3, "--learning-rate"),
+        base_filters: int = typer.Option(8, "--base-filters", min=2, help="Filters of the first U-Net level."),
+        spacing: float = typer.Option(1.5, "--spacing", help="Isotropic model-grid spacing (mm)."),
+        patch: int = typer.Option(64, "--patch", help="Cubic training patch size (voxels, multiple of 8)."),
+        val_fraction: float = typer.Option(0.15, "--val-fraction"),
+        max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this wall time; keep the best epoch."),
+        threads: Optional[int] = typer.Option(None, "--threads", help="TensorFlow CPU threads (default: all allowed CPUs)."),
+        seed: int = typer.Option(0, "--seed"),
+        version: Optional[str] = typer.Option(None, "--version", help="Model version (default: the --out folder name if numeric)."),
+        parent_version: Optional[str] = typer.Option(None, "--parent-version"),
+        cache: Optional[Path] = typer.Option(None, "--cache", help="Where prepared arrays are cached (default COHORT/.cache/segmenter)."),
+    ) -> None:
+        """Train the 3D U-Net hematoma segmenter on a (synthetic) cohort; writes a versioned model directory."""
+        from pipeline.segment.preprocess import PreprocessConfig
+        from training.segmenter import TrainConfig, train_segmenter as train
+
+        try:
+            pre = PreprocessConfig(spacing_mm=spacing, patch=(patch, patch, patch))
+            cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
+                              learning_rate=learning_rate, base_filters=base_filters, val_fraction=val_fraction,
+                              seed=seed, max_minutes=max_minutes, threads=threads, preprocess=pre)
+            result = train(cohort, out, cfg, version=version, parent_version=parent_version, cache_dir=cache)
+        except (ValueError, FileNotFoundError, FileExistsError) as exc:
+            raise _fail(str(exc))
+        typer.echo(f"model {result.metadata.name} v{result.metadata.version} → {result.model_dir}")
+
+    @groups["evaluate"].command("segmenter")
+    def evaluate_segmenter(
+        cohort: Path = typer.Option(..., "--cohort", exists=True, file_okay=False, help="Held-out cohort (manifest.csv)."),
+        model: Path = typer.Option(..., "--model", exists=True, file_okay=False, help="Model directory to evaluate."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default MODEL/evaluation)."),
+        normal_head: Optional[Path] = typer.Option(GE_HEAD if GE_HEAD.is_dir() else None, "--normal-head",
+                                                   help="A normal head CT series: every voxel found there is a false positive."),
+        baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Compare with the classical segmenter."),
+        limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate the first N cases only."),
+        threads: Optional[int] = typer.Option(None, "--threads"),
+    ) -> None:
+        """Dice, volume error and Bland–Altman plot on held-out cases; false positives on a normal head."""
+        from pipeline.segment.cnn import configure_threads
+        from training.evaluate_segmenter import evaluate_segmenter as evaluate
+
+        configure_threads(threads)
+        out = out or model / "evaluation"
+        try:
+            m = evaluate(cohort, model, out, normal_head=normal_head, baseline=baseline, limit=limit)
+        except (ValueError, FileNotFoundError) as exc:
+            raise _fail(str(exc))
+        for name, s in m["models"].items():
+            typer.echo(f"{name:>9}: median Dice {s['dice']['median']:.3f} (IQR {s['dice']['q25']:.3f}–"
+                       f"{s['dice']['q75']:.3f}), mean |volume error| {s['volume']['mean_abs_error_ml']:.2f} mL, "
+                       f"bias {s['volume']['bias_ml']:+.2f} mL")
+        if "normal_head" in m:
+            fp = m["normal_head"]["false_positive_ml"]
+            typer.echo("false positives on normal head: " + ", ".join(f"{k} {v:.2f} mL" for k, v in fp.items()))
+        typer.echo(f"bars: {m['bars']}  → {out}")

@@ -1,0 +1,425 @@
+"""Train model 1: a small 3D U-Net for hematoma segmentation on a (synthetic) cohort.
+
+Cohort = a folder with ``manifest.csv`` (``ich-node synth``): per case a baseline CT series and its
+ground-truth mask (and, when present, the follow-up study's, used as extra training volumes). Every
+volume goes through the pipeline's own loading, brain extraction and ``preprocess.to_model_grid``, so
+the model trains on exactly what it will see at inference; the prepared arrays are cached.
+
+Training: random 3D patches (biased towards hematoma), augmented by rotation, flipping and scaling,
+Dice + binary cross-entropy loss, Adam with cosine decay, whole-volume validation Dice after every
+epoch, and the best-Dice weights kept. Output is a versioned model directory loadable by
+``pipeline.segment.cnn.CNNSegmenter``.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import queue
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from pipeline.models import ModelMetadata
+from pipeline.segment.cnn import WEIGHTS_FILE, build_unet, configure_threads, device, predict_grid
+from pipeline.segment.preprocess import PreprocessConfig, label_to_model_grid, to_model_grid
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "ich-unet3d"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------------------------------------- cohort
+
+
+@dataclass(frozen=True)
+class CohortVolume:
+    """One CT series of a cohort with its ground-truth hematoma mask."""
+
+    case_id: str
+    phase: str                 # "baseline" | "followup"
+    series_dir: Path
+    mask_path: Path
+    volume_ml: float | None
+
+
+@dataclass(frozen=True)
+class Cohort:
+    root: Path
+    rows: list[dict]           # manifest rows, as read
+    volumes: list[CohortVolume]
+
+    @property
+    def case_ids(self) -> list[str]:
+        return sorted({v.case_id for v in self.volumes})
+
+    def fingerprint(self, case_ids: set[str] | None = None) -> str:
+        """sha256 over the manifest rows used (canonical JSON, sorted by case id)."""
+        rows = [r for r in self.rows if case_ids is None or r["case_id"] in case_ids]
+        text = "\n".join(json.dumps(r, sort_keys=True) for r in sorted(rows, key=lambda r: r["case_id"]))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_cohort(root: Path, phases: tuple[str, ...] = ("baseline", "followup")) -> Cohort:
+    """Read ``root/manifest.csv``; paths in it are relative to ``root``."""
+    root = Path(root)
+    manifest = root / "manifest.csv"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{root} is not a cohort: manifest.csv missing (make one with `ich-node synth`)")
+    with manifest.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise ValueError(f"{manifest} lists no cases")
+    for col in ("case_id", "baseline_dir", "baseline_mask"):
+        if col not in rows[0]:
+            raise ValueError(f"{manifest} has no {col!r} column (columns: {sorted(rows[0])})")
+    volumes = []
+    for row in rows:
+        for phase in phases:
+            d, m = row.get(f"{phase}_dir"), row.get(f"{phase}_mask")
+            if not d or not m:
+                continue
+            vol = row.get(f"{phase}_volume_ml")
+            volumes.append(CohortVolume(row["case_id"], phase, root / d, root / m,
+                                        float(vol) if vol not in (None, "") else None))
+    return Cohort(root, rows, volumes)
+
+
+def split_cases(case_ids: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic case-level split (a case's baseline and follow-up stay together)."""
+    ids = sorted(case_ids)
+    rng = np.random.default_rng(seed)
+    rng.shuffle(ids)
+    n_val = max(1, int(round(val_fraction * len(ids)))) if len(ids) > 1 else 0
+    return sorted(ids[n_val:]), sorted(ids[:n_val])
+
+
+# ------------------------------------------------------------------------------------- preparation
+
+
+@dataclass
+class Prepared:
+    """One volume on the model grid: input image, soft label and brain mask (z, y, x)."""
+
+    key: str
+    image: np.ndarray
+    label: np.ndarray
+    brain: np.ndarray
+
+
+def _cache_key(item: CohortVolume, config: PreprocessConfig) -> str:
+    stat = [(p.stat().st_size, int(p.stat().st_mtime)) for p in (item.mask_path,)]
+    blob = json.dumps([item.case_id, item.phase, str(item.series_dir), str(item.mask_path), stat,
+                       config.to_dict()], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def prepare_volume(item: CohortVolume, config: PreprocessConfig, cache_dir: Path | None = None) -> Prepared:
+    """Load → brain extraction → model grid (the inference path) + the label on the same grid; cached."""
+    key = _cache_key(item, config)
+    path = Path(cache_dir) / f"{item.case_id}_{item.phase}_{key}.npz" if cache_dir else None
+    if path is not None and path.is_file():
+        with np.load(path) as z:
+            return Prepared(key, z["image"], z["label"], z["brain"])
+    from pipeline.brain import extract_brain
+    from pipeline.volume import load_series
+
+    volume = load_series(item.series_dir).volume
+    brain = extract_brain(volume)
+    if not brain.any():
+        raise ValueError(f"{item.case_id}/{item.phase}: no brain found")
+    model_input = to_model_grid(volume.to_sitk(), brain, config)
+    label = label_to_model_grid(sitk.ReadImage(str(item.mask_path)), model_input)
+    prepared = Prepared(key, model_input.image, label.astype(np.float16).astype(np.float32), model_input.brain)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, image=prepared.image.astype(np.float16), label=label.astype(np.float16),
+                            brain=prepared.brain)
+        tmp.rename(path)
+        prepared.image = prepared.image.astype(np.float16).astype(np.float32)
+    return prepared
+
+
+# ------------------------------------------------------------------------------------ augmentation
+
+
+def sample_patch(item: Prepared, patch: tuple[int, int, int], rng: np.random.Generator,
+                 lesion_prob: float = 0.6, augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A (patch) crop of image and soft label, centred on hematoma with ``lesion_prob``, else on brain,
+    rotated (±15° axial, ±5° tilt), scaled (0.85–1.15) and left-right flipped at random."""
+    fg = item.label > 0.5
+    pool = fg if (fg.any() and rng.random() < lesion_prob) else item.brain
+    if not pool.any():
+        pool = np.ones(item.image.shape, bool)
+    idx = np.flatnonzero(pool)
+    centre = np.array(np.unravel_index(idx[rng.integers(len(idx))], item.image.shape), float)
+    centre += rng.uniform(-8, 8, size=3)  # do not always put the lesion dead centre
+    matrix = np.eye(3)
+    if augment:
+        az = math.radians(rng.uniform(-15, 15))
+        ax = math.radians(rng.uniform(-5, 5))
+        rz = np.array([[1, 0, 0], [0, math.cos(az), -math.sin(az)], [0, math.sin(az), math.cos(az)]])
+        rx = np.array([[math.cos(ax), -math.sin(ax), 0], [math.sin(ax), math.cos(ax), 0], [0, 0, 1]])
+        scale = rng.uniform(0.85, 1.15)
+        matrix = (rz @ rx) / scale
+        if rng.random() < 0.5:  # left-right flip (x axis)
+            matrix = matrix @ np.diag([1.0, 1.0, -1.0])
+    half = (np.asarray(patch, float) - 1) / 2
+    offset = centre - matrix @ half
+    image = ndimage.affine_transform(item.image, matrix, offset, output_shape=patch, order=1, cval=0.0)
+    label = ndimage.affine_transform(item.label, matrix, offset, output_shape=patch, order=1, cval=0.0)
+    if augment:  # small intensity jitter in window units (≈ ±3 HU offset, ±5 % gain)
+        image = np.where(image > 0, image * rng.uniform(0.95, 1.05) + rng.uniform(-0.025, 0.025), 0.0)
+    return image.astype(np.float32), np.clip(label, 0, 1).astype(np.float32)
+
+
+def batches(items: list[Prepared], patch: tuple[int, int, int], batch_size: int, seed: int,
+            augment: bool = True, prefetch: int = 4) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless batches made in a background thread (numpy/scipy release the GIL while TF trains)."""
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def work() -> None:
+        rng = np.random.default_rng(seed)
+        while not stop.is_set():
+            xs, ys = zip(*(sample_patch(items[rng.integers(len(items))], patch, rng, augment=augment)
+                           for _ in range(batch_size)))
+            batch = (np.stack(xs)[..., None], np.stack(ys)[..., None])
+            while not stop.is_set():
+                try:
+                    q.put(batch, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+
+    thread = threading.Thread(target=work, daemon=True, name="patch-sampler")
+    thread.start()
+    try:
+        while True:
+            yield q.get()
+    finally:
+        stop.set()
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two bool masks; 1.0 when both are empty."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    denom = pred.sum() + truth.sum()
+    return 1.0 if denom == 0 else float(2.0 * np.logical_and(pred, truth).sum() / denom)
+
+
+def dice_bce_loss(y_true, y_pred):
+    """Soft Dice over the whole batch (stable when patches hold no hematoma) + binary cross-entropy."""
+    import tensorflow as tf
+
+    y_pred = tf.clip_by_value(y_pred, 1e-6, 1.0 - 1e-6)
+    inter = tf.reduce_sum(y_true * y_pred)
+    soft_dice = (2.0 * inter + 1.0) / (tf.reduce_sum(y_true) + tf.reduce_sum(y_pred) + 1.0)
+    bce = -tf.reduce_mean(y_true * tf.math.log(y_pred) + (1.0 - y_true) * tf.math.log(1.0 - y_pred))
+    return (1.0 - soft_dice) + bce
+
+
+# --------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    steps_per_epoch: int = 60
+    batch_size: int = 2
+    learning_rate: float = 1e-3
+    base_filters: int = 8
+    depth: int = 3
+    val_fraction: float = 0.15
+    seed: int = 0
+    max_minutes: float | None = None     # wall-clock cap; the best checkpoint so far is kept
+    threads: int | None = None
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    metrics: dict
+    metadata: ModelMetadata
+
+
+def _git_describe() -> str:
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def validate(model, items: list[Prepared], config: PreprocessConfig) -> list[float]:
+    """Whole-volume Dice per validation volume on the model grid (label > 0.5 is the truth)."""
+    scores = []
+    for item in items:
+        prob = predict_grid(model, item.image, config)
+        prob[~item.brain] = 0.0
+        scores.append(dice(prob >= config.threshold, item.label > 0.5))
+    return scores
+
+
+def train_segmenter(cohort_dir: Path, out_dir: Path, config: TrainConfig | None = None, *,
+                    version: str | None = None, parent_version: str | None = None,
+                    cache_dir: Path | None = None, progress: Callable[[str], None] | None = print) -> TrainResult:
+    """Train on ``cohort_dir`` and write a versioned model directory to ``out_dir``."""
+    config = config or TrainConfig()
+    say = progress or (lambda _msg: None)
+    out_dir = Path(out_dir)
+    if (out_dir / "metadata.json").exists():
+        raise FileExistsError(f"{out_dir} already holds a model; choose a new version directory")
+    version = version or (out_dir.name if out_dir.name.isdigit() else "1")
+    t_start = time.monotonic()
+    configure_threads(config.threads)
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(config.seed)
+    cohort = read_cohort(cohort_dir)
+    train_ids, val_ids = split_cases(cohort.case_ids, config.val_fraction, config.seed)
+    cache_dir = Path(cache_dir) if cache_dir else Path(cohort_dir) / ".cache" / "segmenter"
+    pre = config.preprocess
+
+    say(f"preparing {len(cohort.volumes)} volumes ({len(train_ids)} train / {len(val_ids)} validation cases)")
+    train_items, val_items, skipped = [], [], []
+    from tqdm import tqdm
+
+    for item in tqdm(cohort.volumes, desc="prepare", unit="vol", disable=progress is None):
+        try:
+            prepared = prepare_volume(item, pre, cache_dir)
+        except Exception as exc:  # a case the pipeline cannot read is reported, not fatal
+            skipped.append(f"{item.case_id}/{item.phase}: {exc}")
+            log.warning("skipping %s/%s: %s", item.case_id, item.phase, exc)
+            continue
+        if item.case_id in val_ids:
+            if item.phase == "baseline":  # validate on baselines only, like the evaluation
+                val_items.append(prepared)
+        else:
+            train_items.append(prepared)
+    if not train_items:
+        raise ValueError(f"no usable training volumes in {cohort_dir} ({len(skipped)} skipped)")
+    t_prep = time.monotonic() - t_start
+    say(f"prepared in {t_prep:.0f} s; training on {device()} "
+        f"(patch {pre.patch}, batch {config.batch_size}, {config.epochs}×{config.steps_per_epoch} steps)")
+
+    model = build_unet(config.base_filters, config.depth)
+    total = max(1, config.epochs * config.steps_per_epoch)
+    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, total, alpha=0.05)
+    optimizer = keras.optimizers.Adam(schedule)
+    optimizer.build(model.trainable_variables)
+    patch = tuple(pre.patch)
+
+    @tf.function(reduce_retracing=True)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = dice_bce_loss(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / WEIGHTS_FILE
+    history, best, best_epoch, stopped = [], -1.0, 0, None
+    stream = batches(train_items, patch, config.batch_size, config.seed)
+    t_train = time.monotonic()
+    for epoch in range(1, config.epochs + 1):
+        t0, losses = time.monotonic(), []
+        for _ in range(config.steps_per_epoch):
+            x, y = next(stream)
+            losses.append(float(step(tf.constant(x), tf.constant(y))))
+        val = validate(model, val_items, pre) if val_items else []
+        val_dice = float(np.median(val)) if val else float("nan")
+        score = val_dice if val else -float(np.mean(losses))  # no validation set: lowest loss
+        improved = score > best
+        if improved:
+            best, best_epoch = score, epoch
+            model.save(weights)
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_median_dice": val_dice,
+                        "val_mean_dice": float(np.mean(val)) if val else float("nan"),
+                        "seconds": round(time.monotonic() - t0, 1)})
+        say(f"epoch {epoch}/{config.epochs}  loss {np.mean(losses):.4f}  val median Dice {val_dice:.4f}"
+            f"{'  *best*' if improved else ''}  ({time.monotonic() - t0:.0f} s)")
+        if config.max_minutes is not None and (time.monotonic() - t_start) / 60 > config.max_minutes:
+            stopped = f"time cap of {config.max_minutes} min reached after epoch {epoch}"
+            say(stopped)
+            break
+    stream.close()
+    t_total = time.monotonic() - t_start
+
+    used = set(train_ids) | set(val_ids)
+    metrics = {
+        "validation": {"median_dice": best if val_items else None, "best_epoch": best_epoch,
+                       "cases": len(val_items), "grid": f"model grid {pre.spacing_mm} mm"},
+        "train_volumes": len(train_items),
+        "skipped": skipped,
+        "history": history,
+        "stopped_early": stopped,
+        "seconds": {"prepare": round(t_prep, 1), "train": round(time.monotonic() - t_train, 1),
+                    "total": round(t_total, 1)},
+        "device": device(),
+        "train_config": {k: v for k, v in asdict(config).items() if k != "preprocess"},
+    }
+    metadata = ModelMetadata(
+        kind="segmenter", version=str(version), name=MODEL_NAME,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        training_data={"source": "synthetic", "fingerprint": cohort.fingerprint(used), "cases": len(used),
+                       "volumes": len(train_items) + len(val_items), "cohort": Path(cohort_dir).name},
+        metrics={"val_median_dice": metrics["validation"]["median_dice"]},
+        code_version=_git_describe(), parent_version=parent_version,
+        extra={"framework": "keras", "architecture": f"3D U-Net depth {config.depth}, "
+                                                   f"{config.base_filters} base filters",
+               "weights": WEIGHTS_FILE},
+    )
+    pre.write(out_dir)
+    metadata.write(out_dir)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    write_model_card(out_dir, metadata, metrics, config)
+    say(f"wrote {out_dir} (best val median Dice {best:.4f} at epoch {best_epoch}, {t_total / 60:.1f} min)")
+    return TrainResult(out_dir, metrics, metadata)
+
+
+def write_model_card(out_dir: Path, metadata: ModelMetadata, metrics: dict, config: TrainConfig) -> Path:
+    val = metrics["validation"]
+    text = f"""# Model card: {metadata.name} v{metadata.version} (hematoma segmenter, model 1)
+
+**Research use only. Trained exclusively on SYNTHETIC head CT (`ich-node synth`); no clinical accuracy
+is claimed, and none has been measured on real hemorrhages.**
+
+- Task: voxel-wise intracerebral hematoma segmentation on non-contrast head CT, inside the brain mask.
+- Architecture: {metadata.extra['architecture']} (Keras 3 / TensorFlow), sigmoid output,
+  threshold {config.preprocess.threshold}.
+- Input: brain-extracted CT resampled to {config.preprocess.spacing_mm} mm isotropic, HU window
+  {tuple(config.preprocess.window_hu)} → [0, 1] (`preprocess.json`, shared with the runtime).
+- Training: Dice + binary cross-entropy, Adam (lr {config.learning_rate}, cosine decay), patches
+  {tuple(config.preprocess.patch)}, augmentation by rotation, scaling, left-right flip and intensity jitter.
+- Data: {metadata.training_data['cases']} synthetic cases (fingerprint `{metadata.training_data['fingerprint'][:16]}…`).
+- Validation (synthetic, model grid): median Dice {val['median_dice']} on {val['cases']} held-out volumes,
+  best epoch {val['best_epoch']}.
+- Code version: `{metadata.code_version}`; created {metadata.created}.
+- Limits: the synthetic lesions and heads are simplified; real scans differ (artefacts, calcifications,
+  postoperative changes, other pathologies). Evaluate on your own data before any use; see
+  `ich-node evaluate segmenter` and `evaluation/` beside this card when present.
+"""
+    path = Path(out_dir) / "MODEL_CARD.md"
+    path.write_text(text)
+    return path
