@@ -77,6 +77,21 @@ def _model_paths(source: ModelSource):
     return (ModelPaths.bundled() if source.bundled_fallback else ModelPaths()), None
 
 
+def _analyze_kwargs(analyzer: Any, request: dict) -> dict:
+    """Optional arguments, passed only when given and when this analyzer accepts them."""
+    import inspect
+
+    params = inspect.signature(analyzer.analyze).parameters
+    kwargs: dict[str, Any] = {}
+    if request.get("predecessor"):
+        kwargs["predecessor"] = request["predecessor"]
+    if request.get("cannot_assess") and "cannot_assess" in params:
+        from pipeline.result import CannotAssess
+
+        kwargs["cannot_assess"] = CannotAssess(request["cannot_assess"]["code"], request["cannot_assess"]["message"])
+    return kwargs
+
+
 def _child_main(conn, analyzer_target: str, source: ModelSource, threads: int) -> None:
     """Child process: load the models once, then answer requests until told to stop (``None``)."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
@@ -101,8 +116,7 @@ def _child_main(conn, analyzer_target: str, source: ModelSource, threads: int) -
         if watcher is not None and watcher.poll():  # a promotion: reload between jobs, never during one
             analyzer = build(watcher.paths)
         try:
-            kwargs = {"predecessor": request["predecessor"]} if request.get("predecessor") else {}
-            result = analyzer.analyze(request["files"], request["out_dir"], **kwargs)
+            result = analyzer.analyze(request["files"], request["out_dir"], **_analyze_kwargs(analyzer, request))
             conn.send({"ok": True, "result": result.to_json()})
         except BaseException as exc:  # noqa: BLE001
             retryable = not isinstance(exc, (ValueError, TypeError, FileNotFoundError))
@@ -176,7 +190,8 @@ class AnalysisProcess:
             self._proc.join(5)
         self._proc = self._conn = None
 
-    def analyze(self, files: list[str], out_dir: str, *, predecessor: Any = None, timeout_s: float = 600.0,
+    def analyze(self, files: list[str], out_dir: str, *, predecessor: Any = None, cannot_assess: dict | None = None,
+                timeout_s: float = 600.0,
                 tick: Callable[[], bool] | None = None, tick_every_s: float = 5.0) -> str:
         """Run one analysis in the child; returns ``result.json`` text.
 
@@ -185,7 +200,8 @@ class AnalysisProcess:
         """
         self.start()
         try:
-            self._conn.send({"files": [str(f) for f in files], "out_dir": str(out_dir), "predecessor": predecessor})
+            self._conn.send({"files": [str(f) for f in files], "out_dir": str(out_dir), "predecessor": predecessor,
+                             "cannot_assess": cannot_assess})
         except (OSError, ValueError) as exc:
             self.kill()
             raise AnalysisFailed(f"analysis process unreachable: {exc}") from exc
@@ -305,7 +321,8 @@ class Worker(threading.Thread):
                 raise AnalysisFailed(f"{len(missing)} of {len(files)} input files are missing from the spool",
                                      retryable=False)
             self.process.analyze(
-                files, str(out), predecessor=predecessor_of(self.queue, job), timeout_s=self.timeout_s,
+                files, str(out), predecessor=predecessor_of(self.queue, job),
+                cannot_assess=job.payload.get("cannot_assess"), timeout_s=self.timeout_s,
                 tick=lambda: self.queue.heartbeat(job.id, self.owner, lease_s=self.lease_s))
             done = self.queue.mark_encoded(job.id, self.owner, str(out))
             log.info("job %s (study %s) analysed in %.1f s", job.id, job.key[:12], time.monotonic() - t0)

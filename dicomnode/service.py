@@ -1,0 +1,225 @@
+"""The node in one object: config → index → spool → queue → SCP → scheduler → workers → senders.
+
+Thin on purpose: every part lives in its own module; this one only wires them, recovers after a
+crash, and stops them in the right order. One way through:
+
+    SCP (ack after fsync + index) → sweep (quiet → selection) → queue → worker (child process,
+    pipeline.analyze) → encoded → sender (ledger, each destination once) → sent
+
+Crash recovery at start: partial spool writes are removed; jobs leased by this node's previous
+incarnation are handed back at once (no waiting for the lease); held jobs of already-claimed
+studies are released; studies still marked changed in the index are swept as usual; encoded jobs
+are re-sent, skipping every object a destination already confirmed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import NodeConfig
+from .destinations import build as build_destination
+from .destinations.dispatch import Dispatcher, Sender
+from .destinations.ledger import Ledger
+from .index import Index, SeriesInfo
+from .queue import Job, JobQueue, open_queue
+from .scheduler import Decision, Housekeeper, NodeScheduler, Sweeper
+from .spool import Spool
+from .worker import AnalysisProcess, ModelSource, Worker
+
+log = logging.getLogger(__name__)
+
+
+def owner_prefix(config: NodeConfig) -> str:
+    """Stable across restarts of the same node (same host, same data_dir): ``recover`` finds its old leases."""
+    where = hashlib.sha256(str(Path(config.node.data_dir).resolve()).encode()).hexdigest()[:10]
+    return f"{socket.gethostname()}:{where}/"
+
+
+def results_root(config: NodeConfig) -> Path:
+    return Path(config.node.data_dir) / "results"
+
+
+def ledger_path(config: NodeConfig) -> Path:
+    return Path(config.node.data_dir) / "deliveries.sqlite3"
+
+
+# -- adapters to the receive side (dicomnode.scp, dicomnode.selection) -----------------------------
+
+def selection_decider(config: NodeConfig, index: Index, spool: Spool) -> Callable[[str, list[SeriesInfo]], Decision]:
+    """``dicomnode.selection``'s verdict on a study, in the sweep's terms."""
+    from . import selection
+
+    def decide(study_uid: str, series: list[SeriesInfo]) -> Decision:
+        verdict = selection.select_study(study_uid, index, spool, config.selection)
+        return Decision(action=verdict.action, series_uid=verdict.series_uid, code=verdict.code,
+                        reason=verdict.reason or "")
+
+    return decide
+
+
+def start_receiver(config: NodeConfig, index: Index, spool: Spool) -> Any:
+    """Start the Storage SCP without blocking; returns a handle with ``stop()``."""
+    from . import scp
+
+    return scp.start_scp(config, index, spool)
+
+
+# -- the node ----------------------------------------------------------------------------------------
+
+class Node:
+    """A running node. ``Node(config).start()``; ``stop()``; or ``serve_forever()`` until SIGTERM/SIGINT."""
+
+    def __init__(self, config: NodeConfig, *, decide: Callable[[str, list[SeriesInfo]], Decision] | None = None,
+                 receiver: Callable[[NodeConfig, Index, Spool], Any] | None = start_receiver) -> None:
+        self.config = config
+        self._decide = decide
+        self._receiver_factory = receiver
+        self.data_dir = Path(config.node.data_dir)
+        self.prefix = owner_prefix(config)
+        self.index: Index | None = None
+        self.spool: Spool | None = None
+        self.queue: JobQueue | None = None
+        self.ledger: Ledger | None = None
+        self.workers: list[Worker] = []
+        self.sender: Sender | None = None
+        self.sweeper: Sweeper | None = None
+        self.housekeeper: Housekeeper | None = None
+        self.scheduler: NodeScheduler | None = None
+        self.receiver: Any = None
+        self._stopped = threading.Event()
+        self.recovered: dict[str, int] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> "Node":
+        cfg = self.config
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.index = Index(cfg.node.index_path)
+        self.spool = Spool(cfg.node.spool_dir, cfg.storage.min_free_bytes)
+        self.queue = open_queue(cfg)
+        self.ledger = Ledger(ledger_path(cfg))
+        self.recovered["partial_spool_files"] = self.spool.remove_partials()
+        self.recovered["leases"] = self.queue.recover(self.prefix)
+
+        decide = self._decide or selection_decider(cfg, self.index, self.spool)
+        self.sweeper = Sweeper(self.index, self.queue, self.spool.abspath, decide,
+                               quiet_seconds=cfg.selection.quiet_seconds, on_enqueued=self.kick)
+        self.recovered["held_jobs"] = self.sweeper.recover()
+        self.housekeeper = Housekeeper(self.index, self.spool.remove, self.data_dir, cfg.storage.retention_days,
+                                       cfg.storage.min_free_bytes)
+        self.housekeeper.disk_check()
+        if any(self.recovered.values()):
+            log.info("crash recovery: %s", self.recovered)
+
+        destinations = [build_destination(d, calling_ae_title=cfg.node.ae_title) for d in cfg.destinations]
+        self.sender = Sender(self.queue, Dispatcher(destinations, self.ledger), owner=f"{self.prefix}sender-{os.getpid()}",
+                             on_sent=self._on_sent)
+        if self.queue.needs_local_workers:
+            models = ModelSource(registry_dir=str(cfg.models_dir), bundled_fallback=cfg.models.bundled_fallback)
+            for i in range(cfg.worker.processes):
+                process = AnalysisProcess(cfg.worker.analyzer, models, max_jobs=cfg.worker.max_jobs_per_process,
+                                          threads=cfg.worker.threads)
+                self.workers.append(Worker(self.queue, process, results_root(cfg), owner=f"{self.prefix}w{i}-{os.getpid()}",
+                                           timeout_s=cfg.queue.job_timeout_s, on_encoded=self._on_encoded))
+
+        if self._receiver_factory is not None:
+            self.receiver = self._receiver_factory(cfg, self.index, self.spool)
+        for w in self.workers:
+            w.start()
+        self.sender.start()
+        self.scheduler = NodeScheduler(
+            sweep=self.sweeper.sweep, sweep_s=cfg.scheduler.sweep_seconds,
+            retries=self.kick, retry_s=cfg.scheduler.retry_seconds,
+            cleanup=self.housekeeper.cleanup, cleanup_cron=cfg.scheduler.cleanup_cron,
+            disk_check=self.housekeeper.disk_check, disk_s=cfg.scheduler.disk_check_seconds)
+        self.scheduler.start()
+        self.scheduler.run_now("sweep")
+        log.info("node %s listening on %s:%d, data in %s, %d worker(s), %d destination(s)", cfg.node.ae_title,
+                 cfg.node.host, cfg.node.port, self.data_dir, len(self.workers), len(destinations))
+        return self
+
+    def stop(self) -> None:
+        """Graceful: stop accepting, stop scheduling, let the workers and sender finish or hand back."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self.receiver is not None:
+            try:
+                self.receiver.stop()
+            except Exception:  # noqa: BLE001
+                log.exception("stopping the SCP failed")
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)
+        for w in self.workers:
+            w.stop()
+        if self.sender is not None:
+            self.sender.stop()
+        # a job interrupted by the stop is handed back now rather than after its lease expires
+        if self.queue is not None:
+            self.queue.recover(self.prefix)
+            self.queue.close()
+        if self.ledger is not None:
+            self.ledger.close()
+        if self.index is not None:
+            self.index.close()
+        log.info("node stopped")
+
+    def serve_forever(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop gracefully."""
+        done = threading.Event()
+
+        def handler(signum, _frame):
+            log.info("signal %s: shutting down", signal.Signals(signum).name)
+            done.set()
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not done.wait(1.0):
+                pass
+        finally:
+            self.stop()
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    # -- hand-overs ---------------------------------------------------------------------------
+    def kick(self) -> None:
+        """Wake the workers and the sender (new jobs, due retries)."""
+        for w in self.workers:
+            w.kick()
+        if self.sender is not None:
+            self.sender.kick()
+
+    def _on_encoded(self, job: Job) -> None:
+        for series_uid in job.payload.get("series_uids") or []:
+            self.index.mark_series_analyzed(series_uid)
+        if self.sender is not None:
+            self.sender.kick()
+        self._dataset_hook(job)
+
+    def _on_sent(self, job: Job) -> None:
+        last = job.payload.get("last_received_at")
+        if last:
+            log.info("job %s delivered %.1f s after the study's last instance", job.id, time.time() - last)
+
+    def _dataset_hook(self, job: Job) -> None:
+        """Tell the training dataset about the finished analysis (follow-up pairing); never fails the job."""
+        try:
+            from pipeline.result import AnalysisResult
+            from training.labels import on_analysis
+        except ImportError:
+            return
+        try:
+            result = AnalysisResult.read(Path(job.result_dir))
+            seg = [Path(job.result_dir) / p for p in result.outputs.get("seg", [])]
+            on_analysis(Path(self.config.node.data_dir) / "training", [Path(f) for f in job.payload.get("files", [])],
+                        result, seg_files=seg)
+        except Exception:  # noqa: BLE001
+            log.warning("job %s: dataset hook failed", job.id, exc_info=True)
