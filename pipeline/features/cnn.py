@@ -1,0 +1,290 @@
+"""Frozen-CNN features of the hematoma's key axial slices (ResNet50, InceptionV3).
+
+The seed feeds the axial slice with the largest hematoma area and the slices 3 above and 3 below
+(clamped at the volume's edge), brain-windowed, to a frozen ImageNet backbone and keeps the pooled
+last hidden layer; the three vectors are concatenated.
+
+The node has no internet, so the backbone's weights come from one of two local sources:
+
+- ``ImagenetWeights``: keras' own ImageNet "notop" file that a site copied in (keras' standard file
+  name, sha256 checked before use). It is loaded by ``keras.applications.<Net>(weights=path)``,
+  exactly what keras does after downloading it.
+- ``WarmupWeights``: no ImageNet file. The backbone is built from a fixed seed (keras' initialisers
+  are deterministic per seed and version) and only its BatchNorm parameters were warm-up-trained on
+  the synthetic cohort (``training/backbone_warmup.py``). The file holds just those parameters
+  (~0.4 MB instead of ~94 MB) plus a sha256 of the *complete* restored weights, so a keras/TF
+  version whose seeded initialisation differs is detected instead of silently changing features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+BRAIN_WINDOW = (40.0, 80.0)  # level, width (HU)
+SLICE_OFFSETS = (-3, 0, 3)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str              # our key and feature-name prefix
+    keras_name: str        # keras.applications attribute
+    module: str            # keras.applications submodule with preprocess_input
+    input_size: int        # the network's standard input (pixels)
+    imagenet_file: str     # keras' standard file name of the ImageNet "notop" weights
+
+
+BACKBONES: dict[str, Backbone] = {
+    b.name: b for b in (
+        Backbone("resnet50", "ResNet50", "resnet50", 224, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        Backbone("inception_v3", "InceptionV3", "inception_v3", 299,
+                 "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    )
+}
+
+
+class WeightsError(ValueError):
+    """A backbone weights file that is missing, corrupt or does not match what was configured."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ImagenetWeights:
+    """A site-provided keras ImageNet weights file and the sha256 the site configured for it."""
+
+    path: Path
+    sha256: str
+
+    def check(self, backbone: Backbone) -> Path:
+        path = Path(self.path)
+        if not path.is_file():
+            raise WeightsError(f"{backbone.name}: ImageNet weights file not found: {path}")
+        if path.name != backbone.imagenet_file:
+            raise WeightsError(f"{backbone.name}: expected keras' file name {backbone.imagenet_file!r}, "
+                               f"got {path.name!r} (is this the right network's file?)")
+        actual = sha256_file(path)
+        if actual != self.sha256.lower():
+            raise WeightsError(f"{backbone.name}: sha256 mismatch for {path}: configured {self.sha256}, "
+                               f"file has {actual}; the file is corrupt or not the one configured")
+        return path
+
+    @property
+    def key(self) -> str:
+        return f"imagenet:{self.sha256}"
+
+
+@dataclass(frozen=True)
+class WarmupWeights:
+    """Seeded initialisation + warm-up-trained BatchNorm parameters (an ``.npz`` written by ``save_warmup``)."""
+
+    path: Path
+
+    @property
+    def key(self) -> str:
+        return f"warmup:{Path(self.path).resolve()}"
+
+
+# --- weights: seeded backbone, BatchNorm parameter files --------------------------------------------
+
+_TF_LOCK = threading.Lock()
+_TF_READY = False
+
+
+def configure_tf(intra: int = 2, inter: int = 1) -> None:
+    """Cap TensorFlow's threads (2 shared cores); a no-op once TF has started executing."""
+    global _TF_READY
+    with _TF_LOCK:
+        if _TF_READY:
+            return
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(intra)
+            tf.config.threading.set_inter_op_parallelism_threads(inter)
+        except RuntimeError:
+            pass  # already initialised by someone else: keep their settings
+        _TF_READY = True
+
+
+def build_seeded(backbone: Backbone, seed: int, input_size: int | None = None):
+    """The backbone with keras' deterministic initialisation for ``seed`` (no file needed)."""
+    import keras
+
+    configure_tf()
+    keras.utils.set_random_seed(seed)
+    size = input_size or backbone.input_size
+    return getattr(keras.applications, backbone.keras_name)(
+        weights=None, include_top=False, pooling="avg", input_shape=(size, size, 3))
+
+
+def batchnorm_layers(model) -> list:
+    import keras
+
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def weights_checksum(model) -> str:
+    """sha256 over every weight array of ``model`` in layer order (float32 bytes)."""
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def save_warmup(model, backbone: Backbone, seed: int, path: Path, info: dict | None = None) -> Path:
+    """Store only the BatchNorm parameters of a seeded backbone, with a checksum of all its weights."""
+    import keras
+    import tensorflow as tf
+
+    arrays = {}
+    for layer in batchnorm_layers(model):
+        for i, w in enumerate(layer.get_weights()):
+            arrays[f"{layer.name}/{i}"] = np.asarray(w, dtype=np.float32)
+    meta = {"backbone": backbone.name, "seed": seed, "sha256_all_weights": weights_checksum(model),
+            "keras": keras.__version__, "tensorflow": tf.__version__, **(info or {})}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, __meta__=np.array(json.dumps(meta)), **arrays)
+    return path
+
+
+def read_warmup_meta(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(str(z["__meta__"]))
+
+
+def _restore_warmup(backbone: Backbone, weights: WarmupWeights, input_size: int | None):
+    path = Path(weights.path)
+    if not path.is_file():
+        raise WeightsError(f"{backbone.name}: warm-up weights file not found: {path}")
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["__meta__"]))
+        if meta.get("backbone") != backbone.name:
+            raise WeightsError(f"{path} holds weights for {meta.get('backbone')!r}, not {backbone.name!r}")
+        model = build_seeded(backbone, int(meta["seed"]), input_size)
+        layers = batchnorm_layers(model)
+        for layer in layers:
+            n = len(layer.get_weights())
+            try:
+                layer.set_weights([z[f"{layer.name}/{i}"] for i in range(n)])
+            except KeyError as exc:
+                raise WeightsError(f"{path}: no parameters for layer {layer.name} ({exc})") from exc
+    actual = weights_checksum(model)
+    if actual != meta["sha256_all_weights"]:
+        import keras
+
+        raise WeightsError(
+            f"{backbone.name}: restored weights differ from the trained ones (sha256 {actual[:12]}... != "
+            f"{meta['sha256_all_weights'][:12]}...). The seeded initialisation drifted: the file was made with "
+            f"keras {meta.get('keras')} / TensorFlow {meta.get('tensorflow')}, this is keras {keras.__version__}; "
+            "retrain the classifier or install those versions")
+    return model
+
+
+def _build(backbone: Backbone, weights: ImagenetWeights | WarmupWeights, input_size: int | None):
+    import keras
+
+    if isinstance(weights, ImagenetWeights):
+        path = weights.check(backbone)
+        configure_tf()
+        size = input_size or backbone.input_size
+        return getattr(keras.applications, backbone.keras_name)(
+            weights=str(path), include_top=False, pooling="avg", input_shape=(size, size, 3))
+    if isinstance(weights, WarmupWeights):
+        return _restore_warmup(backbone, weights, input_size)
+    raise TypeError(f"weights must be ImagenetWeights or WarmupWeights, not {type(weights).__name__}")
+
+
+_MODELS: dict[tuple, object] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def load_backbone(name: str, weights: ImagenetWeights | WarmupWeights, input_size: int | None = None):
+    """The frozen backbone, built once per process and cached."""
+    backbone = get_backbone(name)
+    key = (name, weights.key, input_size)
+    with _MODELS_LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            model = _build(backbone, weights, input_size)
+            model.trainable = False
+            _MODELS[key] = model
+        return model
+
+
+def get_backbone(name: str) -> Backbone:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}") from None
+
+
+# --- images -----------------------------------------------------------------------------------------
+
+def key_slices(mask: np.ndarray) -> list[int]:
+    """Axial indices: the largest-area slice and the slices 3 below and above, clamped to the volume."""
+    area = (np.asarray(mask) > 0).reshape(mask.shape[0], -1).sum(axis=1)
+    if area.max() == 0:
+        raise ValueError("CNN features: the hematoma mask is empty")
+    k = int(area.argmax())
+    return [min(max(k + d, 0), mask.shape[0] - 1) for d in SLICE_OFFSETS]
+
+
+def window(hu: np.ndarray, level: float = BRAIN_WINDOW[0], width: float = BRAIN_WINDOW[1]) -> np.ndarray:
+    """Brain window to 0..255 (float32), the pixel range keras' ``preprocess_input`` expects."""
+    lo = level - width / 2.0
+    return (np.clip((np.asarray(hu, dtype=np.float32) - lo) / width, 0.0, 1.0) * 255.0).astype(np.float32)
+
+
+def slice_images(hu: np.ndarray, mask: np.ndarray, size: int) -> np.ndarray:
+    """(3, size, size, 3) brain-windowed key slices, resized, gray replicated to 3 channels."""
+    import tensorflow as tf
+
+    idx = key_slices(mask)
+    imgs = window(np.asarray(hu)[idx])[..., None]                              # (3, y, x, 1)
+    imgs = tf.image.resize(imgs, (size, size), method="bilinear", antialias=True).numpy()
+    return np.repeat(imgs, 3, axis=-1)
+
+
+def preprocess(backbone: Backbone, images: np.ndarray) -> np.ndarray:
+    import keras
+
+    module = getattr(keras.applications, backbone.module)
+    return module.preprocess_input(np.array(images, dtype=np.float32, copy=True))
+
+
+class CnnFeatureExtractor:
+    """``features(volume_hu, mask)`` -> ``{"<backbone>_s<offset>_<i>": value}`` over the 3 key slices."""
+
+    def __init__(self, name: str, weights: ImagenetWeights | WarmupWeights, input_size: int | None = None) -> None:
+        self.backbone = get_backbone(name)
+        self.weights = weights
+        self.input_size = input_size or self.backbone.input_size
+        self.model = load_backbone(name, weights, input_size)
+        self.dim = int(self.model.output_shape[-1])
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f"{self.backbone.name}_s{d:+d}_{i}" for d in SLICE_OFFSETS for i in range(self.dim)]
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Pooled features of windowed images (n, size, size, 3) in 0..255."""
+        x = preprocess(self.backbone, images)
+        return np.asarray(self.model(x, training=False), dtype=np.float64)
+
+    def features(self, hu: np.ndarray, mask: np.ndarray) -> "OrderedDict[str, float]":
+        emb = self.embed(slice_images(hu, mask, self.input_size)).ravel()
+        return OrderedDict(zip(self.feature_names, map(float, emb)))

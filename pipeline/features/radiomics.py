@@ -1,0 +1,269 @@
+"""Hematoma radiomics, identical to stock pyradiomics but ~3x faster.
+
+Stock ``RadiomicsFeatureExtractor.execute`` filters the *whole* CT (wavelet of a 512x512xN volume
+costs seconds) and then computes one image type after another. Here each filter runs on the
+smallest region that still gives bit-identical values inside the hematoma's bounding box, and the
+feature classes of the filtered images run in a small process pool:
+
+- Original, Gradient (1-voxel support) and Wavelet (coif1, 6 taps, periodic) run on the bounding box
+  plus ``MARGIN`` voxels; on an axis where that margin would touch the volume's edge the full axis
+  is kept, so the wavelet's periodic wrap sees exactly what stock sees.
+- Square, SquareRoot, Logarithm, Exponential scale by max|HU| of the *whole* image: stock's own
+  filter runs on the box plus one "witness" voxel carrying the whole image's largest |HU|.
+- LBP3D uses a global cubic-spline prefilter: it runs stock on the whole image, in the main process
+  while the workers compute the other images' features.
+
+Every feature value equals stock's (tests/pipeline/features/test_radiomics.py; benchmarks/features.py).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing as mp
+import os
+from collections import OrderedDict
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+PARAMS_DIR = Path(__file__).resolve().parent / "params"
+DEFAULT_PARAMS = PARAMS_DIR / "radiomics-v1.yaml"
+MARGIN = 8  # >= half the coif1 support (6) and the gradient's 1 voxel
+
+
+class LBP3DUnavailable(ImportError):
+    """pyradiomics silently drops LBP3D without these; model 2's features would shrink unnoticed."""
+
+
+def _check_lbp3d() -> None:
+    import scipy
+
+    try:
+        from scipy.special import sph_harm  # noqa: F401  removed in SciPy 1.17
+    except ImportError as exc:
+        raise LBP3DUnavailable(
+            f"LBP3D radiomics need scipy.special.sph_harm, which SciPy {scipy.__version__} no longer has; "
+            "install scipy<1.17 (pyproject pins it)") from exc
+    try:
+        from trimesh.creation import icosphere  # noqa: F401
+    except ImportError as exc:
+        raise LBP3DUnavailable("LBP3D radiomics need the 'trimesh' package (pip install 'trimesh>=4,<6')") from exc
+
+
+_check_lbp3d()  # import-time guard: fail loudly instead of pyradiomics' warning-and-skip
+
+
+def _quiet() -> None:
+    import radiomics
+
+    radiomics.setVerbosity(logging.ERROR)
+    logging.getLogger("radiomics").setLevel(logging.ERROR)
+
+
+def stock_extractor(params: Path | str = DEFAULT_PARAMS):
+    """A stock ``RadiomicsFeatureExtractor`` for ``params`` (the reference our values must equal)."""
+    from radiomics.featureextractor import RadiomicsFeatureExtractor
+
+    _quiet()
+    return RadiomicsFeatureExtractor(str(params))
+
+
+# --- worker side (top-level so the process pool can pickle them) -----------------------------------
+
+_WORKER_EXTRACTORS: dict[str, object] = {}
+
+
+def _worker_extractor(params: str):
+    ex = _WORKER_EXTRACTORS.get(params)
+    if ex is None:
+        ex = _WORKER_EXTRACTORS[params] = stock_extractor(params)
+    return ex
+
+
+def _task_features(params: str, image: sitk.Image, mask: sitk.Image, name: str, kwargs: dict) -> dict:
+    return dict(_worker_extractor(params).computeFeatures(image, mask, name, **kwargs))
+
+
+def _task_shape(params: str, image: sitk.Image, mask: sitk.Image, bbox: tuple, settings: dict) -> dict:
+    return dict(_worker_extractor(params).computeShape(image, mask, bbox, **settings))
+
+
+def _warm(params: str) -> int:
+    _worker_extractor(params)
+    import scipy.stats  # noqa: F401  LBP3D's first call would otherwise pay this import
+    return os.getpid()
+
+
+class _InlineExecutor(Executor):
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        fut: Future = Future()
+        fut.set_result(fn(*args, **kwargs))
+        return fut
+
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _pool(workers: int) -> Executor:
+    """One process pool per worker count, created once per process (spawn: safe next to TensorFlow)."""
+    if workers <= 1:
+        return _InlineExecutor()
+    pool = _POOLS.get(workers)
+    if pool is None:
+        pool = _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+        atexit.register(pool.shutdown, wait=False, cancel_futures=True)
+    return pool
+
+
+# --- main side --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Box:
+    lo: tuple[int, int, int]  # x, y, z (SimpleITK index order), inclusive
+    hi: tuple[int, int, int]  # exclusive
+
+    def crop(self, img: sitk.Image) -> sitk.Image:
+        (x0, y0, z0), (x1, y1, z1) = self.lo, self.hi
+        return img[x0:x1, y0:y1, z0:z1]
+
+    def shift(self, bbox: np.ndarray) -> np.ndarray:
+        """A pyradiomics bounding box (xmin, xmax, ymin, ymax, zmin, zmax) relative to this box."""
+        return np.array([int(v) - self.lo[i // 2] for i, v in enumerate(bbox)])
+
+
+def _margin_box(bbox: tuple, size: tuple[int, int, int], margin: int) -> _Box:
+    lo, hi = [], []
+    for axis in range(3):
+        a, b, n = bbox[2 * axis], bbox[2 * axis + 1], size[axis]
+        if a - margin < 0 or b + 1 + margin > n:  # would touch the edge: keep the axis whole (periodic wrap)
+            lo.append(0), hi.append(n)
+        else:
+            lo.append(a - margin), hi.append(b + 1 + margin)
+    return _Box(tuple(lo), tuple(hi))
+
+
+POINT_FILTERS = ("Square", "SquareRoot", "Logarithm", "Exponential")
+
+
+def _check_same_grid(image: sitk.Image, mask: sitk.Image) -> None:
+    same = (image.GetSize() == mask.GetSize()
+            and np.allclose(image.GetSpacing(), mask.GetSpacing(), atol=1e-5)
+            and np.allclose(image.GetOrigin(), mask.GetOrigin(), atol=1e-4)
+            and np.allclose(image.GetDirection(), mask.GetDirection(), atol=1e-6))
+    if not same:
+        raise ValueError("radiomics: the mask must lie on the image's voxel grid (same size, spacing, origin, "
+                         f"direction); got image {image.GetSize()} and mask {mask.GetSize()}")
+
+
+def _largest_magnitude(image: sitk.Image) -> np.ndarray:
+    """The voxel with the largest |value| of the whole image, as a 1-element array of its pixel type."""
+    arr = sitk.GetArrayViewFromImage(image).ravel()
+    return arr[np.abs(arr).argmax(keepdims=True)].copy()
+
+
+def _with_witness(crop: sitk.Image, witness: np.ndarray) -> sitk.Image:
+    """``crop``'s voxels followed by the whole image's largest-|value| voxel, as a 1-row image.
+
+    The point-wise filters scale by max|x| (and Logarithm by max|log x|, monotone in |x|) of their
+    input; with the witness appended, stock's own code on the crop sees the whole image's maximum.
+    """
+    flat = np.concatenate([sitk.GetArrayViewFromImage(crop).ravel(), witness])
+    return sitk.GetImageFromArray(flat.reshape(1, 1, -1))
+
+
+def _drop_witness(filtered: sitk.Image, crop: sitk.Image) -> sitk.Image:
+    arr = sitk.GetArrayViewFromImage(filtered).ravel()[:-1]
+    out = sitk.GetImageFromArray(arr.reshape(sitk.GetArrayViewFromImage(crop).shape))
+    out.CopyInformation(crop)
+    return out
+
+
+class RadiomicsExtractor:
+    """Radiomics of one labelled region, configured by a versioned parameter YAML.
+
+    ``extract(image, mask)`` returns an ordered ``{name: float}`` equal to stock pyradiomics'
+    ``execute`` with the same file. ``workers`` processes compute the feature classes (default: up
+    to 2 cores); ``workers=1`` runs everything inline.
+    """
+
+    def __init__(self, params: Path | str = DEFAULT_PARAMS, workers: int | None = None) -> None:
+        self.params = str(Path(params).resolve())
+        if not Path(self.params).is_file():
+            raise FileNotFoundError(f"radiomics parameter file not found: {self.params}")
+        self.version = Path(self.params).stem  # e.g. "radiomics-v1"
+        self._stock = stock_extractor(self.params)
+        self.image_types: dict[str, dict] = dict(self._stock.enabledImagetypes)
+        self.workers = workers if workers is not None else max(1, min(2, os.cpu_count() or 1))
+
+    def warm_up(self) -> None:
+        """Start the worker processes now (imports cost ~1 s each), not on the first case."""
+        pool = _pool(self.workers)
+        list(pool.map(_warm, [self.params] * self.workers))
+
+    def extract(self, image: sitk.Image, mask: sitk.Image) -> "OrderedDict[str, float]":
+        from radiomics import imageoperations as io
+
+        settings = dict(self._stock.settings)
+        _check_same_grid(image, mask)
+        image, mask = self._stock.loadImage(image, mask, None, **settings)
+        label = settings.get("label", 1)
+        where = np.nonzero(sitk.GetArrayViewFromImage(mask) == label)
+        if where[0].size == 0:
+            raise ValueError(f"radiomics: the mask has no voxels with label {label}")
+        # numpy's (z, y, x) extent -> pyradiomics' (xmin, xmax, ymin, ymax, zmin, zmax)
+        extent = np.array([(int(w.min()), int(w.max())) for w in where[::-1]]).ravel()
+        box = _margin_box(extent, image.GetSize(), MARGIN)
+        img_m, mask_m = box.crop(image), box.crop(mask)
+        bbox_m, corrected = io.checkMask(img_m, mask_m, **settings)  # stock's validation, on the small box
+        if bbox_m is None or corrected is not None:
+            raise ValueError("radiomics: pyradiomics rejected the mask (too small or not on the image grid)")
+        bbox = np.asarray(bbox_m) + np.repeat(box.lo, 2)
+        witness = _largest_magnitude(image)
+
+        pool = _pool(self.workers)
+        futures: dict[str, list[Future]] = {}
+        shape: Future | None = None
+        if "shape" in self._stock.enabledFeatures:
+            shape = pool.submit(_task_shape, self.params, img_m, mask_m, bbox_m, settings)
+        for itype, custom in self.image_types.items():
+            if itype == "LBP3D":
+                continue
+            kw = {**settings, **custom}
+            src = _with_witness(img_m, witness) if itype in POINT_FILTERS else img_m
+            futures[itype] = []
+            for filt, name, fkw in getattr(io, f"get{itype}Image")(src, mask_m, **kw):
+                if itype in POINT_FILTERS:
+                    filt = _drop_witness(filt, img_m)
+                ci, cm = io.cropToTumorMask(filt, mask_m, bbox_m)
+                futures[itype].append(pool.submit(_task_features, self.params, ci, cm, name, fkw))
+        if "LBP3D" in self.image_types:  # whole-image filter: here, while the workers compute features
+            kw = {**settings, **self.image_types["LBP3D"]}
+            futures["LBP3D"] = []
+            for filt, name, fkw in io.getLBP3DImage(image, mask, **kw):
+                ci, cm = io.cropToTumorMask(filt, mask, bbox)
+                futures["LBP3D"].append(pool.submit(_task_features, self.params, ci, cm, name, fkw))
+
+        out: OrderedDict[str, float] = OrderedDict()
+        if shape is not None:
+            out.update(shape.result())
+        for itype in self.image_types:  # stock order: shape, then image types as configured
+            for fut in futures.get(itype, []):
+                out.update(fut.result())
+        return OrderedDict((k, float(v)) for k, v in out.items())
+
+    def extract_volume(self, volume, mask: np.ndarray) -> "OrderedDict[str, float]":
+        """Features of ``mask`` (z, y, x, non-zero = hematoma) on a ``pipeline.volume.Volume``."""
+        image = volume.to_sitk()
+        m = sitk.GetImageFromArray((np.asarray(mask) > 0).astype(np.uint8))
+        m.CopyInformation(image)
+        return self.extract(image, m)
+
+
+def stock_features(image: sitk.Image, mask: sitk.Image, params: Path | str = DEFAULT_PARAMS) -> "OrderedDict[str, float]":
+    """Stock pyradiomics, single-threaded: the reference for tests and the benchmark."""
+    res = stock_extractor(params).execute(image, mask)
+    return OrderedDict((k, float(v)) for k, v in res.items() if not k.startswith("diagnostics_"))
