@@ -92,8 +92,22 @@ def _analyze_kwargs(analyzer: Any, request: dict) -> dict:
     return kwargs
 
 
-def _child_main(conn, analyzer_target: str, source: ModelSource, threads: int) -> None:
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this child when the node dies (kill -9), so no orphan keeps writing outputs."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _child_main(conn, analyzer_target: str, source: ModelSource, threads: int, parent_pid: int | None = None) -> None:
     """Child process: load the models once, then answer requests until told to stop (``None``)."""
+    _die_with_parent()
+    if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl took effect
+        return
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
         os.environ.setdefault(var, str(threads))
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
@@ -150,7 +164,7 @@ class AnalysisProcess:
             return
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_child_main, args=(child, self.analyzer, self.models, self.threads),
+        proc = ctx.Process(target=_child_main, args=(child, self.analyzer, self.models, self.threads, os.getpid()),
                            name="ich-analysis", daemon=True)
         proc.start()
         child.close()
