@@ -224,11 +224,49 @@ def pair_patient(store: DatasetStore, patient: str, study_uid: str, policy: Labe
             case_id=case_id_for("node", base.study_uid), patient_hash=patient, source="node", label=label,
             label_source="followup", baseline_study_uid=base.study_uid, followup_study_uid=fu.study_uid,
             baseline_volume_ml=base.volume_ml, followup_volume_ml=fu.volume_ml, interval_h=round(interval, 3),
-            baseline_dir=base.series_dir, baseline_mask=base.mask_path, excluded=False, exclude_reason=None,
-            extra={"baseline_models": base.model_versions, "followup_models": fu.model_versions,
+            baseline_dir=base.series_dir, baseline_mask=None, excluded=False, exclude_reason=None,
+            extra={"baseline_models": base.model_versions, "followup_models": fu.model_versions, "seg": base.mask_path,
                    "rule": {"abs_ml": policy.rule.abs_ml, "rel": policy.rule.rel}},
             created="", updated="",
         ))
         log.info("patient %s: case %s labelled %s (%.1f → %.1f mL in %.1f h)", patient[:8], changed.case_id,
                  "expansion" if label else "no expansion", base.volume_ml, fu.volume_ml, interval)
     return changed
+
+
+# ------------------------------------------------------------------------------ model-1 measurement
+
+
+@dataclass(frozen=True)
+class Measurement:
+    volume_ml: float
+    mask_path: Path | None      # NIfTI on the analysis grid (physical geometry kept), when asked for
+
+
+def measure(series: Path | Sequence[Path], segmenter_dir: Path | None, mask_out: Path | None = None,
+            *, segmenter=None) -> Measurement:
+    """Model 1's hematoma volume for one series (pipeline loading, brain extraction, segmenter).
+
+    ``segmenter`` (an already loaded one) saves reloading the model for every case; ``mask_out``
+    also writes the mask, in the cohort format the trainers read (any SimpleITK image on a physical grid).
+    """
+    import numpy as np
+    import SimpleITK as sitk
+
+    from pipeline.brain import extract_brain
+    from pipeline.segment import load_segmenter
+    from pipeline.volume import load_series
+
+    seg = segmenter or load_segmenter(segmenter_dir)
+    volume = load_series(series).volume
+    mask = np.asarray(seg.predict_mask(volume, extract_brain(volume)), dtype=bool)
+    volume_ml = float(mask.sum() * volume.voxel_volume_ml)
+    if mask_out is not None:
+        img = sitk.GetImageFromArray(mask.astype(np.uint8))
+        ref = volume.to_sitk()
+        img.CopyInformation(ref)
+        Path(mask_out).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(mask_out).with_name(".tmp-" + Path(mask_out).name)
+        sitk.WriteImage(img, str(tmp), True)
+        os.replace(tmp, mask_out)
+    return Measurement(volume_ml, Path(mask_out) if mask_out is not None else None)

@@ -198,10 +198,11 @@ def check_data(kind: str, split: CohortSplit, policy: DataPolicy) -> None:
             problems.append("no non-expander in validation")
     if kind == "segmenter":
         rows = read_manifest(split.train_dir) + read_manifest(split.val_dir)
-        without = sum(1 for r in rows if not r.get("baseline_mask"))
+        without = sum(1 for r in rows if not r.get("baseline_mask") or r.get("mask_source") == "model1")
         if without:
-            problems.append(f"{without} case(s) have no reference mask (node-collected cases carry model-1 masks, "
-                            f"not ground truth; retrain the segmenter from a DIR or synthetic cohort)")
+            problems.append(f"{without} case(s) have no reference mask (node-collected and imported cases carry "
+                            f"model 1's own masks, not ground truth; retrain the segmenter from a DIR with "
+                            f"reference masks or --source synthetic)")
     if problems:
         raise RetrainRefused(f"not retraining the {kind}: " + "; ".join(problems))
 
@@ -218,8 +219,8 @@ class Trainer(Protocol):
         """Train on the cohort in ``train_dir``; write a model directory (``metadata.json``) into ``out_dir``."""
         ...
 
-    def evaluate(self, model_dir: Path | None, val_dir: Path) -> dict:
-        """Gate metrics (see ``GATE_METRICS``) of ``model_dir`` on the cohort in ``val_dir``."""
+    def evaluate(self, model_dir: Path | None, val_dir: Path, out_dir: Path) -> dict:
+        """Gate metrics (see ``GATE_METRICS``) of ``model_dir`` on the cohort in ``val_dir``; plots etc. to ``out_dir``."""
         ...
 
 
@@ -315,7 +316,7 @@ def retrain(
     *,
     registry: Registry,
     data_dir: Path | str,
-    cohort_dir: Path | str,
+    cohort: Path | str | Callable[[Path], Path],
     trainers: Sequence[Trainer],
     source: str,
     promote: PromoteMode = "auto",
@@ -325,6 +326,8 @@ def retrain(
     progress: Callable[[str], None] = lambda _m: None,
 ) -> RetrainReport:
     """One retraining run (see the module docstring). Raises ``RetrainBusy``; refusals are in the report.
+
+    ``cohort`` is a cohort directory, or a function building one inside the run directory (under the lock).
 
     A kind refused for lack of data does not stop the others; if every kind is refused the run raises
     ``RetrainRefused`` after writing the report, so the CLI exits non-zero with the reason.
@@ -340,7 +343,8 @@ def retrain(
                      source=source, kinds=[t.kind for t in trainers], run_dir=str(run_dir), message=None)
         report = RetrainReport(run_dir, source, promote, None, [], started)
         try:
-            report.split = split = split_cohort(Path(cohort_dir), run_dir / "cohort", data_policy)
+            cohort_dir = cohort(run_dir) if callable(cohort) else Path(cohort)
+            report.split = split = split_cohort(cohort_dir, run_dir / "cohort", data_policy)
             progress(f"cohort: {split.train_cases} training cases ({split.train_expanders} expanders), "
                      f"{split.val_cases} validation ({split.val_expanders} expanders)")
             for trainer in trainers:
@@ -382,9 +386,11 @@ def _retrain_kind(trainer: Trainer, registry: Registry, split: CohortSplit, sour
         trainer.fit(split.train_dir, staging, parent_version=served)
         t1 = time.monotonic()
         progress(f"{kind}: evaluating candidate and served version on {split.val_cases} validation cases")
-        outcome.candidate_metrics = trainer.evaluate(staging, split.val_dir)
+        outcome.candidate_metrics = trainer.evaluate(staging, split.val_dir, run_dir / kind / "candidate")
         served_dir = registry.get(kind, served).path if served else None
-        outcome.served_metrics = trainer.evaluate(served_dir, split.val_dir) if (served_dir or kind == "segmenter") else None
+        # No served classifier: nothing to beat. No served segmenter: the classical fallback is served.
+        outcome.served_metrics = (trainer.evaluate(served_dir, split.val_dir, run_dir / kind / "served")
+                                  if (served_dir or kind == "segmenter") else None)
         outcome.seconds = {"fit": round(t1 - t0, 1), "evaluate": round(time.monotonic() - t1, 1)}
         outcome.gate = gate(kind, outcome.candidate_metrics, outcome.served_metrics, gate_policy)
         evaluation = {"validation": {"cases": split.val_cases, "expanders": split.val_expanders,
@@ -448,3 +454,202 @@ def _write_report(report: RetrainReport) -> None:
 
 def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else ("—" if v is None else str(v))
+
+
+# ----------------------------------------------------------------- adapters to the model families
+
+
+def _served_protocol(served_dir: Path | None) -> dict:
+    """The training configuration the served model was made with (``metrics.json`` → ``train_config``)."""
+    if served_dir is None or not (Path(served_dir) / "metrics.json").is_file():
+        return {}
+    try:
+        return dict(json.loads((Path(served_dir) / "metrics.json").read_text()).get("train_config") or {})
+    except (json.JSONDecodeError, AttributeError):
+        return {}
+
+
+@dataclass
+class SegmenterTrainer:
+    """Model 1 through ``training.segmenter`` / ``training.evaluate_segmenter`` (the default's protocol).
+
+    ``overrides`` change the protocol (tests use tiny ones); otherwise the served model's own
+    ``train_config`` is reused, so a retrain repeats how the default was made.
+    """
+
+    overrides: dict = field(default_factory=dict)
+    cache_dir: Path | None = None
+    served_dir: Path | None = None
+    kind: str = "segmenter"
+
+    def fit(self, train_dir: Path, out_dir: Path, *, parent_version: str | None) -> Path:
+        from pipeline.segment.preprocess import PreprocessConfig
+        from training.segmenter import TrainConfig, train_segmenter
+
+        known = set(TrainConfig.__dataclass_fields__)
+        cfg = {k: v for k, v in {**_served_protocol(self.served_dir), **self.overrides}.items() if k in known}
+        if not isinstance(cfg.get("preprocess"), PreprocessConfig):
+            cfg.pop("preprocess", None)
+            if self.served_dir is not None and (Path(self.served_dir) / "preprocess.json").is_file():
+                cfg["preprocess"] = PreprocessConfig.read(self.served_dir)  # same grid and window as served
+        train_segmenter(train_dir, out_dir, TrainConfig(**cfg), parent_version=parent_version,
+                        cache_dir=self.cache_dir, progress=None)
+        return Path(out_dir)
+
+    def evaluate(self, model_dir: Path | None, val_dir: Path, out_dir: Path) -> dict:
+        from training.evaluate_segmenter import evaluate_segmenter
+
+        s = evaluate_segmenter(val_dir, model_dir, out_dir, baseline=False, progress=None)
+        m = s["models"]["cnn"]
+        return {"median_dice": m["dice"]["median"], "mean_dice": m["dice"]["mean"],
+                "volume_mae_ml": m["volume"]["mean_abs_error_ml"], "volume_bias_ml": m["volume"]["bias_ml"],
+                "cases": s["cases"]}
+
+
+# ------------------------------------------------------------------------ sources and the schedule
+
+SOURCES_HELP = "node (cases the node labelled or imported), a cohort DIR (manifest.csv), or synthetic"
+
+
+def cohort_from_source(source: str, run_dir: Path, *, data_dir: Path, registry: Registry,
+                       synthetic_cases: int = 200, seed: int = 0, progress: Callable[[str], None] = lambda _m: None) -> Path:
+    """A cohort directory (``manifest.csv``) for ``source``; built inside the run (under the lock)."""
+    if source == "node":
+        from .dataset import DatasetStore
+
+        store = DatasetStore.for_data_dir(data_dir)
+        counts = store.counts()
+        progress(f"node dataset: {counts['cases'] - counts['excluded']} included cases "
+                 f"({counts['expanders']} expanders, {counts['excluded']} excluded)")
+        segmenter = registry.current_paths().segmenter
+        return store.export_cohort(run_dir / "source", segmenter_dir=segmenter, progress=progress)
+    if source == "synthetic":
+        from training import synth  # the synthetic-cohort generator (``ich-node synth``)
+
+        out = run_dir / "source"
+        progress(f"generating {synthetic_cases} synthetic cases (seed {seed})")
+        synth.generate_cohort(out, cases=synthetic_cases, seed=seed)
+        return out
+    path = Path(source)
+    if not (path / "manifest.csv").is_file():
+        raise RetrainRefused(f"--source {source!r}: not 'node' or 'synthetic', and no manifest.csv in that folder")
+    return path
+
+
+def scheduled_job(cron: str | None, *, config_path: str | None = None, data_dir: Path | str | None = None,
+                  extra_args: Sequence[str] = ()) -> dict:
+    """``{"retrain": (fn, CronTrigger)}`` for ``NodeScheduler(extra=...)``; ``{}`` when ``cron`` is None (off).
+
+    The job runs ``ich-node retrain --source node --classifier --promote auto`` in a child process (the
+    training libraries never load into the node), logs its outcome, and relies on the retrain lock so a
+    run still going when the next one is due is refused, not stacked.
+    """
+    if not cron:
+        return {}
+    from apscheduler.triggers.cron import CronTrigger
+
+    trigger = CronTrigger.from_crontab(cron)
+    args = ["retrain", "--source", "node", "--classifier", "--promote", "auto", "--trigger", "schedule", *extra_args]
+    if config_path:
+        args += ["--config", str(config_path)]
+    if data_dir:
+        args += ["--data-dir", str(data_dir)]
+        write_status(data_dir, schedule=cron)
+
+    def run() -> int:
+        return run_cli_child(args, data_dir)
+
+    run.__name__ = "retrain"
+    return {"retrain": (run, trigger)}
+
+
+def run_cli_child(args: Sequence[str], data_dir: Path | str | None) -> int:
+    import subprocess
+    import sys
+
+    log.info("scheduled retraining starting: ich-node %s", " ".join(args))
+    cmd = [sys.executable, "-c", "from dicomnode.cli import main; main()", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+    if proc.returncode == 0:
+        log.info("scheduled retraining finished: %s", " | ".join(tail))
+    else:
+        log.warning("scheduled retraining ended with exit code %d: %s", proc.returncode, " | ".join(tail))
+    return proc.returncode
+
+
+@dataclass
+class ClassifierTrainer:
+    """Model 2 through ``training.classifier`` (the seed's protocol), judged on the validation cases.
+
+    Evaluation loads a model version exactly as the node does (``pipeline.classify.load_classifier``),
+    computes its features on each validation baseline with the cohort's mask, and scores AUC and Brier.
+    Features are cached per (feature configuration, case, mask), so the candidate and the served version
+    share the work when they use the same features.
+    """
+
+    overrides: dict = field(default_factory=dict)
+    cache_dir: Path | None = None
+    served_dir: Path | None = None
+    kind: str = "classifier"
+
+    def fit(self, train_dir: Path, out_dir: Path, *, parent_version: str | None) -> Path:
+        from training import classifier as clf
+
+        clf.retrain_fit(train_dir, out_dir, served_dir=self.served_dir, parent_version=parent_version,
+                        overrides=self.overrides, cache_dir=self.cache_dir)
+        return Path(out_dir)
+
+    def evaluate(self, model_dir: Path | None, val_dir: Path, out_dir: Path) -> dict:
+        import numpy as np
+        from sklearn.metrics import brier_score_loss, roc_auc_score
+
+        from pipeline.classify import load_classifier
+
+        if model_dir is None:
+            return {}
+        model = load_classifier(model_dir)
+        rows = read_manifest(val_dir)
+        y, p, skipped = [], [], []
+        for row in rows:
+            try:
+                feats = self._features(model, row)
+            except Exception as exc:  # noqa: BLE001 - a case the pipeline cannot read is reported
+                skipped.append(f"{row['case_id']}: {exc}")
+                continue
+            y.append(_label(row))
+            p.append(model.predict_features(feats))
+        y_arr, p_arr = np.asarray(y), np.asarray(p)
+        out = {"cases": len(y), "expanders": int(y_arr.sum()), "skipped": skipped,
+               "brier": float(brier_score_loss(y_arr, p_arr)) if len(y) else None,
+               "auc": float(roc_auc_score(y_arr, p_arr)) if 0 < y_arr.sum() < len(y) else None}
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(out_dir) / "predictions.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["case_id", "expansion", "probability"])
+            kept = [r for r in rows if not any(s.startswith(r["case_id"] + ":") for s in skipped)]
+            w.writerows([r["case_id"], yy, f"{pp:.6f}"] for r, yy, pp in zip(kept, y, p))
+        atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(out, indent=2) + "\n")
+        return out
+
+    def _features(self, model, row: dict) -> dict:
+        from pipeline.volume import load_series
+        from training.evaluate_segmenter import truth_on_grid
+
+        extra = model.metadata.extra or {}
+        config_key = json.dumps({"groups": extra.get("groups"), "params": extra.get("radiomics_params_sha256")
+                                 or extra.get("radiomics_params"), "weights": extra.get("cnn_weights")},
+                                sort_keys=True, default=str)
+        mask_path = Path(row["baseline_mask"])
+        st = mask_path.stat()
+        key = hashlib.sha256(f"{config_key}|{row['baseline_dir']}|{mask_path}|{st.st_size}|{st.st_mtime_ns}"
+                             .encode()).hexdigest()[:24]
+        cache = Path(self.cache_dir) / "features" / f"{key}.json" if self.cache_dir else None
+        if cache is not None and cache.is_file():
+            return json.loads(cache.read_text())
+        volume = load_series(row["baseline_dir"]).volume
+        mask = truth_on_grid(mask_path, volume)
+        feats = dict(model.features.extract(volume, mask))
+        if cache is not None:
+            atomic_write_text(cache, json.dumps(feats))
+        return feats
