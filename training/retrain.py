@@ -165,13 +165,15 @@ def split_cohort(cohort_dir: Path, out_dir: Path, policy: DataPolicy = DataPolic
         for c in path_cols:
             if row.get(c):
                 row[c] = str((cohort_dir / row[c]).resolve())
+        row["source_cohort"] = str(cohort_dir)
         key = row.get("patient_id") or row["case_id"]
         parts["validation" if in_validation(key, policy.val_fraction, policy.split_salt) else "train"].append(row)
     for name, part in parts.items():
         d = Path(out_dir) / name
         d.mkdir(parents=True, exist_ok=True)
         with open(d / "manifest.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["case_id"])
+            cols = [c for c in (rows[0] if rows else {"case_id": ""}) if c != "source_cohort"] + ["source_cohort"]
+            w = csv.DictWriter(fh, fieldnames=cols)
             w.writeheader()
             w.writerows(part)
     canon = "\n".join(json.dumps(r, sort_keys=True) for r in sorted(parts["train"], key=lambda r: r["case_id"]))
@@ -593,11 +595,70 @@ class ClassifierTrainer:
     served_dir: Path | None = None
     kind: str = "classifier"
 
-    def fit(self, train_dir: Path, out_dir: Path, *, parent_version: str | None) -> Path:
+    def protocol(self) -> dict:
+        """The served model's module, feature groups, radiomics parameters and (frozen) backbone weights.
+
+        Retraining refits the seed's selection + SVM + calibration on new cases; the warm-up backbones
+        stay those of the served version (small site data should not retrain a CNN).
+        """
+        from pipeline.models import ModelMetadata
+
+        proto = {"module": "Radiomics", "groups": ("radiomics",), "radiomics_params": None, "cnn_weights": {},
+                 "cnn_input_sizes": {}, "seed": 0}
+        if self.served_dir is not None:
+            extra = ModelMetadata.read(self.served_dir).extra or {}
+            proto.update(module=extra.get("module", proto["module"]), groups=tuple(extra.get("groups", proto["groups"])),
+                         cnn_input_sizes=extra.get("cnn_input_sizes") or {})
+            if extra.get("radiomics_params"):
+                proto["radiomics_params"] = Path(self.served_dir) / extra["radiomics_params"]
+            for name, spec in (extra.get("cnn_weights") or {}).items():
+                if spec.get("kind") != "warmup":
+                    raise RetrainRefused(f"served classifier uses {spec.get('kind')} weights for {name}; "
+                                         f"retraining reuses warm-up backbones only")
+                proto["cnn_weights"][name] = (Path(self.served_dir) / spec["file"], spec["sha256"])
+        proto.update(self.overrides)
+        return proto
+
+    def _table(self, cases, cache, proto):
+        import pandas as pd
+
+        from pipeline.features import cnn
         from training import classifier as clf
 
-        clf.retrain_fit(train_dir, out_dir, served_dir=self.served_dir, parent_version=parent_version,
-                        overrides=self.overrides, cache_dir=self.cache_dir)
+        clf.extract_base(cases, cache, proto["radiomics_params"])
+        cases = [c for c in cases if (cache.root / clf.safe_key(c.case_id) / "meta.json").is_file()]
+        parts = []
+        for group in proto["groups"]:
+            if group == "radiomics":
+                parts.append(clf.radiomics_table(cases, cache))
+            else:
+                path, sha = proto["cnn_weights"][group]
+                parts.append(clf.cnn_table(cases, cache, group, cnn.WarmupWeights(path), sha[:12],
+                                           proto["cnn_input_sizes"].get(group)))
+        return cases, pd.concat(parts, axis=1)
+
+    def _cache(self, train_dir: Path):
+        from training import classifier as clf
+
+        rows = read_manifest(train_dir)
+        source = rows[0].get("source_cohort", str(train_dir)) if rows else str(train_dir)
+        key = hashlib.sha256(source.encode()).hexdigest()[:16]
+        root = Path(self.cache_dir) if self.cache_dir else Path(train_dir) / ".cache"
+        return clf.FeatureCache(root / key)
+
+    def fit(self, train_dir: Path, out_dir: Path, *, parent_version: str | None) -> Path:
+        import numpy as np
+
+        from training import classifier as clf
+
+        proto = self.protocol()
+        cases, X = self._table(clf.read_cohort(train_dir), self._cache(train_dir), proto)
+        y = np.array([c.label for c in cases])
+        fitted = clf.fit_module(proto["module"], X, y, seed=proto["seed"])
+        clf.save_model(fitted, out_dir, version="0", groups=tuple(proto["groups"]), training_cases=cases,
+                       cnn_weight_files={n: p for n, (p, _s) in proto["cnn_weights"].items()},
+                       metrics={"cv_auc_train": fitted.cv_auc}, radiomics_params=proto["radiomics_params"],
+                       parent_version=parent_version, extra={"protocol": "retrain (training.retrain)"})
         return Path(out_dir)
 
     def evaluate(self, model_dir: Path | None, val_dir: Path, out_dir: Path) -> dict:
@@ -613,7 +674,7 @@ class ClassifierTrainer:
         y, p, skipped = [], [], []
         for row in rows:
             try:
-                feats = self._features(model, row)
+                feats = self._features_inference_path(model, row)
             except Exception as exc:  # noqa: BLE001 - a case the pipeline cannot read is reported
                 skipped.append(f"{row['case_id']}: {exc}")
                 continue
@@ -632,9 +693,8 @@ class ClassifierTrainer:
         atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(out, indent=2) + "\n")
         return out
 
-    def _features(self, model, row: dict) -> dict:
-        from pipeline.volume import load_series
-        from training.evaluate_segmenter import truth_on_grid
+    def _features_inference_path(self, model, row: dict) -> dict:
+        from training import classifier as clf
 
         extra = model.metadata.extra or {}
         config_key = json.dumps({"groups": extra.get("groups"), "params": extra.get("radiomics_params_sha256")
@@ -647,8 +707,7 @@ class ClassifierTrainer:
         cache = Path(self.cache_dir) / "features" / f"{key}.json" if self.cache_dir else None
         if cache is not None and cache.is_file():
             return json.loads(cache.read_text())
-        volume = load_series(row["baseline_dir"]).volume
-        mask = truth_on_grid(mask_path, volume)
+        volume, mask = clf.load_case(clf.CohortCase(row["case_id"], Path(row["baseline_dir"]), mask_path, 0))
         feats = dict(model.features.extract(volume, mask))
         if cache is not None:
             atomic_write_text(cache, json.dumps(feats))
