@@ -1,0 +1,157 @@
+"""Durable spool of received instances: temp file → write → fsync → atomic rename → fsync dir.
+
+Why this order: after ``write`` returns, the file is complete under its final name and both
+its bytes and its directory entry are on disk, so the SCP may acknowledge. A crash before that
+leaves only a ``.partial`` temp file (removed by :meth:`Spool.remove_partials`), never a
+half-written instance under a real name.
+
+Layout (no raw UID ever reaches a path)::
+
+    <root>/<sha(study)>/<sha(series)>/<sha(sop)>.dcm
+
+so a series directory holds exactly that series and can be handed to ``pipeline.analyze``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from .uids import uid_hash, validate_uid
+
+PARTIAL_SUFFIX = ".partial"
+
+
+class SpoolFull(OSError):
+    """Free space is below the configured threshold (the SCP answers 0xA700)."""
+
+
+@dataclass(frozen=True)
+class Written:
+    path: str  # relative to the spool root
+    sha256: str
+    size: int
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """The directory tree where received instances live until retention removes them."""
+
+    def __init__(self, root: str | Path, min_free_bytes: int = 0) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.min_free_bytes = int(min_free_bytes)
+        self._known_dirs: set[str] = set()
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def relpath(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
+        """Relative path of an instance; every UID is validated first (raises InvalidUID)."""
+        return "/".join((
+            uid_hash(validate_uid(study_uid, "StudyInstanceUID")),
+            uid_hash(validate_uid(series_uid, "SeriesInstanceUID")),
+            uid_hash(validate_uid(sop_uid, "SOPInstanceUID")) + ".dcm",
+        ))
+
+    def series_dir(self, study_uid: str, series_uid: str) -> Path:
+        """Absolute directory that holds exactly the instances of one series."""
+        return self.root / uid_hash(validate_uid(study_uid, "StudyInstanceUID")) / uid_hash(
+            validate_uid(series_uid, "SeriesInstanceUID"))
+
+    def abspath(self, relpath: str) -> Path:
+        """Absolute path of a relative spool path; refuses anything that escapes the root."""
+        p = (self.root / relpath).resolve()
+        if self.root not in p.parents:
+            raise ValueError(f"path {relpath!r} escapes the spool")
+        return p
+
+    # -- disk guard --------------------------------------------------------------------------
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def has_room(self, incoming: int = 0) -> bool:
+        """True when writing ``incoming`` bytes keeps at least ``min_free_bytes`` free."""
+        return self.free_bytes() - incoming >= self.min_free_bytes
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _ensure_dir(self, d: Path) -> None:
+        key = str(d)
+        if key in self._known_dirs and d.is_dir():
+            return
+        created = []
+        p = d
+        while not p.is_dir():
+            created.append(p)
+            p = p.parent
+        d.mkdir(parents=True, exist_ok=True)
+        # a new directory entry is only durable once its parent is fsynced
+        for c in reversed(created):
+            _fsync_dir(c.parent)
+        self._known_dirs.add(key)
+
+    def write(self, relpath: str, chunks: Iterable[bytes], sha256: str | None = None) -> Written:
+        """Write ``chunks`` durably at ``relpath`` (replacing any previous file atomically).
+
+        ``sha256`` may be given when the caller already hashed the bytes that matter (the SCP
+        hashes the dataset without the file meta); otherwise the written bytes are hashed.
+        Raises :class:`SpoolFull` before writing anything when space is short.
+        """
+        chunks = list(chunks)
+        size = sum(len(c) for c in chunks)
+        if not self.has_room(size):
+            raise SpoolFull(f"free space below {self.min_free_bytes} bytes")
+        final = self.abspath(relpath)
+        self._ensure_dir(final.parent)
+        tmp = final.with_name(f".{final.name}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}")
+        h = None if sha256 else hashlib.sha256()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            for c in chunks:
+                if h is not None:
+                    h.update(c)
+                view = memoryview(c)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        return Written(relpath, sha256 or h.hexdigest(), size)
+
+    def remove(self, relpath: str) -> None:
+        """Remove one instance file (and its directories once empty)."""
+        p = self.abspath(relpath)
+        p.unlink(missing_ok=True)
+        for d in (p.parent, p.parent.parent):
+            try:
+                d.rmdir()
+                self._known_dirs.discard(str(d))
+            except OSError:
+                break
+
+    def remove_partials(self) -> int:
+        """Delete temp files left by a crash mid-write; returns how many. Call at start-up."""
+        n = 0
+        for p in self.root.rglob(f".*{PARTIAL_SUFFIX}"):
+            p.unlink(missing_ok=True)
+            n += 1
+        return n

@@ -1,0 +1,54 @@
+"""Spool: hashed paths from validated UIDs, atomic durable writes, disk guard, crash leftovers."""
+
+from __future__ import annotations
+
+import pytest
+
+from dicomnode.spool import Spool, SpoolFull
+from dicomnode.uids import InvalidUID, patient_hash, validate_uid
+
+
+def test_paths_are_hashes_of_validated_uids(tmp_path):
+    sp = Spool(tmp_path)
+    rel = sp.relpath("1.2.3", "1.2.3.4", "1.2.3.4.5")
+    assert "1.2.3" not in rel and rel.count("/") == 2 and rel.endswith(".dcm")
+    assert sp.series_dir("1.2.3", "1.2.3.4") == tmp_path.resolve() / rel.rsplit("/", 1)[0]
+    for bad in ("../../x", "1.2.3/../..", "", "1.02.3", "1." + "2" * 70, "1.2.3\x00x", "1..2"):
+        with pytest.raises(InvalidUID):
+            sp.relpath("1.2.3", "1.2.3.4", bad)
+    with pytest.raises(ValueError):
+        sp.abspath("../outside.dcm")
+
+
+def test_uid_padding_and_patient_hash():
+    assert validate_uid("1.2.840.10008.1.2\x00") == "1.2.840.10008.1.2"
+    assert patient_hash("12345") == patient_hash("12345 ") != patient_hash("12346")
+    assert "12345" not in patient_hash("12345")
+
+
+def test_write_is_atomic_and_replaces(tmp_path):
+    sp = Spool(tmp_path)
+    rel = sp.relpath("1.2", "1.2.3", "1.2.3.4")
+    w = sp.write(rel, [b"abc", b"def"])
+    assert sp.abspath(rel).read_bytes() == b"abcdef" and w.size == 6 and len(w.sha256) == 64
+    sp.write(rel, [b"new"])
+    assert sp.abspath(rel).read_bytes() == b"new"
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_disk_guard_writes_nothing(tmp_path):
+    sp = Spool(tmp_path, min_free_bytes=1 << 62)
+    with pytest.raises(SpoolFull):
+        sp.write(sp.relpath("1.2", "1.2.3", "1.2.3.4"), [b"x"])
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_partials_removed_and_remove_prunes_dirs(tmp_path):
+    sp = Spool(tmp_path)
+    rel = sp.relpath("1.2", "1.2.3", "1.2.3.4")
+    sp.write(rel, [b"x"])
+    leftover = sp.abspath(rel).parent / ".abc.dcm.1234.partial"
+    leftover.write_bytes(b"half")
+    assert sp.remove_partials() == 1 and not leftover.exists()
+    sp.remove(rel)
+    assert list(tmp_path.iterdir()) == []
