@@ -138,3 +138,35 @@ def test_concurrent_promotions_never_tear_promoted_json(registry: Registry, bund
     assert registry.promoted() == {"segmenter": "1", "classifier": "1"}
     assert json.loads((registry.root / "promoted.json").read_text())["generation"] == 60
     assert reads > 0
+
+
+def test_models_cli_list_show_promote_rollback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from dicomnode.cli import app
+
+    monkeypatch.setenv("ICH_NODE__NODE__DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("COLUMNS", "250")
+    reg = Registry(tmp_path / "var" / "models")
+    for kind in ("segmenter", "classifier"):
+        for i in range(2):  # with or without shipped defaults, the newest version is not the served one
+            reg.add(kind, make_model(tmp_path / f"{kind}{i}", kind, payload="new"), metrics={"validation": {"auc": 0.81}})
+    run = CliRunner().invoke
+    out = run(app, ["models", "list", "--kind", "classifier"])
+    assert out.exit_code == 0, out.output
+    assert "classifier" in out.output and "auc 0.810" in out.output
+    top = max(int(v.version) for v in reg.versions("classifier"))
+    out = run(app, ["models", "promote", str(top), "--kind", "classifier", "--reason", "site review"])
+    assert out.exit_code == 0 and f"version {top} promoted" in out.output
+    assert reg.promoted()["classifier"] == str(top)
+    out = run(app, ["models", "show", f"classifier:{top}"])
+    assert out.exit_code == 0 and "served" in out.output and "site review" in out.output
+    out = run(app, ["models", "rollback", "--kind", "classifier"])
+    assert out.exit_code == 0 and f"from version {top}" in out.output
+    assert reg.promoted()["classifier"] != str(top)
+    out = run(app, ["models", "rollback", "--kind", "classifier"])
+    assert out.exit_code == 1 and "nothing to roll back to" in out.output
+    out = run(app, ["models", "promote", "99", "--kind", "segmenter"])
+    assert out.exit_code == 1 and "no segmenter version 99" in out.output
+    out = run(app, ["models", "promote", "2"])
+    assert out.exit_code == 2 and "--kind" in out.output
