@@ -20,7 +20,8 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from training.segmenter import dice, read_cohort
+from pipeline.segment.preprocess import select_labels
+from training.segmenter import TARGET_LABELS, dice, read_cohort
 
 BAR_MEDIAN_DICE = 0.90
 BAR_FP_ML = 0.5
@@ -35,9 +36,9 @@ class CaseResult:
     seconds: dict[str, float]
 
 
-def truth_on_grid(mask_path: Path, volume) -> np.ndarray:
+def truth_on_grid(mask_path: Path, volume, labels: tuple[int, ...] | None = (1,)) -> np.ndarray:
     """Ground-truth mask resampled (physical coordinates, linear ≥ 0.5) onto the volume's grid."""
-    mask = sitk.Cast(sitk.ReadImage(str(mask_path)) > 0, sitk.sitkFloat32)
+    mask = select_labels(sitk.ReadImage(str(mask_path)), labels)
     out = sitk.Resample(mask, volume.to_sitk(), sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     return sitk.GetArrayFromImage(out) >= 0.5
 
@@ -109,6 +110,8 @@ def evaluate_segmenter(cohort_dir: Path, model_dir: Path, out_dir: Path, *, norm
     cohort = read_cohort(cohort_dir, phases=("baseline",))
     items = cohort.volumes[:limit] if limit else cohort.volumes
     segmenters = {"cnn": load_segmenter(model_dir)}
+    meta_extra = getattr(segmenters["cnn"], "metadata", None)
+    labels = tuple((meta_extra.extra or {}).get("target_labels", TARGET_LABELS)) if meta_extra else TARGET_LABELS
     if baseline:
         segmenters["classical"] = load_segmenter(None)
     results: list[CaseResult] = []
@@ -116,7 +119,7 @@ def evaluate_segmenter(cohort_dir: Path, model_dir: Path, out_dir: Path, *, norm
         t0 = time.monotonic()
         volume = load_series(item.series_dir).volume
         brain = extract_brain(volume)
-        truth = truth_on_grid(item.mask_path, volume)
+        truth = truth_on_grid(item.mask_path, volume, labels)
         true_ml = item.volume_ml if item.volume_ml is not None else float(truth.sum() * volume.voxel_volume_ml)
         dices, vols, secs = {}, {}, {"load": time.monotonic() - t0}
         for name, seg in segmenters.items():

@@ -38,6 +38,7 @@ from pipeline.segment.preprocess import PreprocessConfig, label_to_model_grid, t
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "ich-unet3d"
+TARGET_LABELS = (1,)   # synthetic masks: 1 = intracerebral hematoma (the target), 2 = intraventricular blood
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -119,16 +120,17 @@ class Prepared:
     brain: np.ndarray
 
 
-def _cache_key(item: CohortVolume, config: PreprocessConfig) -> str:
+def _cache_key(item: CohortVolume, config: PreprocessConfig, labels: tuple[int, ...]) -> str:
     stat = [(p.stat().st_size, int(p.stat().st_mtime)) for p in (item.mask_path,)]
     blob = json.dumps([item.case_id, item.phase, str(item.series_dir), str(item.mask_path), stat,
-                       config.to_dict()], sort_keys=True, default=str)
+                       config.to_dict(), list(labels)], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def prepare_volume(item: CohortVolume, config: PreprocessConfig, cache_dir: Path | None = None) -> Prepared:
+def prepare_volume(item: CohortVolume, config: PreprocessConfig, cache_dir: Path | None = None,
+                   labels: tuple[int, ...] = TARGET_LABELS) -> Prepared:
     """Load → brain extraction → model grid (the inference path) + the label on the same grid; cached."""
-    key = _cache_key(item, config)
+    key = _cache_key(item, config, labels)
     path = Path(cache_dir) / f"{item.case_id}_{item.phase}_{key}.npz" if cache_dir else None
     if path is not None and path.is_file():
         with np.load(path) as z:
@@ -141,7 +143,7 @@ def prepare_volume(item: CohortVolume, config: PreprocessConfig, cache_dir: Path
     if not brain.any():
         raise ValueError(f"{item.case_id}/{item.phase}: no brain found")
     model_input = to_model_grid(volume.to_sitk(), brain, config)
-    label = label_to_model_grid(sitk.ReadImage(str(item.mask_path)), model_input)
+    label = label_to_model_grid(sitk.ReadImage(str(item.mask_path)), model_input, labels)
     prepared = Prepared(key, model_input.image, label.astype(np.float16).astype(np.float32), model_input.brain)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,6 +153,32 @@ def prepare_volume(item: CohortVolume, config: PreprocessConfig, cache_dir: Path
         tmp.rename(path)
         prepared.image = prepared.image.astype(np.float16).astype(np.float32)
     return prepared
+
+
+def _prepare_safe(args) -> Prepared | Exception:
+    item, config, cache_dir = args
+    try:
+        return prepare_volume(item, config, cache_dir, TARGET_LABELS)
+    except Exception as exc:  # noqa: BLE001 - reported per volume by the caller
+        return exc if isinstance(exc, (ValueError, OSError)) else RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def prepare_all(items: list[CohortVolume], config: PreprocessConfig, cache_dir: Path | None, workers: int = 1,
+                show: bool = True) -> list[tuple[CohortVolume, Prepared | Exception]]:
+    """Prepare every volume (cached ones load instantly), in ``workers`` spawned processes."""
+    from tqdm import tqdm
+
+    jobs = [(item, config, cache_dir) for item in items]
+    if workers <= 1 or len(jobs) <= 1:
+        results = [_prepare_safe(j) for j in tqdm(jobs, desc="prepare", unit="vol", disable=not show)]
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            results = list(tqdm(pool.map(_prepare_safe, jobs), total=len(jobs), desc="prepare", unit="vol",
+                                disable=not show))
+    return list(zip(items, results))
 
 
 # ------------------------------------------------------------------------------------ augmentation
@@ -250,6 +278,7 @@ class TrainConfig:
     seed: int = 0
     max_minutes: float | None = None     # wall-clock cap; the best checkpoint so far is kept
     threads: int | None = None
+    workers: int = 1                     # processes preparing volumes (no TensorFlow in them)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
 
@@ -290,35 +319,32 @@ def train_segmenter(cohort_dir: Path, out_dir: Path, config: TrainConfig | None 
         raise FileExistsError(f"{out_dir} already holds a model; choose a new version directory")
     version = version or (out_dir.name if out_dir.name.isdigit() else "1")
     t_start = time.monotonic()
-    configure_threads(config.threads)
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(config.seed)
     cohort = read_cohort(cohort_dir)
     train_ids, val_ids = split_cases(cohort.case_ids, config.val_fraction, config.seed)
     cache_dir = Path(cache_dir) if cache_dir else Path(cohort_dir) / ".cache" / "segmenter"
     pre = config.preprocess
-
-    say(f"preparing {len(cohort.volumes)} volumes ({len(train_ids)} train / {len(val_ids)} validation cases)")
+    # validation runs on baselines only, like the evaluation
+    wanted = [v for v in cohort.volumes if v.case_id not in val_ids or v.phase == "baseline"]
+    say(f"preparing {len(wanted)} volumes ({len(train_ids)} train / {len(val_ids)} validation cases, "
+        f"{config.workers} worker(s))")
     train_items, val_items, skipped = [], [], []
-    from tqdm import tqdm
-
-    for item in tqdm(cohort.volumes, desc="prepare", unit="vol", disable=progress is None):
-        try:
-            prepared = prepare_volume(item, pre, cache_dir)
-        except Exception as exc:  # a case the pipeline cannot read is reported, not fatal
-            skipped.append(f"{item.case_id}/{item.phase}: {exc}")
-            log.warning("skipping %s/%s: %s", item.case_id, item.phase, exc)
-            continue
-        if item.case_id in val_ids:
-            if item.phase == "baseline":  # validate on baselines only, like the evaluation
-                val_items.append(prepared)
+    for item, prepared in prepare_all(wanted, pre, cache_dir, config.workers, show=progress is not None):
+        if isinstance(prepared, Exception):  # a case the pipeline cannot read is reported, not fatal
+            skipped.append(f"{item.case_id}/{item.phase}: {prepared}")
+            log.warning("skipping %s/%s: %s", item.case_id, item.phase, prepared)
+        elif item.case_id in val_ids:
+            val_items.append(prepared)
         else:
             train_items.append(prepared)
     if not train_items:
-        raise ValueError(f"no usable training volumes in {cohort_dir} ({len(skipped)} skipped)")
+        raise ValueError(f"no usable training volumes in {cohort_dir} ({len(skipped)} skipped: {skipped[:3]})")
     t_prep = time.monotonic() - t_start
+
+    configure_threads(config.threads)  # TensorFlow starts only now: preparation workers never see it
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(config.seed)
     say(f"prepared in {t_prep:.0f} s; training on {device()} "
         f"(patch {pre.patch}, batch {config.batch_size}, {config.epochs}×{config.steps_per_epoch} steps)")
 
@@ -388,7 +414,8 @@ def train_segmenter(cohort_dir: Path, out_dir: Path, config: TrainConfig | None 
         code_version=_git_describe(), parent_version=parent_version,
         extra={"framework": "keras", "architecture": f"3D U-Net depth {config.depth}, "
                                                    f"{config.base_filters} base filters",
-               "weights": WEIGHTS_FILE},
+               "weights": WEIGHTS_FILE, "target_labels": list(TARGET_LABELS),
+               "target": "intracerebral hematoma (intraventricular blood excluded)"},
     )
     pre.write(out_dir)
     metadata.write(out_dir)

@@ -36,6 +36,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         val_fraction: float = typer.Option(0.15, "--val-fraction"),
         max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this wall time; keep the best epoch."),
         threads: Optional[int] = typer.Option(None, "--threads", help="TensorFlow CPU threads (default: all allowed CPUs)."),
+        workers: int = typer.Option(1, "--workers", min=1, help="Processes preparing volumes before training."),
         seed: int = typer.Option(0, "--seed"),
         version: Optional[str] = typer.Option(None, "--version", help="Model version (default: the --out folder name if numeric)."),
         parent_version: Optional[str] = typer.Option(None, "--parent-version"),
@@ -49,7 +50,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             pre = PreprocessConfig(spacing_mm=spacing, patch=(patch, patch, patch))
             cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
                               learning_rate=learning_rate, base_filters=base_filters, val_fraction=val_fraction,
-                              seed=seed, max_minutes=max_minutes, threads=threads, preprocess=pre)
+                              seed=seed, max_minutes=max_minutes, threads=threads, workers=workers,
+                              preprocess=pre)
             result = train(cohort, out, cfg, version=version, parent_version=parent_version, cache_dir=cache)
         except (ValueError, FileNotFoundError, FileExistsError) as exc:
             raise _fail(str(exc))

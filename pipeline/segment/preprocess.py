@@ -153,9 +153,20 @@ def to_model_grid(hu_image: sitk.Image, brain: np.ndarray, config: PreprocessCon
     return ModelInput(image=image, brain=brain_m, reference=ref)
 
 
-def label_to_model_grid(mask_image: sitk.Image, model_input: ModelInput) -> np.ndarray:
+def select_labels(mask_image: sitk.Image, labels: tuple[int, ...] | None = (1,)) -> sitk.Image:
+    """Float 0/1 image of the voxels whose label is in ``labels`` (``None``: any non-zero label).
+
+    Synthetic masks code 1 = intracerebral hematoma, 2 = intraventricular blood; model 1 targets 1.
+    """
+    arr = sitk.GetArrayViewFromImage(mask_image)
+    sel = arr > 0 if labels is None else np.isin(arr, list(labels))
+    return array_image(sel.astype(np.float32), mask_image)
+
+
+def label_to_model_grid(mask_image: sitk.Image, model_input: ModelInput,
+                        labels: tuple[int, ...] | None = (1,)) -> np.ndarray:
     """A ground-truth mask as a soft (partial-volume) label on the model grid, float32 in [0, 1]."""
-    frac = sitk.GetArrayFromImage(resample(sitk.Cast(mask_image > 0, sitk.sitkFloat32),
+    frac = sitk.GetArrayFromImage(resample(select_labels(mask_image, labels),
                                            model_input.reference, linear=True, antialias=True))
     return np.clip(frac, 0.0, 1.0).astype(np.float32)
 

@@ -91,7 +91,7 @@ def trained(tmp_path_factory):
     cohort = write_cohort(root / "cohort", 4, seed=1)
     pre = PreprocessConfig(spacing_mm=4.0, patch=(16, 16, 16))
     cfg = TrainConfig(epochs=2, steps_per_epoch=3, batch_size=2, base_filters=4, depth=2, val_fraction=0.25,
-                      threads=2, preprocess=pre)
+                      threads=2, workers=2, preprocess=pre)
     lines: list[str] = []
     result = train_segmenter(cohort, root / "models" / "3", cfg, parent_version="2", progress=lines.append)
     return cohort, result, lines
