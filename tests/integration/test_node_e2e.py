@@ -1,0 +1,194 @@
+"""End to end with real parts: `ich-node serve` (subprocess) + real pipeline.analyze + dcmtk + Orthanc.
+
+storescu +sd philips-phantom-5mm → node → SEG + SR in Orthanc (REST API), valid per dciodvfy;
+Orthanc down → retries → up → delivered; late instance → re-analysis whose SR references the earlier
+one; kill -9 of the node during analysis → restart → each result in Orthanc exactly once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("pipeline.analyze") is None,
+                       reason="pipeline.analyze (the real analysis) is not in the tree yet"),
+]
+
+SR_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.34",
+              "1.2.840.10008.5.1.4.1.1.88.11"}
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def wait_for(pred, timeout: float, step: float = 0.5, what: str = "condition"):
+    end = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise TimeoutError(f"{what} not met within {timeout:.0f} s")
+        time.sleep(step)
+
+
+class NodeProcess:
+    """`ich-node serve` as a subprocess on free ports; kill -9 and restart on the same data dir."""
+
+    def __init__(self, tmp: Path, port: int, destination: str, extra: list[str] | None = None) -> None:
+        self.tmp, self.port, self.destination = tmp, port, destination
+        self.data_dir = tmp / "var"
+        self.log = tmp / "node.log"
+        self.extra = extra or []
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, dcmtk) -> "NodeProcess":
+        exe = Path(sys.executable).with_name("ich-node")
+        env = {**os.environ, "ICH_NODE__STORAGE__MIN_FREE_BYTES": "0", "ICH_NODE__SCHEDULER__SWEEP_SECONDS": "0.5",
+               "ICH_NODE__SCHEDULER__RETRY_SECONDS": "1", "ICH_NODE__QUEUE__BACKOFF_BASE_S": "1",
+               "ICH_NODE__QUEUE__BACKOFF_MAX_S": "3", "ICH_NODE__QUEUE__MAX_ATTEMPTS": "30",
+               "ICH_NODE__METRICS__ENABLED": "false"}
+        self.proc = subprocess.Popen(
+            [str(exe), "serve", "--host", "127.0.0.1", "--port", str(self.port), "--ae-title", "ICHNODE",
+             "--data-dir", str(self.data_dir), "--destination", self.destination, "--quiet-seconds", "1", *self.extra],
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        wait_for(lambda: self.proc.poll() is not None or
+                 dcmtk("echoscu", "-aec", "ICHNODE", "127.0.0.1", self.port).returncode == 0, 120, what="node echo")
+        assert self.proc.poll() is None, self.log.read_text()[-3000:]
+        return self
+
+    def kill9(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+    def queue(self):
+        from dicomnode.config import NodeConfig
+        from dicomnode.queue import open_queue
+
+        cfg = NodeConfig()
+        cfg.node.data_dir = self.data_dir
+        return open_queue(cfg)
+
+
+def orthanc_objects(orthanc) -> dict[str, list[dict]]:
+    """Instances in Orthanc by kind ('seg', 'sr', 'other') with their tags."""
+    out: dict[str, list[dict]] = {"seg": [], "sr": [], "other": []}
+    for iid in orthanc.instances():
+        tags = orthanc.get(f"/instances/{iid}/simplified-tags")
+        kind = "seg" if tags.get("SOPClassUID") == SEG_CLASS else "sr" if tags.get("SOPClassUID") in SR_CLASSES else "other"
+        out[kind].append({"id": iid, **tags})
+    return out
+
+
+def dciodvfy_errors(path: Path) -> set[str]:
+    r = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+    return {re.sub(r"\s+", " ", line.strip()) for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")}
+
+
+def all_uids(ds: pydicom.Dataset) -> set[str]:
+    found = set()
+    for elem in ds.iterall():
+        if elem.VR == "UI" and elem.value:
+            found.update(str(v) for v in (elem.value if elem.VM > 1 else [elem.value]))
+    return found
+
+
+@pytest.fixture
+def phantom(ct_data, tmp_path) -> tuple[Path, Path]:
+    """The 5 mm phantom as sent by a scanner (DIRFILE included, which the node refuses), last slice held back."""
+    src = ct_data / "philips-phantom-5mm"
+    d, late = tmp_path / "study", tmp_path / "late"
+    d.mkdir()
+    late.mkdir()
+    files = sorted(src.iterdir(), key=lambda p: (p.name != "DIRFILE", int(p.name[1:]) if p.name[1:].isdigit() else 0))
+    for p in files[:-1]:
+        shutil.copy(p, d / p.name)
+    shutil.copy(files[-1], late / files[-1].name)
+    return d, late
+
+
+def test_phantom_results_reach_orthanc_valid_after_outage_and_late_instance(tmp_path, free_port, orthanc, phantom,
+                                                                           dcmtk, ct_data):
+    study, late = phantom
+    orthanc.stop()  # the PACS is down when the study arrives
+    node = NodeProcess(tmp_path, free_port(), orthanc.address).start(dcmtk)
+    try:
+        t0 = time.monotonic()
+        dcmtk("storescu", "-aec", "ICHNODE", "+sd", "127.0.0.1", node.port, study)
+        t_sent = time.monotonic()
+        q = node.queue()
+        job = wait_for(lambda: [j for j in q.list() if j.state.value == "failed" and j.stage.value == "send"], 600,
+                       what="first delivery attempt fails")[0]
+        t_encoded = time.monotonic()
+        orthanc.start()
+        wait_for(lambda: q.get(job.id).state.value == "sent", 120, what="delivery after Orthanc is back")
+        t_delivered = time.monotonic()
+        result = (Path(q.get(job.id).result_dir) / "result.json").read_text()
+        objs = orthanc_objects(orthanc)
+        assert len(objs["sr"]) == 1, (objs, result)
+        analysed = '"status": "analyzed"' in result
+        assert len(objs["seg"]) == (1 if analysed else 0), result
+        source_errors = dciodvfy_errors(ct_data / "philips-phantom-5mm" / "I10")
+        for obj in objs["seg"] + objs["sr"]:
+            path = tmp_path / f"{obj['id']}.dcm"
+            path.write_bytes(orthanc.file(obj["id"]))
+            assert dciodvfy_errors(path) - source_errors == set(), obj["SOPClassUID"]
+        first_sr = objs["sr"][0]["SOPInstanceUID"]
+        print(f"\nE2E timings: storescu {t_sent - t0:.1f} s, analysis done {t_encoded - t_sent:.1f} s after send, "
+              f"delivered {t_delivered - t_encoded:.1f} s after Orthanc restart")
+
+        # late instance → new analysis whose results reference the earlier ones
+        t1 = time.monotonic()
+        dcmtk("storescu", "-aec", "ICHNODE", "127.0.0.1", node.port, *late.iterdir())
+        wait_for(lambda: len(orthanc_objects(orthanc)["sr"]) == 2, 600, what="second SR after late instance")
+        print(f"E2E re-analysis after a late instance: {time.monotonic() - t1:.1f} s to the new SR in Orthanc")
+        objs = orthanc_objects(orthanc)
+        new_sr = next(o for o in objs["sr"] if o["SOPInstanceUID"] != first_sr)
+        ds = pydicom.dcmread(__import__("io").BytesIO(orthanc.file(new_sr["id"])))
+        assert first_sr in all_uids(ds), "the new SR does not reference the SR it replaces"
+        assert len(objs["seg"]) == (2 if analysed else 0)
+    finally:
+        node.stop()
+    assert "node stopped" in node.log.read_text()
+
+
+def test_kill_9_during_analysis_then_restart_delivers_exactly_once(tmp_path, free_port, orthanc, phantom, dcmtk):
+    study, _ = phantom
+    node = NodeProcess(tmp_path, free_port(), orthanc.address).start(dcmtk)
+    try:
+        dcmtk("storescu", "-aec", "ICHNODE", "+sd", "127.0.0.1", node.port, study)
+        q = node.queue()
+        wait_for(lambda: [j for j in q.list() if j.state.value == "running"], 120, step=0.2, what="analysis running")
+        node.kill9()
+        assert orthanc.instances() == []
+        t0 = time.monotonic()
+        node.start(dcmtk)
+        job = wait_for(lambda: [j for j in q.list() if j.state.value == "sent"], 600, what="delivery after restart")[0]
+        print(f"\nE2E restart after kill -9 → delivered in {time.monotonic() - t0:.1f} s")
+        time.sleep(3)
+        objs = orthanc_objects(orthanc)
+        assert len(objs["sr"]) == 1 and len(objs["seg"]) <= 1 and not objs["other"]
+        assert len(q.list()) == 1  # one job, analysed again after the crash, not a second one
+        assert "restarted" in (job.last_error or "")
+    finally:
+        node.stop()
