@@ -1,0 +1,316 @@
+"""Which series of a study is analysed: the qualifying non-contrast head CT, thinnest first.
+
+Works from header-only reads of the spooled files (no pixels), so a sweep over a study costs
+milliseconds. Three outcomes per study, because the user sees them differently:
+
+* ``analyze`` — a series qualifies (CT, head, axial ORIGINAL, non-contrast, soft-tissue kernel,
+  slices ≤ ``max_slice_thickness_mm``, enough slices and cranio-caudal coverage, consistent
+  geometry); the thinnest is chosen.
+* ``cannot_assess`` — it *is* a non-contrast axial head CT but the data cannot be analysed
+  (missing slices, mixed geometry, no Frame of Reference, single slice, too thick, too short):
+  the node sends a coded "cannot assess" SR with ``code`` so the radiologist knows why.
+* ``ignore`` — not a head NCCT at all (chest CT, SR, contrast CTA, bone-kernel-only,
+  reformats): logged with the reason, nothing is sent.
+
+Reason codes match :class:`pipeline.result.CannotAssess` codes used by ``pipeline.volume``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Literal, Sequence
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from .config import SelectionSection
+
+if TYPE_CHECKING:
+    from .index import Index
+    from .spool import Spool
+
+LOG = logging.getLogger("dicomnode.selection")
+
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
+LEGACY_ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.2"
+CT_CLASSES = {CT_IMAGE, ENHANCED_CT, LEGACY_ENHANCED_CT}
+
+HEADER_TAGS = [
+    "SOPClassUID", "Modality", "BodyPartExamined", "StudyDescription", "SeriesDescription", "ProtocolName",
+    "RequestedProcedureDescription", "PerformedProcedureStepDescription", "ImageType", "ConvolutionKernel",
+    "FilterType", "SliceThickness", "ContrastBolusAgent", "ContrastBolusRoute", "PixelSpacing", "Rows", "Columns",
+    "ReconstructionDiameter", "ImageOrientationPatient", "ImagePositionPatient", "FrameOfReferenceUID",
+    "PatientPosition", "NumberOfFrames", "StudyInstanceUID", "SeriesInstanceUID", "InstanceNumber",
+]
+
+_HEAD_WORDS = re.compile(r"HEAD|BRAIN|SKULL|CRAN|CEREB|NEURO|STROKE|\bICH\b|KOPF|SCH[AÄ]E?DEL|CR[AÂ]NE|ENCEPH|HIRN", re.I)
+_BODY_WORDS = re.compile(
+    r"CHEST|THORA|LUNG|ABD|PELV|SPINE|LSPINE|CSPINE|CARDIAC|HEART|CORON|LIVER|KIDNEY|RENAL|KNEE|HIP\b|"
+    r"EXTREM|SHOULDER|ANKLE|WRIST|WHOLE ?BODY|\bWB\b|NECK|SINUS|FACE|DENTAL|ORBIT|TEMPORAL BONE|PETROUS", re.I)
+_CONTRAST_WORDS = re.compile(r"CONTRAST|\bC\+|\bKM\b|\bCTA\b|ANGIO|PERFUS|ENHANC|\bPOST\b|VENO|\bIV\b", re.I)
+_NO_CONTRAST = re.compile(r"NON[- ]?CON|WITHOUT|\bNO\b|NATIV|PLAIN|\bW/?O\b|\bNC\b|NCCT|NONE", re.I)
+# Sharp reconstructions: bone/lung/edge kernels by vendor (GE BONE/LUNG/EDGE/DETAIL, Siemens
+# H/B/J/Hr/Br/Qr ≥ 50, Philips D/E/YC/YD/L, Canon FC30+ bone series named "BONE").
+_SHARP_KERNEL = re.compile(r"BONE|LUNG|SHARP|EDGE|DETAIL|ULTRA|^[BHIJQ]R?[5-9]\d|^Y[CD]\b|^[DEL]$|^FC[3-9]\d", re.I)
+_REFORMAT = re.compile(r"MPR|MIP|MINIP|VRT|3D|REFORMAT|CORONAL|SAGITTAL|\bCOR\b|\bSAG\b|SCOUT|TOPO|LOCALI", re.I)
+
+
+class Verdict(str, Enum):
+    QUALIFIES = "qualifies"
+    CANNOT_ASSESS = "cannot_assess"  # head NCCT, but the data cannot be analysed
+    EXCLUDED = "excluded"  # head CT, but not one we analyse (contrast, bone kernel, reformat)
+    NOT_HEAD_CT = "not_head_ct"
+
+
+@dataclass(frozen=True)
+class SeriesAssessment:
+    series_uid: str
+    verdict: Verdict
+    code: str | None = None  # for CANNOT_ASSESS / EXCLUDED / NOT_HEAD_CT: stable reason code
+    reason: str = ""
+    slice_thickness_mm: float | None = None
+    n_slices: int = 0
+    coverage_mm: float | None = None
+
+
+@dataclass(frozen=True)
+class SelectionDecision:
+    """The verdict on one study; ``action`` is what the node does."""
+
+    study_uid: str
+    action: Literal["analyze", "cannot_assess", "ignore"]
+    series_uid: str | None = None
+    code: str | None = None
+    reason: str = ""
+    assessments: tuple[SeriesAssessment, ...] = field(default_factory=tuple)
+
+
+# ------------------------------------------------------------------------------------------
+# one series
+
+
+def _text(ds: Dataset, *keywords: str) -> str:
+    return " ".join(str(ds.get(k) or "") for k in keywords)
+
+
+def _floats(value, n: int | None = None) -> list[float] | None:
+    if value is None or value == "":
+        return None
+    seq = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+    try:
+        out = [float(v) for v in seq]
+    except (TypeError, ValueError):
+        return None
+    if n is not None and len(out) != n:
+        return None
+    return out
+
+
+def _is_head(ds: Dataset, images: Sequence[Dataset]) -> tuple[bool, str]:
+    body_part = str(ds.get("BodyPartExamined") or "").strip()
+    if body_part:
+        if _HEAD_WORDS.search(body_part):
+            return True, f"BodyPartExamined {body_part}"
+        if _BODY_WORDS.search(body_part):
+            return False, f"BodyPartExamined {body_part}"
+    desc = _text(ds, "StudyDescription", "SeriesDescription", "ProtocolName", "RequestedProcedureDescription",
+                 "PerformedProcedureStepDescription")
+    if _HEAD_WORDS.search(desc) and not _BODY_WORDS.search(desc):
+        return True, "description"
+    if _BODY_WORDS.search(desc):
+        return False, "description names another body part"
+    # Anatomy: a head is reconstructed on a small field of view and spans < ~26 cm, head first.
+    fov = _floats(ds.get("ReconstructionDiameter"))
+    if not fov:
+        px = _floats(ds.get("PixelSpacing"), 2)
+        cols = ds.get("Columns")
+        fov = [px[1] * int(cols)] if px and cols else None
+    extent = _coverage(images)
+    head_first = str(ds.get("PatientPosition") or "HF").upper().startswith("HF")
+    if fov and fov[0] <= 280 and extent is not None and extent <= 260 and head_first:
+        return True, f"anatomy (field of view {fov[0]:.0f} mm, extent {extent:.0f} mm)"
+    return False, "no head in body part, descriptions or anatomy"
+
+
+def _normal(ds: Dataset) -> np.ndarray | None:
+    iop = _floats(ds.get("ImageOrientationPatient"), 6)
+    if iop is None:
+        return None
+    n = np.cross(iop[:3], iop[3:])
+    norm = np.linalg.norm(n)
+    return n / norm if norm > 0.5 else None
+
+
+def _positions(images: Sequence[Dataset]) -> np.ndarray | None:
+    n = _normal(images[0])
+    if n is None:
+        return None
+    pos = []
+    for ds in images:
+        p = _floats(ds.get("ImagePositionPatient"), 3)
+        if p is None:
+            return None
+        pos.append(float(np.dot(p, n)))
+    return np.sort(np.array(pos))
+
+
+def _coverage(images: Sequence[Dataset]) -> float | None:
+    pos = _positions(images) if images else None
+    if pos is None or len(pos) == 0:
+        return None
+    thick = _floats(images[0].get("SliceThickness")) or [0.0]
+    return float(pos[-1] - pos[0] + thick[0])
+
+
+def _missing_slice_gap(gaps: np.ndarray, factor: float) -> tuple[int, float, float] | None:
+    """A gap larger than ``factor`` × both its neighbourhood's and the global median spacing.
+
+    Neighbourhood-relative, like ``pipeline.volume``: protocols switch spacing mid-series
+    (4 mm posterior fossa, then 7 mm), which is not a missing slice.
+    """
+    med = float(np.median(gaps))
+    for k, g in enumerate(gaps):
+        nbh = np.concatenate([gaps[max(0, k - 3):k], gaps[k + 1:k + 4]])
+        local = float(np.median(nbh)) if len(nbh) else g
+        if g > factor * local and g > factor * med:
+            return k, float(g), local
+    return None
+
+
+def assess_series(series_uid: str, headers: Sequence[Dataset], cfg: SelectionSection) -> SeriesAssessment:
+    """Judge one series from its instance headers (``stop_before_pixels`` reads suffice)."""
+    def out(verdict: Verdict, code: str | None, reason: str, **kw) -> SeriesAssessment:
+        return SeriesAssessment(series_uid, verdict, code, reason, **kw)
+
+    modalities = {str(ds.get("Modality") or "") for ds in headers}
+    if "CT" not in modalities:
+        return out(Verdict.NOT_HEAD_CT, "not_ct", f"modality {', '.join(sorted(modalities)) or 'missing'}")
+    images = [ds for ds in headers if str(ds.get("SOPClassUID") or "") in CT_CLASSES]
+    images = [ds for ds in images if "LOCALIZER" not in [str(v).upper() for v in (ds.get("ImageType") or [])]]
+    if not images:
+        return out(Verdict.NOT_HEAD_CT, "no_images", "no CT image instances (only localizers or other objects)")
+    first = images[0]
+    head, why = _is_head(first, images)
+    if not head:
+        return out(Verdict.NOT_HEAD_CT, "not_head", f"not a head CT: {why}")
+
+    # -- is it the kind of head CT we analyse? (otherwise: excluded, ignored quietly)
+    image_type = [str(v).upper() for v in (first.get("ImageType") or [])]
+    desc = _text(first, "SeriesDescription", "ProtocolName", "StudyDescription")
+    if image_type and image_type[0] != "ORIGINAL":
+        return out(Verdict.EXCLUDED, "derived", f"ImageType {'/'.join(image_type)} is not ORIGINAL")
+    if _REFORMAT.search(str(first.get("SeriesDescription") or "")) or (len(image_type) > 2 and image_type[2] not in ("AXIAL", "HELICAL", "")):
+        return out(Verdict.EXCLUDED, "not_axial", "reformatted or non-axial series")
+    n = _normal(first)
+    if n is not None and abs(n[2]) < 0.7:  # more than ~45° away from axial (gantry tilt is < 30°)
+        return out(Verdict.EXCLUDED, "not_axial", "slices are not axial")
+    agent = str(first.get("ContrastBolusAgent") or "").strip()
+    if agent and not _NO_CONTRAST.search(agent):
+        return out(Verdict.EXCLUDED, "contrast", "ContrastBolusAgent is set")
+    if _CONTRAST_WORDS.search(str(first.get("SeriesDescription") or "")) and not _NO_CONTRAST.search(desc):
+        return out(Verdict.EXCLUDED, "contrast", "series description says contrast/angiography")
+    kernel = _text(first, "ConvolutionKernel", "FilterType").strip()
+    if any(_SHARP_KERNEL.search(k.strip()) for k in re.split(r"[\\ ,]+", kernel) if k.strip()) or re.search(
+            r"\bBONE\b|\bLUNG\b", str(first.get("SeriesDescription") or ""), re.I):
+        return out(Verdict.EXCLUDED, "sharp_kernel", f"bone/lung reconstruction kernel ({kernel or 'description'})")
+
+    # -- a non-contrast axial head CT: can it be analysed? (otherwise: cannot assess, coded)
+    n_slices = len(images)
+    if any(int(ds.get("NumberOfFrames") or 1) > 1 for ds in images):
+        return out(Verdict.CANNOT_ASSESS, "unsupported_multiframe", "multi-frame (enhanced) CT is not supported",
+                   n_slices=n_slices)
+    if n_slices == 1:
+        return out(Verdict.CANNOT_ASSESS, "single_slice", "a single slice is not a volume", n_slices=1)
+    for kw in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+        if any(ds.get(kw) in (None, "", []) for ds in images):
+            return out(Verdict.CANNOT_ASSESS, "missing_geometry", f"a slice has no {kw}", n_slices=n_slices)
+    frames = {str(ds.get("FrameOfReferenceUID") or "") for ds in images}
+    if "" in frames:
+        return out(Verdict.CANNOT_ASSESS, "no_frame_of_reference", "slices lack FrameOfReferenceUID", n_slices=n_slices)
+    if len(frames) > 1:
+        return out(Verdict.CANNOT_ASSESS, "mixed_frame_of_reference", f"{len(frames)} frames of reference",
+                   n_slices=n_slices)
+    iops = np.array([_floats(ds.get("ImageOrientationPatient"), 6) or [np.nan] * 6 for ds in images])
+    if np.isnan(iops).any() or np.abs(iops - iops[0]).max() > 1e-3:
+        return out(Verdict.CANNOT_ASSESS, "mixed_orientation", "slices have different orientations", n_slices=n_slices)
+    geo = {(tuple(np.round(_floats(ds.get("PixelSpacing"), 2) or [0, 0], 4)), ds.get("Rows"), ds.get("Columns")) for ds in images}
+    if len(geo) > 1:
+        return out(Verdict.CANNOT_ASSESS, "mixed_geometry", "slices have different pixel spacing or matrix size",
+                   n_slices=n_slices)
+    thick = [t[0] for t in (_floats(ds.get("SliceThickness")) for ds in images) if t]
+    thickness = max(thick) if thick else None
+    pos = _positions(images)
+    gaps = np.diff(pos)
+    if thickness is None:
+        thickness = float(np.median(gaps)) if len(gaps) else None
+    coverage = float(pos[-1] - pos[0] + (thickness or 0.0))
+    kw = dict(slice_thickness_mm=thickness, n_slices=n_slices, coverage_mm=coverage)
+    if np.any(gaps < 0.01):
+        return out(Verdict.CANNOT_ASSESS, "duplicate_slices", "two slices share one position", **kw)
+    miss = _missing_slice_gap(gaps, cfg.gap_factor)
+    if miss is not None:
+        k, g, local = miss
+        return out(Verdict.CANNOT_ASSESS, "missing_slices",
+                   f"gap of {g:.1f} mm after slice {k + 1} (about {local:.1f} mm expected)", **kw)
+    if thickness is not None and thickness > cfg.max_slice_thickness_mm + 1e-6:
+        return out(Verdict.CANNOT_ASSESS, "slice_too_thick",
+                   f"slices up to {thickness:g} mm thick (limit {cfg.max_slice_thickness_mm:g} mm)", **kw)
+    if n_slices < cfg.min_slices:
+        return out(Verdict.CANNOT_ASSESS, "too_few_slices", f"{n_slices} slices (at least {cfg.min_slices} needed)", **kw)
+    if coverage < cfg.min_coverage_mm:
+        return out(Verdict.CANNOT_ASSESS, "insufficient_coverage",
+                   f"{coverage:.0f} mm cranio-caudal coverage (at least {cfg.min_coverage_mm:g} mm needed)", **kw)
+    return out(Verdict.QUALIFIES, None, f"head NCCT ({why}), {n_slices} slices of {thickness:g} mm", **kw)
+
+
+# ------------------------------------------------------------------------------------------
+# one study
+
+
+def choose(study_uid: str, assessments: Iterable[SeriesAssessment]) -> SelectionDecision:
+    """The study's decision from its series' assessments: thinnest qualifying series wins."""
+    assessments = tuple(assessments)
+    ok = [a for a in assessments if a.verdict is Verdict.QUALIFIES]
+    if ok:
+        best = min(ok, key=lambda a: (a.slice_thickness_mm or 99.0, -a.n_slices, -(a.coverage_mm or 0.0)))
+        return SelectionDecision(study_uid, "analyze", best.series_uid, None, best.reason, assessments)
+    bad = [a for a in assessments if a.verdict is Verdict.CANNOT_ASSESS]
+    if bad:
+        worst = max(bad, key=lambda a: (a.n_slices, -(a.slice_thickness_mm or 99.0)))
+        return SelectionDecision(study_uid, "cannot_assess", worst.series_uid, worst.code, worst.reason, assessments)
+    why = "; ".join(f"{a.code}: {a.reason}" for a in assessments) or "no series"
+    return SelectionDecision(study_uid, "ignore", None, None, f"no head NCCT series ({why})"[:500], assessments)
+
+
+def read_headers(paths: Iterable[Path]) -> list[Dataset]:
+    """Header-only reads; unreadable files are skipped (they were validated on receipt)."""
+    from pydicom import dcmread
+
+    out = []
+    for p in paths:
+        try:
+            out.append(dcmread(p, stop_before_pixels=True, specific_tags=HEADER_TAGS))
+        except Exception as exc:  # noqa: BLE001 - one bad file must not hide the rest of the series
+            LOG.warning("header of %s unreadable: %s", Path(p).name, type(exc).__name__)
+    return out
+
+
+def select_study(study_uid: str, index: "Index", spool: "Spool", cfg: SelectionSection) -> SelectionDecision:
+    """Assess every series of ``study_uid`` in the index and decide what to analyse."""
+    assessments = []
+    for s in index.series_of_study(study_uid):
+        if s.modality and s.modality != "CT":
+            assessments.append(SeriesAssessment(s.series_uid, Verdict.NOT_HEAD_CT, "not_ct", f"modality {s.modality}"))
+            continue
+        headers = read_headers(spool.abspath(i.path) for i in index.instances_of(s.series_uid))
+        assessments.append(assess_series(s.series_uid, headers, cfg))
+    decision = choose(study_uid, assessments)
+    LOG.info("selection: %s%s%s", decision.action, f" [{decision.code}]" if decision.code else "",
+             f" — {decision.reason}" if decision.reason else "")
+    return decision
