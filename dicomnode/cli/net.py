@@ -53,12 +53,16 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         files, skipped = [], []
         for p in paths:
             try:
-                ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+                ds = pydicom.dcmread(p, stop_before_pixels=True)
             except (InvalidDicomError, OSError, ValueError):
                 skipped.append((p, "not DICOM"))
                 continue
-            if str(ds.get("SOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY or p.name.upper() == "DICOMDIR":
+            sop_class = str(ds.get("SOPClassUID") or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", ""))
+            if sop_class == MEDIA_STORAGE_DIRECTORY or p.name.upper() == "DICOMDIR":
                 skipped.append((p, "DICOMDIR (a directory, not an image)"))
+                continue
+            if not sop_class:
+                skipped.append((p, "no SOP Class UID"))
                 continue
             files.append(p)
         for p, why in skipped:

@@ -73,9 +73,13 @@ class DimseDestination(Destination):
         datasets = []
         contexts: dict[str, set[str]] = {}
         for path in files:
-            ds = dcmread(path)
-            ts = str(ds.file_meta.TransferSyntaxUID)
-            contexts.setdefault(str(ds.SOPClassUID), {ExplicitVRLittleEndian, ImplicitVRLittleEndian}).add(ts)
+            try:
+                ds = dcmread(path)
+                ts, sop_class = str(ds.file_meta.TransferSyntaxUID), str(ds.SOPClassUID)
+            except (OSError, ValueError, AttributeError) as exc:
+                raise DeliveryError(self.name, f"{Path(path).name}: not a storable DICOM object ({exc})",
+                                    retryable=False) from exc
+            contexts.setdefault(sop_class, {ExplicitVRLittleEndian, ImplicitVRLittleEndian}).add(ts)
             datasets.append((Path(path), ds))
         if len(contexts) > 128:
             raise DeliveryError(self.name, f"{len(contexts)} SOP classes in one send, more than one association allows",

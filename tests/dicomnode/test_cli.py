@@ -1,0 +1,107 @@
+"""Admin CLI: status, jobs list|show|retry, echo, send, serve's option errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dicomnode.cli import app
+from dicomnode.config import NodeConfig
+from dicomnode.destinations.ledger import Ledger
+from dicomnode.queue import JobState, open_queue
+from dicomnode.service import ledger_path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_destinations import StoreSCP  # noqa: E402
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    cfg = NodeConfig()
+    cfg.node.data_dir = tmp_path / "var"
+    cfg.queue.max_attempts = 1
+    q = open_queue(cfg)
+    sent = q.enqueue("a" * 32, {"files": ["/x/1.dcm"], "study_uid": "1.2.3"})
+    q.claim("w")
+    q.mark_encoded(sent.id, "w", str(tmp_path / "r"))
+    q.claim("s", stage="send")
+    q.complete(sent.id, "s")
+    dead = q.enqueue("b" * 32, {"files": []})
+    q.claim("w")
+    q.fail(dead.id, "w", "analysis process died (exit code -9)")
+    Ledger(ledger_path(cfg)).record_delivered(sent.id, "pacs", "seg.dcm")
+    return tmp_path / "var"
+
+
+def test_status_json_and_table(data_dir):
+    r = runner.invoke(app, ["status", "--data-dir", str(data_dir), "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    assert info["queue"]["sent"] == 1 and info["queue"]["dead"] == 1
+    assert info["errors"][0]["error"] == "analysis process died (exit code -9)"
+    assert info["disk"]["state"] == "ok" and set(info["models"]) == {"segmenter", "classifier"}
+    r = runner.invoke(app, ["status", "--data-dir", str(data_dir)])
+    assert r.exit_code == 0 and "last errors" in r.output and "dead" in r.output
+
+
+def test_jobs_list_show_retry(data_dir):
+    r = runner.invoke(app, ["jobs", "list", "--data-dir", str(data_dir), "--json"])
+    rows = json.loads(r.output)
+    assert [j["state"] for j in rows] == ["dead", "sent"]
+    assert "payload" not in rows[0] and "1.2.3" not in r.output  # no raw UIDs
+    r = runner.invoke(app, ["jobs", "list", "--data-dir", str(data_dir), "--state", "dead"])
+    assert r.exit_code == 0 and "jobs (1)" in r.output and "dead" in r.output and "sent" not in r.output
+    r = runner.invoke(app, ["jobs", "show", "1", "--data-dir", str(data_dir), "--json"])
+    assert json.loads(r.output)["deliveries"][0]["delivered"] == ["seg.dcm"]
+    r = runner.invoke(app, ["jobs", "show", "1", "--data-dir", str(data_dir)])
+    assert r.exit_code == 0 and "deliveries" in r.output
+    r = runner.invoke(app, ["jobs", "retry", "1", "--data-dir", str(data_dir)])
+    assert r.exit_code == 1 and "only failed or dead" in r.output
+    r = runner.invoke(app, ["jobs", "retry", "--all-dead", "--data-dir", str(data_dir)])
+    assert r.exit_code == 0 and "job 2: queued" in r.output
+    cfg = NodeConfig()
+    cfg.node.data_dir = data_dir
+    assert open_queue(cfg).get("2").state is JobState.QUEUED
+    r = runner.invoke(app, ["jobs", "show", "99", "--data-dir", str(data_dir)])
+    assert r.exit_code == 1 and "no job 99" in r.output
+    r = runner.invoke(app, ["jobs", "list", "--state", "lost", "--data-dir", str(data_dir)])
+    assert r.exit_code == 2 and "unknown state" in r.output
+
+
+def test_jobs_without_a_queue_says_so(tmp_path):
+    r = runner.invoke(app, ["jobs", "list", "--data-dir", str(tmp_path / "nothing")])
+    assert r.exit_code == 1 and "no queue" in r.output
+
+
+def test_echo_and_send_against_storescp(tmp_path, ct_data):
+    peer = StoreSCP(tmp_path).start()
+    try:
+        r = runner.invoke(app, ["echo", f"DEST@127.0.0.1:{peer.port}"])
+        assert r.exit_code == 0 and "C-ECHO ok" in r.output
+        r = runner.invoke(app, ["send", str(ct_data / "philips-phantom-5mm"), f"DEST@127.0.0.1:{peer.port}"])
+        assert r.exit_code == 0, r.output
+        assert "sent 28 file(s)" in r.output and "skipped DIRFILE: DICOMDIR" in r.output
+        assert peer.stores() == 28
+    finally:
+        peer.stop()
+    r = runner.invoke(app, ["echo", f"DEST@127.0.0.1:{peer.port}"])
+    assert r.exit_code == 1 and "echo failed" in r.output
+    r = runner.invoke(app, ["echo", "no-port"])
+    assert r.exit_code == 1 and "AE@HOST:PORT" in r.output
+
+
+def test_serve_rejects_bad_options(tmp_path):
+    r = runner.invoke(app, ["serve", "--destination", "PACS@host", "--data-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "AE@HOST:PORT" in r.output
+    r = runner.invoke(app, ["serve", "--ae-title", "A" * 20, "--data-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "longer than 16" in r.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[queue]\nmax_attempts = 0\n")
+    r = runner.invoke(app, ["serve", "--config", str(bad)])
+    assert r.exit_code == 2 and "queue.max_attempts" in r.output
