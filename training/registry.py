@@ -148,6 +148,7 @@ class Registry:
         src_root = self.bundled_root / kind if self.bundled_root else None
         if src_root is None or not src_root.is_dir():
             return
+        imported = []
         for src in sorted(src_root.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1):
             if not (src.name.isdigit() and (src / "metadata.json").is_file()):
                 continue
@@ -156,6 +157,14 @@ class Registry:
             shutil.copytree(src, staging, copy_function=_link_or_copy)
             os.replace(staging, kind_dir / src.name)
             self._log({"action": "add", "kind": kind, "version": src.name, "source": "bundled"})
+            imported.append(src.name)
+        state = self._read_state()
+        if imported and not state["current"].get(kind):
+            # The bundled default is served until something else is promoted (nothing to roll back to).
+            state["current"][kind] = imported[0]
+            self._write_state(state)
+            self._log({"action": "promote", "kind": kind, "version": imported[0], "previous": None,
+                       "reason": "bundled default", "actor": "registry", "generation": state["generation"]})
 
     def _ensure(self, kind: str) -> Path:
         kind_dir = self._kind_dir(kind)
@@ -241,19 +250,21 @@ class Registry:
 
     # ------------------------------------------------------------------ promotion
     def promoted(self) -> dict[str, str | None]:
-        """The served version of each kind: the promoted one, else version 1 (the bundled default), else None."""
-        state = self._read_state()
-        out: dict[str, str | None] = {}
+        """The served version of each kind (the bundled default until another is promoted); None = none installed.
+
+        A version that was only added (a retrain candidate) is never served implicitly.
+        """
         for kind in KINDS:
-            out[kind] = state["current"].get(kind) or self._default_version(kind)
-        return out
+            self._ensure(kind)  # first use imports and serves the bundled default
+        state = self._read_state()
+        return {kind: state["current"].get(kind) for kind in KINDS}
 
     def promote(self, kind: str, version: str | int, *, reason: str = "", actor: str = "cli") -> ModelVersion:
         """Make ``version`` the served one; the old one is kept for ``rollback``."""
         target = self.get(kind, version)
         with self._locked():
             state = self._read_state()
-            current = state["current"].get(kind) or self._default_version(kind)
+            current = state["current"].get(kind)
             if current == target.version:
                 raise RegistryError(f"{kind} version {target.version} is already promoted")
             if current is not None:
@@ -280,10 +291,6 @@ class Registry:
             self._log({"action": "rollback", "kind": kind, "version": back, "previous": current,
                        "reason": reason, "actor": actor, "generation": state["generation"]})
         return self.get(kind, back)
-
-    def _default_version(self, kind: str) -> str | None:
-        versions = self.versions(kind)
-        return versions[0].version if versions else None
 
     def history(self, kind: str | None = None) -> list[dict]:
         path = self.root / HISTORY

@@ -625,12 +625,15 @@ class ClassifierTrainer:
         from pipeline.features import cnn
         from training import classifier as clf
 
+        from pipeline.features.radiomics import DEFAULT_PARAMS
+
         clf.extract_base(cases, cache, proto["radiomics_params"])
-        cases = [c for c in cases if (cache.root / clf.safe_key(c.case_id) / "meta.json").is_file()]
+        version = Path(proto["radiomics_params"] or DEFAULT_PARAMS).stem
+        cases = [c for c in cases if (cache.root / clf.safe_key(c.case_id) / f"{version}.json").is_file()]
         parts = []
         for group in proto["groups"]:
             if group == "radiomics":
-                parts.append(clf.radiomics_table(cases, cache))
+                parts.append(clf.radiomics_table(cases, cache, version))
             else:
                 path, sha = proto["cnn_weights"][group]
                 parts.append(clf.cnn_table(cases, cache, group, cnn.WarmupWeights(path), sha[:12],
@@ -654,7 +657,8 @@ class ClassifierTrainer:
         proto = self.protocol()
         cases, X = self._table(clf.read_cohort(train_dir), self._cache(train_dir), proto)
         y = np.array([c.label for c in cases])
-        fitted = clf.fit_module(proto["module"], X, y, seed=proto["seed"])
+        grid = {"n_features_grid": tuple(proto["n_features_grid"])} if proto.get("n_features_grid") else {}
+        fitted = clf.fit_module(proto["module"], X, y, seed=proto["seed"], **grid)
         clf.save_model(fitted, out_dir, version="0", groups=tuple(proto["groups"]), training_cases=cases,
                        cnn_weight_files={n: p for n, (p, _s) in proto["cnn_weights"].items()},
                        metrics={"cv_auc_train": fitted.cv_auc}, radiomics_params=proto["radiomics_params"],
@@ -697,9 +701,10 @@ class ClassifierTrainer:
         from training import classifier as clf
 
         extra = model.metadata.extra or {}
-        config_key = json.dumps({"groups": extra.get("groups"), "params": extra.get("radiomics_params_sha256")
-                                 or extra.get("radiomics_params"), "weights": extra.get("cnn_weights")},
-                                sort_keys=True, default=str)
+        params = model.model_dir / extra["radiomics_params"] if extra.get("radiomics_params") else None
+        params_sha = hashlib.sha256(params.read_bytes()).hexdigest() if params and params.is_file() else None
+        config_key = json.dumps({"groups": extra.get("groups"), "params": params_sha,
+                                 "weights": extra.get("cnn_weights")}, sort_keys=True, default=str)
         mask_path = Path(row["baseline_mask"])
         st = mask_path.stat()
         key = hashlib.sha256(f"{config_key}|{row['baseline_dir']}|{mask_path}|{st.st_size}|{st.st_mtime_ns}"

@@ -73,10 +73,21 @@ def test_add_promote_rollback_history(registry: Registry, tmp_path: Path) -> Non
     with pytest.raises(RegistryError, match="nothing to roll back to"):
         registry.rollback("classifier")
     actions = [(e["action"], e["kind"], e["version"]) for e in registry.history("classifier")]
-    assert actions == [("add", "classifier", "1"), ("add", "classifier", "2"), ("promote", "classifier", "2"),
-                       ("rollback", "classifier", "1")]
+    assert actions == [("add", "classifier", "1"), ("promote", "classifier", "1"), ("add", "classifier", "2"),
+                       ("promote", "classifier", "2"), ("rollback", "classifier", "1")]
     state = json.loads((registry.root / "promoted.json").read_text())
-    assert state["current"]["classifier"] == "1" and state["generation"] == 2
+    assert state["current"]["classifier"] == "1" and state["generation"] == 4  # 2 bundled + promote + rollback
+
+
+def test_a_candidate_is_never_served_implicitly(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "r", bundled_root=None)
+    assert reg.promoted() == {"segmenter": None, "classifier": None}
+    assert reg.current_paths() == ModelPaths(None, None)  # classical segmenter, no expansion probability
+    reg.add("classifier", make_model(tmp_path / "c", "classifier"))
+    assert reg.promoted()["classifier"] is None
+    reg.promote("classifier", "1")
+    with pytest.raises(RegistryError, match="nothing to roll back to"):
+        reg.rollback("classifier")
 
 
 def test_rollback_walks_back_through_several_promotions(registry: Registry, tmp_path: Path) -> None:
@@ -136,7 +147,7 @@ def test_concurrent_promotions_never_tear_promoted_json(registry: Registry, bund
         p.join()
         assert p.exitcode == 0
     assert registry.promoted() == {"segmenter": "1", "classifier": "1"}
-    assert json.loads((registry.root / "promoted.json").read_text())["generation"] == 60
+    assert json.loads((registry.root / "promoted.json").read_text())["generation"] == 62
     assert reads > 0
 
 
@@ -156,6 +167,8 @@ def test_models_cli_list_show_promote_rollback(tmp_path: Path, monkeypatch: pyte
     assert out.exit_code == 0, out.output
     assert "classifier" in out.output and "auc 0.810" in out.output
     top = max(int(v.version) for v in reg.versions("classifier"))
+    if reg.promoted()["classifier"] is None:  # no shipped default in this checkout: serve version 1 first
+        assert run(app, ["models", "promote", "1", "--kind", "classifier"]).exit_code == 0
     out = run(app, ["models", "promote", str(top), "--kind", "classifier", "--reason", "site review"])
     assert out.exit_code == 0 and f"version {top} promoted" in out.output
     assert reg.promoted()["classifier"] == str(top)
