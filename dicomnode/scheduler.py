@@ -172,14 +172,16 @@ class NodeScheduler:
         from apscheduler.triggers.cron import CronTrigger
         from apscheduler.triggers.interval import IntervalTrigger
 
+        # one INFO line per run every few seconds would drown the node's own log
+        logging.getLogger("apscheduler").setLevel(max(logging.getLogger("apscheduler").level, logging.WARNING))
         self.scheduler = BackgroundScheduler(
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": 30}, daemon=True)
-        self.scheduler.add_job(_guarded(sweep, "sweep"), IntervalTrigger(seconds=sweep_s), id="sweep")
-        self.scheduler.add_job(_guarded(retries, "retries"), IntervalTrigger(seconds=retry_s), id="retries")
-        self.scheduler.add_job(_guarded(cleanup, "cleanup"), CronTrigger.from_crontab(cleanup_cron), id="cleanup")
-        self.scheduler.add_job(_guarded(disk_check, "disk_check"), IntervalTrigger(seconds=disk_s), id="disk_check")
+        self.scheduler.add_job(_guarded(sweep, "sweep"), IntervalTrigger(seconds=sweep_s), id="sweep", name="sweep")
+        self.scheduler.add_job(_guarded(retries, "retries"), IntervalTrigger(seconds=retry_s), id="retries", name="retries")
+        self.scheduler.add_job(_guarded(cleanup, "cleanup"), CronTrigger.from_crontab(cleanup_cron), id="cleanup", name="cleanup")
+        self.scheduler.add_job(_guarded(disk_check, "disk_check"), IntervalTrigger(seconds=disk_s), id="disk_check", name="disk_check")
         for name, (fn, trigger) in (extra or {}).items():
-            self.scheduler.add_job(_guarded(fn, name), trigger, id=name)
+            self.scheduler.add_job(_guarded(fn, name), trigger, id=name, name=name)
 
     def start(self) -> None:
         self.scheduler.start()

@@ -169,8 +169,6 @@ def _serve(cfg_path: Path, log: Path, env: dict) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-@pytest.mark.skipif(__import__("importlib.util").util.find_spec("dicomnode.selection") is None,
-                    reason="`ich-node serve` needs dicomnode.selection (receive side), not in the tree yet")
 def test_kill_9_during_analysis_then_restart_delivers_once(tmp_path, free_port, fake_module, series_dir, dcmtk):
     series, _ = series_dir
     peer = StoreSCP(tmp_path).start()
