@@ -1,9 +1,54 @@
-"""Placeholder: this family of subcommands is not implemented yet."""
+"""`ich-node synth`: generate a synthetic head-CT ICH cohort (thin wrapper over training.synth)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
+def _floats(text: str, name: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{name} must be comma-separated numbers, got {text!r}") from None
+    if not vals:
+        raise typer.BadParameter(f"{name} needs at least one value")
+    return vals
+
+
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
-    """Add this module's subcommands to ``app`` or to one of ``groups``."""
+    """Add ``synth`` to the top-level app."""
+
+    @app.command("synth")
+    def synth(
+        cases: int = typer.Option(..., "--cases", min=1, help="Number of patients (baseline + follow-up each)."),
+        out: Path = typer.Option(..., "--out", help="Empty output directory."),
+        seed: int = typer.Option(0, "--seed", help="Cohort seed; same seed + options = same cohort."),
+        matrix: int = typer.Option(512, "--matrix", help="Image matrix (512 clinical; smaller for test cohorts)."),
+        thickness: str = typer.Option("1,2.5,5", "--thickness", help="Slice thickness(es) in mm to draw from, e.g. 5 or 2.5,5."),
+        tilt_fraction: float = typer.Option(0.3, "--tilt-fraction", min=0, max=1, help="Share of gantry-tilted studies."),
+        prevalence: float = typer.Option(0.25, "--prevalence", min=0, max=1, help="Expansion prevalence."),
+        head_source: str = typer.Option("phantom", "--head-source", help="phantom | real | mixed."),
+        real_fraction: float = typer.Option(0.5, "--real-fraction", min=0, max=1, help="Real-head share when mixed."),
+        streaks: float = typer.Option(0.5, "--streak-probability", min=0, max=1, help="Beam-hardening streak rate."),
+        workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (output does not depend on it)."),
+    ) -> None:
+        """Generate a synthetic non-contrast head-CT cohort with hematoma expansion labels."""
+        from tqdm import tqdm
+
+        from training.synth import OptionsError, SynthOptions, write_cohort
+
+        try:
+            opts = SynthOptions(matrix=matrix, thickness_mm=_floats(thickness, "--thickness"), tilt_fraction=tilt_fraction,
+                                prevalence=prevalence, head_source=head_source, real_fraction=real_fraction,
+                                streak_probability=streaks)
+        except OptionsError as e:
+            raise typer.BadParameter(str(e)) from None
+        try:
+            with tqdm(total=cases, unit="case", desc="synth") as bar:
+                manifest = write_cohort(out, cases, seed, opts, workers=workers, progress=bar.update)
+        except FileExistsError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(f"wrote {cases} cases: {manifest}")
