@@ -15,7 +15,6 @@ the child works, so a worker that dies (kill -9) leaves a job that is claimed ag
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import multiprocessing as mp
 import os
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .plugins import load_target
 from .queue import Job, JobQueue, QueueError
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,6 @@ class ModelSource:
 
     registry_dir: str | None = None
     bundled_fallback: bool = True
-
-
-def _load(target: str) -> Callable[..., Any]:
-    module, _, attr = target.partition(":")
-    if not module or not attr:
-        raise ValueError(f"analyzer must be 'module:callable', got {target!r}")
-    return getattr(importlib.import_module(module), attr)
 
 
 def _model_paths(source: ModelSource):
@@ -113,7 +106,7 @@ def _child_main(conn, analyzer_target: str, source: ModelSource, threads: int, p
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        build = _load(analyzer_target)
+        build = load_target(analyzer_target)
         paths, watcher = _model_paths(source)
         analyzer = build(paths)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which logs it

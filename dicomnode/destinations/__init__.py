@@ -5,9 +5,9 @@ A new kind of destination is one new module with a ``Destination`` subclass, reg
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from ..plugins import PluginError, Registry
 from .base import DeliveryError, Destination, OnDelivered
 
 if TYPE_CHECKING:
@@ -15,25 +15,17 @@ if TYPE_CHECKING:
 
 __all__ = ["DeliveryError", "Destination", "OnDelivered", "TYPES", "register", "build"]
 
-TYPES: dict[str, str] = {
+TYPES = Registry("destination type", {
     "dimse": "dicomnode.destinations.dimse:DimseDestination",
     "stowrs": "dicomnode.destinations.stowrs:StowRsDestination",
-}
-
-
-def register(type_name: str, target: str) -> None:
-    """Add a destination type (``"module:Class"``)."""
-    if ":" not in target:
-        raise ValueError(f"destination target must be 'module:Class', got {target!r}")
-    TYPES[type_name] = target
+})
+register = TYPES.register
 
 
 def build(config: "DestinationConfig", *, calling_ae_title: str = "ICHNODE") -> Destination:
     """The sender for one configured destination."""
     try:
-        target = TYPES[config.type]
-    except KeyError:
-        raise ValueError(f"destination {config.name!r}: unknown type {config.type!r}; known: {', '.join(TYPES)}") from None
-    module, _, attr = target.partition(":")
-    cls = getattr(importlib.import_module(module), attr)
+        cls = TYPES.load(config.type)
+    except PluginError as exc:
+        raise ValueError(f"destination {config.name!r}: {exc}") from None
     return cls(config, calling_ae_title=calling_ae_title)

@@ -6,10 +6,10 @@ registered here by dotted name, imported only when chosen (Celery stays unimport
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..plugins import PluginError, Registry
 from .base import Backoff, Job, JobQueue, JobState, QueueError, Stage
 
 if TYPE_CHECKING:
@@ -18,31 +18,20 @@ if TYPE_CHECKING:
 __all__ = ["Backoff", "Job", "JobQueue", "JobState", "QueueError", "Stage", "BACKENDS", "register", "open_queue"]
 
 #: config ``queue.backend`` → "module:Class"
-BACKENDS: dict[str, str] = {
+BACKENDS = Registry("queue backend", {
     "sqlite": "dicomnode.queue.sqlite:SQLiteQueue",
     "celery": "dicomnode.queue.celery:CeleryQueue",
-}
-
-
-def register(name: str, target: str) -> None:
-    """Add a backend (``"module:Class"``) under ``name``."""
-    if ":" not in target:
-        raise ValueError(f"backend target must be 'module:Class', got {target!r}")
-    BACKENDS[name] = target
+})
+register = BACKENDS.register
 
 
 def backend_class(name: str) -> type[JobQueue]:
     try:
-        target = BACKENDS[name]
-    except KeyError:
-        raise QueueError(f"unknown queue backend {name!r}; known: {', '.join(sorted(BACKENDS))}") from None
-    module, _, attr = target.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise QueueError(f"queue backend {name!r} ({target}) cannot be loaded: {exc}") from exc
+        cls = BACKENDS.load(name)
+    except PluginError as exc:
+        raise QueueError(str(exc)) from exc
     if not (isinstance(cls, type) and issubclass(cls, JobQueue)):
-        raise QueueError(f"queue backend {name!r} ({target}) is not a JobQueue")
+        raise QueueError(f"queue backend {name!r} is not a JobQueue")
     return cls
 
 

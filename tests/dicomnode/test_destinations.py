@@ -266,5 +266,5 @@ def test_stowrs_delivers_and_classifies_http_errors(tmp_path, results, stow):
 def test_unknown_destination_type_is_a_clear_error():
     cfg = DestinationConfig(name="x", type="dimse", ae_title="A", host="h", port=1)
     object.__setattr__(cfg, "type", "carrier-pigeon")
-    with pytest.raises(ValueError, match="unknown type 'carrier-pigeon'"):
+    with pytest.raises(ValueError, match="unknown destination type .carrier-pigeon."):
         build(cfg)
