@@ -205,6 +205,8 @@ class Node:
         self._dataset_hook(job)
 
     def _on_sent(self, job: Job) -> None:
+        for series_uid in job.payload.get("series_uids") or []:  # again: a remote (Celery) worker cannot
+            self.index.mark_series_analyzed(series_uid)          # reach this node's index
         last = job.payload.get("last_received_at")
         if last:
             log.info("job %s delivered %.1f s after the study's last instance", job.id, time.time() - last)

@@ -281,6 +281,7 @@ class Worker(threading.Thread):
         self._halt = threading.Event()
         self._wake = threading.Event()
         self.current: Job | None = None
+        self._last_beat = 0.0
 
     def kick(self) -> None:
         """Look for work now (new job enqueued, retry due)."""
@@ -291,6 +292,16 @@ class Worker(threading.Thread):
         self._wake.set()
         self.join(timeout_s)
         self.process.stop()
+
+    def _keep_going(self, job: Job) -> bool:
+        """Called every second during an analysis: renew the lease every 5 s; False on shutdown or lost lease."""
+        if self._halt.is_set():
+            return False
+        now = time.monotonic()
+        if now - self._last_beat >= 5.0:
+            self._last_beat = now
+            return self.queue.heartbeat(job.id, self.owner, lease_s=self.lease_s)
+        return True
 
     def run(self) -> None:
         while not self._halt.is_set():
@@ -314,6 +325,7 @@ class Worker(threading.Thread):
     def run_job(self, job: Job) -> Job:
         """Analyse one claimed job and record the outcome in the queue."""
         self.current = job
+        self._last_beat = time.monotonic()
         out = job_dir(self.results_root, job)
         t0 = time.monotonic()
         try:
@@ -330,10 +342,16 @@ class Worker(threading.Thread):
             self.process.analyze(
                 files, str(out), predecessor=predecessor_of(self.queue, job),
                 cannot_assess=job.payload.get("cannot_assess"), timeout_s=self.timeout_s,
-                tick=lambda: self.queue.heartbeat(job.id, self.owner, lease_s=self.lease_s))
+                tick=lambda: self._keep_going(job), tick_every_s=1.0)
             done = self.queue.mark_encoded(job.id, self.owner, str(out))
             log.info("job %s (study %s) analysed in %.1f s", job.id, job.key[:12], time.monotonic() - t0)
         except AnalysisFailed as exc:
+            if self._halt.is_set():  # node shutting down: hand the job back, no attempt counted
+                log.info("job %s handed back (shutdown)", job.id)
+                try:
+                    return self.queue.release(job.id, self.owner)
+                except QueueError:
+                    return self.queue.get(job.id)
             log.warning("job %s (study %s) failed: %s", job.id, job.key[:12], exc)
             try:
                 done = self.queue.fail(job.id, self.owner, str(exc), retryable=exc.retryable)

@@ -161,3 +161,20 @@ def test_worker_thread_claims_and_stops(tmp_path, fake):
     finally:
         w.stop()
     assert not w.is_alive() and proc.pid is None
+
+
+def test_shutdown_during_analysis_hands_the_job_back(tmp_path, fake):
+    q, proc, w, _ = make(tmp_path, fake, poll_s=0.2)
+    w.start()
+    try:
+        job = q.enqueue("k", {"files": inputs(tmp_path, "sleep")})
+        deadline = time.monotonic() + 60
+        while q.get(job.id).state is not JobState.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        t0 = time.monotonic()
+        w.stop()
+    assert time.monotonic() - t0 < 5
+    back = q.get(job.id)
+    assert back.state is JobState.QUEUED and back.attempts == 0 and back.lease_owner is None
