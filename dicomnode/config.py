@@ -101,7 +101,7 @@ class NodeSection(_Section):
 
     ae_title: str = "ICHNODE"
     host: str = "0.0.0.0"
-    port: int = Field(11112, ge=1, le=65535)
+    port: int = Field(11112, ge=0, le=65535)  # 0 = any free port (tests); see ReceiveServer.port
     data_dir: Path = Path("./var")  # spool, index, queue, results, models registry (unless set)
     # Largest PDU we accept. Bigger PDUs mean fewer Python-level reads per image: the ingest
     # benchmark is noticeably faster at 256 KiB than at pynetdicom's 16 KiB default. 0 = unlimited.

@@ -460,7 +460,9 @@ def _tune_pynetdicom() -> None:
     orig_assoc_run = p_assoc.Association.run_reactor
 
     def assoc_run_reactor(self) -> None:
-        self._ichnode_wait = lambda: _assoc_wait(self)
+        # Only acceptors: a requestor's user thread waits for the reactor to pause at each
+        # send_*(), which an up-to-5 ms wait would slow down.
+        self._ichnode_wait = (lambda: _assoc_wait(self)) if self.is_acceptor else None
         try:
             orig_assoc_run(self)
         finally:
@@ -515,6 +517,15 @@ class ReceiveServer:
         self.stop()
 
 
+def _register_directory_storage() -> None:
+    """Route C-STORE of Media Storage Directory to our handler (pynetdicom knows no service for it)."""
+    from pynetdicom.service_class import StorageServiceClass
+    from pynetdicom.sop_class import register_uid, uid_to_service_class
+
+    if uid_to_service_class(MEDIA_STORAGE_DIRECTORY) is not StorageServiceClass:
+        register_uid(MEDIA_STORAGE_DIRECTORY, "MediaStorageDirectoryStorageRefused", StorageServiceClass)
+
+
 def build_ae(config: NodeConfig):
     """The pynetdicom ApplicationEntity with our contexts and limits (no handlers bound)."""
     from pynetdicom import AE, AllStoragePresentationContexts
@@ -532,7 +543,8 @@ def build_ae(config: NodeConfig):
     # RT, ...): accepted and stored; only CT is analysed later. The acceptor has no 128 limit.
     for cx in AllStoragePresentationContexts:
         ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
-    # Accepted only to answer a proper failure status instead of a bare context rejection.
+    # Accepted only to answer a proper failure status (0x0122) instead of a bare context rejection.
+    _register_directory_storage()
     ae.add_supported_context(MEDIA_STORAGE_DIRECTORY, TRANSFER_SYNTAXES)
     return ae
 

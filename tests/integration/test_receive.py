@@ -1,0 +1,292 @@
+"""The receive side against real dcmtk peers: storescu/echoscu → Storage SCP → spool + index.
+
+The SCP runs in-process (``start_scp`` on a free loopback port); dcmtk runs as subprocesses.
+Hostile byte streams that storescu would refuse to read are sent with pynetdicom, which sends a
+file's data set bytes as they are.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dicomnode.config import NodeConfig
+from dicomnode.index import Index
+from dicomnode.scp import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DATASET_MISMATCH,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_REFUSED_SOP_CLASS,
+    start_scp,
+)
+from dicomnode.spool import Spool
+
+pytestmark = pytest.mark.integration
+
+
+class Node:
+    """An in-process Storage SCP on a free loopback port, with its index and spool."""
+
+    def __init__(self, root: Path, **sections) -> None:
+        data = {"node": {"ae_title": "ICHNODE", "host": "127.0.0.1", "port": 0, "data_dir": str(root / "var")},
+                "storage": {"min_free_bytes": 0}}
+        for k, v in sections.items():
+            data.setdefault(k, {}).update(v)
+        self.config = NodeConfig.model_validate(data)
+        self.index = Index(self.config.node.index_path)
+        self.spool = Spool(self.config.node.spool_dir, self.config.storage.min_free_bytes)
+        self.stored = []
+        self.server = start_scp(self.config, self.index, self.spool, on_stored=self.stored.append)
+        self.port = self.server.port
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.index.close()
+
+
+@pytest.fixture
+def node_factory(tmp_path):
+    nodes: list[Node] = []
+
+    def make(**sections) -> Node:
+        n = Node(tmp_path / f"n{len(nodes)}", **sections)
+        nodes.append(n)
+        return n
+
+    yield make
+    for n in nodes:
+        n.stop()
+
+
+@pytest.fixture
+def node(node_factory) -> Node:
+    return node_factory()
+
+
+def images(ct_data: Path, name: str) -> list[Path]:
+    return [p for p in sorted((ct_data / name).iterdir()) if p.name != "DIRFILE"]
+
+
+def storescu(dcmtk, port, *args, aet="STORESCU", aec="ICHNODE"):
+    return dcmtk("storescu", "-aet", aet, "-aec", aec, *args[:-1], "127.0.0.1", port, *([args[-1]] if not isinstance(args[-1], list) else args[-1]))
+
+
+def echoscu(dcmtk, port, aet="ECHOSCU", aec="ICHNODE", *extra):
+    return dcmtk("echoscu", "-aet", aet, "-aec", aec, *extra, "127.0.0.1", port)
+
+
+def send_raw(port: int, path: Path, aec: str = "ICHNODE") -> int:
+    """C-STORE a file's data set bytes exactly as they are in the file (pynetdicom SCU)."""
+    from pynetdicom import AE, _config
+
+    meta = pydicom.filereader.read_file_meta_info(path)
+    _config.STORE_SEND_CHUNKED_DATASET = True  # send the bytes after the file meta unread
+    ae = AE(ae_title="HOSTILE")
+    ae.add_requested_context(str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
+    assoc = ae.associate("127.0.0.1", port, ae_title=aec)
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(path)
+        return int(status.Status) if "Status" in status else -1
+    finally:
+        assoc.release()
+        _config.STORE_SEND_CHUNKED_DATASET = False
+
+
+def write_with_meta(path: Path, template: Path, dataset_bytes: bytes, **meta_over) -> Path:
+    """A file whose meta comes from ``template`` (optionally altered) and whose data set is raw bytes."""
+    ds = pydicom.dcmread(template, stop_before_pixels=True)
+    meta = ds.file_meta
+    for k, v in meta_over.items():
+        setattr(meta, k, v)
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    path.write_bytes(b"\0" * 128 + b"DICM" + buf.getvalue() + dataset_bytes)
+    return path
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The data set bytes of a DICOM file (everything after the file meta group)."""
+    import io
+
+    from pydicom.filereader import _read_file_meta_info
+
+    raw = path.read_bytes()
+    fp = io.BytesIO(raw)
+    fp.seek(132)
+    _read_file_meta_info(fp)
+    return raw[fp.tell():]
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def test_scan_dir_phantom_dicomdir_refused_images_stored(node, dcmtk, ct_data):
+    r = storescu(dcmtk, node.port, "-nh", "+sd", str(ct_data / "philips-phantom-5mm"))
+    assert r.returncode == 0, r.stderr
+    # DIRFILE is a DICOMDIR; storescu labels it with the SOP UIDs of its first record (a real CT
+    # image!). It must be refused, and must not overwrite that image.
+    assert node.server.stats.failures == {STATUS_DATASET_MISMATCH: 1}
+    assert node.index.counts()["instances"] == 28 and node.index.counts()["series"] == 1
+    for p in images(ct_data, "philips-phantom-5mm"):
+        orig = pydicom.dcmread(p)
+        info = node.index.instance(str(orig.SOPInstanceUID))
+        stored = pydicom.dcmread(node.spool.abspath(info.path))
+        assert stored.SOPInstanceUID == orig.SOPInstanceUID and "DirectoryRecordSequence" not in stored
+        assert stored.PixelData == orig.PixelData
+        assert str(stored.file_meta.TransferSyntaxUID) == info.transfer_syntax
+    assert len(node.stored) == 28 and {s.outcome.value for s in node.stored} == {"new"}
+    # no raw UID anywhere in the spool's paths
+    assert not [p for p in node.spool.root.rglob("*") if "1.3.46" in p.name]
+
+
+def test_ge_series_received_and_indexed_whole(node, dcmtk, ct_data):
+    files = images(ct_data, "ge-human-head-tilted")
+    r = storescu(dcmtk, node.port, [str(p) for p in files])
+    assert r.returncode == 0, r.stderr
+    [study] = {s.study_uid for s in node.stored}
+    [series] = node.index.series_of_study(study)
+    assert series.instance_count == len(files) == 28 and series.modality == "CT"
+    inst = node.index.instances_of(series.series_uid)
+    assert [i.instance_number for i in inst] == sorted(i.instance_number for i in inst)
+    assert len({node.spool.abspath(i.path).parent for i in inst}) == 1  # one directory per series
+    for i in inst:
+        assert pydicom.dcmread(node.spool.abspath(i.path), stop_before_pixels=True).SOPInstanceUID == i.sop_uid
+
+
+def test_calling_ae_allow_list(node_factory, dcmtk, ct_data):
+    n = node_factory(security={"allowed_callers": ["PACS", {"ae_title": "CT1", "host": "10.9.9.9"}]})
+    one = str(images(ct_data, "philips-phantom-5mm")[0])
+    r = storescu(dcmtk, n.port, one, aet="INTRUDER")
+    assert r.returncode != 0 and "Rejected" in r.stderr + r.stdout
+    r = storescu(dcmtk, n.port, one, aet="CT1")  # right AE, wrong address
+    assert r.returncode != 0
+    assert n.index.counts()["instances"] == 0 and n.server.stats.associations_rejected == 2
+    assert storescu(dcmtk, n.port, one, aet="PACS").returncode == 0
+    assert n.index.counts()["instances"] == 1
+
+
+def test_called_ae_checked(node, dcmtk):
+    r = echoscu(dcmtk, node.port, "ECHOSCU", "NOTTHENODE")
+    assert r.returncode != 0 and "Rejected" in r.stderr + r.stdout
+    assert echoscu(dcmtk, node.port).returncode == 0
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_pki(d: Path) -> dict[str, Path]:
+    """A CA, a server cert for 127.0.0.1 and a client cert (plus a rogue client from another CA)."""
+    shutil.which("openssl") or pytest.skip("openssl not installed")
+    d.mkdir(parents=True, exist_ok=True)
+    for ca in ("ca", "rogueca"):
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.pem",
+                 "-days", "2", "-subj", f"/CN=test {ca}", cwd=d)
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name, ca in (("server", "ca"), ("client", "ca"), ("rogue", "rogueca")):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={name}", cwd=d)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
+                 "-out", f"{name}.pem", "-days", "2", "-extfile", "san.ext", cwd=d)
+    return {p.stem + ("_key" if p.suffix == ".key" else ""): p for p in d.iterdir() if p.suffix in (".pem", ".key")}
+
+
+def test_mutual_tls(node_factory, dcmtk, ct_data, tmp_path):
+    pki = make_pki(tmp_path / "pki")
+    n = node_factory(security={"tls": {"enabled": True, "cert": str(pki["server"]), "key": str(pki["server_key"]),
+                                       "ca": str(pki["ca"]), "require_client_cert": True}})
+    one = str(images(ct_data, "philips-phantom-5mm")[0])
+    tls = ["+tls", str(pki["client_key"]), str(pki["client"]), "+cf", str(pki["ca"])]
+    r = storescu(dcmtk, n.port, *tls, one)
+    assert r.returncode == 0, r.stderr
+    assert n.index.counts()["instances"] == 1
+    assert echoscu(dcmtk, n.port, "ECHOSCU", "ICHNODE", *tls).returncode == 0
+    # plain TCP is refused when TLS is required
+    r = dcmtk("echoscu", "-to", "5", "-aec", "ICHNODE", "127.0.0.1", n.port, timeout=30)
+    assert r.returncode != 0
+    # a client certificate from another CA is refused
+    rogue = ["+tls", str(pki["rogue_key"]), str(pki["rogue"]), "+cf", str(pki["ca"])]
+    assert echoscu(dcmtk, n.port, "ECHOSCU", "ICHNODE", *rogue).returncode != 0
+    assert echoscu(dcmtk, n.port, "ECHOSCU", "ICHNODE", *tls).returncode == 0
+
+
+def test_hostile_inputs_fail_cleanly(node, dcmtk, ct_data, tmp_path):
+    src = images(ct_data, "philips-phantom-5mm")[0]
+    body = dataset_bytes(src)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    before = sorted(p for p in tmp_path.rglob("*") if node.spool.root not in p.parents)
+
+    truncated = write_with_meta(tmp_path / "outside" / "trunc.dcm", src, body[:300])
+    assert send_raw(node.port, truncated) == STATUS_CANNOT_UNDERSTAND
+    garbage = write_with_meta(tmp_path / "outside" / "garbage.dcm", src, bytes(range(256)) * 64)
+    assert send_raw(node.port, garbage) == STATUS_CANNOT_UNDERSTAND
+
+    ds = pydicom.dcmread(src)
+    ds.StudyInstanceUID = "../../x"
+    ds.save_as(tmp_path / "outside" / "trav_study.dcm")
+    assert send_raw(node.port, tmp_path / "outside" / "trav_study.dcm") == STATUS_CANNOT_UNDERSTAND
+    ds = pydicom.dcmread(src)
+    ds.SOPInstanceUID = "../../x"
+    ds.file_meta.MediaStorageSOPInstanceUID = "../../x"
+    ds.save_as(tmp_path / "outside" / "trav_sop.dcm")
+    r = storescu(dcmtk, node.port, str(tmp_path / "outside" / "trav_sop.dcm"))
+    assert "Success" not in r.stderr + r.stdout or r.returncode != 0
+    assert send_raw(node.port, tmp_path / "outside" / "trav_sop.dcm") == STATUS_CANNOT_UNDERSTAND
+
+    # a DICOMDIR under its own SOP class gets "SOP class not supported"
+    assert send_raw(node.port, ct_data / "philips-phantom-5mm" / "DIRFILE") == STATUS_REFUSED_SOP_CLASS
+
+    assert node.index.counts()["instances"] == 0
+    assert not [p for p in node.spool.root.rglob("*") if p.is_file()]
+    # nothing new anywhere except the node's own data dir and the inputs we wrote
+    data_dir = node.config.node.data_dir.resolve()
+    new = [p for p in tmp_path.rglob("*") if p not in before and p.parent != outside
+           and p.resolve() != data_dir and data_dir not in p.resolve().parents]
+    assert new == []
+    assert not list(tmp_path.rglob("x"))
+    # the node is still fine
+    assert echoscu(dcmtk, node.port).returncode == 0
+    assert storescu(dcmtk, node.port, str(src)).returncode == 0
+
+
+def test_disk_threshold_answers_out_of_resources(node_factory, dcmtk, ct_data):
+    n = node_factory(storage={"min_free_bytes": 1 << 60})
+    src = images(ct_data, "philips-phantom-5mm")[0]
+    assert send_raw(n.port, src) == STATUS_OUT_OF_RESOURCES
+    r = storescu(dcmtk, n.port, "-v", str(src))
+    out = (r.stderr + r.stdout).lower().replace(" ", "")
+    assert r.returncode != 0 and ("outofresources" in out or "a700" in out), out
+    assert n.index.counts()["instances"] == 0
+    assert echoscu(dcmtk, n.port).returncode == 0
+
+
+def test_idempotent_resend_and_changed_instance(node, dcmtk, ct_data, tmp_path):
+    folder = str(ct_data / "philips-phantom-5mm")
+    assert storescu(dcmtk, node.port, "-nh", "+sd", folder).returncode == 0
+    [series] = node.index.series_ready(0)
+    mtimes = {p: p.stat().st_mtime_ns for p in node.spool.root.rglob("*.dcm")}
+    assert node.index.claim_series(series.series_uid, series.last_received_at) == 1
+    assert storescu(dcmtk, node.port, "-nh", "+sd", folder).returncode == 0
+    assert node.server.stats.duplicates == 28 and node.index.counts()["instances"] == 28
+    assert {p: p.stat().st_mtime_ns for p in node.spool.root.rglob("*.dcm")} == mtimes
+    assert node.index.series_ready(0) == []  # an identical re-send does not trigger a re-analysis
+    # same SOP Instance UID, different bytes: replaced, series flagged changed
+    src = images(ct_data, "philips-phantom-5mm")[3]
+    ds = pydicom.dcmread(src)
+    ds.WindowCenter = 55
+    ds.save_as(tmp_path / "changed.dcm")
+    assert storescu(dcmtk, node.port, str(tmp_path / "changed.dcm")).returncode == 0
+    assert node.stored[-1].outcome.value == "replaced"
+    assert pydicom.dcmread(node.stored[-1].path).WindowCenter == 55
+    [again] = node.index.series_ready(0)
+    assert again.series_uid == series.series_uid and again.instance_count == 28
