@@ -101,6 +101,7 @@ class Node:
     def start(self) -> "Node":
         cfg = self.config
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_data_dir()
         self.index = Index(cfg.node.index_path)
         self.spool = Spool(cfg.node.spool_dir, cfg.storage.min_free_bytes)
         self.queue = open_queue(cfg)
@@ -145,6 +146,18 @@ class Node:
                  cfg.node.host, cfg.node.port, self.data_dir, len(self.workers), len(destinations))
         return self
 
+    def _lock_data_dir(self) -> None:
+        """One node per data directory: a second one would hand back the first one's leases as its own."""
+        import fcntl
+
+        fh = open(self.data_dir / "node.lock", "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise RuntimeError(f"another ich-node is already running with data directory {self.data_dir}") from None
+        self._lock_fh = fh  # held until the process exits (kill -9 releases it too)
+
     def stop(self) -> None:
         """Graceful: stop accepting, stop scheduling, let the workers and sender finish or hand back."""
         if self._stopped.is_set():
@@ -169,6 +182,8 @@ class Node:
             self.ledger.close()
         if self.index is not None:
             self.index.close()
+        if getattr(self, "_lock_fh", None) is not None:
+            self._lock_fh.close()
         log.info("node stopped")
 
     def serve_forever(self) -> None:

@@ -144,6 +144,17 @@ def test_node_delivers_then_reanalyses_a_late_instance(tmp_path, free_port, fake
         peer.stop()
 
 
+def test_one_node_per_data_dir(tmp_path, free_port, fake_module):
+    cfg = node_config(tmp_path, free_port(), free_port())
+    node = Node(cfg, decide=take_ct_series, receiver=None).start()
+    try:
+        other = node_config(tmp_path, free_port(), free_port())
+        with pytest.raises(RuntimeError, match="already running with data directory"):
+            Node(other, decide=take_ct_series, receiver=None).start()
+    finally:
+        node.stop()
+
+
 def test_destination_down_then_up_is_delivered(tmp_path, free_port, fake_module, series_dir, dcmtk):
     series, _ = series_dir
     dest_port = free_port()
