@@ -260,6 +260,11 @@ class QueueSection(_Section):
     backoff_max_s: float = Field(900, gt=0)
     job_timeout_s: float = Field(600, gt=0)
     redis_url: str | None = None  # required by the celery backend
+    # celery: a worker's claim on a job, renewed every lease/4 while it runs; a job of a worker that
+    # died is claimed again after this (short, unlike the embedded queue's job_timeout_s + 60 s)
+    worker_lease_s: float = Field(60, gt=0)
+    # celery: an unacknowledged token of a dead worker is redelivered after this (Redis broker option)
+    visibility_timeout_s: float = Field(3600, gt=0)
 
     @model_validator(mode="after")
     def _backend(self) -> "QueueSection":
@@ -350,6 +355,22 @@ class MetricsSection(_Section):
     time_to_result_target_s: float = Field(60, gt=0)  # SLO: last instance received → result sent
 
 
+class HeartbeatSection(_Section):
+    """A synthetic study sent through the whole loop on a schedule (dicomnode.heartbeat)."""
+
+    enabled: bool = False  # off by default: it adds a study to the PACS every interval
+    interval_s: float = Field(3600, ge=10)
+    timeout_s: float = Field(600, gt=0)  # the results must reach the destination within this
+    destination: str | None = None  # name of the destination to check (default: the first one)
+    calling_ae_title: str = "ICHHEARTBEAT"  # add it to security.allowed_callers when that list is used
+    orthanc_url: str | None = None  # check through Orthanc's REST API instead of C-FIND (demo PACS)
+
+    @field_validator("calling_ae_title")
+    @classmethod
+    def _check_ae(cls, v: str) -> str:
+        return validate_ae_title(v)
+
+
 class LoggingSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     phi: bool = False  # True only for debugging on a test system: logs patient IDs unhashed
@@ -373,6 +394,7 @@ class NodeConfig(_Section):
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
     models: ModelsSection = Field(default_factory=ModelsSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
+    heartbeat: HeartbeatSection = Field(default_factory=HeartbeatSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
 
     @model_validator(mode="after")

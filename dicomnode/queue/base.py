@@ -178,5 +178,10 @@ class JobQueue(abc.ABC):
                 return job
         return None
 
+    def maintain(self) -> int:
+        """Periodic upkeep the node runs with its retry tick (Celery: re-publish lost work tokens);
+        returns how many jobs it touched. The embedded queue needs none."""
+        return 0
+
     def close(self) -> None:  # noqa: B027 - optional
         """Release connections."""
