@@ -308,6 +308,59 @@ def validate(model, items: list[Prepared], config: PreprocessConfig) -> list[flo
     return scores
 
 
+def fit(train_items: list[Prepared], val_items: list[Prepared], config: TrainConfig, weights: Path,
+        say: Callable[[str], None] = print, deadline: float | None = None) -> dict:
+    """The training loop: patches → Dice+BCE → Adam; whole-volume validation Dice after each epoch;
+    the best epoch's model is saved to ``weights``. ``deadline`` (time.monotonic) stops it early."""
+    configure_threads(config.threads)  # TensorFlow starts only now: preparation workers never see it
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(config.seed)
+    pre = config.preprocess
+    say(f"training on {device()}: {len(train_items)} volumes, patch {pre.patch}, batch {config.batch_size}, "
+        f"{config.epochs}×{config.steps_per_epoch} steps")
+    model = build_unet(config.base_filters, config.depth)
+    total = max(1, config.epochs * config.steps_per_epoch)
+    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, total, alpha=0.05)
+    optimizer = keras.optimizers.Adam(schedule)
+    optimizer.build(model.trainable_variables)
+
+    @tf.function(reduce_retracing=True)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = dice_bce_loss(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    history, best, best_epoch, stopped = [], -float("inf"), 0, None
+    stream = batches(train_items, tuple(pre.patch), config.batch_size, config.seed)
+    for epoch in range(1, config.epochs + 1):
+        t0, losses = time.monotonic(), []
+        for _ in range(config.steps_per_epoch):
+            x, y = next(stream)
+            losses.append(float(step(tf.constant(x), tf.constant(y))))
+        val = validate(model, val_items, pre) if val_items else []
+        val_dice = float(np.median(val)) if val else float("nan")
+        score = val_dice if val else -float(np.mean(losses))  # no validation set: lowest loss
+        improved = score > best
+        if improved:
+            best, best_epoch = score, epoch
+            model.save(weights)
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_median_dice": val_dice,
+                        "val_mean_dice": float(np.mean(val)) if val else float("nan"),
+                        "seconds": round(time.monotonic() - t0, 1)})
+        say(f"epoch {epoch}/{config.epochs}  loss {np.mean(losses):.4f}  val median Dice {val_dice:.4f}"
+            f"{'  *best*' if improved else ''}  ({time.monotonic() - t0:.0f} s)")
+        if deadline is not None and time.monotonic() > deadline:
+            stopped = f"time cap of {config.max_minutes} min reached after epoch {epoch}"
+            say(stopped)
+            break
+    stream.close()
+    return {"history": history, "best": best if val_items else None, "best_epoch": best_epoch, "stopped": stopped}
+
+
 def train_segmenter(cohort_dir: Path, out_dir: Path, config: TrainConfig | None = None, *,
                     version: str | None = None, parent_version: str | None = None,
                     cache_dir: Path | None = None, progress: Callable[[str], None] | None = print) -> TrainResult:
@@ -340,61 +393,16 @@ def train_segmenter(cohort_dir: Path, out_dir: Path, config: TrainConfig | None 
         raise ValueError(f"no usable training volumes in {cohort_dir} ({len(skipped)} skipped: {skipped[:3]})")
     t_prep = time.monotonic() - t_start
 
-    configure_threads(config.threads)  # TensorFlow starts only now: preparation workers never see it
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(config.seed)
-    say(f"prepared in {t_prep:.0f} s; training on {device()} "
-        f"(patch {pre.patch}, batch {config.batch_size}, {config.epochs}×{config.steps_per_epoch} steps)")
-
-    model = build_unet(config.base_filters, config.depth)
-    total = max(1, config.epochs * config.steps_per_epoch)
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, total, alpha=0.05)
-    optimizer = keras.optimizers.Adam(schedule)
-    optimizer.build(model.trainable_variables)
-    patch = tuple(pre.patch)
-
-    @tf.function(reduce_retracing=True)
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            loss = dice_bce_loss(y, model(x, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
-
     out_dir.mkdir(parents=True, exist_ok=True)
-    weights = out_dir / WEIGHTS_FILE
-    history, best, best_epoch, stopped = [], -1.0, 0, None
-    stream = batches(train_items, patch, config.batch_size, config.seed)
+    deadline = t_start + config.max_minutes * 60 if config.max_minutes is not None else None
     t_train = time.monotonic()
-    for epoch in range(1, config.epochs + 1):
-        t0, losses = time.monotonic(), []
-        for _ in range(config.steps_per_epoch):
-            x, y = next(stream)
-            losses.append(float(step(tf.constant(x), tf.constant(y))))
-        val = validate(model, val_items, pre) if val_items else []
-        val_dice = float(np.median(val)) if val else float("nan")
-        score = val_dice if val else -float(np.mean(losses))  # no validation set: lowest loss
-        improved = score > best
-        if improved:
-            best, best_epoch = score, epoch
-            model.save(weights)
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_median_dice": val_dice,
-                        "val_mean_dice": float(np.mean(val)) if val else float("nan"),
-                        "seconds": round(time.monotonic() - t0, 1)})
-        say(f"epoch {epoch}/{config.epochs}  loss {np.mean(losses):.4f}  val median Dice {val_dice:.4f}"
-            f"{'  *best*' if improved else ''}  ({time.monotonic() - t0:.0f} s)")
-        if config.max_minutes is not None and (time.monotonic() - t_start) / 60 > config.max_minutes:
-            stopped = f"time cap of {config.max_minutes} min reached after epoch {epoch}"
-            say(stopped)
-            break
-    stream.close()
+    fitted = fit(train_items, val_items, config, out_dir / WEIGHTS_FILE, say, deadline)
+    history, best, best_epoch, stopped = fitted["history"], fitted["best"], fitted["best_epoch"], fitted["stopped"]
     t_total = time.monotonic() - t_start
 
     used = set(train_ids) | set(val_ids)
     metrics = {
-        "validation": {"median_dice": best if val_items else None, "best_epoch": best_epoch,
+        "validation": {"median_dice": best, "best_epoch": best_epoch,
                        "cases": len(val_items), "grid": f"model grid {pre.spacing_mm} mm"},
         "train_volumes": len(train_items),
         "skipped": skipped,
@@ -421,7 +429,7 @@ def train_segmenter(cohort_dir: Path, out_dir: Path, config: TrainConfig | None 
     metadata.write(out_dir)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     write_model_card(out_dir, metadata, metrics, config)
-    say(f"wrote {out_dir} (best val median Dice {best:.4f} at epoch {best_epoch}, {t_total / 60:.1f} min)")
+    say(f"wrote {out_dir} (best val median Dice {best} at epoch {best_epoch}, {t_total / 60:.1f} min)")
     return TrainResult(out_dir, metrics, metadata)
 
 

@@ -179,4 +179,18 @@ class CNNSegmenter:
         return back
 
     def predict_mask(self, volume, brain: np.ndarray) -> np.ndarray:
-        return self.predict_proba(volume, brain) >= self.config.threshold
+        mask = self.predict_proba(volume, brain) >= self.config.threshold
+        return drop_small_components(mask, self.config.min_component_ml / volume.voxel_volume_ml)
+
+
+def drop_small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
+    """Remove 26-connected blobs with fewer than ``min_voxels`` voxels."""
+    if min_voxels <= 1 or not mask.any():
+        return mask
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_voxels
+    keep[0] = False
+    return keep[labels]

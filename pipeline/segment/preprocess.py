@@ -31,6 +31,7 @@ class PreprocessConfig:
     patch: tuple[int, int, int] = (64, 64, 64)  # training patch / sliding-window tile, (z, y, x)
     max_whole_voxels: int = 192 ** 3        # above this, inference runs tile by tile
     threshold: float = 0.5                  # probability → mask
+    min_component_ml: float = 0.0           # connected blobs smaller than this are dropped (specks)
 
     def __post_init__(self) -> None:
         if not self.spacing_mm > 0:
@@ -42,6 +43,8 @@ class PreprocessConfig:
             raise ValueError(f"patch {self.patch} must be positive multiples of {self.multiple}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.min_component_ml < 0:
+            raise ValueError(f"min_component_ml must be >= 0, got {self.min_component_ml}")
 
     def to_dict(self) -> dict:
         return asdict(self)

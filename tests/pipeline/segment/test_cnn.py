@@ -174,3 +174,18 @@ def test_threads_are_bounded_before_tensorflow_starts():
                          env={**__import__("os").environ, "ICH_TF_THREADS": "1"}, cwd=Path(__file__).parents[3])
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-3:] == ["1", "1", "1"]
+
+
+def test_small_components_are_dropped(tmp_path):
+    volume, truth = phantom()
+    brain = extract_brain(volume)
+    hu = volume.hu.copy()
+    speck = np.zeros(volume.shape, bool)
+    speck[16, 55:57, 25:27] = True  # 4 voxels × 25 µL = 0.1 mL of "blood" in the brain
+    hu[speck] = 70.0
+    volume = volume.with_hu(hu)
+    keep = CNNSegmenter.load(save_model_dir(oracle_model(), tmp_path / "a")).predict_mask(volume, brain)
+    assert keep[speck].any()
+    cfg = PreprocessConfig(min_component_ml=0.5)
+    drop = CNNSegmenter.load(save_model_dir(oracle_model(), tmp_path / "b", cfg)).predict_mask(volume, brain)
+    assert not drop[speck].any() and dice(drop, truth) > 0.9
