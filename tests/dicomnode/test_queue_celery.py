@@ -1,0 +1,259 @@
+"""The Celery backend against a real redis-server: the same contract as the embedded queue (the SQLite
+queue's contract tests run here too), plus tokens, leases across processes and re-publishing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from dicomnode.queue import JobState, QueueError, Stage, backend_class
+from dicomnode.queue.base import Backoff
+
+# The embedded queue's contract, run unchanged against this backend through the ``q`` fixture below.
+from test_queue_sqlite import (  # noqa: F401
+    test_backoff_then_dead_after_max_attempts,
+    test_delay_holds_job_received,
+    test_enqueue_coalesces_until_claimed_then_serialises_per_key,
+    test_happy_path_walks_every_state,
+    test_non_retryable_failure_is_dead_at_once,
+    test_recover_hands_back_previous_incarnation,
+    test_send_failures_retry_from_encoded,
+)
+
+REDIS = shutil.which("redis-server") or "/usr/sbin/redis-server"
+
+
+class RedisServer:
+    """A throw-away redis-server on a free loopback port (AOF on, like production), stopped by PID."""
+
+    def __init__(self, workdir: Path, port: int) -> None:
+        if not Path(REDIS).exists():
+            pytest.skip("redis-server not installed (make test installs it)")
+        self.workdir, self.port = Path(workdir), port
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        self.proc = subprocess.Popen(
+            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir), "--save", "",
+             "--appendonly", "yes", "--appendfsync", "everysec", "--protected-mode", "yes", "--daemonize", "no"],
+            stdout=open(self.workdir / "redis.log", "ab"), stderr=subprocess.STDOUT)
+        import redis
+
+        end = time.monotonic() + 20
+        while True:
+            try:
+                redis.Redis(port=self.port, socket_connect_timeout=1).ping()
+                return self
+            except redis.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() > end:
+                    raise RuntimeError("redis-server did not start: " + (self.workdir / "redis.log").read_text()[-2000:])
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def redis_server(tmp_path, free_port):
+    server = RedisServer(tmp_path / "redis", free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    return redis_server.url
+
+
+@pytest.fixture
+def q(redis_url):
+    from dicomnode.queue.celery import CeleryQueue
+
+    queue = CeleryQueue(redis_url, max_attempts=3, backoff=Backoff(base_s=0.2, max_s=1.0), lease_s=30)
+    yield queue
+    queue.close()
+
+
+def tokens(url: str) -> list[str]:
+    """Job ids of the analysis tokens waiting in the broker queue, oldest first."""
+    import base64
+    import json
+
+    import redis
+
+    from dicomnode.queue.celery import TASK_QUEUE
+
+    out = []
+    for raw in reversed(redis.Redis.from_url(url).lrange(TASK_QUEUE, 0, -1)):  # LPUSHed: newest first
+        message = json.loads(raw)
+        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        out.append(args[0])
+    return out
+
+
+def test_registry_opens_celery_from_config(redis_url):
+    from dicomnode.config import NodeConfig
+    from dicomnode.queue import open_queue
+    from dicomnode.queue.celery import CeleryQueue
+
+    assert backend_class("celery") is CeleryQueue
+    cfg = NodeConfig.model_validate({"queue": {"backend": "celery", "redis_url": redis_url}})
+    q = open_queue(cfg)
+    assert isinstance(q, CeleryQueue) and not q.needs_local_workers
+    assert q.counts() == {s: 0 for s in JobState}
+
+
+def test_bad_url_and_unreachable_redis_are_queue_errors(free_port):
+    from dicomnode.queue.celery import CeleryQueue
+
+    with pytest.raises(QueueError, match="redis:// URL"):
+        CeleryQueue("amqp://x")
+    q = CeleryQueue(f"redis://:secret@127.0.0.1:{free_port()}/0")
+    with pytest.raises(QueueError, match="unavailable") as err:
+        q.counts()
+    assert "secret" not in str(err.value)
+
+
+def test_enqueue_publishes_one_token_per_due_job(q, redis_url):
+    a = q.enqueue("a", {})
+    q.enqueue("a", {"n": 2})          # coalesced into the queued job: no second token
+    held = q.enqueue("b", {}, delay_s=60)
+    assert tokens(redis_url) == [a.id]
+    q.enqueue("b", {})                # released: now due
+    assert tokens(redis_url) == [a.id, held.id]
+
+
+def test_claim_job_is_exclusive_and_serialised_per_study(q):
+    a = q.enqueue("k", {})
+    assert q.claim_job(a.id, "w1").state is JobState.RUNNING
+    assert q.claim_job(a.id, "w2") is None            # a duplicate token: no second run
+    b = q.enqueue("k", {"late": True})                # new instances while it runs
+    assert b.id != a.id and q.claim_job(b.id, "w2") is None  # same study: waits for a
+    q.mark_encoded(a.id, "w1", "/r/a")
+    assert q.claim_job(b.id, "w2").id == b.id
+    assert q.latest_result("k", before=b.id).id == a.id
+    assert q.claim_job("404", "w2") is None
+
+
+def test_expired_lease_is_claimed_again_and_counts_an_attempt(redis_url):
+    from dicomnode.queue.celery import CeleryQueue
+
+    q = CeleryQueue(redis_url, max_attempts=2, lease_s=0.2)
+    job = q.enqueue("k", {})
+    q.claim_job(job.id, "w1")
+    assert q.claim_job(job.id, "w2") is None
+    time.sleep(0.3)
+    again = q.claim_job(job.id, "w2")
+    assert again.lease_owner == "w2" and again.attempts == 1
+    assert not q.heartbeat(job.id, "w1") and q.heartbeat(job.id, "w2")
+    with pytest.raises(QueueError, match="cannot mark encoded"):
+        q.mark_encoded(job.id, "w1", "/x")
+    time.sleep(0.3)
+    assert q.claim_job(job.id, "w3") is None          # lost twice: dead letter
+    dead = q.get(job.id)
+    assert dead.state is JobState.DEAD and "worker lost" in dead.last_error
+    assert [j.id for j in q.last_errors()] == [job.id]
+
+
+def test_maintain_republishes_lost_and_expired_work(q, redis_url):
+    import redis
+
+    from dicomnode.queue.celery import TASK_QUEUE
+
+    q.republish_after_s = 0.2
+    a = q.enqueue("a", {})
+    r = redis.Redis.from_url(redis_url)
+    r.delete(TASK_QUEUE)                               # the token is lost (e.g. Redis restored from an old AOF)
+    assert q.maintain() == 0                           # a token was sent recently: maybe still on its way
+    time.sleep(0.25)
+    assert q.maintain() == 1 and tokens(redis_url) == [a.id]
+    q.claim_job(a.id, "w1", lease_s=0.2)               # its worker dies: lease expires
+    assert q.maintain() == 0
+    time.sleep(0.25)
+    assert q.maintain() == 1
+    assert q.claim_job(a.id, "w2").attempts == 1
+
+
+def test_state_store_is_shared_across_processes(q, redis_url):
+    """Two processes claiming from the same Redis never get the same job (optimistic transactions)."""
+    for i in range(30):
+        q.enqueue(f"k{i}", {})
+    code = textwrap.dedent("""
+        import sys
+        from dicomnode.queue.celery import CeleryQueue
+        q = CeleryQueue(sys.argv[1])
+        while (job := q.claim(sys.argv[2])) is not None:
+            print(job.id, flush=True)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    procs = [subprocess.Popen([sys.executable, "-c", code, redis_url, f"p{i}"], stdout=subprocess.PIPE, text=True,
+                              env=env) for i in range(2)]
+    ids = []
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        ids += out.split()
+    assert sorted(ids, key=int) == [str(i) for i in range(1, 31)]
+    assert q.counts()[JobState.RUNNING] == 30
+
+
+def test_jobs_survive_a_redis_restart(tmp_path, free_port):
+    from dicomnode.queue.celery import CeleryQueue
+
+    server = RedisServer(tmp_path / "r", free_port()).start()
+    try:
+        q = CeleryQueue(server.url, max_attempts=3)
+        job = q.enqueue("k", {"files": ["a"]})
+        q.claim_job(job.id, "w")
+        q.fail(job.id, "w", "boom", retryable=False)
+        import redis
+
+        redis.Redis.from_url(server.url).execute_command("BGREWRITEAOF")
+        time.sleep(1.2)  # appendfsync everysec
+        server.stop()
+        server.start()
+        again = CeleryQueue(server.url)
+        assert again.get(job.id).state is JobState.DEAD and again.get(job.id).payload == {"files": ["a"]}
+        assert again.counts()[JobState.DEAD] == 1
+    finally:
+        server.stop()
+
+
+def test_status_and_jobs_cli_show_celery_dead_letters(q, redis_url, tmp_path):
+    job = q.enqueue("k", {"files": []})
+    q.claim_job(job.id, "w")
+    q.fail(job.id, "w", "no series", retryable=False)
+    env = {**os.environ, "ICH_NODE__QUEUE__BACKEND": "celery", "ICH_NODE__QUEUE__REDIS_URL": redis_url}
+    exe = Path(sys.executable).with_name("ich-node")
+    status = subprocess.run([str(exe), "status", "--json", "--data-dir", str(tmp_path)], capture_output=True,
+                            text=True, env=env, timeout=120)
+    assert status.returncode == 0, status.stderr
+    import json
+
+    info = json.loads(status.stdout)
+    assert info["queue"]["dead"] == 1 and info["errors"][0]["error"] == "no series"
+    listed = subprocess.run([str(exe), "jobs", "list", "--state", "dead", "--json", "--data-dir", str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert [j["id"] for j in json.loads(listed.stdout)] == [job.id]
+    retried = subprocess.run([str(exe), "jobs", "retry", job.id, "--data-dir", str(tmp_path)], capture_output=True,
+                             text=True, env=env, timeout=120)
+    assert retried.returncode == 0, retried.stderr
+    assert q.get(job.id).state is JobState.QUEUED
