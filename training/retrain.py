@@ -627,7 +627,8 @@ class ClassifierTrainer:
 
         from pipeline.features.radiomics import DEFAULT_PARAMS
 
-        clf.extract_base(cases, cache, proto["radiomics_params"])
+        sizes = tuple(proto["cnn_input_sizes"].get(g) or clf.CNN_SIZES[g] for g in proto["groups"] if g != "radiomics")
+        clf.extract_base(cases, cache, proto["radiomics_params"], sizes=sizes)  # key slices only for CNN groups
         version = Path(proto["radiomics_params"] or DEFAULT_PARAMS).stem
         cases = [c for c in cases if (cache.root / clf.safe_key(c.case_id) / f"{version}.json").is_file()]
         parts = []

@@ -120,3 +120,164 @@ def test_schedule_off_by_default_and_a_cron_job_runs_the_cli(tmp_path: Path) -> 
     # while another run holds the lock, the scheduled one does not start
     with rt.retrain_lock(tmp_path):
         assert fn() == 4
+
+
+# ----------------------------------------------------------------- real retrains on a tiny cohort
+# Heads small enough for seconds-long runs, through the real loading, brain extraction, radiomics,
+# scikit-learn protocol and Keras trainer. Expanders carry a hypodense core (a blend-like marker) so
+# that a classifier trained on the true labels beats one trained on shuffled labels by a wide margin.
+
+import numpy as np  # noqa: E402
+import pydicom  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+from pydicom.dataset import FileDataset, FileMetaDataset  # noqa: E402
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # noqa: E402
+
+from pipeline.models import ModelPaths  # noqa: E402
+from training.registry import Registry  # noqa: E402
+
+SPACING = (3.0, 3.0, 5.0)  # x, y, z mm
+TINY_RADIOMICS = """imageType:
+  Original: {}
+featureClass:
+
+  firstorder:
+setting:
+  binWidth: 25
+  label: 1
+  additionalInfo: false
+"""
+
+
+def tiny_head(rng: np.random.Generator, expander: bool) -> tuple[np.ndarray, np.ndarray]:
+    shape = (24, 64, 64)
+    zz, yy, xx = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, SPACING[::-1])], indexing="ij")
+    r = np.sqrt((xx / 80) ** 2 + (yy / 88) ** 2 + (zz / 55) ** 2)
+    hu = np.full(shape, -1000.0)
+    hu[r < 1] = 1300.0
+    inner = r < 1 - 8 / 80
+    hu[inner] = 33 + rng.normal(0, 3, inner.sum())
+    c = rng.uniform([-20, -25, -10], [20, 25, 10])
+    radius = rng.uniform(11, 17)
+    d = np.sqrt((xx - c[0]) ** 2 + (yy - c[1]) ** 2 + (zz - c[2]) ** 2)
+    blob = (d < radius) & inner
+    hu[blob] = 68 + rng.normal(0, 3, blob.sum())
+    if expander:  # hypodense core reaching 45 HU, a marker of expansion
+        core = blob & (d < radius * 0.55)
+        hu[core] = 45 + rng.normal(0, 4, core.sum())
+    return hu.astype(np.float32), blob
+
+
+def write_series(hu: np.ndarray, folder: Path, patient: str, when: str = "20260301") -> None:
+    folder.mkdir(parents=True)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    for k, sl in enumerate(hu):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / f"{k:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.PatientID, ds.PatientName = "CT", patient, ""
+        ds.StudyDate, ds.StudyTime = when, "080000"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [-94.5, -94.5, -57.5 + k * SPACING[2]]
+        ds.PixelSpacing = [SPACING[1], SPACING[0]]
+        ds.SliceThickness = SPACING[2]
+        ds.Rows, ds.Columns = sl.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.PixelData = np.clip(np.rint(sl + 1024), -32768, 32767).astype(np.int16).tobytes()
+        ds.InstanceNumber = k + 1
+        pydicom.dcmwrite(folder / f"{k:03d}.dcm", ds, enforce_file_format=True)
+
+
+def tiny_cohort(root: Path, n: int, expanders: int, seed: int = 7) -> Path:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        cid = f"t{i:03d}"
+        hu, blob = tiny_head(rng, i % (n // expanders) == 0 if expanders else False)
+        write_series(hu, root / cid / "baseline", f"PT{i:03d}")
+        img = sitk.GetImageFromArray(blob.astype(np.uint8))
+        img.SetSpacing(SPACING)
+        img.SetOrigin((-94.5, -94.5, -57.5))
+        sitk.WriteImage(img, str(root / cid / "mask.nii.gz"))
+        rows.append({"case_id": cid, "patient_id": f"PT{i:03d}", "baseline_dir": f"{cid}/baseline",
+                     "baseline_mask": f"{cid}/mask.nii.gz", "baseline_volume_ml": blob.sum() * np.prod(SPACING) / 1000,
+                     "expansion": int(i % (n // expanders) == 0) if expanders else 0})
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+TINY_DATA = DataPolicy(val_fraction=0.35, min_train_cases=8, min_train_expanders=3, min_val_cases=4,
+                       min_val_expanders=2)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    return tiny_cohort(tmp_path_factory.mktemp("cohort"), 30, 10)
+
+
+def shuffled(trainer, seed: int = 3):
+    """The same trainer fed with permuted labels: a deliberately worse model."""
+
+    class Shuffled:
+        kind = trainer.kind
+
+        def fit(self, train_dir: Path, out_dir: Path, *, parent_version):
+            rows = rt.read_manifest(train_dir)
+            labels = np.random.default_rng(seed).permutation([r["expansion"] for r in rows])
+            for r, y in zip(rows, labels):
+                r["expansion"] = y
+            with open(train_dir / "manifest.csv", "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+            return trainer.fit(train_dir, out_dir, parent_version=parent_version)
+
+        def evaluate(self, *a):
+            return trainer.evaluate(*a)
+
+    return Shuffled()
+
+
+def test_classifier_retrain_promotes_then_gate_refuses_a_worse_model(cohort: Path, tmp_path: Path) -> None:
+    params = tmp_path / "radiomics-tiny.yaml"
+    params.write_text(TINY_RADIOMICS)
+    data = tmp_path / "var"
+    reg = Registry(data / "models", bundled_root=None)  # start from "no classifier installed"
+
+    def trainer():
+        served = reg.current_paths().classifier
+        over = {"n_features_grid": (2,)} | ({} if served else {"radiomics_params": params})
+        return rt.ClassifierTrainer(overrides=over, served_dir=served, cache_dir=data / "cache")
+
+    first = rt.retrain(registry=reg, data_dir=data, cohort=cohort, trainers=[trainer()], source=str(cohort),
+                       data_policy=TINY_DATA)
+    o = first.outcomes[0]
+    assert o.promoted and o.candidate_version == "1" and reg.promoted()["classifier"] == "1"
+    assert o.candidate_metrics["auc"] >= 0.9, o.candidate_metrics
+    assert o.candidate_metrics["cases"] == first.split.val_cases >= 4
+    v1 = reg.get("classifier", "1")
+    assert v1.metadata.training_data["source"] == str(cohort) and v1.metadata.training_data["cases"] == first.split.train_cases
+    assert json.loads((v1.path / "evaluation.json").read_text())["gate"]["passed"]
+    assert (first.run_dir / "report.md").is_file() and (first.run_dir / "report.json").is_file()
+
+    worse = rt.retrain(registry=reg, data_dir=data, cohort=cohort, trainers=[shuffled(trainer())],
+                       source=str(cohort), data_policy=TINY_DATA)
+    o = worse.outcomes[0]
+    assert not o.promoted and not o.gate.passed, o.gate.reasons
+    assert o.candidate_version == "2" and reg.promoted()["classifier"] == "1", "the served model stays"
+    assert o.served_metrics["auc"] - o.candidate_metrics["auc"] > 0.02
+    assert any("FAILS" in r for r in o.gate.reasons)
+    assert "FAILS" in (worse.run_dir / "report.md").read_text()
+    status = rt.read_status(data)
+    assert status["state"] == "done" and "gate refused" in status["last"]["classifier"]
+    # the same worse model goes live only when forced, and rollback brings version 1 back
+    reg.promote("classifier", "2", reason="forced for the test")
+    assert reg.rollback("classifier").version == "1"
