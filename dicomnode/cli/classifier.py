@@ -1,9 +1,79 @@
-"""Placeholder: this family of subcommands is not implemented yet."""
+"""`ich-node train classifier` and `ich-node evaluate classifier`: model 2 (expansion) from a cohort."""
 
 from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _progress(done: int, total: int, seconds: float) -> None:
+    typer.echo(f"features {done}/{total} ({seconds:.1f} s)")
+
+
+def _table(summary: dict) -> None:
+    typer.echo(f"{'module':<24} {'AUC (95% CI)':<22} {'prec':>5} {'rec':>5} {'AP':>5}  TP FP FN TN  Brier")
+    for name, m in summary["modules"].items():
+        cm, lo, hi = m["confusion"], *m["auc"]["ci95"]
+        typer.echo(f"{name:<24} {m['auc']['value']:.3f} ({lo:.3f}-{hi:.3f})   {m['precision']['value']:.2f}  "
+                   f"{m['recall']['value']:.2f}  {m['average_precision']['value']:.2f}  {cm['TP']:>2} {cm['FP']:>2} "
+                   f"{cm['FN']:>2} {cm['TN']:>2}  {m['calibration']['brier']:.3f}")
+
+
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
-    """Add this module's subcommands to ``app`` or to one of ``groups``."""
+    """Add ``classifier`` to the ``train`` and ``evaluate`` groups."""
+
+    @groups["train"].command("classifier")
+    def train_classifier(
+        cohort: Path = typer.Option(..., "--cohort", exists=True, file_okay=False, help="Cohort folder with manifest.csv (ich-node synth)."),
+        out: Path = typer.Option(..., "--out", help="New versioned model directory, e.g. models/classifier/2."),
+        cache: Optional[Path] = typer.Option(None, "--cache", help="Per-case feature cache (default COHORT/features-cache)."),
+        seed: int = typer.Option(0, "--seed", help="Split / CV seed."),
+        warmup_steps: int = typer.Option(0, "--warmup-steps", min=0, help="Gradient steps on the backbones' BatchNorm (0: statistics only)."),
+        module: Optional[str] = typer.Option(None, "--module", help="Ship this module instead of the best by training CV AUC."),
+        version: Optional[str] = typer.Option(None, "--version"),
+        n_boot: int = typer.Option(2000, "--n-boot", min=100),
+    ) -> None:
+        """Evaluate all modules on the cohort's split (report in OUT/report) and save the chosen one to OUT."""
+        from training.evaluate_classifier import train_and_ship
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        try:
+            path, summary = train_and_ship(cohort, out, cache_dir=cache, seed=seed, warmup_steps=warmup_steps,
+                                           version=version, module=module, n_boot=n_boot, progress=_progress)
+        except (ValueError, FileNotFoundError, FileExistsError) as exc:
+            raise _fail(str(exc))
+        _table(summary)
+        typer.echo(f"classifier ({summary['selected_by_train_cv'] if not module else module}) -> {path}")
+
+    @groups["evaluate"].command("classifier")
+    def evaluate_classifier(
+        cohort: Path = typer.Option(..., "--cohort", exists=True, file_okay=False, help="Cohort folder with manifest.csv."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default COHORT/classifier-evaluation)."),
+        cache: Optional[Path] = typer.Option(None, "--cache", help="Per-case feature cache (default COHORT/features-cache)."),
+        seed: int = typer.Option(0, "--seed"),
+        warmup_steps: int = typer.Option(0, "--warmup-steps", min=0),
+        n_boot: int = typer.Option(2000, "--n-boot", min=100),
+    ) -> None:
+        """The seed's Table 2 on one split: 5 feature modules + volume and marker baselines; JSON, PNG, HTML."""
+        from training.evaluate_classifier import evaluate, prepare
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        out = out or cohort / "classifier-evaluation"
+        try:
+            prep = prepare(cohort, cache, seed=seed, warmup_steps=warmup_steps, progress=_progress)
+            summary = evaluate(prep, out, n_boot=n_boot)
+        except (ValueError, FileNotFoundError) as exc:
+            raise _fail(str(exc))
+        summary.pop("_fitted", None)
+        _table(summary)
+        typer.echo(f"report: {out / 'report.html'}")

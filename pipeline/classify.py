@@ -1,0 +1,186 @@
+"""Model 2 runtime: hematoma-expansion probability from the baseline CT and its hematoma mask.
+
+A classifier model directory (``models/classifier/<version>/``) holds:
+
+- ``metadata.json``: ``pipeline.models.ModelMetadata`` (kind "classifier"); ``extra`` names the
+  feature groups, the decision threshold, the weights files and the sha256 of ``classifier.joblib``;
+- ``classifier.joblib``: one fitted scikit-learn ``Pipeline`` (impute, standardise, select, SVM,
+  sigmoid calibration) trained by ``training.classifier``;
+- the radiomics parameter YAML and, for CNN groups, the backbone weights (warm-up BatchNorm files,
+  or the sha256 of site-provided ImageNet files looked up in ``imagenet_dir``).
+
+``load_classifier(dir)`` verifies and loads everything once; ``predict(volume, mask)`` is then a pure
+function of its inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.models import ModelMetadata
+from pipeline.result import Risk
+
+GROUPS = ("radiomics", "resnet50", "inception_v3")
+PIPELINE_FILE = "classifier.joblib"
+
+
+class ClassifierError(ValueError):
+    """A classifier model directory that cannot be used (corrupt, incompatible, incomplete)."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    probability: float     # calibrated P(expansion)
+    risk: Risk             # HIGH when probability >= threshold
+    threshold: float
+    model_version: str
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cnn_weights_from_spec(name: str, spec: dict, model_dir: Path, imagenet_dir: Path | None):
+    """The weights source a model directory recorded for backbone ``name``."""
+    from pipeline.features import cnn
+
+    if spec["kind"] == "warmup":
+        path = Path(model_dir) / spec["file"]
+        if not path.is_file():
+            raise ClassifierError(f"{model_dir}: warm-up weights {spec['file']} missing")
+        if _sha256(path) != spec["sha256"]:
+            raise ClassifierError(f"{path}: sha256 differs from metadata.json (corrupt or replaced)")
+        return cnn.WarmupWeights(path)
+    if spec["kind"] == "imagenet":
+        if imagenet_dir is None:
+            raise ClassifierError(f"classifier needs ImageNet weights for {name} ({spec['file']}) but no "
+                                  "ImageNet weights directory is configured")
+        return cnn.ImagenetWeights(Path(imagenet_dir) / spec["file"], spec["sha256"])
+    raise ClassifierError(f"unknown weights kind {spec['kind']!r} for {name}")
+
+
+class FeatureExtractor:
+    """Computes the feature groups a classifier needs, with models loaded once."""
+
+    def __init__(self, groups: list[str], radiomics_params: Path | None = None,
+                 cnn_weights: dict | None = None, cnn_input_sizes: dict | None = None,
+                 radiomics_workers: int | None = None) -> None:
+        unknown = set(groups) - set(GROUPS)
+        if unknown:
+            raise ClassifierError(f"unknown feature groups {sorted(unknown)}; known: {GROUPS}")
+        self.groups = list(groups)
+        self._radiomics = None
+        self._cnn: dict = {}
+        if "radiomics" in groups:
+            from pipeline.features.radiomics import DEFAULT_PARAMS, RadiomicsExtractor
+
+            self._radiomics = RadiomicsExtractor(radiomics_params or DEFAULT_PARAMS, workers=radiomics_workers)
+        for name in groups:
+            if name == "radiomics":
+                continue
+            from pipeline.features.cnn import CnnFeatureExtractor
+
+            if not cnn_weights or name not in cnn_weights:
+                raise ClassifierError(f"no weights configured for backbone {name}")
+            self._cnn[name] = CnnFeatureExtractor(name, cnn_weights[name], (cnn_input_sizes or {}).get(name))
+
+    def radiomics(self, volume, mask: np.ndarray) -> "OrderedDict[str, float]":
+        return self._radiomics.extract_volume(volume, mask)
+
+    def cnn(self, name: str):
+        return self._cnn[name]
+
+    def extract(self, volume, mask: np.ndarray) -> "OrderedDict[str, float]":
+        out: OrderedDict[str, float] = OrderedDict()
+        for group in self.groups:
+            if group == "radiomics":
+                out.update(self.radiomics(volume, mask))
+            else:
+                out.update(self._cnn[group].features(volume.hu, mask))
+        return out
+
+
+class ExpansionClassifier:
+    """A loaded model-2 version; ``predict(volume, mask)`` -> ``Prediction``."""
+
+    def __init__(self, model_dir: Path, metadata: ModelMetadata, pipeline, features: FeatureExtractor,
+                 threshold: float) -> None:
+        self.model_dir = Path(model_dir)
+        self.metadata = metadata
+        self.version = metadata.version
+        self.pipeline = pipeline
+        self.features = features
+        self.threshold = float(threshold)
+        self.feature_names = list(pipeline.feature_names_in_)
+
+    def predict_features(self, features: dict) -> float:
+        import pandas as pd
+
+        missing = [n for n in self.feature_names if n not in features]
+        if missing:
+            raise ClassifierError(f"{len(missing)} features missing, e.g. {missing[:3]}")
+        row = pd.DataFrame([[features[n] for n in self.feature_names]], columns=self.feature_names)
+        return float(self.pipeline.predict_proba(row)[0, 1])
+
+    def predict(self, volume, mask: np.ndarray) -> Prediction:
+        mask = np.asarray(mask)
+        if mask.shape != volume.hu.shape:
+            raise ValueError(f"mask shape {mask.shape} differs from the volume's {volume.hu.shape}")
+        if not mask.any():
+            raise ValueError("cannot predict expansion: the hematoma mask is empty")
+        p = self.predict_features(self.features.extract(volume, mask))
+        return Prediction(p, Risk.HIGH if p >= self.threshold else Risk.LOW, self.threshold, self.version)
+
+
+def check_versions(recorded: dict) -> None:
+    """Refuse a pipeline pickled by a different scikit-learn minor version (unpickling is not portable)."""
+    import sklearn
+
+    want = str(recorded.get("scikit-learn", ""))
+    if want.split(".")[:2] != sklearn.__version__.split(".")[:2]:
+        raise ClassifierError(f"classifier was trained with scikit-learn {want}, this is {sklearn.__version__}; "
+                              "retrain it (ich-node train classifier) or install that version")
+
+
+def load_classifier(model_dir: Path | str, imagenet_dir: Path | str | None = None,
+                    radiomics_workers: int | None = None) -> ExpansionClassifier:
+    """Verify and load a classifier model directory (do it once per process)."""
+    import joblib
+
+    model_dir = Path(model_dir)
+    meta = ModelMetadata.read(model_dir)
+    if meta.kind != "classifier":
+        raise ClassifierError(f"{model_dir} holds a {meta.kind!r} model, not a classifier")
+    extra = meta.extra or {}
+    for key in ("groups", "threshold", "joblib_sha256", "versions"):
+        if key not in extra:
+            raise ClassifierError(f"{model_dir}/metadata.json lacks {key!r}")
+    path = model_dir / PIPELINE_FILE
+    if not path.is_file():
+        raise ClassifierError(f"{model_dir}: {PIPELINE_FILE} missing")
+    if _sha256(path) != extra["joblib_sha256"]:
+        raise ClassifierError(f"{path}: sha256 differs from metadata.json (corrupt or replaced)")
+    check_versions(extra["versions"])
+    pipeline = joblib.load(path)
+    weights = {name: cnn_weights_from_spec(name, spec, model_dir, Path(imagenet_dir) if imagenet_dir else None)
+               for name, spec in (extra.get("cnn_weights") or {}).items()}
+    params = model_dir / extra["radiomics_params"] if extra.get("radiomics_params") else None
+    features = FeatureExtractor(extra["groups"], params, weights, extra.get("cnn_input_sizes"), radiomics_workers)
+    return ExpansionClassifier(model_dir, meta, pipeline, features, extra["threshold"])
+
+
+def describe(model_dir: Path | str) -> str:
+    """One-line summary for the CLI."""
+    meta = ModelMetadata.read(Path(model_dir))
+    return json.dumps({"version": meta.version, "module": (meta.extra or {}).get("module"),
+                       "metrics": meta.metrics}, sort_keys=True)
