@@ -281,3 +281,25 @@ def test_classifier_retrain_promotes_then_gate_refuses_a_worse_model(cohort: Pat
     # the same worse model goes live only when forced, and rollback brings version 1 back
     reg.promote("classifier", "2", reason="forced for the test")
     assert reg.rollback("classifier").version == "1"
+
+
+def test_segmenter_retrain_adds_a_version_judged_against_the_served_one(cohort: Path, tmp_path: Path) -> None:
+    from pipeline.segment.preprocess import PreprocessConfig
+
+    data = tmp_path / "var"
+    reg = Registry(data / "models", bundled_root=None)  # nothing served: the classical segmenter is the bar
+    tiny = {"epochs": 1, "steps_per_epoch": 3, "batch_size": 2, "base_filters": 4, "depth": 2, "threads": 2,
+            "val_fraction": 0.2, "preprocess": PreprocessConfig(spacing_mm=4.0, patch=(16, 16, 16))}
+    trainer = rt.SegmenterTrainer(overrides=tiny, cache_dir=data / "cache" / "seg")
+    report = rt.retrain(registry=reg, data_dir=data, cohort=cohort, trainers=[trainer], source="synthetic",
+                        promote="never", data_policy=TINY_DATA)
+    o = report.outcomes[0]
+    assert o.candidate_version == "1" and not o.promoted and reg.promoted()["segmenter"] is None
+    for m in (o.candidate_metrics, o.served_metrics):
+        assert 0.0 <= m["median_dice"] <= 1.0 and m["volume_mae_ml"] >= 0 and m["cases"] == report.split.val_cases
+    assert o.served_metrics["median_dice"] > 0.5, "the classical segmenter finds these blobs"
+    v = reg.get("segmenter", "1")
+    assert v.metadata.parent_version is None and v.metadata.training_data["source"] == "synthetic"
+    assert (v.path / "model.keras").is_file() and (v.path / "evaluation.json").is_file()
+    assert (report.run_dir / "segmenter" / "candidate" / "bland_altman.png").is_file()
+    assert v.metadata.extra["gate"]["passed"] == o.gate.passed
