@@ -149,7 +149,7 @@ setting:
 """
 
 
-def tiny_head(rng: np.random.Generator, expander: bool) -> tuple[np.ndarray, np.ndarray]:
+def tiny_head(rng: np.random.Generator, expander: bool, radius: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     shape = (24, 64, 64)
     zz, yy, xx = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, SPACING[::-1])], indexing="ij")
     r = np.sqrt((xx / 80) ** 2 + (yy / 88) ** 2 + (zz / 55) ** 2)
@@ -158,7 +158,7 @@ def tiny_head(rng: np.random.Generator, expander: bool) -> tuple[np.ndarray, np.
     inner = r < 1 - 8 / 80
     hu[inner] = 33 + rng.normal(0, 3, inner.sum())
     c = rng.uniform([-20, -25, -10], [20, 25, 10])
-    radius = rng.uniform(11, 17)
+    radius = rng.uniform(11, 17) if radius is None else radius
     d = np.sqrt((xx - c[0]) ** 2 + (yy - c[1]) ** 2 + (zz - c[2]) ** 2)
     blob = (d < radius) & inner
     hu[blob] = 68 + rng.normal(0, 3, blob.sum())
@@ -303,3 +303,67 @@ def test_segmenter_retrain_adds_a_version_judged_against_the_served_one(cohort: 
     assert (v.path / "model.keras").is_file() and (v.path / "evaluation.json").is_file()
     assert (report.run_dir / "segmenter" / "candidate" / "bland_altman.png").is_file()
     assert v.metadata.extra["gate"]["passed"] == o.gate.passed
+
+
+def test_dataset_import_list_exclude_then_retrain_from_node_data(tmp_path: Path, monkeypatch) -> None:
+    """A site imports labelled cases (given labels and follow-up studies), reviews them, and retrains."""
+    from typer.testing import CliRunner
+
+    from dicomnode.cli import app
+    from training.dataset import DatasetStore
+
+    monkeypatch.setenv("ICH_NODE__NODE__DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("ICH_NODE__MODELS__BUNDLED_FALLBACK", "false")  # classical segmenter measures
+    monkeypatch.setenv("COLUMNS", "250")
+    site = tmp_path / "site"
+    rng = np.random.default_rng(5)
+    rows = []
+    for i in range(4):  # follow-up pairs: 12 mm radius blob → 16 mm (≈ +9 mL) for i even, same size for i odd
+        write_series(tiny_head(np.random.default_rng(100 + i), False, radius=12.0)[0], site / f"f{i}" / "base",
+                     f"F{i}", when="20260301")
+        write_series(tiny_head(np.random.default_rng(100 + i), False, radius=16.0 if i % 2 == 0 else 12.0)[0],
+                     site / f"f{i}" / "fu", f"F{i}", when="20260302")
+        rows.append(f"F{i},f{i}/base,,f{i}/fu")
+    for i in range(3):
+        write_series(tiny_head(rng, i == 0)[0], site / f"l{i}", f"L{i}")
+        rows.append(f"L{i},l{i},{'yes' if i == 0 else 0},")
+    rows += ["X1,../../etc,1,", "X2,l0,1,f0/fu", "X3,nowhere,1,", ",l1,0,"]
+    (site / "labels.csv").write_text("patient_id,baseline,label,followup\n" + "\n".join(rows) + "\n")
+
+    run = CliRunner().invoke
+    out = run(app, ["dataset", "import", str(site), "--labels", str(site / "labels.csv")])
+    assert out.exit_code == 1, out.output  # some rows refused
+    assert "7 imported, 4 refused" in out.output
+    assert "line 9: baseline '../../etc' lies outside" in out.output
+    assert "line 10: give either a label or a followup study" in out.output
+    assert "line 11: baseline 'nowhere' is not a directory" in out.output
+    assert "line 12: patient_id is empty" in out.output
+    store = DatasetStore.for_data_dir(tmp_path / "var")
+    by_source = {c.label_source: [] for c in store.cases()}
+    for c in store.cases():
+        by_source[c.label_source].append(c)
+    fu = sorted(by_source["followup"], key=lambda c: c.followup_volume_ml - c.baseline_volume_ml)
+    assert [c.label for c in fu] == [0, 0, 1, 1] and all(c.interval_h == 24.0 for c in fu)
+    assert fu[-1].followup_volume_ml - fu[-1].baseline_volume_ml > 6
+    assert sorted(c.label for c in by_source["import"]) == [0, 0, 1]
+    assert all(Path(c.baseline_mask).is_file() and Path(c.baseline_dir).is_dir() for c in store.cases())
+
+    out = run(app, ["dataset", "list"])
+    assert out.exit_code == 0 and "7 (3 expanders included, 0 excluded)" in out.output
+    victim = fu[0].case_id
+    out = run(app, ["dataset", "exclude", victim, "--reason", "motion artefact"])
+    assert out.exit_code == 0
+    out = run(app, ["dataset", "list"])
+    assert "motion artefact" in out.output and "1 excluded" in out.output
+    assert run(app, ["dataset", "exclude", "i-nonexistent", "--reason", "x"]).exit_code == 1
+
+    # too few cases for a classifier: a clear refusal, exit code 3, and the status file says why
+    out = run(app, ["retrain", "--source", "node"])
+    assert out.exit_code == 3 and "not retraining the classifier" in out.output, out.output
+    status = rt.read_status(tmp_path / "var")
+    assert status["state"] == "refused" and "training cases (need ≥ 40)" in status["message"]
+    # the segmenter cannot learn from model 1's own masks
+    out = run(app, ["retrain", "--segmenter", "--source", "node", "--min-cases", "1"])
+    assert out.exit_code == 3 and "no reference mask" in out.output
+    manifest = rt.read_manifest(sorted((tmp_path / "var" / "retrain" / "runs").iterdir())[-1] / "source")
+    assert victim not in {r["case_id"] for r in manifest} and len(manifest) == 6
