@@ -21,6 +21,7 @@ Statuses answered (PS3.4 B.2.3):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -29,7 +30,6 @@ import socket
 import ssl
 import threading
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -37,19 +37,17 @@ from typing import Callable
 from pydicom.dataset import Dataset
 
 from .config import NodeConfig
+from .header import DEFLATED_LE, EXPLICIT_LE, IMPLICIT_LE, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH
+from .header import StoreRefused, parse_header
 from .index import Index, InstanceRecord, StoreOutcome
 from .spool import Spool, SpoolFull
-from .uids import InvalidUID, patient_hash, validate_uid
+from .uids import InvalidUID, validate_uid
 
 LOG = logging.getLogger("dicomnode.scp")
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1427.1"  # ich-node implementation UID root
 IMPLEMENTATION_VERSION = "ICHNODE_010"
-
-IMPLICIT_LE = "1.2.840.10008.1.2"
-EXPLICIT_LE = "1.2.840.10008.1.2.1"
-DEFLATED_LE = "1.2.840.10008.1.2.1.99"
 
 # Accepted as-is; compressed pixel data is decoded later by the pipeline (pylibjpeg/gdcm).
 TRANSFER_SYNTAXES = [
@@ -71,19 +69,6 @@ STATUS_SUCCESS = 0x0000
 STATUS_REFUSED_SOP_CLASS = 0x0122
 STATUS_PROCESSING_FAILURE = 0x0110
 STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_DATASET_MISMATCH = 0xA900
-STATUS_CANNOT_UNDERSTAND = 0xC000
-
-_HEADER_END = 0x00200013  # InstanceNumber: everything we need lies before or at it
-
-
-class StoreRefused(Exception):
-    """A C-STORE we answer with a failure ``status`` and a short ``comment`` (≤ 64 chars)."""
-
-    def __init__(self, status: int, comment: str) -> None:
-        super().__init__(comment)
-        self.status = status
-        self.comment = comment[:64]
 
 
 @dataclass(frozen=True)
@@ -132,67 +117,16 @@ class ReceiveStats:
 # header parsing
 
 
-@dataclass(frozen=True)
-class Header:
-    sop_class: str
-    sop_uid: str
-    study_uid: str
-    series_uid: str
-    patient_hash: str
-    modality: str | None
-    instance_number: int | None
-
-
-def parse_header(stream: bytes | memoryview, transfer_syntax: str, phi_logging: bool = False) -> Header:
-    """Read and validate the top-level header of an encoded data set (no pixel data touched).
-
-    Raises :class:`StoreRefused` with the status to answer.
-    """
-    from pydicom.filereader import read_dataset
-
-    data = stream
-    if transfer_syntax == DEFLATED_LE:
-        try:
-            data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(bytes(stream), 1 << 20)
-        except zlib.error as exc:
-            raise StoreRefused(STATUS_CANNOT_UNDERSTAND, f"deflated data set does not inflate: {exc}") from None
-    implicit = transfer_syntax == IMPLICIT_LE
-    try:
-        ds = read_dataset(io.BytesIO(data), is_implicit_VR=implicit, is_little_endian=True,
-                          stop_when=lambda tag, vr, length: tag > _HEADER_END)
-        tags = set(ds.keys())
-        if any((int(t) >> 16) == 0x0004 for t in tags):
-            raise StoreRefused(STATUS_DATASET_MISMATCH, "data set is a DICOMDIR (Media Storage Directory)")
-        sop_class = validate_uid(ds.get("SOPClassUID"), "SOPClassUID")
-        sop_uid = validate_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
-        study_uid = validate_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
-        series_uid = validate_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
-        modality = ds.get("Modality")
-        modality = str(modality).strip() or None if modality is not None else None
-        num = ds.get("InstanceNumber")
-        try:
-            instance_number = int(num) if num not in (None, "") else None
-        except (TypeError, ValueError):
-            instance_number = None
-        pid = ds.get("PatientID")
-        issuer = ds.get("IssuerOfPatientID")
-    except StoreRefused:
-        raise
-    except InvalidUID as exc:
-        raise StoreRefused(STATUS_CANNOT_UNDERSTAND, f"invalid {exc.field}: {exc.why}") from None
-    except Exception as exc:  # pydicom raises many kinds on garbage; all mean "cannot understand"
-        raise StoreRefused(STATUS_CANNOT_UNDERSTAND, f"unparsable data set: {type(exc).__name__}") from None
-    return Header(sop_class, sop_uid, study_uid, series_uid, patient_hash(pid, issuer), modality, instance_number)
-
-
-def file_meta_bytes(sop_class: str, sop_uid: str, transfer_syntax: str, calling_ae: str) -> bytes:
-    """Preamble, 'DICM' and the File Meta Information group for a received data set."""
-    from pydicom.filewriter import write_file_meta_info
+@functools.lru_cache(maxsize=256)
+def _meta_group(sop_class: str, transfer_syntax: str, calling_ae: str) -> tuple[bytes, bytes]:
+    """The encoded File Meta group split around the SOP Instance UID value (cached: same for a series)."""
     from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
 
+    marker = "9" * 64
     meta = Dataset()
     meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPInstanceUID = marker
     meta.TransferSyntaxUID = transfer_syntax
     meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION
@@ -202,7 +136,26 @@ def file_meta_bytes(sop_class: str, sop_uid: str, transfer_syntax: str, calling_
     buf.is_little_endian = True
     buf.is_implicit_VR = False
     write_file_meta_info(buf, meta, enforce_standard=True)
-    return b"\x00" * 128 + b"DICM" + buf.getvalue()
+    head, _, tail = buf.getvalue().partition(marker.encode())
+    return head, tail
+
+
+def file_meta_bytes(sop_class: str, sop_uid: str, transfer_syntax: str, calling_ae: str) -> bytes:
+    """Preamble, 'DICM' and the File Meta Information group for a received data set."""
+    import struct
+
+    head, tail = _meta_group(sop_class, transfer_syntax, calling_ae)
+    uid = sop_uid.encode("ascii")
+    if len(uid) % 2:
+        uid += b"\x00"
+    # head ends with the (0002,0003) element header (tag, VR, 2-byte length) and the group length
+    # at offset 8 of the group counts the 64-byte placeholder: patch both for the real UID.
+    delta = len(uid) - 64
+    head = bytearray(head)
+    head[-2:] = struct.pack("<H", len(uid))
+    (group_len,) = struct.unpack_from("<I", head, 8)
+    struct.pack_into("<I", head, 8, group_len + delta)
+    return b"\x00" * 128 + b"DICM" + bytes(head) + uid + tail
 
 
 # ------------------------------------------------------------------------------------------
@@ -328,6 +281,46 @@ def _status(status: int, comment: str) -> Dataset:
     ds.Status = status
     ds.ErrorComment = comment[:64]
     return ds
+
+
+def reconcile(index: Index, spool: Spool) -> int:
+    """Index every spool file the index does not know; returns how many were added.
+
+    With ``synchronous=NORMAL`` a power loss may roll back the last index commits of instances
+    that were already acknowledged; their files are complete under their final names (written
+    → fsync → rename → fsync dir before the ack), so re-reading them restores the index. Called
+    by :func:`start_scp` before it listens.
+    """
+    from pydicom.filereader import _read_file_meta_info
+
+    known = index.indexed_paths()
+    added = 0
+    for p in spool.root.rglob("*.dcm"):
+        rel = p.relative_to(spool.root).as_posix()
+        if rel in known:
+            continue
+        try:
+            raw = p.read_bytes()
+            fp = io.BytesIO(raw)
+            fp.seek(132)
+            meta = _read_file_meta_info(fp)
+            stream = memoryview(raw)[fp.tell():]
+            ts = str(meta.TransferSyntaxUID)
+            hdr = parse_header(stream, ts)
+            if spool.relpath(hdr.study_uid, hdr.series_uid, hdr.sop_uid) != rel:
+                raise StoreRefused(STATUS_DATASET_MISMATCH, "UIDs do not match the file's spool path")
+            index.record_instance(InstanceRecord(
+                sop_uid=hdr.sop_uid, sop_class=hdr.sop_class, transfer_syntax=ts, study_uid=hdr.study_uid,
+                series_uid=hdr.series_uid, patient_hash=hdr.patient_hash, modality=hdr.modality, path=rel,
+                sha256=hashlib.sha256(stream).hexdigest(), size=len(raw), instance_number=hdr.instance_number,
+                calling_ae=str(meta.get("SourceApplicationEntityTitle") or "").strip() or None,
+            ), now=p.stat().st_mtime)
+            added += 1
+        except Exception as exc:  # noqa: BLE001 - report and keep going; the file stays for inspection
+            LOG.warning("spool file %s not re-indexed: %s", rel, exc)
+    if added:
+        LOG.warning("re-indexed %d spool file(s) the index had lost (power loss?)", added)
+    return added
 
 
 # ------------------------------------------------------------------------------------------
@@ -557,6 +550,7 @@ def start_scp(config: NodeConfig, index: Index, spool: Spool, on_stored: Listene
     if not config.logging.phi:
         # pynetdicom's DEBUG output dumps whole PDUs; keep it out of node logs.
         logging.getLogger("pynetdicom").setLevel(max(logging.getLogger("pynetdicom").level, logging.WARNING))
+    reconcile(index, spool)
     receiver = Receiver(config, index, spool)
     if on_stored is not None:
         receiver.on_stored(on_stored)

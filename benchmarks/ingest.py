@@ -1,0 +1,169 @@
+"""Ingest benchmark: the node's Storage SCP against dcmtk ``storescp``, same sender, same run.
+
+    .venv/bin/python benchmarks/ingest.py [--data ../shared/data/ct/philips-phantom-thin]
+                                          [--repeats 5] [--associations 1]
+
+Both receivers run as subprocesses on loopback with ``TCP_NODELAY=1``; the same ``storescu``
+command line sends the same files to each (DIRFILE left out), alternating which peer goes first,
+each repeat into a fresh, empty directory (so the node really writes, never "duplicate"). The
+time is the sender's wall time (association to release); images/s for both and the ratio
+node/storescp (median over repeats) are printed.
+
+Not the same work: the node fsyncs every file, renames it atomically, fsyncs the directory and
+commits the SQLite index *before* it acknowledges; storescp writes to the page cache and
+acknowledges (no fsync at all). ``--associations N`` splits the files over N parallel storescu
+processes (both receivers then serve N associations at once; storescp with ``--fork``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "ct" / "philips-phantom-thin"
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dicom_files(folder: Path) -> list[Path]:
+    out = []
+    for p in sorted(folder.iterdir()):
+        with open(p, "rb") as f:
+            f.seek(128)
+            if f.read(4) == b"DICM" and p.name.upper() not in ("DIRFILE", "DICOMDIR"):
+                out.append(p)
+    return out
+
+
+def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"receiver exited with {proc.returncode}")
+        r = subprocess.run(["echoscu", "-aec", "ICHNODE", "127.0.0.1", str(port)], capture_output=True, env=ENV)
+        if r.returncode == 0:
+            return
+        time.sleep(0.2)
+    raise RuntimeError("receiver did not answer C-ECHO")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def send(port: int, files: list[Path], associations: int) -> float:
+    chunks = [files[i::associations] for i in range(associations)]
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(["storescu", "-aet", "BENCH", "-aec", "ICHNODE", "127.0.0.1", str(port), *map(str, c)],
+                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in chunks if c]
+    for p in procs:
+        _, err = p.communicate()
+        if p.returncode != 0:
+            raise RuntimeError(f"storescu failed ({p.returncode}): {err.decode()[-500:]}")
+    return time.perf_counter() - t0
+
+
+def run_storescp(work: Path, files: list[Path], associations: int) -> float:
+    out = work / "storescp"
+    out.mkdir()
+    port = free_port()
+    cmd = ["storescp", "-aet", "ICHNODE", "-od", str(out)] + (["--fork"] if associations > 1 else []) + [str(port)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_ready(port, proc)
+        dt = send(port, files, associations)
+    finally:
+        stop(proc)
+    got = len([p for p in out.iterdir() if p.is_file()])
+    if got != len(files):
+        raise RuntimeError(f"storescp stored {got} of {len(files)}")
+    return dt
+
+
+def run_node(work: Path, files: list[Path], associations: int) -> float:
+    data_dir = work / "node"
+    port = free_port()
+    cmd = [sys.executable, "-m", "dicomnode.scp", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)]
+    env = {**ENV, "ICH_NODE__LOGGING__LEVEL": "WARNING", "ICH_NODE__NODE__MAX_ASSOCIATIONS": str(max(16, associations))}
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        wait_ready(port, proc)
+        dt = send(port, files, associations)
+    finally:
+        stop(proc)
+    got = len(list((data_dir / "spool").rglob("*.dcm")))
+    if got != len(files):
+        raise RuntimeError(f"node stored {got} of {len(files)}: {proc.stderr.read().decode()[-1000:]}")
+    import sqlite3
+
+    with sqlite3.connect(data_dir / "index.sqlite3") as db:
+        indexed = db.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+    if indexed != len(files):
+        raise RuntimeError(f"node indexed {indexed} of {len(files)}")
+    return dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--associations", type=int, default=1)
+    ap.add_argument("--workdir", type=Path, default=None, help="where received files go (default: a temp dir under the repo's var/)")
+    args = ap.parse_args()
+    for tool in ("storescu", "storescp", "echoscu"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found: install dcmtk")
+    files = dicom_files(args.data)
+    size_mb = sum(p.stat().st_size for p in files) / 1e6
+    # Same filesystem as the node's default data dir, so fsync costs are the real ones.
+    root = args.workdir or (REPO / "var" / "bench")
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"{len(files)} images, {size_mb:.1f} MB from {args.data}; {args.associations} association(s); "
+          f"{args.repeats} repeats; receivers write under {root}")
+    times: dict[str, list[float]] = {"storescp": [], "node": []}
+    ratios = []
+    for r in range(args.repeats):
+        order = ["storescp", "node"] if r % 2 == 0 else ["node", "storescp"]
+        this = {}
+        for peer in order:
+            work = Path(tempfile.mkdtemp(prefix=f"{peer}-", dir=root))
+            try:
+                fn = run_storescp if peer == "storescp" else run_node
+                this[peer] = fn(work, files, args.associations)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            times[peer].append(this[peer])
+        ratios.append(this["storescp"] / this["node"])
+        print(f"  repeat {r + 1}: storescp {len(files) / this['storescp']:7.1f} img/s   "
+              f"node {len(files) / this['node']:7.1f} img/s   ratio {ratios[-1]:.2f}")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"storescp: {len(files) / med['storescp']:.1f} images/s ({size_mb / med['storescp']:.1f} MB/s), no fsync")
+    print(f"node:     {len(files) / med['node']:.1f} images/s ({size_mb / med['node']:.1f} MB/s), "
+          "fsync file + rename + fsync dir + index commit before each ack")
+    print(f"ratio node/storescp: {statistics.median(ratios):.2f}x (median of per-repeat ratios; bar >= 0.8x)")
+
+
+if __name__ == "__main__":
+    main()
