@@ -94,6 +94,8 @@ class Node:
         self.housekeeper: Housekeeper | None = None
         self.scheduler: NodeScheduler | None = None
         self.receiver: Any = None
+        self.metrics: Any = None          # dicomnode.metrics.NodeMetrics when metrics.enabled
+        self.metrics_server: Any = None
         self._stopped = threading.Event()
         self.recovered: dict[str, int] = {}
 
@@ -120,7 +122,13 @@ class Node:
             log.info("crash recovery: %s", self.recovered)
 
         destinations = [build_destination(d, calling_ae_title=cfg.node.ae_title) for d in cfg.destinations]
-        self.sender = Sender(self.queue, Dispatcher(destinations, self.ledger), owner=f"{self.prefix}sender-{os.getpid()}",
+        dispatcher = Dispatcher(destinations, self.ledger)
+        if cfg.metrics.enabled:  # metrics hook (dicomnode.metrics): send failures per destination
+            from .metrics import NodeMetrics
+
+            self.metrics = NodeMetrics(cfg).bind(self)
+            self.metrics.watch_dispatcher(dispatcher)
+        self.sender = Sender(self.queue, dispatcher, owner=f"{self.prefix}sender-{os.getpid()}",
                              on_sent=self._on_sent)
         if self.queue.needs_local_workers:
             models = ModelSource(registry_dir=str(cfg.models_dir), bundled_fallback=cfg.models.bundled_fallback)
@@ -132,16 +140,24 @@ class Node:
 
         if self._receiver_factory is not None:
             self.receiver = self._receiver_factory(cfg, self.index, self.spool)
+            if self.metrics is not None and hasattr(self.receiver, "on_stored"):  # metrics hook: instances received
+                self.receiver.on_stored(self.metrics.on_stored)
         for w in self.workers:
             w.start()
         self.sender.start()
         self.scheduler = NodeScheduler(
             sweep=self.sweeper.sweep, sweep_s=cfg.scheduler.sweep_seconds,
-            retries=self.kick, retry_s=cfg.scheduler.retry_seconds,
+            retries=self._retries, retry_s=cfg.scheduler.retry_seconds,
             cleanup=self.housekeeper.cleanup, cleanup_cron=cfg.scheduler.cleanup_cron,
-            disk_check=self.housekeeper.disk_check, disk_s=cfg.scheduler.disk_check_seconds)
+            disk_check=self.housekeeper.disk_check, disk_s=cfg.scheduler.disk_check_seconds,
+            extra=self._extra_jobs())
         self.scheduler.start()
         self.scheduler.run_now("sweep")
+        if self.metrics is not None:
+            try:  # a taken metrics port must not stop a node from receiving studies
+                self.metrics_server = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
+            except OSError as exc:
+                log.error("metrics endpoint %s:%d not started: %s", cfg.metrics.host, cfg.metrics.port, exc)
         log.info("node %s listening on %s:%d, data in %s, %d worker(s), %d destination(s)", cfg.node.ae_title,
                  cfg.node.host, cfg.node.port, self.data_dir, len(self.workers), len(destinations))
         return self
@@ -170,6 +186,8 @@ class Node:
                 log.exception("stopping the SCP failed")
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         for w in self.workers:
             w.stop()
         if self.sender is not None:
@@ -204,7 +222,22 @@ class Node:
             for s, h in old.items():
                 signal.signal(s, h)
 
+    def _extra_jobs(self) -> dict:
+        """Optional scheduled jobs: the heartbeat study (dicomnode.heartbeat), when enabled."""
+        if not self.config.heartbeat.enabled:
+            return {}
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        from .heartbeat import Heartbeat
+
+        return {"heartbeat": (Heartbeat(self.config).tick, IntervalTrigger(seconds=min(5.0, self.config.heartbeat.interval_s)))}
+
     # -- hand-overs ---------------------------------------------------------------------------
+    def _retries(self) -> None:
+        """Retry tick: backend upkeep (Celery re-publishes lost tokens), then wake workers and sender."""
+        self.queue.maintain()
+        self.kick()
+
     def kick(self) -> None:
         """Wake the workers and the sender (new jobs, due retries)."""
         for w in self.workers:
@@ -222,6 +255,10 @@ class Node:
     def _on_sent(self, job: Job) -> None:
         for series_uid in job.payload.get("series_uids") or []:  # again: a remote (Celery) worker cannot
             self.index.mark_series_analyzed(series_uid)          # reach this node's index
+        if not self.queue.needs_local_workers:
+            self._dataset_hook(job)
+        if self.metrics is not None:  # metrics hook: stage latencies, time-to-result target
+            self.metrics.on_delivered(job)
         last = job.payload.get("last_received_at")
         if last:
             log.info("job %s delivered %.1f s after the study's last instance", job.id, time.time() - last)
