@@ -514,7 +514,8 @@ SOURCES_HELP = "node (cases the node labelled or imported), a cohort DIR (manife
 
 
 def cohort_from_source(source: str, run_dir: Path, *, data_dir: Path, registry: Registry,
-                       synthetic_cases: int = 200, seed: int = 0, progress: Callable[[str], None] = lambda _m: None) -> Path:
+                       synthetic_cases: int = 200, seed: int = 0, synth_options=None,
+                       progress: Callable[[str], None] = lambda _m: None) -> Path:
     """A cohort directory (``manifest.csv``) for ``source``; built inside the run (under the lock)."""
     if source == "node":
         from .dataset import DatasetStore
@@ -530,7 +531,7 @@ def cohort_from_source(source: str, run_dir: Path, *, data_dir: Path, registry: 
 
         out = run_dir / "source"
         progress(f"generating {synthetic_cases} synthetic cases (seed {seed})")
-        synth.generate_cohort(out, cases=synthetic_cases, seed=seed)
+        synth.write_cohort(out, synthetic_cases, seed=seed, options=synth_options, workers=max(1, (os.cpu_count() or 2) // 2))
         return out
     path = Path(source)
     if not (path / "manifest.csv").is_file():
