@@ -24,19 +24,22 @@ def baseline_volume(rng: np.random.Generator, opts: SynthOptions, cap_ml: float 
     return float(np.clip(opts.volume_median_ml, lo, hi))
 
 
-def followup_target(rng: np.random.Generator, v0: float, expansion: bool, opts: SynthOptions) -> float:
-    """Target follow-up volume.
+def followup_target(u: float, v0: float, expansion: bool, opts: SynthOptions) -> float:
+    """Target follow-up volume from one uniform draw ``u`` (so label draws stay in lockstep).
 
-    Expanders: threshold max(6 mL, 33 %) plus a Gamma-distributed excess (a safety margin keeps
-    them clear of the threshold after shape fitting).  Non-expanders: a small change centred on
-    a slight increase; about a third shrink (clot retraction); always well below the threshold.
+    Expanders: threshold max(6 mL, 33 %) plus a Gamma(1.6)-distributed excess (a safety margin
+    keeps them clear of the threshold after shape fitting).  Non-expanders: a small change
+    (normal, mean +2 %, sd 8 %); about a third shrink (clot retraction); always below 80 % of
+    the threshold.
     """
+    from scipy import stats
+
+    u = float(np.clip(u, 1e-9, 1 - 1e-9))
     thr = max(opts.growth_abs_ml, opts.growth_rel * v0)
     if expansion:
-        excess = rng.gamma(1.6, 0.25 * thr + 1.5)
+        excess = float(stats.gamma.ppf(u, 1.6, scale=0.25 * thr + 1.5))
         return v0 + 1.08 * thr + excess
-    # non-expander: growth stays below 80 % of the smaller of the two thresholds
     cap = 0.8 * min(opts.growth_abs_ml, opts.growth_rel * v0)
-    change = rng.normal(0.02, 0.08) * v0
+    change = float(stats.norm.ppf(u, 0.02, 0.08)) * v0
     change = float(np.clip(change, -0.3 * v0, cap))
     return v0 + change
