@@ -1,8 +1,10 @@
 """CT brain extraction: the region the hematoma search may never leave.
 
-Classical and deterministic (threshold → skull-bounded soft tissue → opening → largest component →
-hole filling), so it needs no model and behaves the same on real heads and on phantoms. Sizes are
-given in millimetres and converted per axis, because slice spacing differs wildly between series.
+Classical and deterministic (skull ring → intracranial space → soft tissue 0–100 HU → opening →
+largest component → hole filling), so it needs no model and behaves the same on real heads and on
+phantoms. It runs on a ~1.4 mm in-plane copy (the mask's edge sits against bone, where 0.5 mm buys
+nothing; the hematoma threshold then runs at full resolution inside it) and morphology uses distance transforms in millimetres, so cost does not grow with radius
+and anisotropic slice spacing is respected.
 """
 
 from __future__ import annotations
@@ -10,48 +12,98 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from pipeline.morphology import morph as _morph
+
 from pipeline.volume import Volume
 
-HEAD_HU = -300.0          # anything denser than this is patient (or phantom), not air
-BONE_HU = 200.0           # calvarium; brain never reaches it
-SOFT_LO_HU, SOFT_HI_HU = -15.0, 100.0   # CSF … clotted blood; includes every hematoma voxel
-OPEN_RADIUS_MM = 3.0      # breaks thin bridges (foramina, orbits) between brain and scalp/muscle
-MIN_BRAIN_ML = 20.0       # smaller than this is not a brain (e.g. a phantom without one)
+HEAD_HU = -300.0              # anything denser than this is patient (or phantom), not air
+BONE_HU = 200.0               # calvarium; brain never reaches it
+SOFT_LO_HU, SOFT_HI_HU = -15.0, 100.0   # CSF … clotted blood: every hematoma voxel is inside
+OPEN_RADIUS_MM = 2.5          # breaks thin bridges (foramina, orbits) between brain and muscle
+BONE_MARGIN_MM = 1.5          # inner-table partial volume reads 50–90 HU: neither brain nor blood
+RING_CLOSING_MM = (1.5, 5.0, 10.0)  # gaps in the skull ring (sutures, foramina, tilt) closed in steps
+MIN_INTRACRANIAL_MM2 = 400.0  # an enclosed area below 2×2 cm is a foramen or sinus, not the cranium
+MIN_BRAIN_ML = 20.0           # smaller than this is not a brain
+MIN_BRAIN_FRACTION = 0.3      # a real brain fills most of the cranium; less means an empty (phantom) skull
+WORK_PIXEL_MM = 1.4           # in-plane working resolution (the CT's own pixels are 0.4–0.5 mm)
+RING_PIXEL_MM = 2.0           # in-plane resolution for finding the skull outline
 
 
 def extract_brain(volume: Volume) -> np.ndarray:
-    """Bool (z, y, x) brain mask on ``volume``'s grid; empty if no brain is found."""
+    """Bool (z, y, x) brain mask on ``volume``'s grid; empty if no cranium is found.
+
+    A cranium holding no soft tissue (a phantom's air- or water-filled skull) yields the cranial
+    cavity itself, so phantoms still exercise the whole pipeline.
+    """
     hu = volume.hu
-    spacing_zyx = np.asarray(volume.spacing[::-1], dtype=float)
-    head = _largest_component(hu > HEAD_HU)
-    if not head.any():
-        return np.zeros(hu.shape, dtype=bool)
+    fy = max(1, round(WORK_PIXEL_MM / volume.spacing[1]))
+    fx = max(1, round(WORK_PIXEL_MM / volume.spacing[0]))
+    out = np.zeros(hu.shape, dtype=bool)
+    # only the head's bounding box matters; the table and air around it are most of the voxels
+    dense = hu[:, ::fy, ::fx] > HEAD_HU
+    if not dense.any():
+        return out
+    box = ndimage.find_objects(dense.astype(np.uint8))[0]
+    box_full = (box[0], slice(box[1].start * fy, box[1].stop * fy), slice(box[2].start * fx, box[2].stop * fx))
+    sub = hu[box_full]
+    spacing = np.array([volume.spacing[2], volume.spacing[1] * fy, volume.spacing[0] * fx])
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    brain_small = _extract(sub[:, ::fy, ::fx], spacing, voxel_ml)
+    if not brain_small.any():
+        return out
+    up = np.repeat(np.repeat(brain_small, fy, axis=1), fx, axis=2)[:, : sub.shape[1], : sub.shape[2]]
+    out[box_full] = up & (sub <= BONE_HU)
+    return out
+
+
+def _extract(hu: np.ndarray, spacing: np.ndarray, voxel_ml: float) -> np.ndarray:
     bone = hu > BONE_HU
-    intracranial = _inside_skull(bone, head)
-    soft = (hu >= SOFT_LO_HU) & (hu <= SOFT_HI_HU) & head & ~_dilate_mm(bone, 1.0, spacing_zyx)
-    candidate = soft & intracranial
-    candidate = _open_mm(candidate, OPEN_RADIUS_MM, spacing_zyx)
-    brain = _largest_component(candidate)
-    if brain.sum() * volume.voxel_volume_ml < MIN_BRAIN_ML:
-        return np.zeros(hu.shape, dtype=bool)
-    brain = _close_mm(brain, 2.0, spacing_zyx) & ~bone
-    brain = _fill_slices(brain)
-    return brain
+    # the cranial outline needs no fine detail: find it at half the working resolution
+    f = max(1, round(RING_PIXEL_MM / spacing[1:].max()))
+    coarse = _inside_skull(bone[:, ::f, ::f], spacing[1:] * f)
+    intracranial = np.repeat(np.repeat(coarse, f, axis=1), f, axis=2)[:, : hu.shape[1], : hu.shape[2]] & ~bone
+    if not intracranial.any():
+        return intracranial
+    near_bone = _dilate(bone, BONE_MARGIN_MM, spacing)
+    soft = (hu >= SOFT_LO_HU) & (hu <= SOFT_HI_HU) & intracranial & ~near_bone
+    brain = _largest_component(_open(soft, OPEN_RADIUS_MM, spacing))
+    if brain.sum() < MIN_BRAIN_FRACTION * intracranial.sum() or brain.sum() * voxel_ml < MIN_BRAIN_ML:
+        # an empty cranium (phantom): the cavity itself is the search region
+        cavity = _largest_component(intracranial & ~near_bone)
+        return cavity if cavity.sum() * voxel_ml >= MIN_BRAIN_ML else np.zeros(hu.shape, dtype=bool)
+    brain = _close(brain, 2.0, spacing) & intracranial & ~near_bone
+    return _fill_slices(brain) & intracranial & ~bone
 
 
-def _inside_skull(bone: np.ndarray, head: np.ndarray) -> np.ndarray:
-    """Per axial slice: what the closed bone ring encloses. Slices with an open ring keep the head."""
+def _inside_skull(bone: np.ndarray, pixel_yx: np.ndarray) -> np.ndarray:
+    """Per axial slice: what the bone ring encloses, closing gaps up to ~2 cm.
+
+    Each slice takes the smallest gap-closing radius that encloses nearly as much as the largest
+    one: small radii keep the outline tight, but an open ring (foramina, skull base, tilt) would
+    otherwise leave only a sinus or an orbit enclosed. A slice whose ring cannot be closed (below
+    the skull base, above the vertex) has no brain.
+    """
     out = np.zeros_like(bone)
-    for z in range(bone.shape[0]):
-        ring = bone[z]
-        if not ring.any():
-            out[z] = head[z]
+    todo = np.flatnonzero(bone.reshape(bone.shape[0], -1).sum(axis=1) >= 20)
+    if not len(todo):
+        return out
+    spacing = np.array([1.0, *pixel_yx])
+    pad = int(max(RING_CLOSING_MM) / pixel_yx.min()) + 2
+    ring = np.pad(bone[todo], ((0, 0), (pad, pad), (pad, pad)))
+    candidates = []
+    for radius in RING_CLOSING_MM:
+        # thicken the ring until its gaps close, take what it encloses, then grow that back to the bone
+        thick = _morph(ring, radius, spacing, "dilate", planar=True)
+        filled = np.stack([ndimage.binary_fill_holes(s) for s in thick])
+        enclosed = _morph(filled & ~thick, radius, spacing, "dilate", planar=True) & filled & ~ring
+        candidates.append(enclosed[:, pad:-pad, pad:-pad])
+    areas = np.array([c.reshape(len(todo), -1).sum(axis=1) for c in candidates]) * pixel_yx[0] * pixel_yx[1]
+    for i, z in enumerate(todo):
+        best = areas[:, i].max()
+        if best <= MIN_INTRACRANIAL_MM2:
             continue
-        closed = ndimage.binary_closing(ring, structure=np.ones((5, 5), bool), iterations=1)
-        filled = ndimage.binary_fill_holes(closed)
-        inside = filled & ~closed
-        # an open ring (skull base, vertex) encloses little: fall back to the head mask there
-        out[z] = inside if inside.sum() > 0.05 * head[z].sum() else head[z]
+        choice = int(np.flatnonzero(areas[:, i] >= 0.8 * best)[0])
+        out[z] = _largest_component(candidates[choice][i])
     return out
 
 
@@ -64,26 +116,19 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
-def _ball(radius_mm: float, spacing_zyx: np.ndarray) -> np.ndarray:
-    r = np.maximum(np.floor(radius_mm / spacing_zyx), 0).astype(int)
-    zz, yy, xx = np.ogrid[-r[0] : r[0] + 1, -r[1] : r[1] + 1, -r[2] : r[2] + 1]
-    d2 = sum(((g * s) / max(radius_mm, 1e-6)) ** 2 for g, s in zip((zz, yy, xx), spacing_zyx))
-    return d2 <= 1.0
+def _dilate(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
+    return _morph(mask, radius_mm, spacing, "dilate")
 
 
-def _dilate_mm(mask: np.ndarray, radius_mm: float, spacing_zyx: np.ndarray) -> np.ndarray:
-    return ndimage.binary_dilation(mask, structure=_ball(radius_mm, spacing_zyx))
+def _open(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
+    return _morph(mask, radius_mm, spacing, "open")
 
 
-def _open_mm(mask: np.ndarray, radius_mm: float, spacing_zyx: np.ndarray) -> np.ndarray:
-    return ndimage.binary_opening(mask, structure=_ball(radius_mm, spacing_zyx))
-
-
-def _close_mm(mask: np.ndarray, radius_mm: float, spacing_zyx: np.ndarray) -> np.ndarray:
-    return ndimage.binary_closing(mask, structure=_ball(radius_mm, spacing_zyx))
+def _close(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
+    return _morph(mask, radius_mm, spacing, "close") | mask
 
 
 def _fill_slices(mask: np.ndarray) -> np.ndarray:
-    """Fill holes slice by slice (ventricles, hematoma cores), then in 3-D."""
+    """Fill holes slice by slice (ventricles, hematoma cores touching nothing), then in 3-D."""
     out = np.stack([ndimage.binary_fill_holes(s) for s in mask])
     return ndimage.binary_fill_holes(out)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from pipeline.morphology import depth_mm, distance_mm
 from pipeline.volume import Volume
 
 VERSION = "1"
@@ -23,10 +24,14 @@ VERSION = "1"
 class ClassicalParams:
     lo_hu: float = 40.0
     hi_hu: float = 90.0
-    smooth_mm: float = 1.0          # in-plane median filter radius before thresholding (noise, not edges)
-    edge_margin_mm: float = 4.0     # ignore the brain's outer rim: bone partial volume / beam hardening
+    smooth_mm: float = 1.0          # in-plane mean filter radius before thresholding (noise, not edges)
+    edge_margin_mm: float = 4.0     # no seed in the brain's outer rim: bone partial volume / beam hardening
     min_component_ml: float = 0.3   # smaller connected blobs are noise, vessels or calcification specks
-    core_fraction: float = 0.0      # reserved
+    dense_hu: float = 150.0         # bone / calcification
+    dense_margin_mm: float = 3.0    # no clot core this close to dense voxels
+    seed_hu: float = 50.0           # a clot's core (smoothed) is denser than any grey matter (30–45 HU)
+    seed_contrast_hu: float = 18.0  # … and than its own slice's median brain density
+    min_slice_brain_fraction: float = 0.25  # no seeds in slices with little brain (skull base, vertex)
 
     def __post_init__(self) -> None:
         if not self.lo_hu < self.hi_hu:
@@ -51,6 +56,44 @@ class ClassicalSegmenter:
         params = meta.get("params") or (meta.get("extra") or {}).get("params") or {}
         return cls(ClassicalParams(**params), version=str(meta.get("version", VERSION)))
 
+    def _grow(
+        self,
+        hu: np.ndarray,
+        brain: np.ndarray,
+        labels: np.ndarray,
+        kept: np.ndarray,
+        slice_medians: np.ndarray,
+        spacing_zyx: tuple[float, float, float],
+        voxel_ml: float,
+    ) -> np.ndarray:
+        """Grow each seed to its half-contrast edge (lesion core vs. its slices' brain), within reach.
+
+        Half contrast puts the edge where partial volume is 50 % blood, so the volume is neither
+        inflated by a fixed 40 HU threshold that grey matter noise crosses nor shrunk by blur.
+        """
+        p = self.params
+        out = np.zeros(hu.shape, dtype=bool)
+        reach_mm = p.edge_margin_mm + max(spacing_zyx)
+        pad = [int(np.ceil(reach_mm / s)) + 1 for s in spacing_zyx]
+        for i in np.unique(labels[kept]):
+            seed_box = ndimage.find_objects((labels == i).astype(np.uint8))[0]
+            box = tuple(
+                slice(max(0, sl.start - q), min(n, sl.stop + q)) for sl, q, n in zip(seed_box, pad, hu.shape)
+            )
+            seed = labels[box] == i
+            lesion_hu = float(np.median(hu[box][seed]))
+            zs = np.nonzero(seed)[0] + box[0].start
+            background = float(np.median(slice_medians[zs]))
+            threshold = max(p.lo_hu, (lesion_hu + background) / 2.0)
+            candidate = (hu[box] >= threshold) & (hu[box] <= p.hi_hu) & brain[box]
+            reach = distance_mm(seed, spacing_zyx) <= reach_mm
+            grown, n = ndimage.label((candidate & reach) | seed)
+            comp = grown == grown[seed][0] if n else seed
+            comp = ndimage.binary_fill_holes(comp) & brain[box]
+            if comp.sum() * voxel_ml >= p.min_component_ml:
+                out[box] |= comp
+        return out
+
     def describe(self) -> dict:
         return {"name": self.name, "version": self.version, "params": asdict(self.params)}
 
@@ -62,25 +105,47 @@ class ClassicalSegmenter:
             return np.zeros(volume.shape, dtype=bool)
         p = self.params
         sx, sy, sz = volume.spacing
-        hu = volume.hu
         # work in the brain's bounding box only: a fraction of the volume, same answer
         box = ndimage.find_objects(brain.astype(np.uint8))[0]
-        sub_hu, sub_brain = hu[box], brain[box]
+        sub_hu, sub_brain = volume.hu[box], brain[box]
         if p.smooth_mm > 0:
+            # a box mean is separable (linear time); it only finds seeds, the extent uses raw HU
             ry, rx = max(1, round(p.smooth_mm / sy)), max(1, round(p.smooth_mm / sx))
-            sub_hu = ndimage.median_filter(sub_hu, size=(1, 2 * ry + 1, 2 * rx + 1))
-        search = sub_brain
-        if p.edge_margin_mm > 0:
-            # distance to the brain surface in mm (true anisotropic spacing)
-            dist = ndimage.distance_transform_edt(np.pad(sub_brain, 1), sampling=(sz, sy, sx))[1:-1, 1:-1, 1:-1]
-            search = dist > p.edge_margin_mm
-        blood = (sub_hu >= p.lo_hu) & (sub_hu <= p.hi_hu) & search
-        labels, n = ndimage.label(blood)
-        out_sub = np.zeros(blood.shape, dtype=bool)
+            sub_hu = ndimage.uniform_filter(sub_hu, size=(1, 2 * ry + 1, 2 * rx + 1), mode="nearest")
+        raw_blood = (volume.hu[box] >= p.lo_hu) & (volume.hu[box] <= p.hi_hu) & sub_brain
+        # seeds: clearly clotted blood, away from the skull and from dense bits; grey matter is 30–45 HU
+        seeds = (sub_hu >= p.seed_hu) & (sub_hu <= p.hi_hu) & sub_brain
+        seeds &= depth_mm(sub_brain, (sz, sy, sx)) > p.edge_margin_mm
+        # beam hardening and thick-slice partial volume lift whole slices near the skull base and the
+        # vertex into the blood range: a seed must stand out from its own slice's brain
+        area = sub_brain.reshape(len(sub_brain), -1).sum(axis=1)
+        medians = np.array([np.median(h[b]) if a else np.inf for h, b, a in zip(sub_hu, sub_brain, area)])
+        seeds &= (sub_hu - medians[:, None, None].astype(np.float32)) >= p.seed_contrast_hu
+        seeds &= (area >= p.min_slice_brain_fraction * area.max())[:, None, None]
+        if p.dense_margin_mm > 0:
+            # skull-base bone bits and calcifications smear into the blood range (partial volume,
+            # interpolation across thick slices): no clot may be seeded next to them
+            dense = volume.hu[box] > p.dense_hu
+            if dense.any():
+                seeds &= distance_mm(dense, (sz, sy, sx)) > p.dense_margin_mm
+        labels, n = ndimage.label(seeds)
+        kept = np.zeros(seeds.shape, dtype=bool)
         if n:
-            sizes_ml = np.bincount(labels.ravel())[1:] * volume.voxel_volume_ml
-            keep = np.flatnonzero(sizes_ml >= p.min_component_ml) + 1
-            out_sub = np.isin(labels, keep)
+            idx = np.arange(1, n + 1)
+            sizes_ml = ndimage.sum_labels(np.ones(seeds.shape, np.float32), labels, idx) * volume.voxel_volume_ml
+            kept = np.isin(labels, idx[sizes_ml >= p.min_component_ml / 2])
+        if kept.any():
+            kept = self._grow(volume.hu[box], sub_brain, labels, kept, medians, (sz, sy, sx), volume.voxel_volume_ml)
         out = np.zeros(volume.shape, dtype=bool)
-        out[box] = out_sub
+        out[box] = kept
         return out
+
+
+def _fill_holes_in_box(mask: np.ndarray) -> np.ndarray:
+    """3-D hole filling restricted to the mask's bounding box (the mask is tiny next to the volume)."""
+    if not mask.any():
+        return mask
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    out = mask.copy()
+    out[box] = ndimage.binary_fill_holes(mask[box])
+    return out
