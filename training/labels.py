@@ -64,6 +64,19 @@ class LabelPolicy:
         if not 0 <= self.min_hours < self.max_hours:
             raise ValueError(f"follow-up window must satisfy 0 <= min < max, got {self.min_hours}-{self.max_hours} h")
 
+    @classmethod
+    def from_mapping(cls, m: dict | None) -> "LabelPolicy":
+        """From flat settings (e.g. a config section's ``model_dump()``); missing keys keep the defaults.
+
+        Keys: followup_min_hours, followup_max_hours, min_baseline_ml, expansion_abs_ml, expansion_rel.
+        """
+        m = m or {}
+        d, r = cls(), ExpansionRule()
+        return cls(min_hours=float(m.get("followup_min_hours", d.min_hours)),
+                   max_hours=float(m.get("followup_max_hours", d.max_hours)),
+                   min_baseline_ml=float(m.get("min_baseline_ml", d.min_baseline_ml)),
+                   rule=ExpansionRule(float(m.get("expansion_abs_ml", r.abs_ml)), float(m.get("expansion_rel", r.rel))))
+
 
 @dataclass(frozen=True)
 class StudyInfo:

@@ -106,6 +106,9 @@ def test_window_is_configurable_and_validated(tmp_path: Path) -> None:
     assert case is not None and case.label == 0
     with pytest.raises(ValueError, match="0 <= min < max"):
         LabelPolicy(min_hours=72, max_hours=6)
+    p = LabelPolicy.from_mapping({"followup_min_hours": 12, "expansion_abs_ml": 12.5, "unrelated": 1})
+    assert (p.min_hours, p.max_hours, p.rule.abs_ml, p.rule.rel) == (12.0, 72.0, 12.5, 0.33)
+    assert LabelPolicy.from_mapping(None) == LabelPolicy()
 
 
 def test_hook_never_raises_into_the_worker(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
