@@ -26,6 +26,7 @@ import hashlib
 import io
 import logging
 import os
+import queue
 import socket
 import ssl
 import threading
@@ -261,7 +262,8 @@ class Receiver:
         address = assoc.requestor.address
         if self.config.security.caller_allowed(calling, address):
             return
-        self.stats.associations_rejected += 1
+        with self.stats._lock:
+            self.stats.associations_rejected += 1
         LOG.warning("association from %r at %s rejected: calling AE not allowed", calling, address)
         assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling AE not recognised
         assoc.is_rejected = True
@@ -388,12 +390,39 @@ def _assoc_wait(assoc) -> None:
             q.not_empty.wait(_WAIT_MAX_S)
 
 
+class _InlineStoreQueue(queue.Queue):
+    """An acceptor's DIMSE message queue that serves C-STORE requests on the spot.
+
+    pynetdicom assembles a message in the DUL thread, queues it, wakes the Association thread to
+    run the handler, which queues the response and wakes the DUL thread to send it: two thread
+    hand-offs per image, each a scheduler wake-up (milliseconds on a busy host). A C-STORE peer
+    waits for each response anyway, so serving the request in the DUL thread loses nothing.
+    Anything unusual (other messages, unknown context, release in progress) takes the normal path.
+    """
+
+    def __init__(self, assoc) -> None:
+        super().__init__()
+        self._assoc = assoc
+
+    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        from pynetdicom.dimse_primitives import C_STORE
+
+        context_id, msg = item
+        a = self._assoc
+        if (isinstance(msg, C_STORE) and msg.is_valid_request and context_id in a._accepted_cx
+                and not a._sent_release and a.is_established):
+            a._serve_request(msg, context_id)
+            return
+        super().put(item, block, timeout)
+
+
 def _tune_pynetdicom() -> None:
     """Speed fixes for receiving big data sets; pynetdicom's behaviour is otherwise unchanged.
 
     1. pynetdicom reads a PDU 4 KiB at a time into a growing bytearray (hundreds of calls and
        copies per CT slice): read it with ``recv_into`` into one preallocated buffer instead.
     2. Its 1 ms polling sleeps become event-driven waits (see :class:`_EventDrivenTime`).
+    3. C-STORE requests are served in the DUL thread (see :class:`_InlineStoreQueue`).
     Applied once per process; written against pynetdicom 3.0 (pinned <3.1 in pyproject).
     """
     import pynetdicom.association as p_assoc
@@ -456,6 +485,8 @@ def _tune_pynetdicom() -> None:
         # Only acceptors: a requestor's user thread waits for the reactor to pause at each
         # send_*(), which an up-to-5 ms wait would slow down.
         self._ichnode_wait = (lambda: _assoc_wait(self)) if self.is_acceptor else None
+        if self.is_acceptor:
+            self.dimse.msg_queue = _InlineStoreQueue(self)
         try:
             orig_assoc_run(self)
         finally:
