@@ -1,0 +1,71 @@
+"""What every object the node writes shares: who made it, series numbering, empty type-2 fields."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from importlib import metadata
+
+from pydicom.dataset import Dataset
+
+# Patient / study attributes of type 2: they must be present, and may be empty. Anonymised or
+# incomplete sources (the GE head lacks birth date and sex) must not make our objects invalid.
+TYPE2_PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("ich-node")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    manufacturer: str = "ich-node"
+    model_name: str = "ICH expansion node"
+    software_version: str = _version()
+    serial_number: str = "1"
+    institution_name: str | None = None
+
+
+def new_series_number(source: list[Dataset], offset: int) -> int:
+    """Series number for a derived series: the source's plus a fixed offset (viewers sort by it)."""
+    try:
+        base = int(source[0].get("SeriesNumber") or 0)
+    except (TypeError, ValueError):
+        base = 0
+    return (base % 1000) + 1000 + offset
+
+
+def fill_type2(ds: Dataset) -> Dataset:
+    """Add every missing type-2 patient/study attribute as empty (never invent values)."""
+    for keyword in TYPE2_PATIENT_STUDY:
+        if keyword not in ds or ds[keyword].value is None:
+            setattr(ds, keyword, "")
+    return ds
+
+
+def header_copy(ds: Dataset) -> Dataset:
+    """A pixel-free copy of a source slice with empty type-2 fields added.
+
+    highdicom reads patient/study attributes from the sources as mandatory; giving it completed
+    copies (not the caller's datasets, which stay untouched) keeps incomplete headers from crashing.
+    """
+    out = Dataset()
+    for elem in ds:
+        if elem.keyword not in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+            out.add(copy.deepcopy(elem))
+    if hasattr(ds, "file_meta"):
+        out.file_meta = copy.deepcopy(ds.file_meta)
+    return fill_type2(out)
