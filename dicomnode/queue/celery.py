@@ -161,6 +161,8 @@ class CeleryQueue(JobQueue):
                         pipe.sadd(self._k("s", job.state.value), job.id)
                     if tx.writes:
                         pipe.incr(self._k("version"))
+                    for job_id, countdown in tx.publish:  # marked in the same commit: maintain() never races it
+                        pipe.hset(self._k("published"), job_id, str(time.time() + max(0.0, countdown)))
                     pipe.execute()
             except redis.WatchError:
                 continue
@@ -210,6 +212,10 @@ class CeleryQueue(JobQueue):
             self.redis.hset(self._k("published"), str(job_id), str(time.time() + max(0.0, countdown)))
         except Exception as exc:  # noqa: BLE001 - the job stays due in the store
             log.warning("job %s: cannot publish a work token (%s); the node re-publishes it", job_id, exc)
+            try:
+                self.redis.hdel(self._k("published"), str(job_id))
+            except Exception:  # noqa: BLE001
+                pass
 
     # -- producer ---------------------------------------------------------------------------------
     def enqueue(self, key: str, payload: dict[str, Any], *, delay_s: float = 0.0) -> Job:
@@ -608,7 +614,8 @@ class WorkerRuntime:
 
     def __init__(self, config: "NodeConfig", queue: CeleryQueue) -> None:
         from dicomnode.service import results_root
-        from dicomnode.worker import ModelSource, Worker, _load, _model_paths
+        from dicomnode.plugins import load_target
+        from dicomnode.worker import ModelSource, Worker, _model_paths
 
         self.config = config
         self.queue = queue
@@ -616,7 +623,7 @@ class WorkerRuntime:
         paths, watcher = _model_paths(ModelSource(registry_dir=str(config.models_dir),
                                                   bundled_fallback=config.models.bundled_fallback))
         lease_s = config.queue.worker_lease_s
-        self.process = InProcessAnalysis(_load(config.worker.analyzer), paths, watcher,
+        self.process = InProcessAnalysis(load_target(config.worker.analyzer), paths, watcher,
                                          tick_every_s=max(0.5, lease_s / 4))
         self.worker = Worker(queue, self.process, results_root(config), owner=self.owner,
                              timeout_s=config.queue.job_timeout_s, lease_s=lease_s)
