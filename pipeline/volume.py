@@ -165,8 +165,8 @@ def load_series(source: Path | str | Sequence[Path | str] | Sequence[Dataset]) -
 
     Raises ``CannotAssess`` with a stable code when the series cannot be analysed safely.
     """
-    datasets = _read(source)
-    datasets = _select_images(datasets)
+    datasets = read_images(source)
+    _check_series(datasets)
     _check_consistency(datasets)
     datasets, positions = _sort_spatially(datasets)
     _check_spacing(positions)
@@ -205,12 +205,21 @@ def _is_image(ds: Dataset) -> bool:
     return "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
 
 
-def _select_images(datasets: list[Dataset]) -> list[Dataset]:
-    images = [ds for ds in datasets if _is_image(ds)]
+def read_images(source: Path | str | Sequence[Path | str] | Sequence[Dataset]) -> list[Dataset]:
+    """The image datasets of ``source``, skipping non-DICOM files, DICOMDIRs, non-images and scouts.
+
+    No geometry checks: callers that must report on a series that cannot be analysed still get its
+    slices (patient and study for the "cannot assess" SR come from them).
+    """
+    images = [ds for ds in _read(source) if _is_image(ds)]
     # scouts ride along in many series; they are not part of the axial stack
     images = [ds for ds in images if "LOCALIZER" not in [str(v).upper() for v in (ds.get("ImageType") or [])]]
     if not images:
         raise CannotAssess("no_images", "no CT image slices found in the series")
+    return images
+
+
+def _check_series(images: list[Dataset]) -> None:
     modalities = {str(ds.get("Modality", "")) for ds in images}
     if modalities - {"CT"}:
         raise CannotAssess("not_ct", f"modality {sorted(modalities)} is not CT")
@@ -221,7 +230,6 @@ def _select_images(datasets: list[Dataset]) -> list[Dataset]:
         raise CannotAssess("unsupported_multiframe", "multi-frame (enhanced) CT is not supported")
     if len(images) == 1:
         raise CannotAssess("single_slice", "a single slice is not a volume")
-    return images
 
 
 def _check_consistency(datasets: list[Dataset]) -> None:

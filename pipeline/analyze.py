@@ -1,0 +1,198 @@
+"""The pipeline's one public entry: one CT series in, SEG + SR + overlay series + result.json out.
+
+    volume → brain → segment → (classify) → encode
+
+``Analyzer`` loads the models once (a worker keeps it for many studies); ``analyze()`` is the
+one-shot convenience. A series that cannot be analysed yields ``status = cannot_assess`` with a
+coded reason (and an SR saying so whenever the slices identify a patient and study); programming
+errors are not disguised as "cannot assess" and propagate to the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from pipeline.brain import extract_brain
+from pipeline.encode.common import DeviceInfo
+from pipeline.encode.sc import build_overlays, summary_line
+from pipeline.encode.seg import SegmenterInfo, build_seg
+from pipeline.encode.sr import Findings, build_sr
+from pipeline.models import ModelPaths
+from pipeline.result import AnalysisResult, CannotAssess, Risk, Status
+from pipeline.segment import load_segmenter
+from pipeline.volume import load_series, read_images
+
+log = logging.getLogger(__name__)
+
+Source = Path | str | Sequence[Path | str] | Sequence[Dataset]
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Which objects to write; the overlay series is configurable per destination."""
+
+    seg: bool = True
+    sr: bool = True
+    overlay: bool = True
+    overlay_slices: int = 3
+
+
+class Analyzer:
+    """Holds the loaded models; ``analyze`` may be called for many series."""
+
+    def __init__(
+        self,
+        models: ModelPaths | None = None,
+        outputs: OutputOptions | None = None,
+        device: DeviceInfo | None = None,
+    ) -> None:
+        self.models = models or ModelPaths()
+        self.outputs = outputs or OutputOptions()
+        self.device = device or DeviceInfo()
+        self.segmenter = load_segmenter(self.models.segmenter)
+        self.classifier = None
+        if self.models.classifier is not None:
+            from pipeline.classify import load_classifier  # model 2 runtime; heavy, optional
+
+            self.classifier = load_classifier(self.models.classifier)
+
+    @property
+    def model_versions(self) -> dict[str, str]:
+        versions = {"segmenter": str(self.segmenter.version)}
+        if self.classifier is not None:
+            versions["classifier"] = str(self.classifier.version)
+        return versions
+
+    def _model_names(self) -> dict[str, str]:
+        """Names + versions for the SR's device observer (human-readable)."""
+        names = {"segmenter": f"{self.segmenter.name} v{self.segmenter.version}"}
+        if self.classifier is not None:
+            names["classifier"] = f"{getattr(self.classifier, 'name', 'classifier')} v{self.classifier.version}"
+        return names
+
+    def analyze(self, source: Source, out_dir: Path | str, predecessor: Sequence[Dataset | Path | str] | None = None) -> AnalysisResult:
+        """Analyse one series and write seg.dcm, sr.dcm, sc/*.dcm and result.json into ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        timings: dict[str, float] = {}
+        previous = [_as_dataset(p) for p in (predecessor or [])]
+        datasets: list[Dataset] = []
+        try:
+            with _timed(timings, "load"):
+                datasets = read_images(source)
+                series = load_series(datasets)
+                datasets = series.datasets
+            with _timed(timings, "brain"):
+                brain = extract_brain(series.volume)
+            if not brain.any():
+                raise CannotAssess("no_brain", "no brain or cranial cavity found in the scanned range")
+            with _timed(timings, "segmentation"):
+                mask = np.asarray(self.segmenter.predict_mask(series.volume, brain), dtype=bool) & brain
+                volume_ml = float(mask.sum() * series.volume.voxel_volume_ml)
+            probability, risk = None, None
+            if self.classifier is not None:
+                with _timed(timings, "classification"):
+                    prediction = self.classifier.predict(series.volume, mask)
+                    probability, risk = float(prediction.probability), Risk(prediction.risk)
+        except CannotAssess as exc:
+            log.info("cannot assess: %s", exc.code)
+            return self._cannot_assess(exc, datasets, out, previous, timings)
+
+        result = AnalysisResult(
+            status=Status.ANALYZED,
+            volume_ml=round(volume_ml, 3),
+            expansion_probability=probability,
+            risk=risk,
+            model_versions=self.model_versions,
+            timings_s=timings,
+        )
+        with _timed(timings, "encoding"):
+            source_mask = series.mask_to_source(mask)
+            seg = build_seg(
+                datasets, source_mask, SegmenterInfo(self.segmenter.name, str(self.segmenter.version)), self.device
+            )
+            result.outputs["seg"] = [_save(seg, out / "seg.dcm")] if self.outputs.seg else []
+            findings = Findings(
+                volume_ml=volume_ml,
+                expansion_probability=probability,
+                risk=risk.value if risk else None,
+                model_versions=self._model_names(),
+            )
+            if self.outputs.sr:
+                sr = build_sr(datasets, findings, seg=seg, predecessors=previous, device=self.device)
+                result.outputs["sr"] = [_save(sr, out / "sr.dcm")]
+            if self.outputs.overlay:
+                text = summary_line(volume_ml, findings.risk, probability)
+                overlays = build_overlays(datasets, source_mask, text, self.outputs.overlay_slices, self.device)
+                result.outputs["sc"] = [_save(sc, out / "sc" / f"sc_{i + 1:03d}.dcm") for i, sc in enumerate(overlays)]
+        result.timings_s = {k: round(v, 3) for k, v in timings.items()}
+        result.write(out)
+        return result
+
+    def _cannot_assess(
+        self, exc: CannotAssess, datasets: list[Dataset], out: Path, previous: list[Dataset], timings: dict[str, float]
+    ) -> AnalysisResult:
+        result = AnalysisResult(
+            status=Status.CANNOT_ASSESS,
+            reason=f"{exc.code}: {exc.message}",
+            model_versions=self.model_versions,
+        )
+        study = _one_study(datasets)
+        if study and self.outputs.sr:
+            with _timed(timings, "encoding"):
+                findings = Findings(reason_code=exc.code, model_versions=self._model_names())
+                sr = build_sr(study, findings, predecessors=previous, device=self.device)
+                result.outputs["sr"] = [_save(sr, out / "sr.dcm")]
+        result.timings_s = {k: round(v, 3) for k, v in timings.items()}
+        result.write(out)
+        return result
+
+
+def analyze(
+    source: Source,
+    out_dir: Path | str,
+    models: ModelPaths | None = None,
+    predecessor: Sequence[Dataset | Path | str] | None = None,
+) -> AnalysisResult:
+    """One-shot convenience: load the models, analyse one series."""
+    return Analyzer(models).analyze(source, out_dir, predecessor=predecessor)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _save(ds: Dataset, path: Path) -> str:
+    """Write a DICOM file (temp name, then rename: a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    ds.save_as(tmp, enforce_file_format=True)
+    tmp.replace(path)
+    return str(path.relative_to(path.parents[1] if path.parent.name == "sc" else path.parent))
+
+
+def _as_dataset(item: Dataset | Path | str) -> Dataset:
+    return item if isinstance(item, Dataset) else pydicom.dcmread(item)
+
+
+def _one_study(datasets: list[Dataset]) -> list[Dataset]:
+    """Slices usable as SR evidence: those of the first study that carry the identifying UIDs."""
+    usable = [ds for ds in datasets if ds.get("StudyInstanceUID") and ds.get("SeriesInstanceUID") and ds.get("SOPInstanceUID")]
+    if not usable:
+        return []
+    study = usable[0].StudyInstanceUID
+    return [ds for ds in usable if ds.StudyInstanceUID == study]
