@@ -70,6 +70,19 @@ def _model_paths(source: ModelSource):
     return (ModelPaths.bundled() if source.bundled_fallback else ModelPaths()), None
 
 
+def predecessor_files(result_dir: str | Path) -> list[str]:
+    """The DICOM objects of an earlier result (SR, SEG, overlays) that a re-analysis replaces and references."""
+    import json
+
+    root = Path(result_dir)
+    try:
+        outputs = json.loads((root / "result.json").read_text()).get("outputs") or {}
+    except (OSError, ValueError):
+        return []
+    files = [root / rel for kind in ("sr", "seg", "sc") for rel in outputs.get(kind) or []]
+    return [str(f) for f in files if f.is_file()]
+
+
 def _analyze_kwargs(analyzer: Any, request: dict) -> dict:
     """Optional arguments, passed only when given and when this analyzer accepts them."""
     import inspect
@@ -77,7 +90,7 @@ def _analyze_kwargs(analyzer: Any, request: dict) -> dict:
     params = inspect.signature(analyzer.analyze).parameters
     kwargs: dict[str, Any] = {}
     if request.get("predecessor"):
-        kwargs["predecessor"] = request["predecessor"]
+        kwargs["predecessor"] = predecessor_files(request["predecessor"])
     if request.get("cannot_assess") and "cannot_assess" in params:
         from pipeline.result import CannotAssess
 

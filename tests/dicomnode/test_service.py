@@ -136,7 +136,8 @@ def test_node_delivers_then_reanalyses_a_late_instance(tmp_path, free_port, fake
         dcmtk("storescu", "-aec", "ICHNODE", "127.0.0.1", cfg.node.port, *late.iterdir())
         second = wait_for(lambda: [j for j in node.queue.list() if j.state is JobState.SENT and j.id != first.id])[0]
         assert len(second.payload["files"]) == 28
-        assert Path(second.result_dir, "predecessor").read_text() == first.result_dir  # replace link
+        expected = [str(Path(first.result_dir, n)) for n in ("sr.dcm", "seg.dcm")]
+        assert Path(second.result_dir, "predecessor").read_text() == str(expected)  # replace link
         assert peer.stores() == 4  # two results, each delivered once
         assert len(peer.received_sops()) == 4
     finally:

@@ -96,7 +96,8 @@ def test_models_load_once_outputs_by_hash_and_predecessor_link(tmp_path, fake):
         pids = {Path(j.result_dir, "pid").read_text() for j in (first, second)}
         assert len(pids) == 1 and str(proc.pid) in pids
         # the re-analysis is told which earlier result it replaces
-        assert Path(second.result_dir, "predecessor").read_text() == first.result_dir
+        expected = [str(Path(first.result_dir, n)) for n in ("sr.dcm", "seg.dcm")]
+        assert Path(second.result_dir, "predecessor").read_text() == str(expected)
         assert Path(first.result_dir, "predecessor").read_text() == "None"
     finally:
         proc.stop()
