@@ -71,13 +71,19 @@ def _bn_affine(model, images: np.ndarray, labels: np.ndarray, steps: int, batch:
 
 
 def warm_up(name: str, images: np.ndarray, labels: np.ndarray, out: Path, *, seed: int = 20240101,
-            steps: int = 0, batch: int = 16, input_size: int | None = None) -> Path:
-    """Warm-up-train ``name`` on windowed key slices ``images`` (n, s, s, 3; 0..255) and save it to ``out``."""
+            steps: int = 0, batch: int = 16, input_size: int | None = None, max_images: int | None = 192) -> Path:
+    """Warm-up-train ``name`` on windowed key slices ``images`` (n, s, s, 3; 0..255) and save it to ``out``.
+
+    ``max_images``: BatchNorm statistics use a seeded random subset of this size (CPU budget).
+    """
     backbone = cnn.get_backbone(name)
     t0 = time.time()
     model = cnn.build_seeded(backbone, seed, input_size)
     images = np.asarray(images, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
+    if max_images and len(images) > max_images:
+        keep = np.sort(np.random.default_rng(seed).choice(len(images), max_images, replace=False))
+        images, labels = images[keep], labels[keep]
     _bn_statistics(model, images, batch, backbone)
     losses = _bn_affine(model, images, labels, steps, batch, seed, backbone) if steps else []
     if steps:

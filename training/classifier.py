@@ -108,8 +108,8 @@ def cases_fingerprint(cases: list[CohortCase]) -> str:
     h = hashlib.sha256()
     for c in sorted(cases, key=lambda c: c.case_id):
         h.update(f"{c.case_id}:{c.label};".encode())
-        if c.mask_path.is_file():
-            h.update(hashlib.sha256(c.mask_path.read_bytes()).digest())
+        if c.mask_path is not None and Path(c.mask_path).is_file():
+            h.update(hashlib.sha256(Path(c.mask_path).read_bytes()).digest())
     return h.hexdigest()
 
 
@@ -169,6 +169,21 @@ def extract_base(cases: list[CohortCase], cache: FeatureCache, radiomics_params:
         cache.write_json(case.case_id, f"{extractor.version}.json", feats)  # last: marks the case complete
         if progress:
             progress(i + 1, len(todo), time.time() - t0)
+
+
+def extract_slices(cases: list[CohortCase], cache: FeatureCache, sizes=tuple(CNN_SIZES.values())) -> None:
+    """Only the windowed CNN key slices (for backbone warm-up cohorts); cached."""
+    from pipeline.features import cnn
+
+    for case in cases:
+        path = cache.root / safe_key(case.case_id) / "slices.npz"
+        if path.is_file():
+            continue
+        volume, mask = load_case(case)
+        if not mask.any():
+            continue
+        np.savez_compressed(cache.dir(case.case_id) / "slices.npz",
+                            **{f"s{s}": cnn.slice_images(volume.hu, mask, s)[..., :1] for s in sizes})
 
 
 def cnn_table(cases: list[CohortCase], cache: FeatureCache, name: str, weights, tag: str,
@@ -269,7 +284,7 @@ def fit_module(name: str, X: pd.DataFrame, y: np.ndarray, seed: int = 0, n_featu
         search.fit(X, y)
     best = clone(search.estimator).set_params(**search.best_params_)
     best.set_params(memory=None)
-    folds = StratifiedKFold(5, shuffle=True, random_state=seed + 1)
+    folds = StratifiedKFold(max(2, min(5, int(np.bincount(y).min()))), shuffle=True, random_state=seed + 1)
     calibrated = CalibratedClassifierCV(best, method="sigmoid", cv=folds, ensemble=False)
     pipeline = Pipeline([("model", calibrated)])
     pipeline.fit(X, y)

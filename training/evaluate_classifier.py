@@ -39,14 +39,19 @@ class Prepared:
     seed: int
 
 
-def _tag(train_cases, seed: int, steps: int) -> str:
-    h = hashlib.sha256(json.dumps([sorted(c.case_id for c in train_cases), seed, steps]).encode())
+def _tag(warm_cases, seed: int, steps: int) -> str:
+    h = hashlib.sha256(json.dumps([sorted(c.case_id for c in warm_cases), seed, steps]).encode())
     return h.hexdigest()[:12]
 
 
 def prepare(cohort: Path | str, cache_dir: Path | str | None = None, *, seed: int = 0, warmup_steps: int = 0,
-            backbones=("resnet50", "inception_v3"), cnn_sizes: dict | None = None, progress=None) -> Prepared:
-    """Split, extract (cached) and warm up the CNN backbones on the training split only."""
+            warmup_cohort: Path | str | None = None, backbones=("resnet50", "inception_v3"),
+            cnn_sizes: dict | None = None, progress=None) -> Prepared:
+    """Split, extract (cached) and warm up the CNN backbones.
+
+    The backbones warm up on ``warmup_cohort`` (a separate synthetic cohort, so the CNN features do
+    not depend on the split) or, without one, on the training split's cases only.
+    """
     from pipeline.features.cnn import WarmupWeights
     from training.backbone_warmup import warm_up
 
@@ -54,17 +59,25 @@ def prepare(cohort: Path | str, cache_dir: Path | str | None = None, *, seed: in
     cache = C.FeatureCache(cache_dir or cohort / "features-cache")
     cases = C.read_cohort(cohort)
     sizes = {**C.CNN_SIZES, **(cnn_sizes or {})}
-    C.extract_base(cases, cache, sizes=tuple(sorted(set(sizes[b] for b in backbones))), progress=progress)
+    used = tuple(sorted(set(sizes[b] for b in backbones)))
+    C.extract_base(cases, cache, sizes=used, progress=progress)
     cases = [c for c in cases if cache.has_base(c.case_id, "radiomics-v1")]
     train, test = C.split_cohort(cases, seed)
+    if warmup_cohort is not None:
+        warm_cache = C.FeatureCache(cache.root / "warmup-cohort")
+        warm_cases = C.read_cohort(warmup_cohort)
+        C.extract_slices(warm_cases, warm_cache, used)
+        warm_cases = [c for c in warm_cases if (warm_cache.root / C.safe_key(c.case_id) / "slices.npz").is_file()]
+    else:
+        warm_cache, warm_cases = cache, train
     tables = {"radiomics": C.radiomics_table(cases, cache)}
     warm = {}
     for name in backbones:
-        tag = _tag(train, seed, warmup_steps) + f"-{sizes[name]}"
+        tag = _tag(warm_cases, seed, warmup_steps) + f"-{sizes[name]}"
         path = cache.root / "backbones" / f"{name}-{tag}.npz"
         if not path.is_file():
-            imgs = np.concatenate([cache.slices(c.case_id, sizes[name]) for c in train])
-            labels = np.repeat([c.label for c in train], imgs.shape[0] // len(train))
+            imgs = np.concatenate([warm_cache.slices(c.case_id, sizes[name]) for c in warm_cases])
+            labels = np.repeat([c.label for c in warm_cases], imgs.shape[0] // len(warm_cases))
             t0 = time.time()
             warm_up(name, np.repeat(imgs, 3, axis=-1), labels, path, seed=20240101 + seed,
                     steps=warmup_steps, input_size=sizes[name])
@@ -187,7 +200,8 @@ def evaluate(prep: Prepared, out_dir: Path | str, *, n_boot: int = 2000, modules
 
 
 def train_and_ship(cohort: Path | str, out: Path | str, *, cache_dir: Path | str | None = None, seed: int = 0,
-                   warmup_steps: int = 0, version: str | None = None, module: str | None = None,
+                   warmup_steps: int = 0, warmup_cohort: Path | str | None = None,
+                   version: str | None = None, module: str | None = None,
                    n_boot: int = 2000, progress=None) -> tuple[Path, dict]:
     """The one command behind a shipped classifier: evaluate all modules, save the chosen one.
 
@@ -197,7 +211,8 @@ def train_and_ship(cohort: Path | str, out: Path | str, *, cache_dir: Path | str
     out = Path(out)
     if (out / "metadata.json").exists():
         raise FileExistsError(f"{out} already holds a model; choose a new version directory")
-    prep = prepare(cohort, cache_dir, seed=seed, warmup_steps=warmup_steps, progress=progress)
+    prep = prepare(cohort, cache_dir, seed=seed, warmup_steps=warmup_steps, warmup_cohort=warmup_cohort,
+                   progress=progress)
     summary = evaluate(prep, out / "report", n_boot=n_boot)
     fitted = summary.pop("_fitted")
     name = module or summary["selected_by_train_cv"]
@@ -212,5 +227,6 @@ def train_and_ship(cohort: Path | str, out: Path | str, *, cache_dir: Path | str
     C.save_model(fitted[name], out, version=version or (out.name if out.name.isdigit() else "1"),
                  groups=C.MODULES[name], training_cases=prep.train, cnn_weight_files=prep.warmup_files,
                  metrics=metrics, extra={"split_seed": seed, "warmup_steps": warmup_steps,
+                                         "warmup_cohort": str(warmup_cohort) if warmup_cohort else "training split",
                                          "report": "report/report.html"})
     return out, summary

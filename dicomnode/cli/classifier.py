@@ -39,6 +39,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         cache: Optional[Path] = typer.Option(None, "--cache", help="Per-case feature cache (default COHORT/features-cache)."),
         seed: int = typer.Option(0, "--seed", help="Split / CV seed."),
         warmup_steps: int = typer.Option(0, "--warmup-steps", min=0, help="Gradient steps on the backbones' BatchNorm (0: statistics only)."),
+        warmup_cohort: Optional[Path] = typer.Option(None, "--warmup-cohort", exists=True, file_okay=False, help="Separate synthetic cohort the CNN backbones warm up on (default: the training split)."),
         module: Optional[str] = typer.Option(None, "--module", help="Ship this module instead of the best by training CV AUC."),
         version: Optional[str] = typer.Option(None, "--version"),
         n_boot: int = typer.Option(2000, "--n-boot", min=100),
@@ -49,6 +50,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         try:
             path, summary = train_and_ship(cohort, out, cache_dir=cache, seed=seed, warmup_steps=warmup_steps,
+                                           warmup_cohort=warmup_cohort,
                                            version=version, module=module, n_boot=n_boot, progress=_progress)
         except (ValueError, FileNotFoundError, FileExistsError) as exc:
             raise _fail(str(exc))
@@ -62,6 +64,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         cache: Optional[Path] = typer.Option(None, "--cache", help="Per-case feature cache (default COHORT/features-cache)."),
         seed: int = typer.Option(0, "--seed"),
         warmup_steps: int = typer.Option(0, "--warmup-steps", min=0),
+        warmup_cohort: Optional[Path] = typer.Option(None, "--warmup-cohort", exists=True, file_okay=False),
         n_boot: int = typer.Option(2000, "--n-boot", min=100),
     ) -> None:
         """The seed's Table 2 on one split: 5 feature modules + volume and marker baselines; JSON, PNG, HTML."""
@@ -70,7 +73,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         out = out or cohort / "classifier-evaluation"
         try:
-            prep = prepare(cohort, cache, seed=seed, warmup_steps=warmup_steps, progress=_progress)
+            prep = prepare(cohort, cache, seed=seed, warmup_steps=warmup_steps, warmup_cohort=warmup_cohort,
+                           progress=_progress)
             summary = evaluate(prep, out, n_boot=n_boot)
         except (ValueError, FileNotFoundError) as exc:
             raise _fail(str(exc))

@@ -83,7 +83,7 @@ class ImagenetWeights:
 
     @property
     def key(self) -> str:
-        return f"imagenet:{self.sha256}"
+        return f"imagenet:{Path(self.path).resolve()}:{self.sha256}"
 
 
 @dataclass(frozen=True)

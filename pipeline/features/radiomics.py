@@ -209,11 +209,11 @@ class RadiomicsExtractor:
 
         settings = dict(self._stock.settings)
         _check_same_grid(image, mask)
-        image, mask = self._stock.loadImage(image, mask, None, **settings)
         label = settings.get("label", 1)
-        where = np.nonzero(sitk.GetArrayViewFromImage(mask) == label)
-        if where[0].size == 0:
+        if not (sitk.GetArrayViewFromImage(mask) == label).any():
             raise ValueError(f"radiomics: the mask has no voxels with label {label}")
+        image, mask = self._stock.loadImage(image, mask, None, **settings)
+        where = np.nonzero(sitk.GetArrayViewFromImage(mask) == label)
         # numpy's (z, y, x) extent -> pyradiomics' (xmin, xmax, ymin, ymax, zmin, zmax)
         extent = np.array([(int(w.min()), int(w.max())) for w in where[::-1]]).ravel()
         box = _margin_box(extent, image.GetSize(), MARGIN)

@@ -1,0 +1,112 @@
+"""Model 2 CNN features: key slices, windowing, ImageNet-file loading, seeded warm-up weights."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from pipeline.features import cnn
+
+SIZE = 32  # ResNet50's smallest input: the real architecture, tiny images
+
+
+def test_key_slices_largest_area_and_clamped():
+    mask = np.zeros((10, 8, 8), np.uint8)
+    mask[1, 2:4, 2:4] = 1
+    mask[2, 1:7, 1:7] = 1          # largest
+    mask[3, 3:5, 3:5] = 1
+    assert cnn.key_slices(mask) == [0, 2, 5]  # 2-3 clamped to 0
+    mask[:] = 0
+    mask[8, :, :] = 1
+    assert cnn.key_slices(mask) == [5, 8, 9]
+    with pytest.raises(ValueError, match="empty"):
+        cnn.key_slices(np.zeros((4, 4, 4)))
+
+
+def test_brain_window_and_slice_images():
+    w = cnn.window(np.array([-100.0, 0.0, 40.0, 80.0, 1000.0]))
+    np.testing.assert_allclose(w, [0, 0, 127.5, 255, 255])
+    hu = np.full((12, 40, 40), 30.0, np.float32)
+    mask = np.zeros(hu.shape, np.uint8)
+    mask[6, 10:20, 10:20] = 1
+    imgs = cnn.slice_images(hu, mask, SIZE)
+    assert imgs.shape == (3, SIZE, SIZE, 3)
+    np.testing.assert_allclose(imgs, 255 * 30 / 80, rtol=1e-5)
+
+
+def _keras_h5(model, path):
+    """Write weights in the legacy keras HDF5 layout of keras' published ImageNet files."""
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+    return path
+
+
+@pytest.fixture(scope="module")
+def seeded():
+    return cnn.build_seeded(cnn.get_backbone("resnet50"), seed=11, input_size=SIZE)
+
+
+def test_imagenet_file_is_loaded_through_keras_after_sha256_check(seeded, tmp_path):
+    bb = cnn.get_backbone("resnet50")
+    path = _keras_h5(seeded, tmp_path / bb.imagenet_file)   # keras' standard file name
+    ext = cnn.CnnFeatureExtractor("resnet50", cnn.ImagenetWeights(path, cnn.sha256_file(path)), SIZE)
+    assert cnn.weights_checksum(ext.model) == cnn.weights_checksum(seeded)
+    assert ext.dim == 2048 and len(ext.feature_names) == 3 * 2048
+    hu = np.random.default_rng(0).normal(40, 20, (9, 48, 48)).astype(np.float32)
+    mask = np.zeros(hu.shape, np.uint8)
+    mask[4, 10:30, 10:30] = 1
+    feats = ext.features(hu, mask)
+    assert len(feats) == 6144 and np.isfinite(list(feats.values())).all()
+    # loaded once per process: the same object comes back
+    assert cnn.load_backbone("resnet50", cnn.ImagenetWeights(path, cnn.sha256_file(path)), SIZE) is ext.model
+
+    with pytest.raises(cnn.WeightsError, match="sha256 mismatch"):
+        cnn.CnnFeatureExtractor("resnet50", cnn.ImagenetWeights(path, "0" * 64), SIZE)
+    wrong = tmp_path / "weights.h5"
+    path.rename(wrong)
+    with pytest.raises(cnn.WeightsError, match="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"):
+        cnn.CnnFeatureExtractor("resnet50", cnn.ImagenetWeights(wrong, cnn.sha256_file(wrong)), SIZE)
+    with pytest.raises(cnn.WeightsError, match="not found"):
+        cnn.CnnFeatureExtractor("resnet50", cnn.ImagenetWeights(tmp_path / bb.imagenet_file, "0" * 64), SIZE)
+
+
+def test_warmup_round_trip_is_small_and_drift_is_detected(tmp_path):
+    from training.backbone_warmup import warm_up
+
+    rng = np.random.default_rng(1)
+    images = rng.uniform(0, 255, (12, SIZE, SIZE, 3)).astype(np.float32)
+    labels = np.array([0, 1] * 6)
+    path = warm_up("resnet50", images, labels, tmp_path / "resnet50-warmup.npz", seed=5, steps=1, batch=6,
+                   input_size=SIZE)
+    assert path.stat().st_size < 1_000_000          # vs ~94 MB for the full backbone
+    meta = cnn.read_warmup_meta(path)
+    assert meta["warmup"]["steps"] == 1 and meta["seed"] == 5
+    ext = cnn.CnnFeatureExtractor("resnet50", cnn.WarmupWeights(path), SIZE)
+    assert cnn.weights_checksum(ext.model) == meta["sha256_all_weights"]
+    emb = ext.embed(images[:3])
+    assert emb.shape == (3, 2048) and np.isfinite(emb).all() and emb.std() > 0
+
+    # a different seeded initialisation (what a keras upgrade could cause) must not pass silently
+    with np.load(path) as z:
+        arrays = dict(z)
+    drifted = dict(arrays, __meta__=np.array(str(arrays["__meta__"]).replace('"seed": 5', '"seed": 6')))
+    bad = tmp_path / "drifted.npz"
+    np.savez(bad, **drifted)
+    with pytest.raises(cnn.WeightsError, match="drifted"):
+        cnn.CnnFeatureExtractor("resnet50", cnn.WarmupWeights(bad), SIZE)
+
+
+def test_inception_v3_seeded_features():
+    ext = cnn.CnnFeatureExtractor.__new__(cnn.CnnFeatureExtractor)
+    model = cnn.build_seeded(cnn.get_backbone("inception_v3"), seed=2, input_size=75)
+    ext.backbone, ext.model, ext.input_size, ext.dim = cnn.get_backbone("inception_v3"), model, 75, 2048
+    out = ext.embed(np.full((3, 75, 75, 3), 128.0, np.float32))
+    assert out.shape == (3, 2048) and np.isfinite(out).all()
+
+
+def test_unknown_backbone():
+    with pytest.raises(ValueError, match="unknown backbone"):
+        cnn.get_backbone("vgg16")

@@ -1,0 +1,65 @@
+"""Model 2 radiomics: every configured image type yields features; values equal stock pyradiomics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from pipeline.features import radiomics as R
+
+from .phantoms import phantom
+
+PREFIX = {"Original": "original_", "Wavelet": "wavelet-", "Gradient": "gradient_", "Square": "square_",
+          "SquareRoot": "squareroot_", "Logarithm": "logarithm_", "Exponential": "exponential_",
+          "LBP3D": "lbp-3D-"}
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    ex = R.RadiomicsExtractor(workers=2)  # the real process pool
+    ex.warm_up()
+    return ex
+
+
+def test_params_configure_the_seed_image_types_and_classes():
+    ex = R.RadiomicsExtractor(workers=1)
+    assert set(ex.image_types) == set(PREFIX)
+    assert set(ex._stock.enabledFeatures) == {"shape", "firstorder", "glcm", "gldm", "glszm", "glrlm", "ngtdm"}
+    assert ex.version == "radiomics-v1"
+
+
+@pytest.mark.parametrize("where", ["centre", "edge"])
+def test_identical_to_stock_and_every_image_type_present(extractor, where):
+    # "edge": the hematoma touches the first slice, so the crop keeps that axis whole (periodic wavelet)
+    kw = {} if where == "centre" else {"centre": (3.0, 4.0, -27.0), "radii": (12.0, 9.0, 9.0)}
+    image, mask = phantom(seed=1, **kw)
+    ours = extractor.extract(image, mask)
+    stock = R.stock_features(image, mask)
+    assert list(ours) == list(stock)                       # same names, same order
+    np.testing.assert_array_equal(np.array(list(ours.values())), np.array(list(stock.values())))
+    for itype, prefix in PREFIX.items():
+        assert any(k.startswith(prefix) for k in ours), f"{itype} yielded no features"
+    assert sum(k.startswith("original_") for k in ours) == 107
+    assert {k.split("_")[0] for k in ours if k.startswith("lbp-3D-")} == {"lbp-3D-m1", "lbp-3D-m2", "lbp-3D-k"}
+
+
+def test_lbp3d_guard_names_the_cause(monkeypatch):
+    import scipy.special
+
+    monkeypatch.delattr(scipy.special, "sph_harm")
+    with pytest.raises(R.LBP3DUnavailable, match="sph_harm.*scipy<1.17"):
+        R._check_lbp3d()
+
+
+def test_mask_off_grid_and_empty_mask_are_refused():
+    ex = R.RadiomicsExtractor(workers=1)
+    image, mask = phantom()
+    moved = sitk.Image(mask)
+    moved.SetOrigin((0.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="voxel grid"):
+        ex.extract(image, moved)
+    empty = sitk.Image(mask.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(image)
+    with pytest.raises(ValueError, match="no voxels"):
+        ex.extract(image, empty)
