@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 
 from pydicom.dataset import Dataset
+
+# Anonymised sources carry names like "REMOVED"; highdicom warns on every object we write. Copied
+# verbatim on purpose (we never rewrite patient identity), so the warning is noise here.
+warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
 
 # Patient / study attributes of type 2: they must be present, and may be empty. Anonymised or
 # incomplete sources (the GE head lacks birth date and sex) must not make our objects invalid.
