@@ -98,6 +98,7 @@ def synthetic_head_ct(out_dir: str | os.PathLike, *, slices: int = 24, size: int
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.ConvolutionKernel, ds.KVP, ds.SliceThickness = "STANDARD", 120, thickness_mm
         ds.ImagePositionPatient = [-half, -half, z]
+        ds.PositionReferenceIndicator, ds.AcquisitionNumber = "", 1
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.SliceLocation = z
         ds.PixelSpacing = [pixel_mm, pixel_mm]

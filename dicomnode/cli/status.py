@@ -38,6 +38,9 @@ def gather(cfg) -> dict:
                    "state": "ok" if usage.free >= 2 * cfg.storage.min_free_bytes
                    else "low" if usage.free >= cfg.storage.min_free_bytes else "full (refusing C-STORE)"}
     out["models"] = _models(cfg)
+    from dicomnode.heartbeat import read_state  # the scheduled synthetic study (issue 7), None if never run
+
+    out["heartbeat"] = read_state(data_dir)
     return out
 
 
@@ -111,3 +114,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         for kind, v in info["models"].items():
             m.add_row(kind, *(("-", "not installed (fallback)", "-") if v is None else (v["version"], v["name"], v["path"])))
         console.print(m)
+        hb = info.get("heartbeat")
+        if hb:
+            colour = {"ok": "green", "failed": "red"}.get(hb.get("state"), "yellow")
+            console.print(f"heartbeat: [{colour}]{hb.get('state')}[/], last success {when(hb.get('last_success'))}"
+                          + (f" ({hb['last_duration_s']:.0f} s end to end)" if hb.get("last_duration_s") else "")
+                          + (f"; last error: {hb['last_error']}" if hb.get("last_error") else "")
+                          + ("; one in flight" if hb.get("pending") else ""))
