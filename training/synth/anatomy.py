@@ -68,7 +68,7 @@ class PhantomHead:
         atrophy = float(rng.beta(2.0, 2.5))
         return cls(size=size, skull_mm=rng.uniform(5.0, 8.0), scalp_mm=rng.uniform(4.0, 7.5), atrophy=atrophy,
                    tissue=Tissue.draw(rng), sulci=WaveField(rng, rng.uniform(18, 24), 10),
-                   folia=WaveField(rng, 7.0, 6), fat_field=WaveField(rng, 30.0, 4),
+                   folia=WaveField(rng, 7.0, 6), fat_field=WaveField(rng, 22.0, 12),
                    pineal_calc=bool(rng.random() < 0.45), plexus_calc=bool(rng.random() < 0.5),
                    leuko=float(rng.uniform(3, 8)) if rng.random() < 0.35 * (0.5 + atrophy) else 0.0,
                    asym=rng.normal(0, 1.0, 3))
@@ -121,8 +121,9 @@ class PhantomHead:
             return base & (inf | self._brainstem(x, y, z))
         raise ValueError(f"unknown compartment {name!r}")
 
-    def site(self, location: str, rng: np.random.Generator) -> tuple[np.ndarray, str]:
-        """A hematoma centre (head frame) and its compartment for a location class."""
+    def site(self, location: str, rng: np.random.Generator, radius_mm: float = 10.0) -> tuple[np.ndarray, str]:
+        """A hematoma centre (head frame) and its compartment for a location class; lobar clots
+        are kept about one radius off the falx."""
         side = 1.0 if rng.random() < 0.5 else -1.0
         comp = "supra_left" if side > 0 else "supra_right"
         if location == "deep":
@@ -142,7 +143,7 @@ class PhantomHead:
                 d /= np.linalg.norm(d)
                 r = d * np.array(self.size) * rng.uniform(0.55, 0.8)
                 x, y, z = (np.array([v]) for v in r)
-                if self.compartment(comp, x, y, z)[0] and self.cavity_depth(x, y, z)[0] < -10:
+                if abs(r[0]) > max(12.0, 0.8 * radius_mm + 4) and self.compartment(comp, x, y, z)[0] and self.cavity_depth(x, y, z)[0] < -10:
                     return r, comp
             return np.array([side * 40.0, -20.0, 25.0]), comp
         if location == "cerebellar":
@@ -191,8 +192,11 @@ class PhantomHead:
         soft[low] |= face
         hu[soft] = t.soft
         code[soft] = SOFT
+        # subcutaneous fat: a layer in the middle of the scalp, fat pads in face and neck
         ext = np.flatnonzero(soft & (d_cav > 0))
-        fat_thr = 1.1 - 0.9 * sigmoid((d_main[ext] - outer[ext] + 2.5) * 2)
+        layer = (d_main[ext] - self.skull_mm) / (outer[ext] - self.skull_mm)
+        in_layer = (layer > 0.45) & (layer < 0.7)
+        fat_thr = np.where(in_layer, -0.3, np.where(d_main[ext] > self.skull_mm, 9.0, 0.7))
         hu[ext[self.fat_field(x[ext], y[ext], z[ext]) > fat_thr]] = t.fat
         # orbits: fat cone, globe
         hl, cl = hu[low], code[low]
@@ -202,7 +206,7 @@ class PhantomHead:
         hu[low] = hl
         # skull: inner table, diploe, outer table; thicker skull base
         thick = self.skull_mm * (1.0 - 0.4 * np.exp(-((z + 10.0) / 20.0) ** 2) * (x / self.size[0]) ** 2)
-        thick[low] += 8.0 * ((zl < self._floor(yl) + 2) & (d_cav[low] > 0))
+        thick[low] += 3.0 * ((zl < self._floor(yl) + 2) & (d_cav[low] > 0))
         skull = (d_cav >= 0) & (d_cav < thick)
         table = np.minimum(d_cav, thick - d_cav) < 1.7
         hu[skull] = t.diploe
@@ -259,8 +263,9 @@ class PhantomHead:
             n = self.sulci(x[band], y[band], z[band])
             dep = depth[band]
             ws = 0.12 + 0.25 * self.atrophy
-            sul = (np.abs(n) < ws) & (dep < 16.0 + 4.0 * n)
-            gm = (np.abs(n) < ws + 0.85) | (dep < 2.8)
+            d_sul = 13.0 + 5.0 * self.fat_field(y[band], z[band], x[band])     # sulcal depth varies
+            sul = (np.abs(n) < ws) & (dep < d_sul)
+            gm = ((np.abs(n) < ws + 0.8) & (dep < d_sul + 2.5)) | (dep < 2.8)
             hb = np.where(gm, t.gm, t.wm).astype(np.float32)
             cb = np.where(gm, GM, WM).astype(np.uint8)
             hb[sul] = t.csf
@@ -274,7 +279,12 @@ class PhantomHead:
             deep |= ellipsoid(x, y, z, (sx * 22, -2, 1), (6.5, 15, 10)) < 1
             deep |= ellipsoid(x, y, z, (sx * 10, 16, 4), (8, 13, 8)) < 1
         deep &= cer
-        hu[deep] = t.deep_gm
+        # soft-edged nuclei: partial volume against the surrounding white matter
+        for sx in (-1, 1):
+            for c, a in (((sx * 12, -12, 11), (5, 10, 8)), ((sx * 22, -2, 1), (6.5, 15, 10)), ((sx * 10, 16, 4), (8, 13, 8))):
+                e = ellipsoid(x, y, z, c, a)
+                wgt = np.clip((1.25 - e) / 0.5, 0, 1) * (code == WM)
+                hu += (t.deep_gm - hu) * wgt
         code[deep] = GM
         # posterior fossa: cerebellar cortex with folia, WM core, brainstem
         pf = brain & inf
@@ -303,8 +313,8 @@ class PhantomHead:
         hu[vent] = t.csf
         code[vent] = VENT
         # falx: a thin dense sheet in the fissure
-        falx = fissure & (np.abs(x - falx_x) < 0.45)
-        hu[falx] = t.falx
+        falx_w = np.clip(1.0 - np.abs(x - falx_x) / 0.9, 0, 1) * fissure    # partial volume of a ~1 mm sheet
+        hu += (t.falx - hu) * falx_w
         sss = (np.abs(x - falx_x) < 4.0) & (d_cav > -4.0) & (z > 0) & ~inf
         hu[sss] = t.sinus
         if self.pineal_calc:

@@ -43,6 +43,13 @@ def upsample(img: np.ndarray, step: int) -> np.ndarray:
     return img
 
 
+def blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
+    """In-plane point-spread function of a standard (soft-tissue) reconstruction kernel."""
+    if sigma_px <= 0.05:
+        return img
+    return ndimage.gaussian_filter(img, (0, sigma_px, sigma_px), mode="nearest")
+
+
 def add_noise(img: np.ndarray, sigma_hu: float, rng: np.random.Generator, corr_px: float = 0.7) -> np.ndarray:
     """Add noise with a CT-like (low-pass, correlated) texture and the given standard deviation."""
     if sigma_hu <= 0:

@@ -85,7 +85,7 @@ class Scene:
 
 
 def render_series(scene: Scene, acq: Acquisition, pose: Pose, noise_hu: float, streak_hu: float,
-                  rng: np.random.Generator) -> np.ndarray:
+                  rng: np.random.Generator, psf_mm: float = 0.6) -> np.ndarray:
     """HU volume (K, M, M) float32 as the scanner would store it (rounded)."""
     step = 2 if acq.matrix >= 256 else 1
     n_sub = max(1, int(round(acq.thickness_mm / 1.25)))
@@ -101,6 +101,7 @@ def render_series(scene: Scene, acq: Acquisition, pose: Pose, noise_hu: float, s
             band = np.flatnonzero(np.abs(hz + 40.0) < 22.0)
             hu[band] += physics.streaks(hx[band], hy[band], hz[band], streak_hu, rng)
         out[k0:k1] = physics.slab_average(hu.reshape((k1 - k0) * n_sub, m, m), n_sub)
+    out = physics.blur(out, psf_mm / (acq.pixel_mm * step))
     img = physics.upsample(out, step)
     img = physics.add_noise(img, noise_hu, rng)
     return (physics.to_stored(img).astype(np.float32) - physics.STORED_OFFSET)
