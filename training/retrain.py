@@ -426,7 +426,11 @@ def _outcome_line(o: KindOutcome) -> str:
     if o.refused:
         return f"refused: {o.refused}"
     state = "promoted" if o.promoted else ("gate refused" if o.gate and not o.gate.passed else "not promoted")
-    return f"v{o.candidate_version} {state} (served before: v{o.served_version})"
+    return f"v{o.candidate_version} {state} (served before: {_v(o.served_version)})"
+
+
+def _v(version: str | None) -> str:
+    return f"v{version}" if version else "none"
 
 
 def _write_report(report: RetrainReport) -> None:
@@ -444,10 +448,12 @@ def _write_report(report: RetrainReport) -> None:
         if o.refused:
             lines.append(f"Refused: {o.refused}")
             continue
-        lines.append(f"Candidate v{o.candidate_version} vs served v{o.served_version}: "
+        lines.append(f"Candidate v{o.candidate_version} vs served {_v(o.served_version)}: "
                      f"{'promoted' if o.promoted else 'not promoted'}.")
         lines += ["", "| metric | candidate | served |", "|---|---|---|"]
         for metric in sorted(set(o.candidate_metrics) | set(o.served_metrics or {})):
+            if isinstance(o.candidate_metrics.get(metric), (list, dict)):
+                continue
             lines.append(f"| {metric} | {_fmt(o.candidate_metrics.get(metric))} | "
                          f"{_fmt((o.served_metrics or {}).get(metric))} |")
         lines += [""] + [f"- {r}" for r in (o.gate.reasons if o.gate else [])]

@@ -104,7 +104,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                 continue
             verdict = "[bold green]promoted[/]" if o.promoted else "[yellow]not promoted[/]"
             console.print(f"[bold]{o.kind}[/]: candidate v{o.candidate_version} {verdict} "
-                          f"(served before: v{o.served_version})", highlight=False)
+                          f"(served before: {'v' + o.served_version if o.served_version else 'none'})", highlight=False)
             for reason in o.gate.reasons:
                 console.print(f"  {reason}", highlight=False)
         console.print(f"report: {report.run_dir / 'report.md'}", highlight=False)
