@@ -2,8 +2,9 @@
 processes + storescu + Orthanc. Several studies are pushed, one worker is killed with -9 while it
 analyses, and every study's SEG and SR must reach Orthanc exactly once.
 
-The analysis is the real ``pipeline.analyze.Analyzer`` (skipped while it is not in the tree);
-``ICH_TEST_ANALYZER=module:Class`` (with ``PYTHONPATH``) swaps it, for developing the node alone.
+Two runs: ``real`` with ``pipeline.analyze.Analyzer`` (skipped while it is not in the tree), and
+``double`` with a test double that writes SEG- and SR-class objects after a few seconds, so the node's
+own guarantees (late ack, leases, re-run, exactly-once delivery) are checked even without the pipeline.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from pydicom.uid import generate_uid
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dicomnode"))
 from test_queue_celery import RedisServer  # noqa: E402
 
-ANALYZER = os.environ.get("ICH_TEST_ANALYZER", "pipeline.analyze:Analyzer")
+REAL = "pipeline.analyze:Analyzer"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 
@@ -33,11 +35,49 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
     pytest.mark.timeout(600),
-    pytest.mark.skipif(importlib.util.find_spec(ANALYZER.partition(":")[0]) is None,
-                       reason=f"{ANALYZER.partition(':')[0]} (the real analysis) is not in the tree yet"),
 ]
 
 N_STUDIES = 4
+
+DOUBLE = textwrap.dedent('''
+    """Test double: SEG + SR objects (SOP classes set, content from a CT slice) after a few seconds."""
+    import time
+    from pathlib import Path
+    import pydicom
+    from pydicom.uid import generate_uid
+    from pipeline.result import AnalysisResult, Status
+
+    class Analyzer:
+        def __init__(self, models):
+            pass
+
+        def analyze(self, files, out_dir, predecessor=None):
+            time.sleep(4)  # long enough to be killed in the middle
+            out = Path(out_dir)
+            src = pydicom.dcmread(sorted(files)[0])
+            for name, cls, modality in (("seg.dcm", "1.2.840.10008.5.1.4.1.1.66.4", "SEG"),
+                                        ("sr.dcm", "1.2.840.10008.5.1.4.1.1.88.33", "SR")):
+                src.SOPInstanceUID = src.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+                src.SOPClassUID = src.file_meta.MediaStorageSOPClassUID = cls
+                src.SeriesInstanceUID, src.Modality = generate_uid(), modality
+                src.save_as(out / name)
+            result = AnalysisResult(status=Status.ANALYZED, outputs={"seg": ["seg.dcm"], "sr": ["sr.dcm"]})
+            result.write(out)
+            return result
+''')
+
+
+@pytest.fixture(params=["real", "double"])
+def analyzer(request, tmp_path):
+    """``(analyzer target, extra PYTHONPATH)`` for the node's workers."""
+    if request.param == "real":
+        if importlib.util.find_spec("pipeline.analyze") is None:
+            pytest.skip("pipeline.analyze (the real analysis) is not in the tree yet")
+        return REAL, ""
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "scaleout_double.py").write_text(DOUBLE)
+    return "scaleout_double:Analyzer", str(mods)
 
 
 def wait_for(pred, timeout: float, step: float = 0.5, what: str = "condition"):
@@ -126,7 +166,8 @@ def orthanc_instances(orthanc, study_uid: str) -> list[str]:
     return out
 
 
-def test_two_workers_one_killed_every_result_once(tmp_path, free_port, orthanc, ct_data, dcmtk):
+def test_two_workers_one_killed_every_result_once(tmp_path, free_port, orthanc, ct_data, dcmtk, analyzer):
+    target, pythonpath = analyzer
     redis = RedisServer(tmp_path / "redis", free_port()).start()
     procs: list[Proc] = []
     try:
@@ -137,7 +178,8 @@ def test_two_workers_one_killed_every_result_once(tmp_path, free_port, orthanc, 
                "ICH_NODE__QUEUE__WORKER_LEASE_S": "6", "ICH_NODE__QUEUE__VISIBILITY_TIMEOUT_S": "30",
                "ICH_NODE__QUEUE__BACKOFF_BASE_S": "1", "ICH_NODE__QUEUE__BACKOFF_MAX_S": "3",
                "ICH_NODE__QUEUE__MAX_ATTEMPTS": "5", "ICH_NODE__QUEUE__JOB_TIMEOUT_S": "300",
-               "ICH_NODE__WORKER__ANALYZER": ANALYZER, "ICH_NODE__WORKER__THREADS": "1",
+               "ICH_NODE__WORKER__ANALYZER": target, "ICH_NODE__WORKER__THREADS": "1",
+               "PYTHONPATH": os.pathsep.join(p for p in (pythonpath, os.environ.get("PYTHONPATH", "")) if p),
                "ICH_NODE__STORAGE__MIN_FREE_BYTES": "0", "ICH_NODE__SCHEDULER__SWEEP_SECONDS": "0.5",
                "ICH_NODE__SCHEDULER__RETRY_SECONDS": "1", "ICH_NODE__METRICS__ENABLED": "false",
                "ICH_NODE__NODE__DATA_DIR": str(data_dir)}
