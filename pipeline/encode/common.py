@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
 
 from pydicom.dataset import Dataset
-
-# Anonymised sources carry names like "REMOVED"; highdicom warns on every object we write. Copied
-# verbatim on purpose (we never rewrite patient identity), so the warning is noise here.
-warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
 
 # Patient / study attributes of type 2: they must be present, and may be empty. Anonymised or
 # incomplete sources (the GE head lacks birth date and sex) must not make our objects invalid.
@@ -74,3 +71,11 @@ def header_copy(ds: Dataset) -> Dataset:
     if hasattr(ds, "file_meta"):
         out.file_meta = copy.deepcopy(ds.file_meta)
     return fill_type2(out)
+
+
+@contextlib.contextmanager
+def quiet_names():
+    """Silence highdicom's person-name warning for anonymised sources ("REMOVED"), only here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
+        yield

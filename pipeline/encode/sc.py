@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from scipy import ndimage
 
-from pipeline.encode.common import DeviceInfo, header_copy, new_series_number
+from pipeline.encode.common import quiet_names, DeviceInfo, header_copy, new_series_number
 
 WINDOW_CENTER, WINDOW_WIDTH = 40.0, 80.0
 CONTOUR_RGB = (255, 40, 40)
@@ -65,20 +65,21 @@ def build_overlays(
         ds = source_datasets[k]
         rgb = render(_hu(ds), mask[k], text)
         ref = header_copy(ds)
-        sc = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=ref,
-            pixel_array=rgb,
-            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-            bits_allocated=8,
-            coordinate_system=hd.CoordinateSystemNames.PATIENT,
-            series_instance_uid=series_uid,
-            series_number=number,
-            sop_instance_uid=hd.UID(),
-            instance_number=i + 1,
-            manufacturer=device.manufacturer,
-            patient_orientation=patient_orientation(ds),
-            pixel_spacing=tuple(float(v) for v in ds.PixelSpacing),
-        )
+        with quiet_names():
+            sc = hd.sc.SCImage.from_ref_dataset(
+                ref_dataset=ref,
+                pixel_array=rgb,
+                photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+                bits_allocated=8,
+                coordinate_system=hd.CoordinateSystemNames.PATIENT,
+                series_instance_uid=series_uid,
+                series_number=number,
+                sop_instance_uid=hd.UID(),
+                instance_number=i + 1,
+                manufacturer=device.manufacturer,
+                patient_orientation=patient_orientation(ds),
+                pixel_spacing=tuple(float(v) for v in ds.PixelSpacing),
+            )
         sc.SeriesDescription = "ICH overlay - not for diagnostic use"
         sc.BurnedInAnnotation = "YES"
         if "Laterality" not in sc:

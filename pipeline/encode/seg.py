@@ -14,7 +14,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from pipeline.encode import codes
-from pipeline.encode.common import DeviceInfo, header_copy, new_series_number
+from pipeline.encode.common import quiet_names, DeviceInfo, header_copy, new_series_number
 
 SEGMENT_NUMBER = 1
 SEGMENT_LABEL = "Intracerebral hematoma"
@@ -59,24 +59,25 @@ def build_seg(
         tracking_id="ICH-1",
         anatomic_regions=[codes.BRAIN],
     )
-    seg = hd.seg.Segmentation(
-        source_images=[header_copy(ds) for ds in source_datasets],
-        pixel_array=mask.astype(np.uint8),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[description],
-        series_instance_uid=hd.UID(),
-        series_number=series_number or new_series_number(source_datasets, offset=1),
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=device.manufacturer,
-        manufacturer_model_name=device.model_name,
-        software_versions=device.software_version,
-        device_serial_number=device.serial_number,
-        series_description=f"ICH segmentation ({segmenter.name} v{segmenter.version}) - research use",
-        content_label="ICH",
-        content_description="Intracerebral hematoma - not for diagnostic use",
-        omit_empty_frames=False,
-    )
+    with quiet_names():
+        seg = hd.seg.Segmentation(
+            source_images=[header_copy(ds) for ds in source_datasets],
+            pixel_array=mask.astype(np.uint8),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[description],
+            series_instance_uid=hd.UID(),
+            series_number=series_number or new_series_number(source_datasets, offset=1),
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=device.manufacturer,
+            manufacturer_model_name=device.model_name,
+            software_versions=device.software_version,
+            device_serial_number=device.serial_number,
+            series_description=f"ICH segmentation ({segmenter.name} v{segmenter.version}) - research use",
+            content_label="ICH",
+            content_description="Intracerebral hematoma - not for diagnostic use",
+            omit_empty_frames=False,
+        )
     return seg
 
 

@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from pipeline.encode import codes
-from pipeline.encode.common import DeviceInfo, header_copy, new_series_number
+from pipeline.encode.common import quiet_names, DeviceInfo, header_copy, new_series_number
 from pipeline.encode.seg import SEGMENT_NUMBER
 
 SR_TITLE = hd.sr.CodedConcept("126000", "DCM", "Imaging Measurement Report")
@@ -83,21 +83,22 @@ def build_sr(
     )
     evidence = sources + ([header_copy(seg)] if seg is not None else [])
     previous = [header_copy(p) for p in (predecessors or []) if str(p.get("SOPClassUID", "")) == COMPREHENSIVE_3D_SR]
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=evidence,
-        content=report,
-        series_instance_uid=hd.UID(),
-        series_number=series_number or new_series_number(source_datasets, offset=2),
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=device.manufacturer,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        institution_name=device.institution_name,
-        previous_versions=previous or None,
-        series_description="ICH measurement report - research use, not for diagnostic use",
-    )
+    with quiet_names():
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=evidence,
+            content=report,
+            series_instance_uid=hd.UID(),
+            series_number=series_number or new_series_number(source_datasets, offset=2),
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=device.manufacturer,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            institution_name=device.institution_name,
+            previous_versions=previous or None,
+            series_description="ICH measurement report - research use, not for diagnostic use",
+        )
     sr.PreliminaryFlag = "PRELIMINARY"
     sr.CodingSchemeIdentificationSequence = DicomSequence([codes.coding_scheme_identification()])
     replaced = [p for p in (predecessors or []) if str(p.get("SOPClassUID", "")) != COMPREHENSIVE_3D_SR]
