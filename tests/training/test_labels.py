@@ -123,18 +123,11 @@ def test_hook_never_raises_into_the_worker(tmp_path: Path, caplog: pytest.LogCap
 
 def analyse(series_dir: Path, out_dir: Path) -> AnalysisResult:
     """What the node's worker does with one series: the pipeline with the served (bundled) models."""
+    from pipeline.analyze import Analyzer
     from pipeline.models import ModelPaths
 
-    paths = ModelPaths.bundled()
-    try:
-        from pipeline.analyze import Analyzer
-    except ImportError:  # before pipeline.analyze exists: the same loading/brain/segmenter it runs
-        from training.labels import measure
-
-        volume = measure(series_dir, paths.segmenter).volume_ml
-        return AnalysisResult(status=Status.ANALYZED, volume_ml=volume, model_versions={"segmenter": "classical"})
     out_dir.mkdir(parents=True, exist_ok=True)
-    return Analyzer(paths).analyze(sorted(str(p) for p in Path(series_dir).iterdir()), str(out_dir))
+    return Analyzer(ModelPaths.bundled()).analyze(sorted(Path(series_dir).iterdir()), out_dir)
 
 
 @pytest.fixture(scope="module")
@@ -159,15 +152,19 @@ def test_synthetic_followup_gives_the_generators_label(synthetic_pairs: list[dic
     store = DatasetStore(tmp_path / "training")
     assert sorted(int(r["expansion"]) for r in synthetic_pairs) == [0, 1]
     for row in synthetic_pairs:
-        base = analyse(row["root"] / row["baseline_dir"], tmp_path / "out" / row["case_id"] / "b")
-        fu = analyse(row["root"] / row["followup_dir"], tmp_path / "out" / row["case_id"] / "f")
-        assert on_analysis(store, row["root"] / row["baseline_dir"], base) is None
-        case = on_analysis(store, row["root"] / row["followup_dir"], fu)
+        out = tmp_path / "out" / row["case_id"]
+        base = analyse(row["root"] / row["baseline_dir"], out / "b")
+        fu = analyse(row["root"] / row["followup_dir"], out / "f")
+        assert base.status == fu.status == Status.ANALYZED
+        assert on_analysis(store, row["root"] / row["baseline_dir"], base, seg_files=[out / "b" / "seg.dcm"]) is None
+        case = on_analysis(store, row["root"] / row["followup_dir"], fu, seg_files=[out / "f" / "seg.dcm"])
         assert case is not None, row["case_id"]
         assert case.label == int(row["expansion"]), (row["case_id"], base.volume_ml, fu.volume_ml, row["growth_ml"])
         assert (case.baseline_study_uid, case.followup_study_uid) == (row["baseline_study_uid"], row["followup_study_uid"])
         assert case.baseline_volume_ml == base.volume_ml and case.followup_volume_ml == fu.volume_ml
         assert abs(case.interval_h - float(row["interval_h"])) < 0.02
+        assert case.extra["baseline_models"] == base.model_versions
+        assert pydicom.dcmread(case.extra["seg"]).Modality == "SEG"  # the node's SEG is kept with the case
         # model 1 measures what the generator drew (loosely: the label must not hinge on luck)
         assert abs(base.volume_ml - float(row["baseline_volume_ml"])) < 0.35 * float(row["baseline_volume_ml"]) + 2
     assert store.counts()["cases"] == 2 and store.counts()["expanders"] == 1
