@@ -115,16 +115,22 @@ def all_uids(ds: pydicom.Dataset) -> set[str]:
 
 @pytest.fixture
 def phantom(ct_data, tmp_path) -> tuple[Path, Path]:
-    """The 5 mm phantom as sent by a scanner (DIRFILE included, which the node refuses), last slice held back."""
+    """The 5 mm phantom folder as a scanner export has it (with DIRFILE, which the node refuses), and a
+    changed copy of its last slice (same SOP Instance UID, new bytes) to arrive after the analysis."""
     src = ct_data / "philips-phantom-5mm"
-    d, late = tmp_path / "study", tmp_path / "late"
-    d.mkdir()
+    late = tmp_path / "late"
     late.mkdir()
-    files = sorted(src.iterdir(), key=lambda p: (p.name != "DIRFILE", int(p.name[1:]) if p.name[1:].isdigit() else 0))
-    for p in files[:-1]:
-        shutil.copy(p, d / p.name)
-    shutil.copy(files[-1], late / files[-1].name)
-    return d, late
+    ds = pydicom.dcmread(src / "I280")
+    ds.ImageComments = "corrected after the first analysis"
+    ds.save_as(late / "I280")
+    return src, late
+
+
+def send_study(dcmtk, port: int, folder: Path) -> None:
+    """``storescu +sd`` as the issue states it, with ``-nh``: the node answers DIRFILE (a DICOMDIR) with a
+    failure status, after which plain storescu would halt and leave the rest of the study unsent."""
+    r = dcmtk("storescu", "-aec", "ICHNODE", "-nh", "+sd", "127.0.0.1", port, folder)
+    assert r.returncode == 0, r.stderr
 
 
 def test_phantom_results_reach_orthanc_valid_after_outage_and_late_instance(tmp_path, free_port, orthanc, phantom,
@@ -134,7 +140,7 @@ def test_phantom_results_reach_orthanc_valid_after_outage_and_late_instance(tmp_
     node = NodeProcess(tmp_path, free_port(), orthanc.address).start(dcmtk)
     try:
         t0 = time.monotonic()
-        dcmtk("storescu", "-aec", "ICHNODE", "+sd", "127.0.0.1", node.port, study)
+        send_study(dcmtk, node.port, study)
         t_sent = time.monotonic()
         q = node.queue()
         job = wait_for(lambda: [j for j in q.list() if j.state.value == "failed" and j.stage.value == "send"], 600,
@@ -157,7 +163,7 @@ def test_phantom_results_reach_orthanc_valid_after_outage_and_late_instance(tmp_
         print(f"\nE2E timings: storescu {t_sent - t0:.1f} s, analysis done {t_encoded - t_sent:.1f} s after send, "
               f"delivered {t_delivered - t_encoded:.1f} s after Orthanc restart")
 
-        # late instance → new analysis whose results reference the earlier ones
+        # late (changed) instance → new analysis whose results reference the earlier ones
         t1 = time.monotonic()
         dcmtk("storescu", "-aec", "ICHNODE", "127.0.0.1", node.port, *late.iterdir())
         wait_for(lambda: len(orthanc_objects(orthanc)["sr"]) == 2, 600, what="second SR after late instance")
@@ -176,7 +182,7 @@ def test_kill_9_during_analysis_then_restart_delivers_exactly_once(tmp_path, fre
     study, _ = phantom
     node = NodeProcess(tmp_path, free_port(), orthanc.address).start(dcmtk)
     try:
-        dcmtk("storescu", "-aec", "ICHNODE", "+sd", "127.0.0.1", node.port, study)
+        send_study(dcmtk, node.port, study)
         q = node.queue()
         wait_for(lambda: [j for j in q.list() if j.state.value == "running"], 120, step=0.2, what="analysis running")
         node.kill9()
@@ -187,7 +193,12 @@ def test_kill_9_during_analysis_then_restart_delivers_exactly_once(tmp_path, fre
         print(f"\nE2E restart after kill -9 → delivered in {time.monotonic() - t0:.1f} s")
         time.sleep(3)
         objs = orthanc_objects(orthanc)
-        assert len(objs["sr"]) == 1 and len(objs["seg"]) <= 1 and not objs["other"]
+        assert len(objs["sr"]) == 1 and len(objs["seg"]) <= 1
+        # exactly the objects of the one delivered result: nothing from the killed run, nothing twice
+        produced = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
+                    for p in Path(job.result_dir).rglob("*.dcm")}
+        in_orthanc = [o["SOPInstanceUID"] for kind in objs.values() for o in kind]
+        assert sorted(in_orthanc) == sorted(produced)
         assert len(q.list()) == 1  # one job, analysed again after the crash, not a second one
         assert "restarted" in (job.last_error or "")
     finally:
