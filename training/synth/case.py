@@ -141,8 +141,13 @@ def _acquisition(rng: np.random.Generator, opts: SynthOptions, head, pose: Pose,
                        origin=(float(x0), float(y0), float(start)), n_slices=n)
 
 
-def _pose(rng: np.random.Generator) -> Pose:
-    rot = rotation(rng.normal(0, 3.0), rng.normal(0, 6.0), rng.normal(0, 2.5))
+def _pose(rng: np.random.Generator, tilt_deg: float, real: bool) -> Pose:
+    """Head position on the table.  A gantry tilt is used to scan parallel to the orbito-meatal
+    line, so the head's axial planes follow the tilted slices (pitch = -tilt) up to a few
+    degrees; real heads carry their own (already OM-aligned) frame and vary less, so slices stay
+    inside the source's coverage."""
+    pitch = -tilt_deg + rng.normal(0, 3.0 if real else 6.0)
+    rot = rotation(rng.normal(0, 3.0), pitch, rng.normal(0, 2.5))
     return Pose(rot=rot, shift=np.array([rng.normal(0, 3.0), rng.normal(8.0, 4.0), rng.normal(0, 3.0)]))
 
 
@@ -218,7 +223,7 @@ def generate_case(seed_or_rng, options: SynthOptions | None = None, case_id: str
     tilt1 = tilt0 if ra.random() < 0.7 else (float(ra.uniform(*opts.tilt_deg)) if ra.random() < opts.tilt_fraction else 0.0)
     fov = float(ra.uniform(*opts.pixel_mm)) * 512
     fov = max(fov, 2 * float(head.extent()[1]) + 8.0)
-    pose0, pose1 = _pose(ra), _pose(ra)
+    pose0, pose1 = _pose(ra, tilt0, head.source == "real"), _pose(ra, tilt1, head.source == "real")
     acq0 = _acquisition(ra, opts, head, pose0, thickness, tilt0, fov)
     acq1 = _acquisition(ra, opts, head, pose1, thickness, tilt1, fov)
     noise = [float(ra.uniform(*opts.noise_hu)) for _ in range(2)]

@@ -7,21 +7,29 @@ never UIDs.
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from .physics import STORED_OFFSET
 
-IMPLEMENTATION_UID = "1.2.826.0.1.3680043.10.1452.1"   # informational; uids below are 2.25 hashes
+IMPLEMENTATION_UID = "2.25.184563386391540219634519052364402542193"   # this writer (fixed, name-based)
 
 
 def uid(*parts: object) -> str:
-    """A stable UID from its parts (2.25 namespace, hashed)."""
-    return generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts])
+    """A stable UID from its parts: 2.25 + a name-based (SHA-256, RFC 4122 v8-style) 128-bit UUID.
+
+    (pydicom's ``generate_uid(prefix=None)`` ignores its entropy sources and is random.)
+    """
+    digest = hashlib.sha256("\x1f".join(str(p) for p in ("ich-node-synth", *parts)).encode()).digest()[:16]
+    u = uuid.UUID(bytes=digest)
+    u = uuid.UUID(int=(u.int & ~(0xF << 76) | (0x8 << 76)) & ~(0x3 << 62) | (0x2 << 62))
+    return f"2.25.{u.int}"
 
 
 def _da(t: datetime) -> str:

@@ -34,7 +34,10 @@ def real_head_dir() -> Path:
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env)
-    for cand in (DEFAULT_REAL_HEAD.resolve(), Path("/work/shared/data/ct/ge-human-head-tilted")):
+    cands = [DEFAULT_REAL_HEAD.resolve(), Path("/work/shared/data/ct/ge-human-head-tilted")]
+    if os.environ.get("ICH_CT_DATA"):
+        cands.insert(0, Path(os.environ["ICH_CT_DATA"]) / "ge-human-head-tilted")
+    for cand in cands:
         if cand.is_dir():
             return cand
     raise FileNotFoundError(f"real head series not found; set {ENV_VAR} to the ge-human-head-tilted folder")
@@ -296,7 +299,7 @@ class RealHead:
         z0 = (0 - a.centre_idx[2]) * a.spacing[2]
         z1 = (nz - 1 - a.centre_idx[2]) * a.spacing[2]
         s = np.abs(np.linalg.inv(self.lin)[2, 2])
-        return float(min(z0, z1) * s + 2), float(max(z0, z1) * s - 2)
+        return float(min(z0, z1) * s + 6), float(max(z0, z1) * s - 4)
 
     def extent(self) -> np.ndarray:
         s = np.abs(np.diag(np.linalg.inv(self.lin)))
