@@ -150,9 +150,9 @@ def save_warmup(model, backbone: Backbone, seed: int, path: Path, info: dict | N
     import tensorflow as tf
 
     arrays = {}
-    for layer in batchnorm_layers(model):
+    for k, layer in enumerate(batchnorm_layers(model)):  # by position: keras' auto-names depend on history
         for i, w in enumerate(layer.get_weights()):
-            arrays[f"{layer.name}/{i}"] = np.asarray(w, dtype=np.float32)
+            arrays[f"bn{k:03d}/{i}"] = np.asarray(w, dtype=np.float32)
     meta = {"backbone": backbone.name, "seed": seed, "sha256_all_weights": weights_checksum(model),
             "keras": keras.__version__, "tensorflow": tf.__version__, **(info or {})}
     path = Path(path)
@@ -176,12 +176,12 @@ def _restore_warmup(backbone: Backbone, weights: WarmupWeights, input_size: int 
             raise WeightsError(f"{path} holds weights for {meta.get('backbone')!r}, not {backbone.name!r}")
         model = build_seeded(backbone, int(meta["seed"]), input_size)
         layers = batchnorm_layers(model)
-        for layer in layers:
+        for k, layer in enumerate(layers):
             n = len(layer.get_weights())
             try:
-                layer.set_weights([z[f"{layer.name}/{i}"] for i in range(n)])
+                layer.set_weights([z[f"bn{k:03d}/{i}"] for i in range(n)])
             except KeyError as exc:
-                raise WeightsError(f"{path}: no parameters for layer {layer.name} ({exc})") from exc
+                raise WeightsError(f"{path}: no parameters for BatchNorm layer {k} ({exc})") from exc
     actual = weights_checksum(model)
     if actual != meta["sha256_all_weights"]:
         import keras
