@@ -33,6 +33,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         real_fraction: float = typer.Option(0.5, "--real-fraction", min=0, max=1, help="Real-head share when mixed."),
         streaks: float = typer.Option(0.5, "--streak-probability", min=0, max=1, help="Beam-hardening streak rate."),
         workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (output does not depend on it)."),
+        rle: bool = typer.Option(False, "--rle", help="Write RLE Lossless pixel data (~40 % smaller)."),
     ) -> None:
         """Generate a synthetic non-contrast head-CT cohort with hematoma expansion labels."""
         from tqdm import tqdm
@@ -42,7 +43,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         try:
             opts = SynthOptions(matrix=matrix, thickness_mm=_floats(thickness, "--thickness"), tilt_fraction=tilt_fraction,
                                 prevalence=prevalence, head_source=head_source, real_fraction=real_fraction,
-                                streak_probability=streaks)
+                                streak_probability=streaks, dicom_rle=rle)
         except OptionsError as e:
             raise typer.BadParameter(str(e)) from None
         try:

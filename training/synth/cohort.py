@@ -40,7 +40,7 @@ def _write_mask(path: Path, series) -> float:
     return float((series.mask == 1).sum() * np.prod(series.mask_grid.spacing) / 1000.0)
 
 
-def write_case(out_dir: Path, case: SynthCase, cohort_seed: int, index: int) -> dict:
+def write_case(out_dir: Path, case: SynthCase, cohort_seed: int, index: int, rle: bool = False) -> dict:
     """Write one case under ``out_dir/cases/<case_id>`` and return its manifest row."""
     cdir = out_dir / "cases" / case.case_id
     root = f"{cohort_seed}/{index}"
@@ -52,7 +52,7 @@ def write_case(out_dir: Path, case: SynthCase, cohort_seed: int, index: int) -> 
                      age=case.patient_age, study_uid=study_uid, series_uid=series_uid,
                      frame_uid=uid(root, which, "for"), study_id="1" if which == "baseline" else "2",
                      accession=f"A{case_seed(cohort_seed, index) % 10**7:07d}{0 if which == 'baseline' else 1}",
-                     series_number=number, uid_root=f"{root}/{which}")
+                     series_number=number, uid_root=f"{root}/{which}", rle=rle)
         mvol = _write_mask(cdir / f"{which}_mask.nii.gz", series)
         row.update({f"{which}_dir": f"cases/{case.case_id}/{which}", f"{which}_mask": f"cases/{case.case_id}/{which}_mask.nii.gz",
                     f"{which}_study_uid": study_uid, f"{which}_series_uid": series_uid,
@@ -82,7 +82,7 @@ def _job(args) -> dict:
     opts = SynthOptions.from_dict(opts_dict)
     cs = case_seed(seed, index)
     case = generate_case(cs, opts, case_id=f"case{index:05d}")
-    return write_case(Path(out_dir), case, seed, index)
+    return write_case(Path(out_dir), case, seed, index, rle=opts.dicom_rle)
 
 
 def write_cohort(out_dir: str | os.PathLike, n_cases: int, seed: int = 0, options: SynthOptions | None = None, *,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless
 
 from .physics import STORED_OFFSET
 
@@ -42,7 +42,7 @@ def _tm(t: datetime) -> str:
 
 def write_series(out_dir: Path, series, *, patient_id: str, patient_name: str, sex: str, age: int,
                  study_uid: str, series_uid: str, frame_uid: str, study_id: str, accession: str,
-                 series_number: int, uid_root: str) -> list[Path]:
+                 series_number: int, uid_root: str, rle: bool = False) -> list[Path]:
     """Write ``series`` (a SynthSeries) into ``out_dir`` as IM0001.dcm, IM0002.dcm, ..."""
     out_dir.mkdir(parents=True, exist_ok=True)
     acq = series.acq
@@ -123,6 +123,8 @@ def write_series(out_dir: Path, series, *, patient_id: str, patient_name: str, s
         meta.ImplementationClassUID = IMPLEMENTATION_UID
         meta.ImplementationVersionName = "ICHNODE_SYNTH"
         ds.file_meta = meta
+        if rle:
+            ds.compress(RLELossless, encoding_plugin="pylibjpeg")
         path = out_dir / f"IM{k + 1:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)

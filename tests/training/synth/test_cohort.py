@@ -144,3 +144,19 @@ def test_cli_synth(tmp_path):
     bad = subprocess.run([str(exe), "synth", "--cases", "1", "--out", str(tmp_path / "x"), "--thickness", "abc"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "thickness" in bad.stderr
+
+
+def test_rle_output_is_lossless_and_valid(tmp_path, cohort):
+    from dataclasses import replace
+
+    write_cohort(tmp_path / "rle", 1, seed=5, options=replace(OPTS, dicom_rle=True))
+    r = _rows(tmp_path / "rle")[0]
+    plain = sorted((cohort / r["baseline_dir"]).glob("*.dcm"))
+    packed = sorted((tmp_path / "rle" / r["baseline_dir"]).glob("*.dcm"))
+    assert len(plain) == len(packed)
+    a, b = pydicom.dcmread(plain[3]), pydicom.dcmread(packed[3])
+    assert b.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"
+    assert np.array_equal(a.pixel_array, b.pixel_array)
+    exe = require_tool("dciodvfy")
+    res = subprocess.run([exe, str(packed[3])], capture_output=True, text=True, timeout=60)
+    assert "Error" not in res.stdout + res.stderr
