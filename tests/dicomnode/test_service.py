@@ -100,6 +100,7 @@ def node_config(tmp_path, port, dest_port, **kw) -> NodeConfig:
     cfg.queue.backoff_base_s = 0.5
     cfg.queue.backoff_max_s = 1
     cfg.worker.analyzer = "fake_node_analyzer:FakeAnalyzer"
+    cfg.metrics.enabled = False  # no fixed port shared between parallel test runs
     cfg.destinations = [Destination(name="pacs", ae_title="DEST", host="127.0.0.1", port=dest_port)]
     for k, v in kw.items():
         setattr(cfg.queue, k, v)
@@ -199,6 +200,8 @@ def test_kill_9_during_analysis_then_restart_delivers_once(tmp_path, free_port, 
         sweep_seconds = 0.3
         [worker]
         analyzer = "fake_node_analyzer:FakeAnalyzer"
+        [metrics]
+        enabled = false
         [[destinations]]
         name = "pacs"
         ae_title = "DEST"
