@@ -162,7 +162,7 @@ def test_scheduler_never_overlaps_a_slow_job():
     assert set(s.jobs()) == {"sweep", "retries", "cleanup", "disk_check"}
     s.start()
     try:
-        time.sleep(1.5)
+        time.sleep(2.5)
     finally:
         s.shutdown()
-    assert peak[0] == 1 and 2 <= runs[0] <= 3
+    assert peak[0] == 1 and 2 <= runs[0] <= 5  # due every 0.1 s, yet never two at once
