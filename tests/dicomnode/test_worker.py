@@ -44,6 +44,16 @@ FAKE = textwrap.dedent('''
             r = AnalysisResult(status=Status.ANALYZED, outputs={"seg": ["seg.dcm"], "sr": ["sr.dcm"]})
             r.write(out)
             return r
+
+    class CodedAnalyzer(FakeAnalyzer):
+        """Accepts the selection's verdict, as pipeline.analyze may."""
+
+        def analyze(self, files, out_dir, predecessor=None, cannot_assess=None):
+            (Path(out_dir) / "sr.dcm").write_bytes(b"sr")
+            r = AnalysisResult(status=Status.CANNOT_ASSESS, reason=f"{cannot_assess.code}: {cannot_assess.message}",
+                               outputs={"sr": ["sr.dcm"]})
+            r.write(out_dir)
+            return r
 ''')
 
 
@@ -179,3 +189,17 @@ def test_shutdown_during_analysis_hands_the_job_back(tmp_path, fake):
     assert time.monotonic() - t0 < 5
     back = q.get(job.id)
     assert back.state is JobState.QUEUED and back.attempts == 0 and back.lease_owner is None
+
+
+def test_selection_cannot_assess_reaches_an_analyzer_that_accepts_it(tmp_path, fake):
+    q = SQLiteQueue(tmp_path / "q.sqlite3")
+    proc = AnalysisProcess("fake_analyzer_mod:CodedAnalyzer", start_timeout_s=60)
+    w = Worker(q, proc, tmp_path / "results", owner="w")
+    try:
+        q.enqueue("k", {"files": inputs(tmp_path, "a.dcm"),
+                        "cannot_assess": {"code": "too_thick", "message": "7 mm slices"}})
+        job = w.run_job(q.claim("w"))
+        assert job.state is JobState.ENCODED
+        assert json.loads(Path(job.result_dir, "result.json").read_text())["reason"] == "too_thick: 7 mm slices"
+    finally:
+        proc.stop()
