@@ -6,7 +6,6 @@ A test double stands in for ``pipeline.analyze`` here (unit test of the node); t
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 import time
 from pathlib import Path
