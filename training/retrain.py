@@ -176,7 +176,8 @@ def split_cohort(cohort_dir: Path, out_dir: Path, policy: DataPolicy = DataPolic
             w = csv.DictWriter(fh, fieldnames=cols)
             w.writeheader()
             w.writerows(part)
-    canon = "\n".join(json.dumps(r, sort_keys=True) for r in sorted(parts["train"], key=lambda r: r["case_id"]))
+    canon = "\n".join(json.dumps({k: v for k, v in r.items() if k != "source_cohort"}, sort_keys=True)
+                      for r in sorted(parts["train"], key=lambda r: r["case_id"]))
     return CohortSplit(
         Path(out_dir) / "train", Path(out_dir) / "validation", len(parts["train"]), len(parts["validation"]),
         sum(_label(r) for r in parts["train"]), sum(_label(r) for r in parts["validation"]),
@@ -381,6 +382,13 @@ def _retrain_kind(trainer: Trainer, registry: Registry, split: CohortSplit, sour
         outcome.refused = str(exc)
         progress(str(exc))
         return outcome
+    if served and promote != "force":
+        seen = (registry.get(kind, served).metadata.training_data or {}).get("fingerprint")
+        if seen == split.fingerprint:
+            outcome.refused = (f"not retraining the {kind}: the served version v{served} was trained on exactly "
+                               f"these {split.train_cases} cases (no new data; --promote force retrains anyway)")
+            progress(outcome.refused)
+            return outcome
     staging = registry.staging_dir(kind)
     try:
         t0 = time.monotonic()

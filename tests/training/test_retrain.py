@@ -223,27 +223,21 @@ def cohort(tmp_path_factory) -> Path:
     return tiny_cohort(tmp_path_factory.mktemp("cohort"), 30, 10)
 
 
-def shuffled(trainer, seed: int = 3):
-    """The same trainer fed with permuted labels: a deliberately worse model."""
-
-    class Shuffled:
-        kind = trainer.kind
-
-        def fit(self, train_dir: Path, out_dir: Path, *, parent_version):
-            rows = rt.read_manifest(train_dir)
-            labels = np.random.default_rng(seed).permutation([r["expansion"] for r in rows])
-            for r, y in zip(rows, labels):
-                r["expansion"] = y
-            with open(train_dir / "manifest.csv", "w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
-            return trainer.fit(train_dir, out_dir, parent_version=parent_version)
-
-        def evaluate(self, *a):
-            return trainer.evaluate(*a)
-
-    return Shuffled()
+def shuffled_training_labels(cohort: Path, out: Path, seed: int = 3) -> Path:
+    """The same cohort with the training patients' labels permuted (validation untouched): a worse model."""
+    rows = rt.read_manifest(cohort)
+    train = [r for r in rows if not rt.in_validation(r["patient_id"], TINY_DATA.val_fraction)]
+    for r, y in zip(train, np.random.default_rng(seed).permutation([r["expansion"] for r in train])):
+        r["expansion"] = y
+    out.mkdir()
+    for r in rows:
+        for col in ("baseline_dir", "baseline_mask"):
+            r[col] = str(cohort / r[col])
+    with open(out / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return out
 
 
 def test_classifier_retrain_promotes_then_gate_refuses_a_worse_model(cohort: Path, tmp_path: Path) -> None:
@@ -268,8 +262,8 @@ def test_classifier_retrain_promotes_then_gate_refuses_a_worse_model(cohort: Pat
     assert json.loads((v1.path / "evaluation.json").read_text())["gate"]["passed"]
     assert (first.run_dir / "report.md").is_file() and (first.run_dir / "report.json").is_file()
 
-    worse = rt.retrain(registry=reg, data_dir=data, cohort=cohort, trainers=[shuffled(trainer())],
-                       source=str(cohort), data_policy=TINY_DATA)
+    worse = rt.retrain(registry=reg, data_dir=data, cohort=shuffled_training_labels(cohort, tmp_path / "shuffled"),
+                       trainers=[trainer()], source="shuffled", data_policy=TINY_DATA)
     o = worse.outcomes[0]
     assert not o.promoted and not o.gate.passed, o.gate.reasons
     assert o.candidate_version == "2" and reg.promoted()["classifier"] == "1", "the served model stays"
@@ -278,6 +272,10 @@ def test_classifier_retrain_promotes_then_gate_refuses_a_worse_model(cohort: Pat
     assert "FAILS" in (worse.run_dir / "report.md").read_text()
     status = rt.read_status(data)
     assert status["state"] == "done" and "gate refused" in status["last"]["classifier"]
+    # nothing new since the served version: no pointless retrain (a cron job would otherwise churn versions)
+    with pytest.raises(RetrainRefused, match="trained on exactly these"):
+        rt.retrain(registry=reg, data_dir=data, cohort=cohort, trainers=[trainer()], source=str(cohort),
+                   data_policy=TINY_DATA)
     # the same worse model goes live only when forced, and rollback brings version 1 back
     reg.promote("classifier", "2", reason="forced for the test")
     assert reg.rollback("classifier").version == "1"
