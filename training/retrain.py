@@ -539,7 +539,10 @@ def cohort_from_source(source: str, run_dir: Path, *, data_dir: Path, registry: 
         progress(f"node dataset: {counts['cases'] - counts['excluded']} included cases "
                  f"({counts['expanders']} expanders, {counts['excluded']} excluded)")
         segmenter = registry.current_paths().segmenter
-        return store.export_cohort(run_dir / "source", segmenter_dir=segmenter, progress=progress)
+        # A stable folder per served segmenter: its masks, and so the cached features, stay valid across runs.
+        tag = registry.promoted()["segmenter"] or "classical"
+        return store.export_cohort(retrain_dir(data_dir) / f"node-cohort-seg{tag}", segmenter_dir=segmenter,
+                                   progress=progress)
     if source == "synthetic":
         from training import synth  # the synthetic-cohort generator (``ich-node synth``)
 

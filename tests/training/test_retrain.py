@@ -363,5 +363,5 @@ def test_dataset_import_list_exclude_then_retrain_from_node_data(tmp_path: Path,
     # the segmenter cannot learn from model 1's own masks
     out = run(app, ["retrain", "--segmenter", "--source", "node", "--min-cases", "1"])
     assert out.exit_code == 3 and "no reference mask" in out.output
-    manifest = rt.read_manifest(sorted((tmp_path / "var" / "retrain" / "runs").iterdir())[-1] / "source")
+    manifest = rt.read_manifest(tmp_path / "var" / "retrain" / "node-cohort-segclassical")
     assert victim not in {r["case_id"] for r in manifest} and len(manifest) == 6
