@@ -79,8 +79,8 @@ def build_sr(
         procedure_reported=codes.PROCEDURE_CT,
         imaging_measurements=[group],
         title=SR_TITLE,
-        referenced_images=sources,
     )
+    _insert_image_library(report, sources)
     evidence = sources + ([header_copy(seg)] if seg is not None else [])
     previous = [header_copy(p) for p in (predecessors or []) if str(p.get("SOPClassUID", "")) == COMPREHENSIVE_3D_SR]
     with quiet_names():
@@ -106,6 +106,52 @@ def build_sr(
         # a replaced SEG is not an SR "version"; cite it as evidence of the prior analysis instead
         sr.PertinentOtherEvidenceSequence = _hierarchical_refs(replaced)
     return sr
+
+
+def _insert_image_library(report: hd.sr.MeasurementReport, sources: list[Dataset]) -> None:
+    """TID 1600 image library of the source series, placed before the measurements.
+
+    One group per series (shared modality and frame of reference), one IMAGE entry per slice. The
+    per-image descriptors of TID 1602 are optional; highdicom's library writes 15 of them per slice,
+    which for a 140-slice study costs seconds and repeats what the images already say.
+    """
+    group = hd.sr.ContainerContentItem(
+        name=hd.sr.CodedConcept("126200", "DCM", "Image Library Group"),
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    group.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.CodeContentItem(
+                name=hd.sr.CodedConcept("121139", "DCM", "Modality"),
+                value=hd.sr.CodedConcept("CT", "DCM", "Computed Tomography"),
+                relationship_type=hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT,
+            ),
+            hd.sr.UIDRefContentItem(
+                name=hd.sr.CodedConcept("112227", "DCM", "Frame of Reference UID"),
+                value=sources[0].FrameOfReferenceUID,
+                relationship_type=hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT,
+            ),
+        ]
+        + [
+            hd.sr.ImageContentItem(
+                name=hd.sr.CodedConcept("260753009", "SCT", "Source"),
+                referenced_sop_class_uid=ds.SOPClassUID,
+                referenced_sop_instance_uid=ds.SOPInstanceUID,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+            for ds in sources
+        ]
+    )
+    library = hd.sr.ContainerContentItem(
+        name=hd.sr.CodedConcept("111028", "DCM", "Image Library"),
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    library.ContentSequence = hd.sr.ContentSequence([group])
+    items = report[0].ContentSequence
+    position = next(
+        (i for i, item in enumerate(items) if item.ConceptNameCodeSequence[0].CodeValue == "126010"), len(items)
+    )
+    items.insert(position, library)
 
 
 def _model_text(versions: dict[str, str]) -> str:
