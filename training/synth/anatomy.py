@@ -134,6 +134,7 @@ class PhantomHead:
                 c = np.array([side * rng.uniform(7, 13), rng.uniform(10, 22), rng.uniform(0, 10)])
             else:           # caudate
                 c = np.array([side * rng.uniform(10, 14), rng.uniform(-16, -6), rng.uniform(8, 16)])
+            c[0] = side * max(abs(c[0]), 0.8 * radius_mm + 3.0)     # large deep bleeds extend laterally
             return c, comp
         if location == "lobar":
             for _ in range(200):

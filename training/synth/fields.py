@@ -27,6 +27,32 @@ def sigmoid(t):
     return 0.5 * (1.0 + np.tanh(0.5 * t))
 
 
+class LatticeNoise:
+    """Smooth Gaussian random field (unit sd) on a lattice about the origin, trilinear lookup.
+
+    Mottled, non-periodic texture (plane-wave sums look striped at small scales).
+    """
+
+    def __init__(self, rng: np.random.Generator, cell_mm: float, half_extent_mm: float = 80.0) -> None:
+        from scipy import ndimage
+
+        n = int(2 * half_extent_mm / cell_mm) + 1
+        g = ndimage.gaussian_filter(rng.standard_normal((n, n, n)).astype(np.float32), 1.0, mode="wrap")
+        self.grid = g / max(float(g.std()), 1e-6)
+        self.cell = float(cell_mm)
+        self.start = -half_extent_mm
+
+    def __call__(self, x, y, z) -> np.ndarray:
+        from scipy import ndimage
+
+        k = 1.0 / self.cell
+        c = np.empty((3, np.size(x)), np.float32)
+        c[0] = np.ravel((x - self.start) * k)
+        c[1] = np.ravel((y - self.start) * k)
+        c[2] = np.ravel((z - self.start) * k)
+        return ndimage.map_coordinates(self.grid, c, order=1, mode="nearest", prefilter=False).reshape(np.shape(x))
+
+
 class WaveField:
     """Isotropic band-limited random field: a normalised sum of plane waves.
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .fields import WaveField, sigmoid
+from .fields import LatticeNoise, sigmoid
 from .options import MARKER_PARENT, MARKERS
 
 
@@ -48,13 +48,13 @@ class Density:
 
     base_hu: float
     texture_hu: float
-    texture: WaveField
+    texture: LatticeNoise
     regions: list[HypoRegion] = field(default_factory=list)
 
     def hu(self, x, y, z, centre: np.ndarray, radius_mm: float) -> np.ndarray:
-        out = self.base_hu + self.texture_hu * self.texture(x, y, z)
-        drop = np.zeros_like(out)
         cx, cy, cz = [float(v) for v in centre]
+        out = self.base_hu + self.texture_hu * self.texture(x - cx, y - cy, z - cz)
+        drop = np.zeros_like(out)
         radius_mm = float(radius_mm)
         ux, uy, uz = (x - cx) / radius_mm, (y - cy) / radius_mm, (z - cz) / radius_mm
         for r in self.regions:
@@ -78,27 +78,27 @@ def build_density(rng: np.random.Generator, markers: dict[str, bool], base_hu: f
 
     blend: hypodense part reaching the margin, sharp border, >= 18 HU darker (drawn 22-35).
     black hole: enclosed rounded hypodensity, sharp, >= 28 HU darker (drawn 30-42).
-    swirl: rounded hypo/isodense areas inside, softer border, 10-20 HU darker.
-    hypodensity without the above: an ill-defined darker area (12-17 HU) reaching the margin.
-    heterogeneity: mottled texture (amplitude 7-11 HU at 4-6 mm); otherwise 1.5-3 HU.
+    swirl: rounded hypo/isodense areas inside, softer border, 14-24 HU darker.
+    hypodensity without the above: an ill-defined darker area (15-22 HU) reaching the margin.
+    heterogeneity: mottled texture (amplitude 7-11 HU, ~2 mm grain); otherwise 1.5-3 HU.
     """
     het = markers["heterogeneity"]
     d = Density(base_hu=base_hu, texture_hu=rng.uniform(7, 11) if het else rng.uniform(1.5, 3.0),
-                texture=WaveField(rng, rng.uniform(4, 6) if het else rng.uniform(6, 10), 6))
+                texture=LatticeNoise(rng, rng.uniform(1.6, 2.4) if het else rng.uniform(2.5, 4.0)))
     inner = 0.85 * min_axis_ratio       # radius (in R units) safely inside the clot
     if markers["blend"]:
         d.regions.append(HypoRegion("halfspace", rng.uniform(22, 35), rng.uniform(0.3, 0.6), normal=_unit(rng),
                                     offset=rng.uniform(0.0, 0.45)))
     if markers["black_hole"]:
-        rad = rng.uniform(0.28, 0.4) * inner
+        rad = rng.uniform(0.45, 0.6) * inner
         d.regions.append(HypoRegion("blob", rng.uniform(30, 42), rng.uniform(0.3, 0.6),
-                                    centre=_unit(rng) * rng.uniform(0, inner - rad - 0.12), radius=rad))
+                                    centre=_unit(rng) * rng.uniform(0, max(inner - rad - 0.15, 0.0)), radius=rad))
     if markers["swirl"]:
         for _ in range(int(rng.integers(1, 4))):
-            rad = rng.uniform(0.15, 0.3) * inner
-            d.regions.append(HypoRegion("blob", rng.uniform(10, 20), rng.uniform(1.2, 2.0),
+            rad = rng.uniform(0.25, 0.4) * inner
+            d.regions.append(HypoRegion("blob", rng.uniform(14, 24), rng.uniform(1.0, 1.8),
                                         centre=_unit(rng) * rng.uniform(0, inner - rad), radius=rad))
     if markers["hypodensity"] and not (markers["blend"] or markers["black_hole"] or markers["swirl"]):
-        d.regions.append(HypoRegion("blob", rng.uniform(12, 17), rng.uniform(1.5, 2.5),
+        d.regions.append(HypoRegion("blob", rng.uniform(15, 22), rng.uniform(1.5, 2.5),
                                     centre=_unit(rng) * rng.uniform(0.75, 0.95), radius=rng.uniform(0.35, 0.5)))
     return d

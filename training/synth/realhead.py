@@ -254,6 +254,7 @@ class RealHead:
                 off = np.array([side * rng.uniform(7, 13), rng.uniform(10, 22), rng.uniform(-12, -3)])
             else:
                 off = np.array([side * rng.uniform(10, 14), rng.uniform(-16, -6), rng.uniform(-4, 4)])
+            off[0] = side * max(abs(off[0]), 0.8 * radius_mm + 3.0)
             return self._nearest_ok(vc * np.array([0, 1, 1]) + off, comp, rng, min_depth=12.0), comp
         if location == "lobar":
             return self._random_ok(rng, comp, lambda p: (p[0] * side > max(12.0, 0.8 * radius_mm + 4)), (10.0, 28.0)), comp
