@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from pipeline import morphology
 from pipeline.morphology import morph as _morph
 
 from pipeline.volume import Volume
@@ -90,20 +91,33 @@ def _inside_skull(bone: np.ndarray, pixel_yx: np.ndarray) -> np.ndarray:
     spacing = np.array([1.0, *pixel_yx])
     pad = int(max(RING_CLOSING_MM) / pixel_yx.min()) + 2
     ring = np.pad(bone[todo], ((0, 0), (pad, pad), (pad, pad)))
-    candidates = []
+    # thicken the ring until its gaps close, take what it encloses, then grow that back to the bone;
+    # one distance map serves all radii, a second grows every slice back by its own radius
+    to_bone = morphology.distance_mm(ring, spacing, planar=True)
+    interiors, areas = [], []
     for radius in RING_CLOSING_MM:
-        # thicken the ring until its gaps close, take what it encloses, then grow that back to the bone
-        thick = _morph(ring, radius, spacing, "dilate", planar=True)
-        filled = np.stack([ndimage.binary_fill_holes(s) for s in thick])
-        enclosed = _morph(filled & ~thick, radius, spacing, "dilate", planar=True) & filled & ~ring
-        candidates.append(enclosed[:, pad:-pad, pad:-pad])
-    areas = np.array([c.reshape(len(todo), -1).sum(axis=1) for c in candidates]) * pixel_yx[0] * pixel_yx[1]
-    for i, z in enumerate(todo):
+        thick = to_bone <= radius
+        interior = np.stack([ndimage.binary_fill_holes(s) for s in thick]) & ~thick
+        interiors.append(interior)
+        areas.append(interior.reshape(len(todo), -1).sum(axis=1) * pixel_yx[0] * pixel_yx[1])
+    areas = np.array(areas)
+    chosen = np.zeros(ring.shape, dtype=bool)
+    grow = np.zeros(len(todo))
+    for i in range(len(todo)):
         best = areas[:, i].max()
-        if best <= MIN_INTRACRANIAL_MM2:
+        if best <= 0:
             continue
         choice = int(np.flatnonzero(areas[:, i] >= 0.8 * best)[0])
-        out[z] = _largest_component(candidates[choice][i])
+        chosen[i] = interiors[choice][i]
+        grow[i] = RING_CLOSING_MM[choice]
+    if not chosen.any():
+        return out
+    to_interior = morphology.distance_mm(chosen, spacing, planar=True)
+    enclosed = (to_interior <= grow[:, None, None]) & ~ring
+    enclosed = enclosed[:, pad:-pad, pad:-pad]
+    for i, z in enumerate(todo):
+        if enclosed[i].sum() * pixel_yx[0] * pixel_yx[1] > MIN_INTRACRANIAL_MM2:
+            out[z] = _largest_component(enclosed[i])
     return out
 
 

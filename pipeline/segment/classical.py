@@ -115,7 +115,7 @@ class ClassicalSegmenter:
         raw_blood = (volume.hu[box] >= p.lo_hu) & (volume.hu[box] <= p.hi_hu) & sub_brain
         # seeds: clearly clotted blood, away from the skull and from dense bits; grey matter is 30–45 HU
         seeds = (sub_hu >= p.seed_hu) & (sub_hu <= p.hi_hu) & sub_brain
-        seeds &= depth_mm(sub_brain, (sz, sy, sx)) > p.edge_margin_mm
+        seeds &= _coarse(depth_mm, sub_brain, (sz, sy, sx)) > p.edge_margin_mm
         # beam hardening and thick-slice partial volume lift whole slices near the skull base and the
         # vertex into the blood range: a seed must stand out from its own slice's brain
         area = sub_brain.reshape(len(sub_brain), -1).sum(axis=1)
@@ -127,7 +127,7 @@ class ClassicalSegmenter:
             # interpolation across thick slices): no clot may be seeded next to them
             dense = volume.hu[box] > p.dense_hu
             if dense.any():
-                seeds &= distance_mm(dense, (sz, sy, sx)) > p.dense_margin_mm
+                seeds &= _coarse(distance_mm, dense, (sz, sy, sx)) > p.dense_margin_mm
         labels, n = ndimage.label(seeds)
         kept = np.zeros(seeds.shape, dtype=bool)
         if n:
@@ -149,3 +149,13 @@ def _fill_holes_in_box(mask: np.ndarray) -> np.ndarray:
     out = mask.copy()
     out[box] = ndimage.binary_fill_holes(mask[box])
     return out
+
+
+def _coarse(fn, mask: np.ndarray, spacing_zyx: tuple[float, float, float], target_mm: float = 0.9) -> np.ndarray:
+    """A distance map computed at ~``target_mm`` in-plane and repeated back: margins of mm need no
+    0.45 mm precision, and the distance transform is the costliest step on thin-slice studies."""
+    f = max(1, int(target_mm / max(spacing_zyx[1], spacing_zyx[2])))
+    if f == 1:
+        return fn(mask, spacing_zyx)
+    small = fn(mask[:, ::f, ::f], (spacing_zyx[0], spacing_zyx[1] * f, spacing_zyx[2] * f))
+    return np.repeat(np.repeat(small, f, axis=1), f, axis=2)[:, : mask.shape[1], : mask.shape[2]]
