@@ -23,7 +23,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @app.command("synth")
     def synth(
         cases: int = typer.Option(..., "--cases", min=1, help="Number of patients (baseline + follow-up each)."),
-        out: Path = typer.Option(..., "--out", help="Empty output directory."),
+        out: Path = typer.Option(None, "--out", help="Empty output directory (not needed with --stats-only)."),
         seed: int = typer.Option(0, "--seed", help="Cohort seed; same seed + options = same cohort."),
         matrix: int = typer.Option(512, "--matrix", help="Image matrix (512 clinical; smaller for test cohorts)."),
         thickness: str = typer.Option("1,2.5,5", "--thickness", help="Slice thickness(es) in mm to draw from, e.g. 5 or 2.5,5."),
@@ -34,11 +34,14 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         streaks: float = typer.Option(0.5, "--streak-probability", min=0, max=1, help="Beam-hardening streak rate."),
         workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (output does not depend on it)."),
         rle: bool = typer.Option(False, "--rle", help="Write RLE Lossless pixel data (~40 % smaller)."),
+        stats_only: bool = typer.Option(False, "--stats-only", help="Print the cohort's statistics as JSON; write nothing."),
     ) -> None:
         """Generate a synthetic non-contrast head-CT cohort with hematoma expansion labels."""
         from tqdm import tqdm
 
-        from training.synth import OptionsError, SynthOptions, write_cohort
+        import json
+
+        from training.synth import OptionsError, SynthOptions, cohort_statistics, write_cohort
 
         try:
             opts = SynthOptions(matrix=matrix, thickness_mm=_floats(thickness, "--thickness"), tilt_fraction=tilt_fraction,
@@ -46,6 +49,13 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                                 streak_probability=streaks, dicom_rle=rle)
         except OptionsError as e:
             raise typer.BadParameter(str(e)) from None
+        if stats_only:
+            with tqdm(total=cases, unit="case", desc="synth (statistics)") as bar:
+                stats = cohort_statistics(cases, seed, opts, progress=bar.update)
+            typer.echo(json.dumps(stats, indent=2))
+            return
+        if out is None:
+            raise typer.BadParameter("--out is required (or use --stats-only)")
         try:
             with tqdm(total=cases, unit="case", desc="synth") as bar:
                 manifest = write_cohort(out, cases, seed, opts, workers=workers, progress=bar.update)

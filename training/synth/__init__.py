@@ -7,11 +7,11 @@ Public entry points:
 """
 
 from .case import SynthCase, SynthSeries, case_seed, generate_case
-from .cohort import GENERATOR_VERSION, MANIFEST_COLUMNS, summarize, write_cohort
+from .cohort import GENERATOR_VERSION, MANIFEST_COLUMNS, cohort_statistics, summarize, write_cohort
 from .growth import is_expansion
 from .options import MARKERS, OptionsError, SynthOptions
 
 __all__ = [
     "GENERATOR_VERSION", "MANIFEST_COLUMNS", "MARKERS", "OptionsError", "SynthCase", "SynthOptions", "SynthSeries",
-    "case_seed", "generate_case", "is_expansion", "summarize", "write_cohort",
+    "case_seed", "cohort_statistics", "generate_case", "is_expansion", "summarize", "write_cohort",
 ]

@@ -228,6 +228,8 @@ def generate_case(seed_or_rng, options: SynthOptions | None = None, case_id: str
     acq1 = _acquisition(ra, opts, head, pose1, thickness, tilt1, fov)
     noise = [float(ra.uniform(*opts.noise_hu)) for _ in range(2)]
     streak = [float(ra.uniform(8, 25)) if ra.random() < opts.streak_probability else 0.0 for _ in range(2)]
+    if head.source == "real":      # the real head carries its own skull-base artefacts
+        streak = [0.0, 0.0]
     t0 = datetime(2016, 1, 1) + timedelta(days=int(ra.integers(0, 3000)), minutes=int(ra.integers(0, 1440)))
     t1 = t0 + timedelta(hours=interval)
     sex = str(ra.choice(["M", "F"]))

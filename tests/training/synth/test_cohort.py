@@ -160,3 +160,15 @@ def test_rle_output_is_lossless_and_valid(tmp_path, cohort):
     exe = require_tool("dciodvfy")
     res = subprocess.run([exe, str(packed[3])], capture_output=True, text=True, timeout=60)
     assert "Error" not in res.stdout + res.stderr
+
+
+def test_cli_stats_only_writes_nothing(tmp_path):
+    exe = REPO / ".venv" / "bin" / "ich-node"
+    if not exe.exists():
+        pytest.skip("ich-node entry point not installed")
+    res = subprocess.run([str(exe), "synth", "--cases", "30", "--stats-only", "--prevalence", "0.5"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    stats = json.loads(res.stdout)
+    assert stats["n"] == 30 and 0.2 < stats["expansion_prevalence"] < 0.8
+    assert list(tmp_path.iterdir()) == []
