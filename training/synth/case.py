@@ -68,6 +68,22 @@ class SynthSeries:
         img.SetOrigin(self.mask_grid.origin)
         return img
 
+    def mask_on_hu_grid(self) -> np.ndarray:
+        """The label volume resampled (nearest) onto ``hu``'s own grid, tilted or not, so in-memory
+        trainers get image and labels voxel for voxel."""
+        if self.acq.tilt_deg == 0 and self.mask.shape == self.hu.shape:
+            return self.mask
+        from scipy import ndimage
+
+        nz, ny, nx = self.hu.shape
+        k, i, j = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij")
+        a = self.affine
+        pts = [a[r, 0] * j + a[r, 1] * i + a[r, 2] * k + a[r, 3] for r in range(3)]
+        sx, sy, sz = self.mask_grid.spacing
+        ox, oy, oz = self.mask_grid.origin
+        coords = np.stack([(pts[2] - oz) / sz, (pts[1] - oy) / sy, (pts[0] - ox) / sx]).astype(np.float32)
+        return ndimage.map_coordinates(self.mask, coords, order=0, mode="constant", cval=0).astype(np.uint8)
+
     def hu_image(self):
         """The HU volume as a SimpleITK image (untilted series only: ITK has no shear)."""
         import SimpleITK as sitk

@@ -119,3 +119,14 @@ def test_real_head_source(ct_data, monkeypatch):
     # one real head yields different anatomies
     d = generate_case(2, opts)
     assert s.hu.shape != d.baseline.hu.shape or not np.allclose(s.hu, d.baseline.hu)
+
+
+def test_mask_on_hu_grid_for_tilted_series():
+    c = generate_case(2, SynthOptions(matrix=128, thickness_mm=(2.5,), tilt_fraction=1.0))
+    s = c.baseline
+    m = s.mask_on_hu_grid()
+    assert m.shape == s.hu.shape
+    core = ndimage.binary_erosion(m == 1)
+    assert core.sum() > 5 and 40 <= np.median(s.hu[core]) <= 90
+    vox_ml = s.acq.pixel_mm ** 2 * s.acq.thickness_mm / 1000
+    assert (m == 1).sum() * vox_ml == pytest.approx(c.baseline_volume_ml, rel=0.2, abs=0.5)
