@@ -112,6 +112,12 @@ def _pool(workers: int) -> Executor:
     """One process pool per worker count, created once per process (spawn: safe next to TensorFlow)."""
     if workers <= 1:
         return _InlineExecutor()
+    if mp.current_process().daemon:  # daemonic processes may not have children: run inline, still cropped
+        if not _POOLS.get(-1):
+            logging.getLogger(__name__).warning(
+                "radiomics: running inline (this is a daemonic process, which cannot start a process pool)")
+            _POOLS[-1] = True  # type: ignore[assignment]
+        return _InlineExecutor()
     pool = _POOLS.get(workers)
     if pool is None:
         pool = _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))

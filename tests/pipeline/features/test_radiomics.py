@@ -63,3 +63,22 @@ def test_mask_off_grid_and_empty_mask_are_refused():
     empty.CopyInformation(image)
     with pytest.raises(ValueError, match="no voxels"):
         ex.extract(image, empty)
+
+
+def _count_in_daemon(q):
+    ex = R.RadiomicsExtractor(workers=2)
+    q.put(len(ex.extract(*phantom(seed=2))))
+
+
+def test_daemonic_worker_process_falls_back_to_inline():
+    """The node's analysis child is daemonic and may not start a pool: same features, inline."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_count_in_daemon, args=(q,), daemon=True)
+    proc.start()
+    try:
+        assert q.get(timeout=120) == len(R.stock_features(*phantom(seed=2)))
+    finally:
+        proc.join(10)
