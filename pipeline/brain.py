@@ -70,7 +70,8 @@ def _extract(hu: np.ndarray, spacing: np.ndarray, voxel_ml: float) -> np.ndarray
     brain = _largest_component(_open(soft, OPEN_RADIUS_MM, spacing))
     if brain.sum() < MIN_BRAIN_FRACTION * intracranial.sum() or brain.sum() * voxel_ml < MIN_BRAIN_ML:
         # an empty cranium (phantom): the cavity itself is the search region
-        cavity = _largest_component(intracranial & ~near_bone)
+        # phantom inserts (plates, blocks) can cut the cavity in two: keep every sizeable part
+        cavity = _large_components(intracranial & ~near_bone, 0.05)
         return cavity if cavity.sum() * voxel_ml >= MIN_BRAIN_ML else np.zeros(hu.shape, dtype=bool)
     brain = _close(brain, 2.0, spacing) & intracranial & ~near_bone
     return _fill_slices(brain) & intracranial & ~bone
@@ -119,6 +120,16 @@ def _inside_skull(bone: np.ndarray, pixel_yx: np.ndarray) -> np.ndarray:
         if enclosed[i].sum() * pixel_yx[0] * pixel_yx[1] > MIN_INTRACRANIAL_MM2:
             out[z] = _largest_component(enclosed[i])
     return out
+
+
+def _large_components(mask: np.ndarray, fraction: float) -> np.ndarray:
+    """Components at least ``fraction`` of the largest one."""
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return np.zeros(mask.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return np.isin(labels, np.flatnonzero(sizes >= fraction * sizes.max()))
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
