@@ -196,7 +196,20 @@ class Registry:
         Same file system as the versions, so ``add(..., move=True)`` is a rename.
         """
         kind_dir = self._ensure(kind)
+        self._sweep_staging(kind_dir)
         return Path(tempfile.mkdtemp(prefix=".staging-", dir=kind_dir))
+
+    @staticmethod
+    def _sweep_staging(kind_dir: Path, max_age_s: float = 2 * 86400) -> None:
+        """Remove staging folders left by a killed trainer (older than any training run)."""
+        import time
+
+        for p in kind_dir.glob(".staging-*"):
+            try:
+                if time.time() - p.stat().st_mtime > max_age_s:
+                    shutil.rmtree(p, ignore_errors=True)
+            except FileNotFoundError:
+                pass
 
     def add(
         self,

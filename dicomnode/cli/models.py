@@ -150,6 +150,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             v = reg.promote(kind, version, reason=reason or "manual", actor="cli")
         except RegistryError as exc:
             raise fail(str(exc))
+        gate = (v.metadata.extra or {}).get("gate")
+        if gate and not gate.get("passed"):
+            typer.echo(f"warning: the retrain gate refused this version: {'; '.join(gate.get('reasons', []))}", err=True)
         typer.echo(f"{kind}: version {v.version} promoted (was {before}); `ich-node models rollback --kind {kind}` undoes it")
 
     @group.command("rollback")

@@ -111,6 +111,16 @@ def test_precise_errors(registry: Registry, tmp_path: Path) -> None:
         registry.add("classifier", tmp_path)
 
 
+def test_stale_staging_folders_are_swept(registry: Registry) -> None:
+    import os
+
+    old = registry.staging_dir("segmenter")
+    os.utime(old, (time.time() - 3 * 86400,) * 2)
+    fresh = registry.staging_dir("segmenter")
+    assert not old.exists() and fresh.exists()
+    assert [v.version for v in registry.versions("segmenter")] == ["1"]
+
+
 def test_watcher_sees_promotion_with_one_stat(registry: Registry, tmp_path: Path) -> None:
     watcher = ModelWatcher(registry)
     assert not watcher.poll()

@@ -365,3 +365,17 @@ def test_dataset_import_list_exclude_then_retrain_from_node_data(tmp_path: Path,
     assert out.exit_code == 3 and "no reference mask" in out.output
     manifest = rt.read_manifest(tmp_path / "var" / "retrain" / "node-cohort-segclassical")
     assert victim not in {r["case_id"] for r in manifest} and len(manifest) == 6
+
+
+def test_synthetic_source_generates_a_cohort_in_the_run(tmp_path: Path) -> None:
+    from training.synth import SynthOptions
+
+    reg = Registry(tmp_path / "models", bundled_root=None)
+    opts = SynthOptions(matrix=64, thickness_mm=(5.0,), tilt_fraction=0.0, streak_probability=0.0)
+    out = rt.cohort_from_source("synthetic", tmp_path / "run", data_dir=tmp_path, registry=reg, synthetic_cases=2,
+                                seed=4, synth_options=opts)
+    rows = rt.read_manifest(out)
+    assert out == tmp_path / "run" / "source" and len(rows) == 2
+    assert all((out / r["baseline_dir"]).is_dir() and (out / r["baseline_mask"]).is_file() for r in rows)
+    with pytest.raises(RetrainRefused, match="not 'node' or 'synthetic'"):
+        rt.cohort_from_source(str(tmp_path / "nowhere"), tmp_path / "run2", data_dir=tmp_path, registry=reg)
