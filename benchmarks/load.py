@@ -22,6 +22,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -225,12 +226,15 @@ def run_mode(mode: str, studies: list[tuple[str, Path]], work: Path, opts) -> di
             classes = sop_classes(orthanc, uid)
             if classes.count(SEG) != 1 or sum(c.startswith(SR) for c in classes) != 1:
                 losses.append((uid[-12:], classes.count(SEG), sum(c.startswith(SR) for c in classes)))
+        analysed = [float(m) for log in logs for m in re.findall(r"analysed in ([0-9.]+) s", log.read_text())]
         ttr = sorted(done[u] - pushed[u] for u in done)
         span = (max(done.values()) - t0) if done else float("nan")
         return {"mode": mode, "studies": len(studies), "delivered": len(done), "push_s": push_s,
                 "median_s": statistics.median(ttr) if ttr else float("nan"),
                 "p95_s": ttr[min(len(ttr) - 1, int(round(0.95 * (len(ttr) - 1))))] if ttr else float("nan"),
                 "studies_per_min": 60 * len(done) / span if done else 0.0, "peak_rss_mib": rss.peak,
+                "analysis_median_s": statistics.median(analysed) if analysed else float("nan"),
+                "load_avg_1m_end": os.getloadavg()[0],
                 "losses": losses}
     finally:
         for p in reversed(procs):
@@ -263,11 +267,13 @@ def main() -> None:
             res = run_mode(mode, studies, Path(tmp) / mode, opts)
             results.append(res)
             print(json.dumps(res, indent=2), flush=True)
-    print(f"\n{'mode':<10}{'delivered':>10}{'median s':>10}{'p95 s':>8}{'studies/min':>13}  peak RSS MiB")
+    print(f"\n{'mode':<10}{'delivered':>10}{'median s':>10}{'p95 s':>8}{'studies/min':>13}{'analysis s':>12}"
+          f"{'load':>6}  peak RSS MiB")
     for r in results:
         rss = ", ".join(f"{k} {v:.0f}" for k, v in r["peak_rss_mib"].items())
         print(f"{r['mode']:<10}{r['delivered']:>6}/{r['studies']:<3}{r['median_s']:>10.1f}{r['p95_s']:>8.1f}"
-              f"{r['studies_per_min']:>13.1f}  {rss}; losses {len(r['losses'])}")
+              f"{r['studies_per_min']:>13.1f}{r['analysis_median_s']:>12.1f}{r['load_avg_1m_end']:>6.1f}  {rss}; "
+              f"losses {len(r['losses'])}")
     by = {r["mode"]: r for r in results}
     if {"embedded", "celery"} <= set(by):
         e, c = by["embedded"], by["celery"]
