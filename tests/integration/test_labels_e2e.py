@@ -50,15 +50,18 @@ def ich_node(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120)
 
 
-def test_followup_label_and_rollback_while_serving(tmp_path, free_port, orthanc, dcmtk):
+def test_followup_label_and_rollback_while_serving(tmp_path, free_port, orthanc, dcmtk, monkeypatch):
     from pipeline.result import AnalysisResult
     from training.dataset import DatasetStore
     from training.registry import Registry
 
+    # Only the two segmenter versions below are served (no bundled CNN/classifier): the labels must not
+    # depend on which default model ships, and the node and the CLI both inherit this setting.
+    monkeypatch.setenv("ICH_NODE__MODELS__BUNDLED_FALLBACK", "false")
     expander = synth_pair(tmp_path / "exp", 1.0, 11)
     other = synth_pair(tmp_path / "non", 0.0, 12)
     node = NodeProcess(tmp_path, free_port(), orthanc.address).start(dcmtk)
-    reg = Registry(node.data_dir / "models")
+    reg = Registry(node.data_dir / "models", bundled_root=None)
     a = reg.add("segmenter", classical_version(tmp_path / "a"))
     b = reg.add("segmenter", classical_version(tmp_path / "b", lo_hu=42.0, min_component_ml=0.5))
     assert ich_node("models", "promote", a.version, "--kind", "segmenter", "--data-dir", str(node.data_dir)).returncode == 0

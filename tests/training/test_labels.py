@@ -122,12 +122,16 @@ def test_hook_never_raises_into_the_worker(tmp_path: Path, caplog: pytest.LogCap
 
 
 def analyse(series_dir: Path, out_dir: Path) -> AnalysisResult:
-    """What the node's worker does with one series: the pipeline with the served (bundled) models."""
+    """What the node's worker does with one series: ``pipeline.analyze.Analyzer``.
+
+    Model 1 here is the classical segmenter (the node's fallback model 1), not whatever CNN happens to be
+    bundled: the test is about pairing and labelling, and must not change when a new default ships.
+    """
     from pipeline.analyze import Analyzer
     from pipeline.models import ModelPaths
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    return Analyzer(ModelPaths.bundled()).analyze(sorted(Path(series_dir).iterdir()), out_dir)
+    return Analyzer(ModelPaths(segmenter=None, classifier=None)).analyze(sorted(Path(series_dir).iterdir()), out_dir)
 
 
 @pytest.fixture(scope="module")
