@@ -203,6 +203,40 @@ class DatasetStore:
             rows = db.execute("SELECT * FROM studies WHERE patient_hash=? ORDER BY study_time", (patient_hash,)).fetchall()
         return [_row_to(StudyRecord, r) for r in rows]
 
+    def prune(self, *, keep_days: float = 7.0, now: _dt.datetime | None = None) -> int:
+        """Drop the kept images of studies that never became a case baseline within ``keep_days``.
+
+        Every analysed study with a hematoma is kept in case its follow-up comes (≤ 72 h by default);
+        after a week without one, the copy only costs disk. Study records stay (they are small and
+        let a very late follow-up still be recognised as one). Returns the number of studies pruned.
+        """
+        import shutil
+
+        now = now or _dt.datetime.now(_dt.timezone.utc)
+        cutoff = (now - _dt.timedelta(days=keep_days)).isoformat(timespec="seconds")
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT study_uid FROM studies WHERE series_dir IS NOT NULL AND analysed_at < ? AND study_uid NOT IN "
+                "(SELECT baseline_study_uid FROM cases)", (cutoff,)).fetchall()
+            for r in rows:
+                db.execute("UPDATE studies SET series_dir=NULL, mask_path=NULL WHERE study_uid=?", (r["study_uid"],))
+        for r in rows:
+            shutil.rmtree(self.files_dir(r["study_uid"]), ignore_errors=True)
+        return len(rows)
+
+    def prune_now_and_then(self, every_s: float = 3600.0, **kw) -> int:
+        """``prune`` at most once per ``every_s`` (a marker file's mtime), cheap enough for every analysis."""
+        import time
+
+        marker = self.root / ".pruned"
+        try:
+            if time.time() - marker.stat().st_mtime < every_s:
+                return 0
+        except FileNotFoundError:
+            pass
+        marker.touch()
+        return self.prune(**kw)
+
     # ------------------------------------------------------------------ cases
     def upsert_case(self, case: Case) -> Case:
         now = now_iso()

@@ -59,6 +59,7 @@ class LabelPolicy:
     min_baseline_ml: float = 1.0   # below this there is no hematoma to grow: no case
     rule: ExpansionRule = ExpansionRule()
     keep_images: bool = True       # hard-link/copy baseline series into the store (the spool is pruned)
+    keep_days: float = 7.0         # images of a study that found no follow-up by then are dropped
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_hours < self.max_hours:
@@ -201,6 +202,7 @@ def record_analysis(
         model_versions=dict(result.model_versions), series_dir=series_dir, mask_path=mask_path,
         analysed_at=now_iso(),
     ))
+    store.prune_now_and_then(keep_days=policy.keep_days)
     if info.study_time is None:
         log.info("patient %s: study without a date/time, cannot be paired", patient[:8])
         return None

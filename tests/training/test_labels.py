@@ -172,3 +172,19 @@ def test_synthetic_followup_gives_the_generators_label(synthetic_pairs: list[dic
         # model 1 measures what the generator drew (loosely: the label must not hinge on luck)
         assert abs(base.volume_ml - float(row["baseline_volume_ml"])) < 0.35 * float(row["baseline_volume_ml"]) + 2
     assert store.counts()["cases"] == 2 and store.counts()["expanders"] == 1
+
+
+def test_images_of_studies_without_followup_are_pruned(tmp_path: Path) -> None:
+    store = DatasetStore(tmp_path / "training")
+    lone = write_study(tmp_path / "in", "PAT-7", T0)
+    b = write_study(tmp_path / "in", "PAT-8", T0)
+    on_analysis(store, lone, analysed(10.0))
+    on_analysis(store, b, analysed(10.0))
+    on_analysis(store, write_study(tmp_path / "in", "PAT-8", T0 + dt.timedelta(hours=24)), analysed(10.0))
+    lone_dir = store.files_dir(read_study_info(lone).study_uid)
+    assert lone_dir.is_dir()
+    assert store.prune(keep_days=7) == 0  # too recent
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=8)
+    assert store.prune(keep_days=7, now=later) == 2  # the lone study and the follow-up; the baseline stays
+    assert not lone_dir.exists() and store.study(read_study_info(lone).study_uid).series_dir is None
+    assert Path(store.case_for_baseline(read_study_info(b).study_uid).baseline_dir).is_dir()
