@@ -75,6 +75,8 @@ class ClassicalSegmenter:
         out = np.zeros(hu.shape, dtype=bool)
         reach_mm = p.edge_margin_mm + max(spacing_zyx)
         pad = [int(np.ceil(reach_mm / s)) + 1 for s in spacing_zyx]
+        # one distance map to all seeds (each growth is still confined to its own connected component)
+        within_reach = _coarse(distance_mm, kept, spacing_zyx) <= reach_mm
         for i in np.unique(labels[kept]):
             seed_box = ndimage.find_objects((labels == i).astype(np.uint8))[0]
             box = tuple(
@@ -86,8 +88,7 @@ class ClassicalSegmenter:
             background = float(np.median(slice_medians[zs]))
             threshold = max(p.lo_hu, (lesion_hu + background) / 2.0)
             candidate = (hu[box] >= threshold) & (hu[box] <= p.hi_hu) & brain[box]
-            reach = distance_mm(seed, spacing_zyx) <= reach_mm
-            grown, n = ndimage.label((candidate & reach) | seed)
+            grown, n = ndimage.label((candidate & within_reach[box]) | seed)
             comp = grown == grown[seed][0] if n else seed
             comp = ndimage.binary_fill_holes(comp) & brain[box]
             if comp.sum() * voxel_ml >= p.min_component_ml:
@@ -131,9 +132,8 @@ class ClassicalSegmenter:
         labels, n = ndimage.label(seeds)
         kept = np.zeros(seeds.shape, dtype=bool)
         if n:
-            idx = np.arange(1, n + 1)
-            sizes_ml = ndimage.sum_labels(np.ones(seeds.shape, np.float32), labels, idx) * volume.voxel_volume_ml
-            kept = np.isin(labels, idx[sizes_ml >= p.min_component_ml / 2])
+            sizes_ml = np.bincount(labels.ravel(), minlength=n + 1)[1:] * volume.voxel_volume_ml
+            kept = np.isin(labels, np.flatnonzero(sizes_ml >= p.min_component_ml / 2) + 1)
         if kept.any():
             kept = self._grow(volume.hu[box], sub_brain, labels, kept, medians, (sz, sy, sx), volume.voxel_volume_ml)
         out = np.zeros(volume.shape, dtype=bool)
