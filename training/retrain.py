@@ -460,7 +460,7 @@ def _write_report(report: RetrainReport) -> None:
                      f"{'promoted' if o.promoted else 'not promoted'}.")
         lines += ["", "| metric | candidate | served |", "|---|---|---|"]
         for metric in sorted(set(o.candidate_metrics) | set(o.served_metrics or {})):
-            if isinstance(o.candidate_metrics.get(metric), (list, dict)):
+            if isinstance(o.candidate_metrics.get(metric), dict) or metric == "skipped":
                 continue
             lines.append(f"| {metric} | {_fmt(o.candidate_metrics.get(metric))} | "
                          f"{_fmt((o.served_metrics or {}).get(metric))} |")
@@ -469,6 +469,8 @@ def _write_report(report: RetrainReport) -> None:
 
 
 def _fmt(v) -> str:
+    if isinstance(v, list):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
     return f"{v:.4f}" if isinstance(v, float) else ("—" if v is None else str(v))
 
 
@@ -703,10 +705,17 @@ class ClassifierTrainer:
                 continue
             y.append(_label(row))
             p.append(model.predict_features(feats))
+        from training.stats import calibration, delong_auc_ci
+
         y_arr, p_arr = np.asarray(y), np.asarray(p)
+        both = 0 < y_arr.sum() < len(y)
         out = {"cases": len(y), "expanders": int(y_arr.sum()), "skipped": skipped,
                "brier": float(brier_score_loss(y_arr, p_arr)) if len(y) else None,
-               "auc": float(roc_auc_score(y_arr, p_arr)) if 0 < y_arr.sum() < len(y) else None}
+               "auc": float(roc_auc_score(y_arr, p_arr)) if both else None}
+        if both:  # for the report: how uncertain the gate's point estimates are on this validation set
+            out["auc_ci95"] = list(delong_auc_ci(y_arr, p_arr)[1:])
+            cal = calibration(y_arr, p_arr)
+            out["calibration_slope"], out["calibration_intercept"] = cal["slope"], cal["intercept"]
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         with open(Path(out_dir) / "predictions.csv", "w", newline="") as fh:
             w = csv.writer(fh)
