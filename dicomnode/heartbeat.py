@@ -4,7 +4,7 @@ Every ``heartbeat.interval_s`` the node C-STOREs a freshly generated study (new 
 small hyperdense blob, patient "HEARTBEAT^ICHNODE") to *itself*, through its own Storage SCP, so the
 same path as a scanner's study is exercised: SCP → spool → sweep → selection → queue → worker →
 pipeline → sender. Then, on later ticks, it asks the destination whether results for that
-StudyInstanceUID arrived (C-FIND at series level, Orthanc's REST API, or QIDO-RS for a STOW-RS
+StudyInstanceUID arrived — an SR, sent after the SEG, closes the loop (C-FIND at series level, Orthanc's REST API, or QIDO-RS for a STOW-RS
 destination). The outcome is kept in ``<data_dir>/heartbeat.json`` (read by ``ich-node status`` and
 ``/metrics``) so it survives restarts and needs no running node to be read.
 
@@ -270,7 +270,8 @@ class Heartbeat:
 
     def _check(self, state: dict, pending: dict, now: float) -> dict:
         found = self._lookup(pending["study_uid"])
-        if found:
+        # the SR is sent last of SEG → SR (and exists for "cannot assess" too): its arrival means the loop closed
+        if "SR" in found:
             took = now - pending["sent_at"]
             state.update(state="ok", last_success=now, last_duration_s=took, last_found=sorted(set(found)),
                          pending=None, last_error=None)
@@ -278,6 +279,7 @@ class Heartbeat:
                      ", ".join(sorted(set(found))))
         elif now - pending["sent_at"] > self.timeout_s:
             state.update(state="failed", pending=None,
-                         last_error=f"no results at the destination {self.timeout_s:.0f} s after sending")
+                         last_error=f"no SR at the destination {self.timeout_s:.0f} s after sending"
+                                    f" (found: {', '.join(sorted(set(found))) or 'nothing'})")
             log.warning("heartbeat: %s", state["last_error"])
         return state

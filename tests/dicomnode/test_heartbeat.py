@@ -20,7 +20,7 @@ from dicomnode.heartbeat import PATIENT_ID, Heartbeat, orthanc_series, read_stat
 from dicomnode.service import Node
 
 from test_metrics import scrape, value
-from test_service import fake_module, node_config, wait_for  # noqa: F401 - fixtures
+from test_service import node_config, wait_for
 
 _spec = importlib.util.spec_from_file_location(
     "integration_conftest", Path(__file__).resolve().parents[1] / "integration" / "conftest.py")
@@ -60,6 +60,8 @@ def test_tick_sends_when_due_then_checks_until_found_or_timeout(tmp_path):
     s = hb.tick(now=1000.0)
     assert len(sent) == 1 and s["pending"]["study_uid"] == sent[0][0] and s["state"] == "never"
     assert hb.tick(now=1010.0)["pending"] and len(sent) == 1        # not there yet, not timed out
+    found[sent[0][0]] = ["SEG"]                                      # SEG there, SR still on its way
+    assert hb.tick(now=1015.0)["pending"]
     found[sent[0][0]] = ["SEG", "SR"]
     s = hb.tick(now=1020.0)
     assert s["state"] == "ok" and s["last_success"] == 1020.0 and s["last_duration_s"] == 20.0
@@ -68,7 +70,7 @@ def test_tick_sends_when_due_then_checks_until_found_or_timeout(tmp_path):
     hb.tick(now=1061.0)
     assert len(sent) == 2
     s = hb.tick(now=1100.0)
-    assert s["state"] == "failed" and "no results" in s["last_error"] and s["last_success"] == 1020.0
+    assert s["state"] == "failed" and "no SR" in s["last_error"] and s["last_success"] == 1020.0
     bad = Heartbeat(cfg, send=lambda files: (_ for _ in ()).throw(ConnectionError("node refused")))
     s = bad.tick(now=2000.0)
     assert s["state"] == "failed" and "node refused" in s["last_error"]
@@ -83,7 +85,7 @@ def test_unknown_heartbeat_destination_is_a_clear_error(tmp_path):
         Heartbeat(cfg)
 
 
-def test_heartbeat_through_the_real_path_reaches_orthanc(tmp_path, free_port, fake_module, dcmtk):  # noqa: F811
+def test_heartbeat_through_the_real_path_reaches_orthanc(tmp_path, free_port, dcmtk):
     node_port = free_port()
     orthanc = OrthancServer(tmp_path / "orthanc", free_port, modalities={"node": ["ICHNODE", "127.0.0.1", node_port]})
     orthanc.start()
@@ -91,11 +93,14 @@ def test_heartbeat_through_the_real_path_reaches_orthanc(tmp_path, free_port, fa
     cfg.destinations = [Destination.from_address(orthanc.address)]
     cfg.metrics.enabled, cfg.metrics.port = True, free_port()
     cfg.heartbeat.enabled, cfg.heartbeat.interval_s, cfg.heartbeat.timeout_s = True, 3600, 120
+    if importlib.util.find_spec("pipeline.analyze") is None:
+        pytest.skip("pipeline.analyze (the real analysis) is not in the tree yet")
+    cfg.worker.analyzer = "pipeline.analyze:Analyzer"  # the synthetic blob gives a SEG and an SR
     node = Node(cfg).start()  # the node's own selection decides, as for a scanner's study
     try:
         state = wait_for(lambda: (s := read_state(cfg.node.data_dir)) and s.get("state") == "ok" and s, 120, 0.5)
         assert state["last_success"] > state["last_attempt"] and state["pending"] is None
-        assert state["last_found"]  # found by C-FIND at the destination
+        assert {"SEG", "SR"} <= set(state["last_found"]), state  # found by C-FIND at the destination
         study_uid = [j for j in node.queue.list()][0].payload["study_uid"]
         assert orthanc_series(orthanc.url, study_uid)  # the REST check sees it too
         text = scrape(cfg.metrics.port)[1]
