@@ -58,6 +58,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
         from training import retrain as rt
         from training.registry import RegistryError
+        from training.trainers import ClassifierTrainer, SegmenterTrainer
 
         console = Console(soft_wrap=True)
         if promote not in ("auto", "never", "force"):
@@ -73,11 +74,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         served = registry.current_paths()
         trainers = []
         if segmenter:
-            trainers.append(rt.SegmenterTrainer(
+            trainers.append(SegmenterTrainer(
                 overrides={"epochs": epochs} if epochs else {}, served_dir=served.segmenter,
                 cache_dir=rt.retrain_dir(where.data_dir) / "cache" / "segmenter"))
         if classifier:
-            trainers.append(rt.ClassifierTrainer(served_dir=served.classifier,
+            trainers.append(ClassifierTrainer(served_dir=served.classifier,
                                                  cache_dir=rt.retrain_dir(where.data_dir) / "cache" / "classifier"))
         logging.basicConfig(level=logging.WARNING)
 

@@ -11,6 +11,7 @@ import pytest
 
 from training import retrain as rt
 from training.retrain import DataPolicy, GatePolicy, RetrainBusy, RetrainRefused, gate
+from training.trainers import ClassifierTrainer, SegmenterTrainer
 
 
 def write_manifest(root: Path, n: int, expanders: int, *, masks: bool = True) -> Path:
@@ -249,7 +250,7 @@ def test_classifier_retrain_promotes_then_gate_refuses_a_worse_model(cohort: Pat
     def trainer():
         served = reg.current_paths().classifier
         over = {"n_features_grid": (2,)} | ({} if served else {"radiomics_params": params})
-        return rt.ClassifierTrainer(overrides=over, served_dir=served, cache_dir=data / "cache")
+        return ClassifierTrainer(overrides=over, served_dir=served, cache_dir=data / "cache")
 
     first = rt.retrain(registry=reg, data_dir=data, cohort=cohort, trainers=[trainer()], source=str(cohort),
                        data_policy=TINY_DATA)
@@ -289,7 +290,7 @@ def test_segmenter_retrain_adds_a_version_judged_against_the_served_one(cohort: 
     reg = Registry(data / "models", bundled_root=None)  # nothing served: the classical segmenter is the bar
     tiny = {"epochs": 1, "steps_per_epoch": 3, "batch_size": 2, "base_filters": 4, "depth": 2, "threads": 2,
             "val_fraction": 0.2, "preprocess": PreprocessConfig(spacing_mm=4.0, patch=(16, 16, 16))}
-    trainer = rt.SegmenterTrainer(overrides=tiny, cache_dir=data / "cache" / "seg")
+    trainer = SegmenterTrainer(overrides=tiny, cache_dir=data / "cache" / "seg")
     report = rt.retrain(registry=reg, data_dir=data, cohort=cohort, trainers=[trainer], source="synthetic",
                         promote="never", data_policy=TINY_DATA)
     o = report.outcomes[0]
