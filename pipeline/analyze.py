@@ -38,12 +38,15 @@ Source = Path | str | Sequence[Path | str] | Sequence[Dataset]
 
 @dataclass(frozen=True)
 class OutputOptions:
-    """Which objects to write; the overlay series is configurable per destination."""
+    """Optional outputs. SEG and SR are always written (the SR measures the SEG); the overlay
+    series is for viewers that show neither and can be switched off per destination."""
 
-    seg: bool = True
-    sr: bool = True
     overlay: bool = True
     overlay_slices: int = 3
+
+    def __post_init__(self) -> None:
+        if self.overlay_slices < 1:
+            raise ValueError(f"overlay_slices must be ≥ 1 (use overlay=False for none), got {self.overlay_slices}")
 
 
 class Analyzer:
@@ -96,7 +99,12 @@ class Analyzer:
             if not brain.any():
                 raise CannotAssess("no_brain", "no brain or cranial cavity found in the scanned range")
             with _timed(timings, "segmentation"):
-                mask = np.asarray(self.segmenter.predict_mask(series.volume, brain), dtype=bool) & brain
+                mask = np.asarray(self.segmenter.predict_mask(series.volume, brain), dtype=bool)
+                if mask.shape != series.volume.shape:
+                    raise ValueError(
+                        f"segmenter {self.segmenter.name} returned shape {mask.shape}, expected {series.volume.shape}"
+                    )
+                mask &= brain                      # the hematoma search never leaves the brain
                 volume_ml = float(mask.sum() * series.volume.voxel_volume_ml)
             probability, risk = None, None
             if self.classifier is not None:
@@ -120,16 +128,15 @@ class Analyzer:
             seg = build_seg(
                 datasets, source_mask, SegmenterInfo(self.segmenter.name, str(self.segmenter.version)), self.device
             )
-            result.outputs["seg"] = [_save(seg, out / "seg.dcm")] if self.outputs.seg else []
+            result.outputs["seg"] = [_save(seg, out / "seg.dcm")]
             findings = Findings(
                 volume_ml=volume_ml,
                 expansion_probability=probability,
                 risk=risk.value if risk else None,
                 model_versions=self._model_names(),
             )
-            if self.outputs.sr:
-                sr = build_sr(datasets, findings, seg=seg, predecessors=previous, device=self.device)
-                result.outputs["sr"] = [_save(sr, out / "sr.dcm")]
+            sr = build_sr(datasets, findings, seg=seg, predecessors=previous, device=self.device)
+            result.outputs["sr"] = [_save(sr, out / "sr.dcm")]
             if self.outputs.overlay:
                 text = summary_line(volume_ml, findings.risk, probability)
                 overlays = build_overlays(datasets, source_mask, text, self.outputs.overlay_slices, self.device)
@@ -147,7 +154,7 @@ class Analyzer:
             model_versions=self.model_versions,
         )
         study = _one_study(datasets)
-        if study and self.outputs.sr:
+        if study:
             with _timed(timings, "encoding"):
                 findings = Findings(reason_code=exc.code, model_versions=self._model_names())
                 sr = build_sr(study, findings, predecessors=previous, device=self.device)

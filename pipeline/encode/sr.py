@@ -119,29 +119,31 @@ def _insert_image_library(report: hd.sr.MeasurementReport, sources: list[Dataset
         name=hd.sr.CodedConcept("126200", "DCM", "Image Library Group"),
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
-    group.ContentSequence = hd.sr.ContentSequence(
-        [
-            hd.sr.CodeContentItem(
-                name=hd.sr.CodedConcept("121139", "DCM", "Modality"),
-                value=hd.sr.CodedConcept("CT", "DCM", "Computed Tomography"),
-                relationship_type=hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT,
-            ),
+    context = [
+        hd.sr.CodeContentItem(
+            name=hd.sr.CodedConcept("121139", "DCM", "Modality"),
+            value=_modality_code(str(sources[0].get("Modality") or "CT")),
+            relationship_type=hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT,
+        )
+    ]
+    if sources[0].get("FrameOfReferenceUID"):   # a series refused for lacking one still gets its SR
+        context.append(
             hd.sr.UIDRefContentItem(
                 name=hd.sr.CodedConcept("112227", "DCM", "Frame of Reference UID"),
                 value=sources[0].FrameOfReferenceUID,
                 relationship_type=hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT,
-            ),
-        ]
-        + [
-            hd.sr.ImageContentItem(
-                name=hd.sr.CodedConcept("260753009", "SCT", "Source"),
-                referenced_sop_class_uid=ds.SOPClassUID,
-                referenced_sop_instance_uid=ds.SOPInstanceUID,
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
-            for ds in sources
-        ]
-    )
+        )
+    images = [
+        hd.sr.ImageContentItem(
+            name=hd.sr.CodedConcept("260753009", "SCT", "Source"),
+            referenced_sop_class_uid=ds.SOPClassUID,
+            referenced_sop_instance_uid=ds.SOPInstanceUID,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+        for ds in sources
+    ]
+    group.ContentSequence = hd.sr.ContentSequence(context + images)
     library = hd.sr.ContainerContentItem(
         name=hd.sr.CodedConcept("111028", "DCM", "Image Library"),
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
@@ -152,6 +154,10 @@ def _insert_image_library(report: hd.sr.MeasurementReport, sources: list[Dataset
         (i for i, item in enumerate(items) if item.ConceptNameCodeSequence[0].CodeValue == "126010"), len(items)
     )
     items.insert(position, library)
+
+
+def _modality_code(modality: str) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(modality, "DCM", "Computed Tomography" if modality == "CT" else modality)
 
 
 def _model_text(versions: dict[str, str]) -> str:

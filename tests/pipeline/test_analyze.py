@@ -118,6 +118,18 @@ def test_missing_slice_gives_coded_sr_and_no_seg(analyzer: Analyzer, phantom_dir
     assert AnalysisResult.read(out).status is Status.CANNOT_ASSESS
 
 
+def test_no_frame_of_reference_still_gets_a_coded_sr(analyzer: Analyzer, phantom_dir: Path, tmp_path: Path, new_dciodvfy_errors):
+    src = tmp_path / "series"
+    src.mkdir()
+    for i, ds in enumerate(read_images(phantom_dir)):
+        del ds.FrameOfReferenceUID
+        ds.save_as(src / f"{i:02d}.dcm")
+    result = analyzer.analyze(src, tmp_path / "out")
+    assert result.status is Status.CANNOT_ASSESS and result.reason.startswith("no_frame_of_reference")
+    assert read_sr_reason(pydicom.dcmread(tmp_path / "out" / "sr.dcm")) == "CA-NOFOR"
+    assert new_dciodvfy_errors(tmp_path / "out" / "sr.dcm", src / "00.dcm") == set()
+
+
 def test_folder_without_images_gives_result_json_only(tmp_path: Path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "junk.bin").write_bytes(b"\x00" * 300)
