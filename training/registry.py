@@ -8,8 +8,8 @@ Layout of a registry directory (config ``models.registry_dir``, default ``<data_
     <root>/history.jsonl                   one line per add / promote / rollback
     <root>/.lock                           flock for read-modify-write of the two files above
 
-The bundled defaults (``models/<kind>/<n>/`` in the repository) are copied in (hard links where the file
-system allows) while a kind has no version yet, so they are version 1 of each and a later code update never
+The bundled defaults (``models/<kind>/<n>/`` in the repository) are copied in while a kind has no
+version yet, so they are version 1 of each and a later code update never
 silently changes what a site serves. ``promoted.json`` is replaced by write-temp-fsync-rename, so a reader
 (the worker) sees either the old or the new state, never half of one. Version directories are immutable
 once added: a new model is staged in a hidden directory and renamed into place.
@@ -84,14 +84,6 @@ def atomic_write_text(path: Path, text: str) -> None:
         os.close(dir_fd)
 
 
-def _link_or_copy(src: str, dst: str) -> str:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-    return dst
-
-
 class Registry:
     """A registry directory; cheap to construct, safe to share between processes."""
 
@@ -154,7 +146,7 @@ class Registry:
                 continue
             staging = kind_dir / f".staging-bundled-{src.name}"
             shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(src, staging, copy_function=_link_or_copy)
+            shutil.copytree(src, staging)  # a copy, not links: editing the repo's files never reaches a site
             os.replace(staging, kind_dir / src.name)
             self._log({"action": "add", "kind": kind, "version": src.name, "source": "bundled"})
             imported.append(src.name)
