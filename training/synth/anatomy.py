@@ -121,13 +121,16 @@ class PhantomHead:
             return base & (inf | self._brainstem(x, y, z))
         raise ValueError(f"unknown compartment {name!r}")
 
-    def site(self, location: str, rng: np.random.Generator, radius_mm: float = 10.0) -> tuple[np.ndarray, str]:
+    def site(self, location: str, rng: np.random.Generator, radius_mm: float = 10.0,
+             near_ventricle: bool = False) -> tuple[np.ndarray, str]:
         """A hematoma centre (head frame) and its compartment for a location class; lobar clots
         are kept about one radius off the falx."""
         side = 1.0 if rng.random() < 0.5 else -1.0
         comp = "supra_left" if side > 0 else "supra_right"
         if location == "deep":
             u = rng.random()
+            if near_ventricle:   # bleeds that rupture into the ventricles: mostly thalamic / caudate
+                u = 0.6 + 0.4 * u if u > 0.15 else u
             if u < 0.6:     # putamen / external capsule
                 c = np.array([side * rng.uniform(18, 26), rng.uniform(-8, 6), rng.uniform(-2, 10)])
             elif u < 0.95:  # thalamus

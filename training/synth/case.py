@@ -198,7 +198,7 @@ def generate_case(seed_or_rng, options: SynthOptions | None = None, case_id: str
     growth_u = rl.random()
     if head is None:
         head = _draw_head(rh, opts)
-    centre, comp = head.site(location, rs, float(np.cbrt(3 * v0_target * 1000 / (4 * np.pi))))
+    centre, comp = head.site(location, rs, float(np.cbrt(3 * v0_target * 1000 / (4 * np.pi))), near_ventricle=ivh)
     # --- baseline clot (shape stream)
     island_separate = markers["island"] and markers["satellite"]
     buds = int(rs.integers(4, 7)) if markers["island"] and not island_separate else 0

@@ -242,12 +242,14 @@ class RealHead:
         """Approximate inverse map (ignores the small warp) for choosing sites."""
         return np.linalg.solve(self.lin, p_atlas)
 
-    def site(self, location: str, rng: np.random.Generator, radius_mm: float = 10.0):
+    def site(self, location: str, rng: np.random.Generator, radius_mm: float = 10.0, near_ventricle: bool = False):
         side = 1.0 if rng.random() < 0.5 else -1.0
         comp = "supra_left" if side > 0 else "supra_right"
         vc = self._to_head(self.atlas.vent_centre)
         if location == "deep":
             u = rng.random()
+            if near_ventricle:   # bleeds that rupture into the ventricles: mostly thalamic / caudate
+                u = 0.6 + 0.4 * u if u > 0.15 else u
             if u < 0.6:
                 off = np.array([side * rng.uniform(18, 26), rng.uniform(-8, 6), rng.uniform(-14, -4)])
             elif u < 0.95:
