@@ -87,15 +87,20 @@ def test_tilt_mapping_is_exact_nearest_voxel(ge):
 def test_tilt_mapping_places_a_physical_sphere_on_the_source_slices(ge):
     vol = ge.volume
     center = vol.index_to_physical(np.array([[18.0, 300.0, 256.0]]))[0]
-    zz, yy, xx = np.indices(vol.shape)
+    lo = np.array([18 - 7, 300 - 45, 256 - 45])           # a box that holds the 20 mm sphere
+    zz, yy, xx = np.indices((15, 91, 91)) + lo[:, None, None, None]
     pts = vol.index_to_physical(np.stack([zz.ravel(), yy.ravel(), xx.ravel()], axis=1))
-    sphere = (np.linalg.norm(pts - center, axis=1) <= 20.0).reshape(vol.shape)
+    sphere = np.zeros(vol.shape, bool)
+    sphere[lo[0] : lo[0] + 15, lo[1] : lo[1] + 91, lo[2] : lo[2] + 91] = (
+        np.linalg.norm(pts - center, axis=1) <= 20.0
+    ).reshape(15, 91, 91)
+    assert not sphere[lo[0]].any() and not sphere[lo[0] + 14].any()
     src = ge.mask_to_source(sphere)
     expected = np.zeros_like(src)
+    j, i = np.mgrid[0:512, 0:512]
     for k, ds in enumerate(ge.datasets):
         iop = np.array([float(v) for v in ds.ImageOrientationPatient])
         ipp = np.array([float(v) for v in ds.ImagePositionPatient])
-        j, i = np.mgrid[0:512, 0:512]
         p = ipp + (i[..., None] * 0.4882812) * iop[:3] + (j[..., None] * 0.4882812) * iop[3:]
         expected[k] = np.linalg.norm(p - center, axis=-1) <= 20.0
     inter = (src & expected).sum()
