@@ -257,3 +257,71 @@ def test_status_and_jobs_cli_show_celery_dead_letters(q, redis_url, tmp_path):
                              text=True, env=env, timeout=120)
     assert retried.returncode == 0, retried.stderr
     assert q.get(job.id).state is JobState.QUEUED
+
+
+_DOUBLE = textwrap.dedent('''
+    """Test double of pipeline.analyze.Analyzer: counts model loads, sleeps, writes a result."""
+    import os, time
+    from pathlib import Path
+    from pipeline.result import AnalysisResult, Status
+
+    class Analyzer:
+        def __init__(self, models):
+            print(f"MODEL LOAD pid={os.getpid()}", flush=True)
+
+        def analyze(self, files, out_dir, predecessor=None):
+            time.sleep(float(os.environ.get("DOUBLE_SLEEP", "0")))
+            result = AnalysisResult(status=Status.ANALYZED, outputs={})
+            result.write(Path(out_dir))
+            return result
+''')
+
+
+def test_worker_loads_models_once_per_process_and_survives_a_killed_pool_process(tmp_path, redis_url):
+    """`ich-node worker`: a pool process killed mid-job is replaced (and loads the models once); the job
+    is re-run after its lease expires; later jobs reuse the loaded models."""
+    from dicomnode.queue.celery import CeleryQueue
+
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "double_analyzer.py").write_text(_DOUBLE)
+    spool_file = tmp_path / "var" / "spool" / "x.dcm"
+    spool_file.parent.mkdir(parents=True)
+    spool_file.write_bytes(b"not read by the double")
+    env = {**os.environ, "ICH_NODE__QUEUE__BACKEND": "celery", "ICH_NODE__QUEUE__REDIS_URL": redis_url,
+           "ICH_NODE__QUEUE__WORKER_LEASE_S": "3", "ICH_NODE__WORKER__ANALYZER": "double_analyzer:Analyzer",
+           "ICH_NODE__NODE__DATA_DIR": str(tmp_path / "var"), "DOUBLE_SLEEP": "3",
+           "PYTHONPATH": os.pathsep.join([str(mods), os.environ.get("PYTHONPATH", "")])}
+    log = tmp_path / "worker.log"
+    exe = Path(sys.executable).with_name("ich-node")
+    worker = subprocess.Popen([str(exe), "worker", "-j", "1", "-n", "t@test"], stdout=open(log, "ab"),
+                              stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    q = CeleryQueue(redis_url, lease_s=3)
+
+    def wait(pred, timeout=120.0):
+        end = time.monotonic() + timeout
+        while not (value := pred()):
+            assert worker.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < end, log.read_text()[-3000:]
+            time.sleep(0.1)
+        return value
+
+    try:
+        wait(lambda: "ready (models" in log.read_text())
+        a = q.enqueue("study-a", {"files": [str(spool_file)]})
+        running = wait(lambda: q.get(a.id).state is JobState.RUNNING and q.get(a.id))
+        os.kill(int(running.lease_owner.rsplit("-", 1)[1]), signal.SIGKILL)  # the pool process, not the worker
+        wait(lambda: log.read_text().count("ready (models") == 2)       # replaced, models loaded again
+        wait(lambda: q.maintain() >= 0 and q.get(a.id).state is JobState.ENCODED, 60)  # lease expired → re-run
+        assert q.get(a.id).last_error == "previous worker lost (lease expired)"
+        for key in ("study-b", "study-c"):
+            job = q.enqueue(key, {"files": [str(spool_file)]})
+            wait(lambda: q.get(job.id).state is JobState.ENCODED, 60)
+        assert log.read_text().count("MODEL LOAD") == 2  # one per pool process, not per job
+        assert worker.poll() is None
+    finally:
+        os.kill(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            os.kill(worker.pid, signal.SIGKILL)
