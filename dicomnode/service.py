@@ -223,14 +223,21 @@ class Node:
                 signal.signal(s, h)
 
     def _extra_jobs(self) -> dict:
-        """Optional scheduled jobs: the heartbeat study (dicomnode.heartbeat), when enabled."""
-        if not self.config.heartbeat.enabled:
-            return {}
-        from apscheduler.triggers.interval import IntervalTrigger
+        """Optional scheduled jobs: the heartbeat study (dicomnode.heartbeat) and retraining on a cron
+        expression (training.retrain, in a child process so TensorFlow never loads into the node)."""
+        jobs: dict = {}
+        if self.config.scheduler.retrain_cron:
+            from training.retrain import scheduled_job
 
-        from .heartbeat import Heartbeat
+            jobs.update(scheduled_job(self.config.scheduler.retrain_cron, data_dir=self.data_dir))
+        if self.config.heartbeat.enabled:
+            from apscheduler.triggers.interval import IntervalTrigger
 
-        return {"heartbeat": (Heartbeat(self.config).tick, IntervalTrigger(seconds=min(5.0, self.config.heartbeat.interval_s)))}
+            from .heartbeat import Heartbeat
+
+            jobs["heartbeat"] = (Heartbeat(self.config).tick,
+                                 IntervalTrigger(seconds=min(5.0, self.config.heartbeat.interval_s)))
+        return jobs
 
     # -- hand-overs ---------------------------------------------------------------------------
     def _retries(self) -> None:

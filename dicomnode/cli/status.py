@@ -41,6 +41,9 @@ def gather(cfg) -> dict:
     from dicomnode.heartbeat import read_state  # the scheduled synthetic study (issue 7), None if never run
 
     out["heartbeat"] = read_state(data_dir)
+    from training.retrain import read_status  # the last or running retrain (issue 6)
+
+    out["retrain"] = read_status(data_dir)
     return out
 
 
@@ -121,3 +124,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                           + (f" ({hb['last_duration_s']:.0f} s end to end)" if hb.get("last_duration_s") else "")
                           + (f"; last error: {hb['last_error']}" if hb.get("last_error") else "")
                           + ("; one in flight" if hb.get("pending") else ""))
+        rt = info.get("retrain") or {}
+        colour = {"running": "yellow", "interrupted": "red"}.get(rt.get("state"), "green")
+        console.print(f"retraining: [{colour}]{rt.get('state', 'never run')}[/]"
+                      + (f", schedule {rt['schedule']}" if rt.get("schedule") else ", not scheduled")
+                      + (f"; last: {rt['message']}" if rt.get("message") else ""))

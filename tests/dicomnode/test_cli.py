@@ -105,3 +105,14 @@ def test_serve_rejects_bad_options(tmp_path):
     bad.write_text("[queue]\nmax_attempts = 0\n")
     r = runner.invoke(app, ["serve", "--config", str(bad)])
     assert r.exit_code == 2 and "queue.max_attempts" in r.output
+
+
+def test_status_shows_retrain_state(data_dir):
+    from training.retrain import write_status
+
+    r = runner.invoke(app, ["status", "--data-dir", str(data_dir), "--json"])
+    assert json.loads(r.output)["retrain"]["state"] == "never run"
+    write_status(data_dir, state="done", schedule="0 3 * * 0", message="classifier v2 refused by the gate")
+    r = runner.invoke(app, ["status", "--data-dir", str(data_dir)])
+    assert r.exit_code == 0, r.output
+    assert "retraining: done, schedule 0 3 * * 0; last: classifier v2 refused by the gate" in " ".join(r.output.split())

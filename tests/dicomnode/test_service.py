@@ -237,3 +237,16 @@ def test_kill_9_during_analysis_then_restart_delivers_once(tmp_path, free_port, 
                 os.kill(proc.pid, signal.SIGKILL)
         peer.stop()
     assert "node stopped" in log.read_text()  # SIGTERM → graceful stop
+
+
+def test_retrain_cron_is_scheduled_only_when_configured(tmp_path):
+    from apscheduler.triggers.cron import CronTrigger
+
+    from dicomnode.config import load_config
+    from dicomnode.service import Node
+
+    off = load_config(None, env={"ICH_NODE__NODE__DATA_DIR": str(tmp_path)})
+    assert "retrain" not in Node(off)._extra_jobs()
+    on = load_config(None, env={"ICH_NODE__NODE__DATA_DIR": str(tmp_path), "ICH_NODE__SCHEDULER__RETRAIN_CRON": "0 3 * * 0"})
+    fn, trigger = Node(on)._extra_jobs()["retrain"]
+    assert isinstance(trigger, CronTrigger) and callable(fn)
