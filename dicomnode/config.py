@@ -371,6 +371,32 @@ class HeartbeatSection(_Section):
         return validate_ae_title(v)
 
 
+class TrainingSection(_Section):
+    """Labels from follow-up CTs and the retraining gate (training.labels, training.retrain)."""
+
+    followup_min_hours: float = Field(6.0, ge=0)   # a later study of the same patient in this window
+    followup_max_hours: float = Field(72.0, gt=0)  # is the follow-up of an analysed baseline
+    min_baseline_ml: float = Field(1.0, ge=0)      # smaller baselines give no training case
+    expansion_abs_ml: float = Field(6.0, gt=0)     # the seed's rule: growth > 6 mL
+    expansion_rel: float = Field(0.33, gt=0)       # ... or > 33 %
+    val_fraction: float = Field(0.25, gt=0, lt=1)  # patients kept apart for validation (fixed by hash)
+    min_train_cases: int = Field(40, ge=1)
+    min_train_expanders: int = Field(8, ge=1)
+    min_val_cases: int = Field(12, ge=1)
+    min_val_expanders: int = Field(3, ge=1)
+    auc_margin: float = Field(0.02, ge=0)          # promote only when not worse than served beyond these
+    brier_margin: float = Field(0.01, ge=0)
+    dice_margin: float = Field(0.02, ge=0)
+    volume_error_margin_ml: float = Field(0.5, ge=0)
+
+    @model_validator(mode="after")
+    def _window(self) -> "TrainingSection":
+        if self.followup_min_hours >= self.followup_max_hours:
+            raise ValueError(f"followup_min_hours ({self.followup_min_hours}) must be below "
+                             f"followup_max_hours ({self.followup_max_hours})")
+        return self
+
+
 class LoggingSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     phi: bool = False  # True only for debugging on a test system: logs patient IDs unhashed
@@ -395,6 +421,7 @@ class NodeConfig(_Section):
     models: ModelsSection = Field(default_factory=ModelsSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     heartbeat: HeartbeatSection = Field(default_factory=HeartbeatSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
 
     @model_validator(mode="after")

@@ -274,13 +274,13 @@ class Node:
         """Tell the training dataset about the finished analysis (follow-up pairing); never fails the job."""
         try:
             from pipeline.result import AnalysisResult
-            from training.labels import on_analysis
+            from training.labels import LabelPolicy, on_analysis
         except ImportError:
             return
         try:
             result = AnalysisResult.read(Path(job.result_dir))
             seg = [Path(job.result_dir) / p for p in result.outputs.get("seg", [])]
             on_analysis(Path(self.config.node.data_dir) / "training", [Path(f) for f in job.payload.get("files", [])],
-                        result, seg_files=seg)
+                        result, seg_files=seg, policy=LabelPolicy.from_mapping(self.config.training.model_dump()))
         except Exception:  # noqa: BLE001
             log.warning("job %s: dataset hook failed", job.id, exc_info=True)

@@ -95,3 +95,14 @@ def test_cli_config_check(tmp_path):
     f.write_text("[node]\nport = 'x'\n")
     r = CliRunner().invoke(app, ["config", "check", str(f)])
     assert r.exit_code == 1 and "node.port" in r.output
+
+
+def test_training_section_validates_the_followup_window():
+    from dicomnode.config import ConfigError, load_config
+
+    cfg = load_config(None, env={"ICH_NODE__TRAINING__FOLLOWUP_MAX_HOURS": "48"})
+    assert cfg.training.followup_max_hours == 48 and cfg.training.expansion_abs_ml == 6.0
+    import pytest
+
+    with pytest.raises(ConfigError, match="followup_min_hours"):
+        load_config(None, env={"ICH_NODE__TRAINING__FOLLOWUP_MIN_HOURS": "80"})
