@@ -28,13 +28,24 @@ BAR_S = 10.0
 
 CHILD = r"""
 import json, resource, sys, time
+from contextlib import contextmanager
 t0 = time.perf_counter()
+import pipeline.analyze as A
 from pipeline.analyze import Analyzer
+cpu = {}
+_wall = A._timed
+@contextmanager
+def _timed(timings, stage):          # also record CPU seconds (all threads) per stage
+    c = time.process_time()
+    with _wall(timings, stage):
+        yield
+    cpu[stage] = cpu.get(stage, 0.0) + time.process_time() - c
+A._timed = _timed
 analyzer = Analyzer()
 setup = time.perf_counter() - t0
 result = analyzer.analyze(sys.argv[1], sys.argv[2])
 ru = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"timings": result.timings_s, "setup": setup, "volume_ml": result.volume_ml, "cpu_s": ru.ru_utime + ru.ru_stime,
+print(json.dumps({"timings": result.timings_s, "cpu": cpu, "setup": setup, "volume_ml": result.volume_ml, "cpu_s": ru.ru_utime + ru.ru_stime,
                   "status": result.status.value, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -83,9 +94,11 @@ def main() -> None:
     total = sum(med.values())
     peer_load = statistics.median(p["load"] for p in peers)
     print(f"study: {args.data}  ({ours[0]['status']}, volume {ours[0]['volume_ml']} mL)  repeats={args.repeats} threads={n}")
+    cpu = {k: statistics.median(r["cpu"].get(k, 0.0) for r in ours) for k in stages}
+    print(f"  {'stage':<14} {'wall':>7}   {'cpu':>7}")
     for k in stages:
-        print(f"  {k:<14} {med[k]:7.2f} s")
-    print(f"  {'total':<14} {total:7.2f} s   (bar {BAR_S:.0f} s: ratio total/bar = {total / BAR_S:.2f})")
+        print(f"  {k:<14} {med[k]:7.2f} s {cpu[k]:7.2f} s")
+    print(f"  {'total':<14} {total:7.2f} s {sum(cpu.values()):7.2f} s   (bar {BAR_S:.0f} s wall on 2 cores: ratio wall/bar = {total / BAR_S:.2f}, cpu/bar = {sum(cpu.values()) / BAR_S:.2f})")
     print(f"  cpu (user+sys) {statistics.median(r['cpu_s'] for r in ours):7.2f} s   whole child process incl. imports; wall > cpu/2 means other load")
     print(f"  model setup    {statistics.median(r['setup'] for r in ours):7.2f} s   (once per worker, not per study)")
     print(f"  peak RSS       {max(r['peak_rss_mb'] for r in ours):7.0f} MB  (peer reader {max(p['peak_rss_mb'] for p in peers):.0f} MB)")
