@@ -1,0 +1,45 @@
+"""Orthanc accepts every object the pipeline writes (C-STORE with dcmtk storescu, read back over REST)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from pipeline.analyze import Analyzer
+
+pytestmark = pytest.mark.integration
+
+
+def _orthanc_server_class():
+    """Reuse the integration suite's throw-away Orthanc (not a copy of it)."""
+    path = Path(__file__).resolve().parents[1] / "integration" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("_integration_conftest", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.OrthancServer
+
+
+@pytest.fixture
+def orthanc(tmp_path_factory, free_port):
+    server = _orthanc_server_class()(tmp_path_factory.mktemp("orthanc"), free_port).start()
+    yield server
+    server.stop()
+
+
+def test_orthanc_accepts_seg_sr_and_overlays(orthanc, dcmtk, phantom_dir: Path, tmp_path: Path):
+    result = Analyzer().analyze(phantom_dir, tmp_path)
+    files = [tmp_path / p for key in ("seg", "sr", "sc") for p in result.outputs[key]]
+    assert len(files) >= 3
+    proc = dcmtk("storescu", "-R", "-aec", orthanc.aet,  # -R: propose exactly the files' SOP classes
+                  orthanc.host, orthanc.dicom_port, *map(str, files))
+    assert proc.returncode == 0, proc.stderr
+    ids = orthanc.wait_for_instances(len(files), timeout=60)
+    stored = {orthanc.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in ids}
+    assert stored == {pydicom.dcmread(f).SOPInstanceUID for f in files}
+    classes = {orthanc.get(f"/instances/{i}/simplified-tags")["SOPClassUID"] for i in ids}
+    assert "1.2.840.10008.5.1.4.1.1.66.4" in classes        # Segmentation Storage
+    assert "1.2.840.10008.5.1.4.1.1.88.34" in classes       # Comprehensive 3D SR
+    assert "1.2.840.10008.5.1.4.1.1.7" in classes           # Secondary Capture
