@@ -274,11 +274,13 @@ class TrainConfig:
     learning_rate: float = 1e-3
     base_filters: int = 8
     depth: int = 3
+    norm: str = "instance"               # "instance" | "batch" (see pipeline.segment.cnn.build_unet)
     val_fraction: float = 0.15
     seed: int = 0
     max_minutes: float | None = None     # wall-clock cap; the best checkpoint so far is kept
     threads: int | None = None
     workers: int = 1                     # processes preparing volumes (no TensorFlow in them)
+    calibration_volumes: int = 8         # whole training volumes that set batch-norm statistics
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
 
@@ -296,6 +298,30 @@ def _git_describe() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def calibrate_batchnorm(model, items: list[Prepared]) -> None:
+    """Set every batch-norm layer's inference statistics to the plain average of its batch statistics
+    over whole volumes.
+
+    Training sees lesion-centred patches, inference sees whole brain-cropped volumes; the running
+    averages collected on patches give a model that segments well in training mode but poorly in
+    inference mode. Whole-volume statistics make inference match what it will actually be fed.
+    """
+    from keras import layers
+
+    bns = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
+    if not bns or not items:
+        return
+    saved = [layer.momentum for layer in bns]
+    try:
+        for k, item in enumerate(items):
+            for layer in bns:
+                layer.momentum = k / (k + 1.0)  # running mean over k+1 volumes
+            model(item.image[None, ..., None], training=True)
+    finally:
+        for layer, m in zip(bns, saved):
+            layer.momentum = m
 
 
 def validate(model, items: list[Prepared], config: PreprocessConfig) -> list[float]:
@@ -320,7 +346,7 @@ def fit(train_items: list[Prepared], val_items: list[Prepared], config: TrainCon
     pre = config.preprocess
     say(f"training on {device()}: {len(train_items)} volumes, patch {pre.patch}, batch {config.batch_size}, "
         f"{config.epochs}×{config.steps_per_epoch} steps")
-    model = build_unet(config.base_filters, config.depth)
+    model = build_unet(config.base_filters, config.depth, norm=config.norm)
     total = max(1, config.epochs * config.steps_per_epoch)
     schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, total, alpha=0.05)
     optimizer = keras.optimizers.Adam(schedule)
@@ -335,12 +361,15 @@ def fit(train_items: list[Prepared], val_items: list[Prepared], config: TrainCon
         return loss
 
     history, best, best_epoch, stopped = [], -float("inf"), 0, None
+    pick = np.random.default_rng(config.seed).permutation(len(train_items))[: config.calibration_volumes]
+    calibration = [train_items[i] for i in sorted(pick)]
     stream = batches(train_items, tuple(pre.patch), config.batch_size, config.seed)
     for epoch in range(1, config.epochs + 1):
         t0, losses = time.monotonic(), []
         for _ in range(config.steps_per_epoch):
             x, y = next(stream)
             losses.append(float(step(tf.constant(x), tf.constant(y))))
+        calibrate_batchnorm(model, calibration)
         val = validate(model, val_items, pre) if val_items else []
         val_dice = float(np.median(val)) if val else float("nan")
         score = val_dice if val else -float(np.mean(losses))  # no validation set: lowest loss
@@ -421,7 +450,7 @@ def train_segmenter(cohort_dir: Path, out_dir: Path, config: TrainConfig | None 
         metrics={"val_median_dice": metrics["validation"]["median_dice"]},
         code_version=_git_describe(), parent_version=parent_version,
         extra={"framework": "keras", "architecture": f"3D U-Net depth {config.depth}, "
-                                                   f"{config.base_filters} base filters",
+                                                   f"{config.base_filters} base filters, {config.norm} norm",
                "weights": WEIGHTS_FILE, "target_labels": list(TARGET_LABELS),
                "target": "intracerebral hematoma (intraventricular blood excluded)"},
     )

@@ -52,11 +52,13 @@ def device() -> str:
     return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
 
 
-def build_unet(base_filters: int = 8, depth: int = 3, dropout: float = 0.0):
+def build_unet(base_filters: int = 8, depth: int = 3, dropout: float = 0.0, norm: str = "instance"):
     """A small fully-convolutional 3D U-Net (any input size divisible by 2**depth).
 
-    Two 3×3×3 conv + batch-norm + ReLU blocks per level, max-pool down, transposed conv up, skip
-    concatenation, sigmoid output. Built from stock Keras layers only, so ``model.keras`` loads without
+    Two 3×3×3 conv + normalisation + ReLU blocks per level, max-pool down, transposed conv up, skip
+    concatenation, sigmoid output. ``norm="instance"`` (default) normalises each volume by its own
+    statistics, the same at training (patches) and inference (whole volume); batch norm's running
+    averages, collected on lesion-centred patches, segmented markedly worse in inference mode. Built from stock Keras layers only, so ``model.keras`` loads without
     custom objects.
     """
     import keras
@@ -65,7 +67,12 @@ def build_unet(base_filters: int = 8, depth: int = 3, dropout: float = 0.0):
     def block(x, filters, name):
         for i in range(2):
             x = layers.Conv3D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
-            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+            if norm == "instance":
+                x = layers.GroupNormalization(groups=filters, name=f"{name}_in{i}")(x)
+            elif norm == "batch":
+                x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}")(x)
+            else:
+                raise ValueError(f"norm must be 'instance' or 'batch', got {norm!r}")
             x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
         return x
 
