@@ -70,3 +70,15 @@ def test_load_segmenter_registry(tmp_path: Path):
         load_segmenter(d)
     with pytest.raises(FileNotFoundError):
         load_segmenter(tmp_path / "nowhere")
+
+
+def test_load_segmenter_routes_keras_dirs_to_the_cnn_runtime(tmp_path: Path, monkeypatch):
+    """metadata.json written by ModelMetadata nests the framework under "extra"; routing must find it."""
+    from pipeline.models import ModelMetadata
+    from pipeline.segment import cnn
+
+    d = tmp_path / "segmenter" / "2"
+    ModelMetadata("segmenter", "2", "ich-unet3d", "2026-01-01", {}, {}, "x", extra={"framework": "keras"}).write(d)
+    seen = []
+    monkeypatch.setattr(cnn.CNNSegmenter, "load", classmethod(lambda cls, path: seen.append(path) or "cnn"))
+    assert load_segmenter(d) == "cnn" and seen == [d]
