@@ -345,7 +345,8 @@ def _resample(
     dz = float(np.percentile(gaps, 25))
     dz = max(dz, 0.5)
     depth = positions[-1] - positions[0]
-    nz = int(np.floor(depth / dz + 1e-6)) + 1
+    # enough planes that every source slice has one within dz/2 (the last may sit just past the stack)
+    nz = int(np.floor(depth / dz + 0.5)) + 1
     # in-plane: the union of all shifted slices, on the source pixel lattice of slice 0 shifted by whole pixels
     shift_px = shift_mm / np.array([sy, sx])                  # (n, 2) in pixels (y, x)
     lo = np.floor(shift_px.min(axis=0) + 1e-6).astype(int)

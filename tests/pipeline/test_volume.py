@@ -210,3 +210,11 @@ def test_jpeg_lossless_series_from_dcmcjpeg_loads_identically(ge_dir: Path, tmp_
     ts = {str(pydicom.dcmread(p).file_meta.TransferSyntaxUID) for p in tmp_path.iterdir()}
     assert ts == {"1.2.840.10008.1.2.4.70"}
     assert np.array_equal(load_series(tmp_path).volume.hu, reference.volume.hu)
+
+
+def test_every_source_slice_has_a_grid_plane(ge):
+    levels = ge._resampling.levels
+    assert np.all(np.rint(levels) <= ge.volume.shape[0] - 1)
+    assert np.all(np.abs(levels - np.rint(levels)) <= 0.5)
+    full = np.ones(ge.volume.shape, bool)
+    assert ge.mask_to_source(full).reshape(28, -1).any(axis=1).all()
