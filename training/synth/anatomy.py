@@ -284,11 +284,13 @@ class PhantomHead:
             deep |= ellipsoid(x, y, z, (sx * 10, 16, 4), (8, 13, 8)) < 1
         deep &= cer
         # soft-edged nuclei: partial volume against the surrounding white matter
+        box = np.flatnonzero((np.abs(x) < 34) & (y > -28) & (y < 34) & (z > -14) & (z < 24) & (code == WM))
+        xb, yb, zb, hb = x[box], y[box], z[box], hu[box]
         for sx in (-1, 1):
             for c, a in (((sx * 12, -12, 11), (5, 10, 8)), ((sx * 22, -2, 1), (6.5, 15, 10)), ((sx * 10, 16, 4), (8, 13, 8))):
-                e = ellipsoid(x, y, z, c, a)
-                wgt = np.clip((1.25 - e) / 0.5, 0, 1) * (code == WM)
-                hu += (t.deep_gm - hu) * wgt
+                wgt = np.clip((1.25 - ellipsoid(xb, yb, zb, c, a)) / 0.5, 0, 1)
+                hb += (t.deep_gm - hb) * wgt
+        hu[box] = hb
         code[deep] = GM
         # posterior fossa: cerebellar cortex with folia, WM core, brainstem
         pf = brain & inf

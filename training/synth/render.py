@@ -102,9 +102,7 @@ def render_series(scene: Scene, acq: Acquisition, pose: Pose, noise_hu: float, s
             hu[band] += physics.streaks(hx[band], hy[band], hz[band], streak_hu, rng)
         out[k0:k1] = physics.slab_average(hu.reshape((k1 - k0) * n_sub, m, m), n_sub)
     out = physics.blur(out, psf_mm / (acq.pixel_mm * step))
-    img = physics.upsample(out, step)
-    img = physics.add_noise(img, noise_hu, rng)
-    return (physics.to_stored(img).astype(np.float32) - physics.STORED_OFFSET)
+    return physics.finish(out, step, noise_hu, rng)
 
 
 def render_mask(scene: Scene, grid: MaskGrid, pose: Pose, n_sub: int) -> np.ndarray:
