@@ -35,6 +35,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (output does not depend on it)."),
         rle: bool = typer.Option(False, "--rle", help="Write RLE Lossless pixel data (~40 % smaller)."),
         stats_only: bool = typer.Option(False, "--stats-only", help="Print the cohort's statistics as JSON; write nothing."),
+        previews: int = typer.Option(0, "--previews", min=0, help="PNG contact sheets for the first N cases (OUT/previews)."),
     ) -> None:
         """Generate a synthetic non-contrast head-CT cohort with hematoma expansion labels."""
         from tqdm import tqdm
@@ -58,7 +59,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             raise typer.BadParameter("--out is required (or use --stats-only)")
         try:
             with tqdm(total=cases, unit="case", desc="synth") as bar:
-                manifest = write_cohort(out, cases, seed, opts, workers=workers, progress=bar.update)
+                manifest = write_cohort(out, cases, seed, opts, workers=workers, progress=bar.update, previews=previews)
         except FileExistsError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None

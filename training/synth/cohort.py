@@ -78,18 +78,23 @@ def manifest_labels(case: SynthCase) -> dict:
 
 
 def _job(args) -> dict:
-    out_dir, seed, index, opts_dict = args
+    out_dir, seed, index, opts_dict, previews = args
     opts = SynthOptions.from_dict(opts_dict)
     cs = case_seed(seed, index)
     case = generate_case(cs, opts, case_id=f"case{index:05d}")
+    if index < previews:
+        from .preview import save_preview
+
+        save_preview(case, Path(out_dir) / "previews" / f"{case.case_id}.png")
     return write_case(Path(out_dir), case, seed, index, rle=opts.dicom_rle)
 
 
 def write_cohort(out_dir: str | os.PathLike, n_cases: int, seed: int = 0, options: SynthOptions | None = None, *,
-                 workers: int = 1, progress: Callable[[int], None] | None = None) -> Path:
+                 workers: int = 1, progress: Callable[[int], None] | None = None, previews: int = 0) -> Path:
     """Generate ``n_cases`` cases into ``out_dir``; returns the manifest path.
 
-    ``progress(k)`` is called after each finished case (the CLI feeds a progress bar with it).
+    ``progress(k)`` is called after each finished case (the CLI feeds a progress bar with it);
+    the first ``previews`` cases also get a PNG contact sheet in ``out_dir/previews``.
     """
     opts = options or SynthOptions()
     if not opts.write_followup:
@@ -100,7 +105,7 @@ def write_cohort(out_dir: str | os.PathLike, n_cases: int, seed: int = 0, option
     out.mkdir(parents=True, exist_ok=True)
     if (out / "manifest.csv").exists() or (out / "cases").exists():
         raise FileExistsError(f"{out} already holds a cohort; choose an empty directory")
-    jobs = [(str(out), int(seed), i, opts.to_dict()) for i in range(n_cases)]
+    jobs = [(str(out), int(seed), i, opts.to_dict(), int(previews)) for i in range(n_cases)]
     rows: list[dict] = []
     if workers <= 1:
         for j in jobs:

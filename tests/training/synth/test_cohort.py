@@ -137,8 +137,9 @@ def test_cli_synth(tmp_path):
         pytest.skip("ich-node entry point not installed")
     out = tmp_path / "cli"
     res = subprocess.run([str(exe), "synth", "--cases", "1", "--out", str(out), "--seed", "3", "--matrix", "64",
-                          "--thickness", "5"], capture_output=True, text=True, timeout=300)
+                          "--thickness", "5", "--previews", "1"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
+    assert (out / "previews" / "case00000.png").stat().st_size > 1000
     assert "1/1" in res.stderr                                   # the progress bar
     assert len(_rows(out)) == 1 and _rows(out)[0]["slice_thickness_mm"] == "5.0"
     bad = subprocess.run([str(exe), "synth", "--cases", "1", "--out", str(tmp_path / "x"), "--thickness", "abc"],
