@@ -91,7 +91,10 @@ class ClassicalSegmenter:
             candidate = (hu[box] >= threshold) & (hu[box] <= p.hi_hu) & brain[box]
             grown, n = ndimage.label((candidate & within_reach[box]) | seed)
             comp = grown == grown[seed][0] if n else seed
-            comp = ndimage.binary_fill_holes(comp) & brain[box]
+            # hypodense parts a clot encloses (blend, swirl, black-hole signs) are clot too: fill in 3-D
+            # and slice by slice (a hole open above or below is still enclosed in its own slice)
+            comp = ndimage.binary_fill_holes(comp)
+            comp = np.stack([ndimage.binary_fill_holes(sl) for sl in comp]) & brain[box]
             if comp.sum() * voxel_ml >= p.min_component_ml:
                 out[box] |= comp
         return out
