@@ -23,7 +23,7 @@ import queue
 import subprocess
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -326,12 +326,29 @@ def calibrate_batchnorm(model, items: list[Prepared]) -> None:
 
 def validate(model, items: list[Prepared], config: PreprocessConfig) -> list[float]:
     """Whole-volume Dice per validation volume on the model grid (label > 0.5 is the truth)."""
-    scores = []
+    return [dice(p >= config.threshold, item.label > 0.5) for p, item in zip(_probabilities(model, items, config), items)]
+
+
+def _probabilities(model, items: list[Prepared], config: PreprocessConfig) -> list[np.ndarray]:
+    out = []
     for item in items:
         prob = predict_grid(model, item.image, config)
         prob[~item.brain] = 0.0
-        scores.append(dice(prob >= config.threshold, item.label > 0.5))
-    return scores
+        out.append(prob)
+    return out
+
+
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def tune_threshold(model, items: list[Prepared], config: PreprocessConfig) -> tuple[float, dict[str, float]]:
+    """The probability threshold with the best median validation Dice (patch sampling biased towards
+    hematoma inflates the probabilities; the threshold is where that is corrected)."""
+    probs = _probabilities(model, items, config)
+    table = {f"{t:.1f}": float(np.median([dice(p >= t, it.label > 0.5) for p, it in zip(probs, items)]))
+             for t in THRESHOLDS}
+    best = max(table, key=lambda k: (table[k], -abs(float(k) - 0.5)))
+    return float(best), table
 
 
 def fit(train_items: list[Prepared], val_items: list[Prepared], config: TrainConfig, weights: Path,
@@ -387,7 +404,14 @@ def fit(train_items: list[Prepared], val_items: list[Prepared], config: TrainCon
             say(stopped)
             break
     stream.close()
-    return {"history": history, "best": best if val_items else None, "best_epoch": best_epoch, "stopped": stopped}
+    threshold, table = pre.threshold, {}
+    if val_items and weights.is_file():
+        best_model = keras.models.load_model(weights, compile=False)
+        threshold, table = tune_threshold(best_model, val_items, pre)
+        best = table[f"{threshold:.1f}"]
+        say(f"threshold {threshold} (validation median Dice by threshold: {table})")
+    return {"history": history, "best": best if val_items else None, "best_epoch": best_epoch, "stopped": stopped,
+            "threshold": threshold, "threshold_table": table}
 
 
 def train_segmenter(cohort_dir: Path, out_dir: Path, config: TrainConfig | None = None, *,
@@ -427,11 +451,14 @@ def train_segmenter(cohort_dir: Path, out_dir: Path, config: TrainConfig | None 
     t_train = time.monotonic()
     fitted = fit(train_items, val_items, config, out_dir / WEIGHTS_FILE, say, deadline)
     history, best, best_epoch, stopped = fitted["history"], fitted["best"], fitted["best_epoch"], fitted["stopped"]
+    pre = replace(pre, threshold=fitted["threshold"])
+    config = replace(config, preprocess=pre)
     t_total = time.monotonic() - t_start
 
     used = set(train_ids) | set(val_ids)
     metrics = {
-        "validation": {"median_dice": best, "best_epoch": best_epoch,
+        "validation": {"median_dice": best, "best_epoch": best_epoch, "threshold": pre.threshold,
+                       "dice_by_threshold": fitted["threshold_table"],
                        "cases": len(val_items), "grid": f"model grid {pre.spacing_mm} mm"},
         "train_volumes": len(train_items),
         "skipped": skipped,

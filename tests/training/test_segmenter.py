@@ -114,6 +114,9 @@ def test_training_writes_a_loadable_versioned_model_dir(trained):
     assert "synthetic" in (d / "MODEL_CARD.md").read_text().lower()
     assert "no clinical accuracy" in (d / "MODEL_CARD.md").read_text().lower()
     assert PreprocessConfig.read(d).spacing_mm == 4.0
+    # the threshold is tuned on validation and shipped with the model
+    assert metrics["validation"]["threshold"] == PreprocessConfig.read(d).threshold
+    assert set(metrics["validation"]["dice_by_threshold"]) >= {"0.3", "0.5", "0.9"}
     assert any("epoch 2/2" in line for line in lines)  # progress output
     # the pipeline's runtime loads it and produces a mask on the original grid
     seg = load_segmenter(d)
