@@ -86,6 +86,7 @@ class Analyzer:
         """Analyse one series and write seg.dcm, sr.dcm, sc/*.dcm and result.json into ``out_dir``."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        _clear_previous(out)
         timings: dict[str, float] = {}
         previous = [_as_dataset(p) for p in (predecessor or [])]
         datasets: list[Dataset] = []
@@ -128,7 +129,7 @@ class Analyzer:
             seg = build_seg(
                 datasets, source_mask, SegmenterInfo(self.segmenter.name, str(self.segmenter.version)), self.device
             )
-            result.outputs["seg"] = [_save(seg, out / "seg.dcm")]
+            result.outputs["seg"] = [_save(seg, out, "seg.dcm")]
             findings = Findings(
                 volume_ml=volume_ml,
                 expansion_probability=probability,
@@ -136,11 +137,11 @@ class Analyzer:
                 model_versions=self._model_names(),
             )
             sr = build_sr(datasets, findings, seg=seg, predecessors=previous, device=self.device)
-            result.outputs["sr"] = [_save(sr, out / "sr.dcm")]
+            result.outputs["sr"] = [_save(sr, out, "sr.dcm")]
             if self.outputs.overlay:
                 text = summary_line(volume_ml, findings.risk, probability)
                 overlays = build_overlays(datasets, source_mask, text, self.outputs.overlay_slices, self.device)
-                result.outputs["sc"] = [_save(sc, out / "sc" / f"sc_{i + 1:03d}.dcm") for i, sc in enumerate(overlays)]
+                result.outputs["sc"] = [_save(sc, out, f"sc/sc_{i + 1:03d}.dcm") for i, sc in enumerate(overlays)]
         result.timings_s = {k: round(v, 3) for k, v in timings.items()}
         result.write(out)
         return result
@@ -158,7 +159,7 @@ class Analyzer:
             with _timed(timings, "encoding"):
                 findings = Findings(reason_code=exc.code, model_versions=self._model_names())
                 sr = build_sr(study, findings, predecessors=previous, device=self.device)
-                result.outputs["sr"] = [_save(sr, out / "sr.dcm")]
+                result.outputs["sr"] = [_save(sr, out, "sr.dcm")]
         result.timings_s = {k: round(v, 3) for k, v in timings.items()}
         result.write(out)
         return result
@@ -183,13 +184,23 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
-def _save(ds: Dataset, path: Path) -> str:
-    """Write a DICOM file (temp name, then rename: a reader never sees half a file)."""
+def _save(ds: Dataset, out: Path, relative: str) -> str:
+    """Write a DICOM file under ``out`` (temp name, then rename: a reader never sees half a file)."""
+    path = out / relative
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     ds.save_as(tmp, enforce_file_format=True)
     tmp.replace(path)
-    return str(path.relative_to(path.parents[1] if path.parent.name == "sc" else path.parent))
+    return relative
+
+
+def _clear_previous(out: Path) -> None:
+    """Remove outputs an earlier run left in ``out`` (only our own names), so nothing stale is sent."""
+    for name in ("result.json", "seg.dcm", "sr.dcm"):
+        (out / name).unlink(missing_ok=True)
+    if (out / "sc").is_dir():
+        for p in (out / "sc").glob("sc_*.dcm"):
+            p.unlink()
 
 
 def _as_dataset(item: Dataset | Path | str) -> Dataset:

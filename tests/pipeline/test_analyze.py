@@ -109,9 +109,13 @@ def test_missing_slice_gives_coded_sr_and_no_seg(analyzer: Analyzer, phantom_dir
         if i != 10:
             ds.save_as(src / f"{i:02d}.dcm")
     out = tmp_path / "out"
+    (out / "sc").mkdir(parents=True)
+    (out / "seg.dcm").write_bytes(b"stale")                 # left by an earlier run into the same folder
+    (out / "sc" / "sc_004.dcm").write_bytes(b"stale")
     result = analyzer.analyze(src, out)
     assert result.status is Status.CANNOT_ASSESS
     assert result.reason.startswith("missing_slices:")
+    assert not list((out / "sc").iterdir())
     assert result.volume_ml is None
     assert not (out / "seg.dcm").exists() and not (out / "sc").exists()
     assert read_sr_reason(pydicom.dcmread(out / "sr.dcm")) == "CA-MISSINGSLICES"
