@@ -117,7 +117,7 @@ def test_missing_slice_gives_coded_sr_and_no_seg(analyzer: Analyzer, phantom_dir
     assert result.reason.startswith("missing_slices:")
     assert not list((out / "sc").iterdir())
     assert result.volume_ml is None
-    assert not (out / "seg.dcm").exists() and not (out / "sc").exists()
+    assert not (out / "seg.dcm").exists()
     assert read_sr_reason(pydicom.dcmread(out / "sr.dcm")) == "CA-MISSINGSLICES"
     assert AnalysisResult.read(out).status is Status.CANNOT_ASSESS
 
