@@ -19,6 +19,7 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import pixel_array
 from scipy import ndimage
 
 from pipeline.result import CannotAssess
@@ -299,7 +300,7 @@ def _check_spacing(positions: np.ndarray) -> None:
 
 def _hu(ds: Dataset) -> np.ndarray:
     try:
-        arr = ds.pixel_array
+        arr = pixel_array(ds)      # unlike ds.pixel_array, keeps no decoded copy on the dataset
     except Exception as exc:  # decoder missing or corrupt pixel data: same outcome for the user
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         raise CannotAssess("undecodable_pixels", f"pixel data cannot be decoded ({ts}): {type(exc).__name__}") from exc
@@ -321,7 +322,9 @@ def _build(datasets: list[Dataset], positions: np.ndarray) -> LoadedSeries:
     med = float(np.median(gaps))
     uniform = bool(np.all(np.abs(gaps - med) <= UNIFORM_REL_TOL * med))
     direction = tuple(np.column_stack([r, c, n]).ravel().tolist())
-    slices = np.stack([_hu(ds) for ds in datasets])
+    slices = np.empty((len(datasets), int(datasets[0].Rows), int(datasets[0].Columns)), dtype=np.float32)
+    for k, ds in enumerate(datasets):
+        slices[k] = _hu(ds)
     if not tilted and uniform:
         vol = Volume(slices, (sx, sy, med), tuple(ipp[0].tolist()), direction)
         return LoadedSeries(vol, datasets)
