@@ -15,7 +15,8 @@ import numpy as np
 from . import growth
 from .anatomy import PhantomHead
 from .geometry import Acquisition, MaskGrid, Pose, mask_grid_for, rotation
-from .lesion import Hematoma, add_small_foci, draw_hematoma, fit_volume, measure_ml
+from .fields import WaveField
+from .lesion import Blob, Hematoma, add_small_foci, draw_hematoma, fit_volume, measure_ml
 from .markers import build_density, sample_markers
 from .options import MARKERS, SynthOptions
 from .render import Scene, render_mask, render_series
@@ -281,9 +282,6 @@ def _draw_head(rng: np.random.Generator, opts: SynthOptions):
 def _grow(rng: np.random.Generator, hem: Hematoma, expands: bool) -> Hematoma:
     """The follow-up shape: expanders add lobes where the clot is active (islands coalesce,
     satellites enlarge); others keep their shape."""
-    from .lesion import Blob
-    from .fields import WaveField
-
     out = hem.copy()
     if expands:
         for _ in range(int(rng.integers(1, 3))):

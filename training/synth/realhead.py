@@ -282,15 +282,14 @@ class RealHead:
         return p0
 
     def _random_ok(self, rng, comp, pred, depth_range, anterior: bool = False) -> np.ndarray:
-        a = self.atlas
-        key = (comp if comp == "infra" else "supra")
-        pts = _candidates(a, key)
+        pts = _candidates(self.atlas, comp if comp == "infra" else "supra")
+        y_mid = float(np.median(pts[:: max(1, len(pts) // 500), 1]))     # atlas frame ~ head frame in y
         for _ in range(400):
             q = pts[rng.integers(len(pts))]
             p = self._to_head(q)
             if not pred(p):
                 continue
-            if anterior and p[1] > np.median([self._to_head(v)[1] for v in pts[:: max(1, len(pts) // 200)]]):
+            if anterior and q[1] > y_mid:
                 continue
             if self._ok(p, comp, depth_range):
                 return p
