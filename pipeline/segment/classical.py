@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from pipeline.morphology import depth_mm, distance_mm
+from pipeline.morphology import distance_mm
 from pipeline.volume import Volume
 
 VERSION = "1"
@@ -77,7 +77,7 @@ class ClassicalSegmenter:
         reach_mm = p.edge_margin_mm + max(spacing_zyx)
         pad = [int(np.ceil(reach_mm / s)) + 1 for s in spacing_zyx]
         # one distance map to all seeds (each growth is still confined to its own connected component)
-        within_reach = _coarse(distance_mm, kept, spacing_zyx) <= reach_mm
+        within_reach = _near(kept, spacing_zyx, reach_mm, region=kept, beyond=False)
         for i in np.unique(labels[kept]):
             seed_box = ndimage.find_objects((labels == i).astype(np.uint8))[0]
             box = tuple(
@@ -123,19 +123,19 @@ class ClassicalSegmenter:
             c_hu = ndimage.uniform_filter(c_hu, size=(1, 2 * ry + 1, 2 * rx + 1), mode="nearest")
         # seeds: clearly clotted blood, away from the skull and from dense bits; grey matter is 30–45 HU
         c_seeds = (c_hu >= p.seed_hu) & (c_hu <= p.hi_hu) & c_brain
-        c_seeds &= depth_mm(c_brain, cs) > p.edge_margin_mm
         # beam hardening and thick-slice partial volume lift whole slices near the skull base and the
         # vertex into the blood range: a seed must stand out from its own slice's brain
         area = c_brain.reshape(len(c_brain), -1).sum(axis=1)
         medians = np.array([np.median(h[b]) if a else np.inf for h, b, a in zip(c_hu, c_brain, area)])
         c_seeds &= (c_hu - medians[:, None, None].astype(np.float32)) >= p.seed_contrast_hu
         c_seeds &= (area >= p.min_slice_brain_fraction * area.max())[:, None, None]
+        # the distance tests run last, only around the few candidates left
+        c_seeds &= ~_near(~c_brain, cs, p.edge_margin_mm, region=c_seeds, beyond=True)
         if p.dense_margin_mm > 0:
             # skull-base bone bits and calcifications smear into the blood range (partial volume,
             # interpolation across thick slices): no clot may be seeded next to them
             dense = _block_any(raw > p.dense_hu, f)
-            if dense.any():
-                c_seeds &= distance_mm(dense, cs) > p.dense_margin_mm
+            c_seeds &= ~_near(dense, cs, p.dense_margin_mm, region=c_seeds, beyond=False)
         seeds = _upsample(c_seeds, f, raw.shape) & sub_brain
         labels, n = ndimage.label(seeds)
         kept = np.zeros(seeds.shape, dtype=bool)
@@ -159,14 +159,26 @@ def _fill_holes_in_box(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _coarse(fn, mask: np.ndarray, spacing_zyx: tuple[float, float, float], target_mm: float = 0.9) -> np.ndarray:
-    """A distance map computed at ~``target_mm`` in-plane and repeated back: margins of mm need no
-    0.45 mm precision, and the distance transform is the costliest step on thin-slice studies."""
-    f = max(1, int(target_mm / max(spacing_zyx[1], spacing_zyx[2])))
-    if f == 1:
-        return fn(mask, spacing_zyx)
-    small = fn(mask[:, ::f, ::f], (spacing_zyx[0], spacing_zyx[1] * f, spacing_zyx[2] * f))
-    return np.repeat(np.repeat(small, f, axis=1), f, axis=2)[:, : mask.shape[1], : mask.shape[2]]
+def _near(
+    mask: np.ndarray, spacing_zyx, radius_mm: float, region: np.ndarray, beyond: bool
+) -> np.ndarray:
+    """True where a voxel is within ``radius_mm`` of ``mask``, computed only around ``region``.
+
+    Valid for every voxel within ``radius_mm`` of ``region``'s bounding box (False elsewhere); space
+    beyond the array counts as ``beyond``. Cropping first makes the distance map cost follow the
+    handful of candidates instead of the whole brain.
+    """
+    out = np.zeros(mask.shape, dtype=bool)
+    if not region.any():
+        return out
+    pad = [int(np.ceil(radius_mm / s)) + 1 for s in spacing_zyx]
+    bbox = ndimage.find_objects(region.astype(np.uint8))[0]
+    box = tuple(slice(max(0, b.start - q), min(n, b.stop + q)) for b, q, n in zip(bbox, pad, mask.shape))
+    sub = np.pad(mask[box], 1, constant_values=beyond)
+    if not sub.any():
+        return out
+    out[box] = (distance_mm(sub, spacing_zyx) <= radius_mm)[1:-1, 1:-1, 1:-1]
+    return out
 
 
 def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
