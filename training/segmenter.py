@@ -134,7 +134,7 @@ def prepare_volume(item: CohortVolume, config: PreprocessConfig, cache_dir: Path
     path = Path(cache_dir) / f"{item.case_id}_{item.phase}_{key}.npz" if cache_dir else None
     if path is not None and path.is_file():
         with np.load(path) as z:
-            return Prepared(key, z["image"], z["label"], z["brain"])
+            return Prepared(key, z["image"].astype(np.float32), z["label"].astype(np.float32), z["brain"])
     from pipeline.brain import extract_brain
     from pipeline.volume import load_series
 

@@ -18,7 +18,15 @@ from pipeline.models import ModelMetadata
 from pipeline.segment import load_segmenter
 from pipeline.segment.cnn import CNNSegmenter
 from pipeline.segment.preprocess import PreprocessConfig
-from training.segmenter import TrainConfig, read_cohort, sample_patch, split_cases, train_segmenter, Prepared
+from training.segmenter import (
+    Prepared,
+    TrainConfig,
+    prepare_volume,
+    read_cohort,
+    sample_patch,
+    split_cases,
+    train_segmenter,
+)
 
 SPACING = (3.0, 3.0, 5.0)  # x, y, z (mm): small matrices keep the test fast
 
@@ -127,8 +135,12 @@ def test_training_writes_a_loadable_versioned_model_dir(trained):
     vol = load_series(cohort / "cases" / "case1_00" / "baseline").volume
     mask = seg.predict_mask(vol, extract_brain(vol))
     assert mask.shape == vol.shape and mask.dtype == bool
-    # prepared arrays are cached for the next run
+    # prepared arrays are cached for the next run, and come back as float32 (scipy/TF need it)
     assert len(list((cohort / ".cache" / "segmenter").glob("*.npz"))) == 4
+    item = read_cohort(cohort).volumes[0]
+    again = prepare_volume(item, PreprocessConfig(spacing_mm=4.0, patch=(16, 16, 16)), cohort / ".cache" / "segmenter")
+    assert again.image.dtype == again.label.dtype == np.float32 and again.brain.dtype == bool
+    sample_patch(again, (16, 16, 16), np.random.default_rng(0))
 
 
 def test_refuses_to_overwrite_a_model(trained):
