@@ -202,15 +202,9 @@ class PhantomHead:
         in_layer = (layer > 0.45) & (layer < 0.7)
         fat_thr = np.where(in_layer, -0.3, np.where(d_main[ext] > self.skull_mm, 9.0, 0.7))
         hu[ext[self.fat_field(x[ext], y[ext], z[ext]) > fat_thr]] = t.fat
-        # orbits: fat cone, globe
-        hl, cl = hu[low], code[low]
-        for sx in (-1, 1):
-            hl[ellipsoid(xl, yl, zl, (sx * 30, -70, -34), (17, 20, 14)) < 1] = t.fat
-            hl[ellipsoid(xl, yl, zl, (sx * 32, -76, -33), (12, 12, 12)) < 1] = 8.0
-        hu[low] = hl
         # skull: inner table, diploe, outer table; thicker skull base
         thick = self.skull_mm * (1.0 - 0.4 * np.exp(-((z + 10.0) / 20.0) ** 2) * (x / self.size[0]) ** 2)
-        thick[low] += 3.0 * ((zl < self._floor(yl) + 2) & (d_cav[low] > 0))
+        thick[low] += 1.5 * ((zl < self._floor(yl) + 2) & (d_cav[low] > 0))
         skull = (d_cav >= 0) & (d_cav < thick)
         table = np.minimum(d_cav, thick - d_cav) < 1.7
         hu[skull] = t.diploe
@@ -230,6 +224,14 @@ class PhantomHead:
             mast = mast[self.folia(xl[mast], yl[mast], zl[mast]) > 0.2]
             hl[mast] = -900.0
             cl[mast] = AIR
+        for sx in (-1, 1):      # orbits below the thin orbital roof: fat cone, globe, optic nerve
+            orb = ellipsoid(xl, yl, zl, (sx * 30, -68, -36), (16, 20, 13)) < 1
+            hl[orb] = t.fat
+            cl[orb] = SOFT
+            glob = ellipsoid(xl, yl, zl, (sx * 32, -76, -35), (12, 12, 12)) < 1
+            hl[glob] = 8.0
+            nerve = orb & (np.abs(xl - sx * (30 - 0.25 * (yl + 68))) < 2.5) & (np.abs(zl + 36) < 2.5)
+            hl[nerve] = t.soft
         sph = ellipsoid(xl, yl, zl, (0, -22, -47), (13, 11, 9)) < 1
         hl[sph] = -950.0
         cl[sph] = AIR
@@ -292,6 +294,15 @@ class PhantomHead:
                 hb += (t.deep_gm - hb) * wgt
         hu[box] = hb
         code[deep] = GM
+        # Sylvian fissures: an oblique CSF cleft from the lateral surface down to the insular cortex
+        zs = -3.0 + 0.25 * (y + 10.0)
+        band = cer & (y > -32) & (y < 12) & (np.abs(z - zs) < 4.5) & (np.abs(x) > 31)
+        ins = band & (np.abs(x) < 35.5)
+        cleft = band & ~ins & (np.abs(z - zs) < 1.0 + 1.5 * self.atrophy)
+        hu[ins] = t.gm
+        code[ins] = GM
+        hu[cleft] = t.csf
+        code[cleft] = CSF
         # posterior fossa: cerebellar cortex with folia, WM core, brainstem
         pf = brain & inf
         cb_core = np.zeros(x.size, bool)
