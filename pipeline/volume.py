@@ -34,7 +34,7 @@ MISSING_GAP_FACTOR = 1.5    # a gap larger than 1.5× its neighbourhood's spacin
 AIR_HU = -1024.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)   # arrays inside: identity, not element-wise ==
 class Volume:
     """HU volume on a regular, untilted grid in LPS physical space.
 
@@ -98,7 +98,7 @@ class Volume:
         return cls(hu, tuple(img.GetSpacing()), tuple(img.GetOrigin()), tuple(img.GetDirection()))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Resampling:
     """How the analysis grid relates to the (sheared / uneven) source slices."""
 
@@ -106,7 +106,7 @@ class _Resampling:
     levels: np.ndarray       # (n_slices,) source slice k's continuous z index on the grid
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LoadedSeries:
     """One CT series: the analysis volume plus the source slices it came from."""
 
