@@ -223,9 +223,13 @@ def batches(items: list[Prepared], patch: tuple[int, int, int], batch_size: int,
     def work() -> None:
         rng = np.random.default_rng(seed)
         while not stop.is_set():
-            xs, ys = zip(*(sample_patch(items[rng.integers(len(items))], patch, rng, augment=augment)
-                           for _ in range(batch_size)))
-            batch = (np.stack(xs)[..., None], np.stack(ys)[..., None])
+            try:
+                xs, ys = zip(*(sample_patch(items[rng.integers(len(items))], patch, rng, augment=augment)
+                               for _ in range(batch_size)))
+                batch = (np.stack(xs)[..., None], np.stack(ys)[..., None])
+            except Exception as exc:  # hand the error to the trainer instead of letting it wait forever
+                q.put(exc)
+                return
             while not stop.is_set():
                 try:
                     q.put(batch, timeout=0.5)
@@ -237,7 +241,10 @@ def batches(items: list[Prepared], patch: tuple[int, int, int], batch_size: int,
     thread.start()
     try:
         while True:
-            yield q.get()
+            batch = q.get()
+            if isinstance(batch, Exception):
+                raise RuntimeError(f"patch sampler failed: {batch}") from batch
+            yield batch
     finally:
         stop.set()
 

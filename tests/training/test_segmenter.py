@@ -194,3 +194,12 @@ def test_evaluate_cli_writes_metrics_and_bland_altman(trained, tmp_path, ct_data
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert len((out / "cases.csv").read_text().splitlines()) == 3
     assert "median Dice" in res.output
+
+
+def test_sampler_errors_reach_the_trainer():
+    from training.segmenter import batches
+
+    bad = Prepared("k", np.zeros((8, 8, 8), np.float16), np.zeros((8, 8, 8), np.float16), np.ones((8, 8, 8), bool))
+    stream = batches([bad], (8, 8, 8), 1, seed=0)
+    with pytest.raises(RuntimeError, match="patch sampler failed"):
+        next(stream)
