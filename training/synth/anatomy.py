@@ -74,15 +74,20 @@ class PhantomHead:
                    asym=rng.normal(0, 1.0, 3))
 
     # ---------------------------------------------------------------- geometry helpers
-    def _floor(self, y):
-        return -20.0 - 22.0 * sigmoid((y + 28.0) / 4.0)
+    def _floor(self, x, y):
+        """Cranial floor height: anterior fossa (orbital roofs domed up laterally, cribriform
+        plate dipping in the midline) stepping down at the sphenoid ridge (curving backwards
+        laterally) to the middle fossa."""
+        ridge = -28.0 + 0.006 * x * x
+        anterior = -21.0 + 5.0 * np.exp(-((np.abs(x) - 26.0) / 13.0) ** 2) - 6.0 * np.exp(-(x / 7.0) ** 2)
+        return anterior - (anterior + 42.0) * sigmoid((y - ridge) / 4.0)
 
     def _tent(self, x, y):
         return -18.0 - 0.24 * np.maximum(y - 5.0, 0) - 0.004 * x * x
 
     def cavity_depth(self, x, y, z):
         """Signed depth to the inner table (mm, < 0 inside the cranial cavity)."""
-        d_main = np.maximum(radial_depth(x, y, z, (0, 0, 0), self.size), self._floor(y) - z)
+        d_main = np.maximum(radial_depth(x, y, z, (0, 0, 0), self.size), self._floor(x, y) - z)
         pf = (0.0, 36.0, -38.0)
         d_pf = radial_depth(x, y, z, pf, (self.size[0] * 0.76, self.size[1] * 0.48, 28.0))
         d_fm = np.maximum(np.sqrt(x * x + (y - 18.0) ** 2) - 15.0, np.abs(z + 75.0) - 20.0)
@@ -199,12 +204,12 @@ class PhantomHead:
         # subcutaneous fat: a layer in the middle of the scalp, fat pads in face and neck
         ext = np.flatnonzero(soft & (d_cav > 0))
         layer = (d_main[ext] - self.skull_mm) / (outer[ext] - self.skull_mm)
-        in_layer = (layer > 0.45) & (layer < 0.7)
-        fat_thr = np.where(in_layer, -0.3, np.where(d_main[ext] > self.skull_mm, 9.0, 0.7))
+        in_layer = (layer > 0.5) & (layer < 0.68)
+        fat_thr = np.where(in_layer, -1.2, np.where(d_main[ext] > self.skull_mm, 9.0, 0.7))
         hu[ext[self.fat_field(x[ext], y[ext], z[ext]) > fat_thr]] = t.fat
         # skull: inner table, diploe, outer table; thicker skull base
         thick = self.skull_mm * (1.0 - 0.4 * np.exp(-((z + 10.0) / 20.0) ** 2) * (x / self.size[0]) ** 2)
-        thick[low] += 1.5 * ((zl < self._floor(yl) + 2) & (d_cav[low] > 0))
+        thick[low] += 1.5 * ((zl < self._floor(xl, yl) + 2) & (d_cav[low] > 0))
         skull = (d_cav >= 0) & (d_cav < thick)
         table = np.minimum(d_cav, thick - d_cav) < 1.7
         hu[skull] = t.diploe
