@@ -82,8 +82,19 @@ class Analyzer:
             names["classifier"] = f"{getattr(self.classifier, 'name', 'classifier')} v{self.classifier.version}"
         return names
 
-    def analyze(self, source: Source, out_dir: Path | str, predecessor: Sequence[Dataset | Path | str] | None = None) -> AnalysisResult:
-        """Analyse one series and write seg.dcm, sr.dcm, sc/*.dcm and result.json into ``out_dir``."""
+    def analyze(
+        self,
+        source: Source,
+        out_dir: Path | str,
+        predecessor: Sequence[Dataset | Path | str] | None = None,
+        cannot_assess: CannotAssess | None = None,
+    ) -> AnalysisResult:
+        """Analyse one series and write seg.dcm, sr.dcm, sc/*.dcm and result.json into ``out_dir``.
+
+        ``cannot_assess``: the caller (the node's series selection, whose limits such as slice
+        thickness are site settings) already decided that this head CT cannot be analysed; only the
+        coded "cannot assess" SR is written, so the radiologist still gets an answer with the reason.
+        """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         _clear_previous(out)
@@ -93,6 +104,9 @@ class Analyzer:
         try:
             with _timed(timings, "load"):
                 datasets = read_images(source)
+                if cannot_assess is not None:
+                    datasets = _sorted_for_report(datasets)
+                    raise cannot_assess
                 series = load_series(datasets)
                 datasets = series.datasets
             with _timed(timings, "brain"):
@@ -108,7 +122,8 @@ class Analyzer:
                 mask &= brain                      # the hematoma search never leaves the brain
                 volume_ml = float(mask.sum() * series.volume.voxel_volume_ml)
             probability, risk = None, None
-            if self.classifier is not None:
+            # No hematoma found: expansion is not applicable, so model 2 is not asked (it needs a lesion).
+            if self.classifier is not None and mask.any():
                 with _timed(timings, "classification"):
                     prediction = self.classifier.predict(series.volume, mask)
                     probability, risk = float(prediction.probability), Risk(prediction.risk)
@@ -214,3 +229,15 @@ def _one_study(datasets: list[Dataset]) -> list[Dataset]:
         return []
     study = usable[0].StudyInstanceUID
     return [ds for ds in usable if ds.StudyInstanceUID == study]
+
+
+def _sorted_for_report(datasets: list[Dataset]) -> list[Dataset]:
+    """Source slices in a stable spatial order for the SR's image library, without geometry checks
+    (a series the node refused may have mixed or missing geometry)."""
+
+    def key(ds: Dataset) -> tuple:
+        pos = getattr(ds, "ImagePositionPatient", None)
+        return (0, float(pos[2])) if pos is not None and len(pos) == 3 else (1, str(ds.SOPInstanceUID))
+
+    return sorted(datasets, key=key)
+

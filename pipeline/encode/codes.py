@@ -51,6 +51,11 @@ _REASONS: dict[str, tuple[str, str]] = {
     "undecodable_pixels": ("CA-UNDECODABLE", "Pixel data not decodable"),
     "unsupported_pixels": ("CA-BADPIXELS", "Unsupported pixel data"),
     "no_brain": ("CA-NOBRAIN", "No brain found"),
+    # decided by the node's series selection, whose limits are site settings
+    "slice_too_thick": ("CA-THICKSLICE", "Slices too thick"),
+    "too_few_slices": ("CA-FEWSLICES", "Too few slices"),
+    "insufficient_coverage": ("CA-COVERAGE", "Brain not fully covered"),
+    "mixed_geometry": ("CA-MIXGEOMETRY", "Mixed slice geometry"),
     "internal_error": ("CA-ERROR", "Analysis failed"),
 }
 

@@ -189,3 +189,40 @@ def test_cli_analyze(phantom_dir: Path, tmp_path: Path):
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert bad.returncode == 3                               # cannot assess: a documented exit code
     assert AnalysisResult.read(tmp_path / "again").status is Status.CANNOT_ASSESS
+
+
+def test_callers_cannot_assess_verdict_gives_coded_sr_only(analyzer: Analyzer, phantom_dir: Path, tmp_path: Path):
+    """The node's selection (site limits, e.g. slice thickness) can decide; the pipeline only reports."""
+    from pipeline.result import CannotAssess
+
+    verdict = CannotAssess("slice_too_thick", "slices of 7 mm exceed the 5 mm limit")
+    result = analyzer.analyze(phantom_dir, tmp_path / "out", cannot_assess=verdict)
+    assert result.status is Status.CANNOT_ASSESS and result.reason.startswith("slice_too_thick:")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_file()) == ["result.json", "sr.dcm"]
+    assert read_sr_reason(pydicom.dcmread(tmp_path / "out" / "sr.dcm")) == "CA-THICKSLICE"
+
+
+def test_no_hematoma_means_classifier_is_not_asked(monkeypatch, phantom_dir: Path, tmp_path: Path):
+    """Expansion is not applicable without a hematoma: probability and risk stay empty, no error."""
+    import pipeline.classify as classify
+    import pipeline.segment as segment
+    from pipeline.models import ModelPaths
+
+    class NothingFound:
+        name, version = "none", "0"
+
+        def predict_mask(self, volume, brain):
+            return np.zeros(volume.shape, dtype=bool)
+
+    class MustNotBeCalled:
+        version, name = "9", "fusion"
+
+        def predict(self, volume, mask):
+            raise AssertionError("classifier asked about an empty mask")
+
+    monkeypatch.setattr(classify, "load_classifier", lambda path, *a, **k: MustNotBeCalled())
+    analyzer = Analyzer(ModelPaths(classifier=tmp_path))
+    monkeypatch.setattr(analyzer, "segmenter", NothingFound(), raising=False)
+    result = analyzer.analyze(phantom_dir, tmp_path / "out")
+    assert result.status is Status.ANALYZED and result.volume_ml == 0
+    assert result.expansion_probability is None and result.risk is None
