@@ -288,6 +288,7 @@ class TrainConfig:
     threads: int | None = None
     workers: int = 1                     # processes preparing volumes (no TensorFlow in them)
     calibration_volumes: int = 8         # whole training volumes that set batch-norm statistics
+    init_from: Path | None = None        # a model directory whose weights training starts from
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
 
@@ -370,7 +371,11 @@ def fit(train_items: list[Prepared], val_items: list[Prepared], config: TrainCon
     pre = config.preprocess
     say(f"training on {device()}: {len(train_items)} volumes, patch {pre.patch}, batch {config.batch_size}, "
         f"{config.epochs}×{config.steps_per_epoch} steps")
-    model = build_unet(config.base_filters, config.depth, norm=config.norm)
+    if config.init_from is not None:  # fine-tune a parent version instead of starting from scratch
+        model = keras.models.load_model(Path(config.init_from) / WEIGHTS_FILE, compile=False)
+        say(f"starting from the weights of {config.init_from}")
+    else:
+        model = build_unet(config.base_filters, config.depth, norm=config.norm)
     total = max(1, config.epochs * config.steps_per_epoch)
     schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, total, alpha=0.05)
     optimizer = keras.optimizers.Adam(schedule)

@@ -40,6 +40,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         seed: int = typer.Option(0, "--seed"),
         version: Optional[str] = typer.Option(None, "--version", help="Model version (default: the --out folder name if numeric)."),
         parent_version: Optional[str] = typer.Option(None, "--parent-version"),
+        init_from: Optional[Path] = typer.Option(None, "--init-from", exists=True, file_okay=False,
+                                                 help="Start from this model directory's weights (fine-tuning)."),
         cache: Optional[Path] = typer.Option(None, "--cache", help="Where prepared arrays are cached (default COHORT/.cache/segmenter)."),
     ) -> None:
         """Train the 3D U-Net hematoma segmenter on a (synthetic) cohort; writes a versioned model directory."""
@@ -51,7 +53,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
                               learning_rate=learning_rate, base_filters=base_filters, val_fraction=val_fraction,
                               seed=seed, max_minutes=max_minutes, threads=threads, workers=workers,
-                              preprocess=pre)
+                              init_from=init_from, preprocess=pre)
             result = train(cohort, out, cfg, version=version, parent_version=parent_version, cache_dir=cache)
         except (ValueError, FileNotFoundError, FileExistsError) as exc:
             raise _fail(str(exc))

@@ -203,3 +203,14 @@ def test_sampler_errors_reach_the_trainer():
     stream = batches([bad], (8, 8, 8), 1, seed=0)
     with pytest.raises(RuntimeError, match="patch sampler failed"):
         next(stream)
+
+
+def test_fine_tuning_starts_from_a_parent_model(trained):
+    cohort, result, lines = trained
+    pre = PreprocessConfig(spacing_mm=4.0, patch=(16, 16, 16))
+    cfg = TrainConfig(epochs=1, steps_per_epoch=1, batch_size=1, val_fraction=0.25, threads=2, preprocess=pre,
+                      init_from=result.model_dir)
+    out: list[str] = []
+    child = train_segmenter(cohort, result.model_dir.parent / "4", cfg, parent_version="3", progress=out.append)
+    assert ModelMetadata.read(child.model_dir).parent_version == "3"
+    assert any("starting from the weights" in line for line in out)
