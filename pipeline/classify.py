@@ -15,7 +15,6 @@ function of its inputs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.features.cnn import sha256_file as _sha256
 from pipeline.models import ModelMetadata
 from pipeline.result import Risk
 
@@ -40,14 +40,6 @@ class Prediction:
     risk: Risk             # HIGH when probability >= threshold
     threshold: float
     model_version: str
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def cnn_weights_from_spec(name: str, spec: dict, model_dir: Path, imagenet_dir: Path | None):

@@ -7,7 +7,7 @@
   to keep SFS affordable on thousands of features) -> sequential forward selection (linear SVM,
   stratified 2-fold) -> SVM. The number of selected features and SVM kernel/C/gamma are chosen by
   grid search under stratified 2-fold CV on the training set; then sigmoid calibration
-  (``CalibratedClassifierCV``, 5-fold, ``ensemble=False``) and a threshold maximising Youden's J on
+  (``CalibratedClassifierCV``, 3-fold, ``ensemble=False``) and a threshold maximising Youden's J on
   the out-of-fold calibrated probabilities of the training set only.
 - ``save_model`` writes one ``Pipeline`` (joblib) and ``metadata.json`` (``ModelMetadata``).
 """
@@ -29,8 +29,9 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-PREFILTER_K = 30
-N_FEATURES_GRID = (3, 5, 8, 12)
+PREFILTER_K = 20
+N_FEATURES_GRID = (3, 5, 8)
+CALIBRATION_FOLDS = 3
 SVM_GRID = [
     {"svm__kernel": ["linear"], "svm__C": [0.01, 0.1, 1.0]},
     {"svm__kernel": ["rbf"], "svm__C": [0.1, 1.0, 10.0], "svm__gamma": ["scale", 0.01, 0.1]},
@@ -284,7 +285,8 @@ def fit_module(name: str, X: pd.DataFrame, y: np.ndarray, seed: int = 0, n_featu
         search.fit(X, y)
     best = clone(search.estimator).set_params(**search.best_params_)
     best.set_params(memory=None)
-    folds = StratifiedKFold(max(2, min(5, int(np.bincount(y).min()))), shuffle=True, random_state=seed + 1)
+    folds = StratifiedKFold(max(2, min(CALIBRATION_FOLDS, int(np.bincount(y).min()))), shuffle=True,
+                            random_state=seed + 1)
     calibrated = CalibratedClassifierCV(best, method="sigmoid", cv=folds, ensemble=False)
     pipeline = Pipeline([("model", calibrated)])
     pipeline.fit(X, y)
@@ -322,7 +324,8 @@ def save_model(fitted: FittedModule, out_dir: Path, *, version: str, groups: tup
     """Write a classifier model directory that ``pipeline.classify.load_classifier`` reads."""
     import joblib
 
-    from pipeline.classify import PIPELINE_FILE, _sha256
+    from pipeline.classify import PIPELINE_FILE
+    from pipeline.features.cnn import sha256_file as _sha256
     from pipeline.features.radiomics import DEFAULT_PARAMS
     from pipeline.models import ModelMetadata
 

@@ -151,7 +151,8 @@ def _metrics(y: np.ndarray, p: np.ndarray, threshold: float, seed: int, n_boot: 
 
 
 def evaluate(prep: Prepared, out_dir: Path | str, *, n_boot: int = 2000, modules=None,
-             n_features_grid=C.N_FEATURES_GRID, prefilter_k: int = C.PREFILTER_K, svm_grid=None) -> dict:
+             n_features_grid=C.N_FEATURES_GRID, prefilter_k: int = C.PREFILTER_K, svm_grid=None,
+             jobs: int = 2) -> dict:
     """Train every module on the training split, test on the held-out split, write the report."""
     from training import report
 
@@ -160,18 +161,20 @@ def evaluate(prep: Prepared, out_dir: Path | str, *, n_boot: int = 2000, modules
     y_train = np.array([c.label for c in prep.train])
     y_test = np.array([c.label for c in prep.test])
     probs, results, fitted = {}, {}, {}
-    for name, groups in (modules or C.MODULES).items():
-        if not all(g in prep.tables for g in groups):
-            continue
-        t0 = time.time()
-        fm = C.fit_module(name, module_matrix(prep, groups, prep.train), y_train, seed=prep.seed,
-                          n_features_grid=n_features_grid, prefilter_k=prefilter_k, svm_grid=svm_grid)
+    from joblib import Parallel, delayed
+
+    todo = {n: g for n, g in (modules or C.MODULES).items() if all(x in prep.tables for x in g)}
+    fits = Parallel(n_jobs=min(jobs, len(todo)) or 1)(  # one module per process: they are independent
+        delayed(C.fit_module)(name, module_matrix(prep, groups, prep.train), y_train, seed=prep.seed,
+                              n_features_grid=n_features_grid, prefilter_k=prefilter_k, svm_grid=svm_grid)
+        for name, groups in todo.items())
+    for (name, groups), fm in zip(todo.items(), fits):
         p = fm.pipeline.predict_proba(module_matrix(prep, groups, prep.test))[:, 1]
         probs[name] = p
         fitted[name] = fm
         results[name] = {**_metrics(y_test, p, fm.threshold, prep.seed, n_boot), "kind": "fusion",
                          "groups": list(groups), "cv_auc_train": fm.cv_auc, "best_params": fm.best_params,
-                         "selected_features": fm.selected, "fit_seconds": round(time.time() - t0, 1)}
+                         "selected_features": fm.selected, "fit_seconds": fm.fit_seconds}
         log.info("%s: test AUC %.3f (train CV %.3f)", name, results[name]["auc"]["value"], fm.cv_auc)
     has_markers = any(c.startswith("marker_") for c in prep.meta.columns)
     for name in BASELINES:
