@@ -44,6 +44,7 @@ MODULES: dict[str, tuple[str, ...]] = {   # the seed's Table 2 rows
     "Radiomics+ResNet50": ("radiomics", "resnet50"),
 }
 CNN_SIZES = {"resnet50": 224, "inception_v3": 299}
+HEMATOMA_LABEL = 1  # synthetic masks: 1 = intracerebral hematoma (what model 1 segments), 2 = intraventricular blood
 
 
 # --- cohort -----------------------------------------------------------------------------------------
@@ -81,7 +82,7 @@ def safe_key(case_id: str) -> str:
 
 
 def load_case(case: CohortCase):
-    """Baseline volume (via the node's own loader) and the ground-truth mask on its grid."""
+    """Baseline volume (via the node's own loader) and the ground-truth hematoma mask (label 1) on its grid."""
     import SimpleITK as sitk
 
     from pipeline.volume import load_series
@@ -89,7 +90,7 @@ def load_case(case: CohortCase):
     volume = load_series(case.baseline_dir).volume
     mask = sitk.ReadImage(str(case.mask_path))
     on_grid = sitk.Resample(mask, volume.to_sitk(), sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    return volume, (sitk.GetArrayFromImage(on_grid) > 0).astype(np.uint8)
+    return volume, (sitk.GetArrayFromImage(on_grid) == HEMATOMA_LABEL).astype(np.uint8)
 
 
 def split_cohort(cases: list[CohortCase], seed: int = 0, test_pos: int = 24, test_neg: int = 76):
