@@ -29,7 +29,9 @@ class PreprocessConfig:
     margin_mm: float = 6.0                  # around the brain's bounding box
     multiple: int = 8                       # model-grid sizes are a multiple of this (U-Net poolings)
     patch: tuple[int, int, int] = (64, 64, 64)  # training patch / sliding-window tile, (z, y, x)
-    max_whole_voxels: int = 192 ** 3        # above this, inference runs tile by tile
+    max_whole_voxels: int = 0               # grids up to this size run in one pass; larger ones (all, at 0)
+                                            # tile by tile, so instance-norm statistics see patch-sized
+                                            # context as in training (whole-volume passes over-segment)
     threshold: float = 0.5                  # probability → mask
     min_component_ml: float = 0.0           # connected blobs smaller than this are dropped (specks)
 
