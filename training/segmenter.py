@@ -120,10 +120,14 @@ class Prepared:
     brain: np.ndarray
 
 
+PREPARATION_FIELDS = ("spacing_mm", "window_hu", "margin_mm", "multiple")
+
+
 def _cache_key(item: CohortVolume, config: PreprocessConfig, labels: tuple[int, ...]) -> str:
     stat = [(p.stat().st_size, int(p.stat().st_mtime)) for p in (item.mask_path,)]
+    grid = {k: v for k, v in config.to_dict().items() if k in PREPARATION_FIELDS}  # not inference-only knobs
     blob = json.dumps([item.case_id, item.phase, str(item.series_dir), str(item.mask_path), stat,
-                       config.to_dict(), list(labels)], sort_keys=True, default=str)
+                       grid, list(labels)], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
