@@ -97,9 +97,10 @@ def main() -> int:
 
         model_dir = ROOT / "models" / "classifier" / "1"
         for name in ("resnet50", "inception_v3"):
-            npz = model_dir / f"{name}-warmup.npz"
+            found = sorted(model_dir.glob(f"{name}-warmup.npz")) + sorted(model_dir.glob(f"backbones/{name}-*.npz"))
+            npz = found[0] if found else None
             t0 = time.perf_counter()
-            if npz.is_file():
+            if npz is not None:
                 ext = cnn.CnnFeatureExtractor(name, cnn.WarmupWeights(npz))
             else:  # no shipped backbone: time the same network from its seeded initialisation
                 ext = cnn.CnnFeatureExtractor.__new__(cnn.CnnFeatureExtractor)
