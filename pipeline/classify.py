@@ -110,6 +110,7 @@ class ExpansionClassifier:
         self.model_dir = Path(model_dir)
         self.metadata = metadata
         self.version = metadata.version
+        self.name = metadata.name
         self.pipeline = pipeline
         self.features = features
         self.threshold = float(threshold)
