@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/pipeline.py [--data ../shared/data/ct/philips-phantom-thin]
                                             [--repeats 3] [--threads 2]
 
-Each repeat runs ``pipeline.analyze.Analyzer().analyze`` (classical segmenter, no classifier: the
-bar excludes the fusion classifier) in a fresh child process, so peak RSS is that of one analysis.
+Each repeat runs ``pipeline.analyze.Analyzer(...).analyze`` in a fresh child process, so peak RSS is
+that of one analysis: with ``--segmenter bundled`` (default) the shipped model 1 (3D CNN), with
+``--segmenter classical`` the baseline; never the classifier (the bar excludes the fusion classifier).
 Stages are the ones ``result.json`` reports (load, brain, segmentation, encoding). The peer is
 SimpleITK's GDCM ``ImageSeriesReader`` reading the same slices into a volume in the same run: the
 ``load`` ratio says what our geometry checks and HU conversion cost over a bare reader. The bar
@@ -41,7 +42,8 @@ def _timed(timings, stage):          # also record CPU seconds (all threads) per
         yield
     cpu[stage] = cpu.get(stage, 0.0) + time.process_time() - c
 A._timed = _timed
-analyzer = Analyzer()
+from pipeline.models import ModelPaths
+analyzer = Analyzer(ModelPaths(segmenter=ModelPaths.bundled().segmenter if sys.argv[3] == "bundled" else None))
 setup = time.perf_counter() - t0
 result = analyzer.analyze(sys.argv[1], sys.argv[2])
 ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -74,6 +76,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--segmenter", choices=("bundled", "classical"), default="bundled",
+                    help="model 1 as shipped (models/segmenter/<highest>) or the classical baseline")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads allowed (OMP, SimpleITK/ITK, BLAS)")
     args = ap.parse_args()
     n = str(args.threads)
@@ -85,9 +89,9 @@ def main() -> None:
             # alternate who goes first so page-cache warmth favours neither
             if i % 2:
                 peers.append(run(PEER, str(args.data), env=env))
-                ours.append(run(CHILD, str(args.data), out, env=env))
+                ours.append(run(CHILD, str(args.data), out, args.segmenter, env=env))
             else:
-                ours.append(run(CHILD, str(args.data), out, env=env))
+                ours.append(run(CHILD, str(args.data), out, args.segmenter, env=env))
                 peers.append(run(PEER, str(args.data), env=env))
     stages = sorted({k for r in ours for k in r["timings"]})
     med = {k: statistics.median(r["timings"].get(k, 0.0) for r in ours) for k in stages}

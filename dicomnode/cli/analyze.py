@@ -16,9 +16,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         series_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder with one CT series."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: seg.dcm, sr.dcm, sc/, result.json."),
         models: str = typer.Option(
-            "none",
+            "bundled",
             "--models",
-            help="'none' (classical segmenter, no classifier), 'bundled' (highest versions under models/), "
+            help="'bundled' (highest versions under models/, what the node uses out of the box), 'none' "
+            "(classical segmenter, no classifier), "
             "or a folder holding segmenter/<version>/ and classifier/<version>/.",
         ),
         segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="A segmenter model directory (overrides --models)."),
