@@ -23,6 +23,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Iterator
 
+from .sqlitetx import immediate
+
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -176,14 +178,8 @@ class Index:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, immediate(self._db) as db:
+            yield db
 
     def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
