@@ -31,6 +31,11 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from training.labels import LabelPolicy
+from training.retrain import DataPolicy, GatePolicy
+
+_LABELS, _DATA, _GATE = LabelPolicy(), DataPolicy(), GatePolicy()  # defaults of [training]
+
 ENV_PREFIX = "ICH_NODE__"
 ENV_CONFIG_FILE = "ICH_NODE_CONFIG"
 
@@ -372,22 +377,23 @@ class HeartbeatSection(_Section):
 
 
 class TrainingSection(_Section):
-    """Labels from follow-up CTs and the retraining gate (training.labels, training.retrain)."""
+    """Labels from follow-up CTs and the retraining gate. The defaults are those of the policies that
+    apply them (training.labels.LabelPolicy, training.retrain.DataPolicy/GatePolicy): one source."""
 
-    followup_min_hours: float = Field(6.0, ge=0)   # a later study of the same patient in this window
-    followup_max_hours: float = Field(72.0, gt=0)  # is the follow-up of an analysed baseline
-    min_baseline_ml: float = Field(1.0, ge=0)      # smaller baselines give no training case
-    expansion_abs_ml: float = Field(6.0, gt=0)     # the seed's rule: growth > 6 mL
-    expansion_rel: float = Field(0.33, gt=0)       # ... or > 33 %
-    val_fraction: float = Field(0.25, gt=0, lt=1)  # patients kept apart for validation (fixed by hash)
-    min_train_cases: int = Field(40, ge=1)
-    min_train_expanders: int = Field(8, ge=1)
-    min_val_cases: int = Field(12, ge=1)
-    min_val_expanders: int = Field(3, ge=1)
-    auc_margin: float = Field(0.02, ge=0)          # promote only when not worse than served beyond these
-    brier_margin: float = Field(0.01, ge=0)
-    dice_margin: float = Field(0.02, ge=0)
-    volume_error_margin_ml: float = Field(0.5, ge=0)
+    followup_min_hours: float = Field(_LABELS.min_hours, ge=0)   # a later study of the same patient in
+    followup_max_hours: float = Field(_LABELS.max_hours, gt=0)   # this window is the baseline's follow-up
+    min_baseline_ml: float = Field(_LABELS.min_baseline_ml, ge=0)  # smaller baselines give no training case
+    expansion_abs_ml: float = Field(_LABELS.rule.abs_ml, gt=0)   # the seed's rule: growth > 6 mL
+    expansion_rel: float = Field(_LABELS.rule.rel, gt=0)         # ... or > 33 %
+    val_fraction: float = Field(_DATA.val_fraction, gt=0, lt=1)  # patients kept apart (fixed by hash)
+    min_train_cases: int = Field(_DATA.min_train_cases, ge=1)
+    min_train_expanders: int = Field(_DATA.min_train_expanders, ge=1)
+    min_val_cases: int = Field(_DATA.min_val_cases, ge=1)
+    min_val_expanders: int = Field(_DATA.min_val_expanders, ge=1)
+    auc_margin: float = Field(_GATE.auc_margin, ge=0)            # promote only when not worse than served
+    brier_margin: float = Field(_GATE.brier_margin, ge=0)
+    dice_margin: float = Field(_GATE.dice_margin, ge=0)
+    volume_error_margin_ml: float = Field(_GATE.volume_error_margin_ml, ge=0)
 
     @model_validator(mode="after")
     def _window(self) -> "TrainingSection":
