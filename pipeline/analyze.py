@@ -105,7 +105,6 @@ class Analyzer:
             with _timed(timings, "load"):
                 datasets = read_images(source)
                 if cannot_assess is not None:
-                    datasets = _sorted_for_report(datasets)
                     raise cannot_assess
                 series = load_series(datasets)
                 datasets = series.datasets
@@ -229,15 +228,3 @@ def _one_study(datasets: list[Dataset]) -> list[Dataset]:
         return []
     study = usable[0].StudyInstanceUID
     return [ds for ds in usable if ds.StudyInstanceUID == study]
-
-
-def _sorted_for_report(datasets: list[Dataset]) -> list[Dataset]:
-    """Source slices in a stable spatial order for the SR's image library, without geometry checks
-    (a series the node refused may have mixed or missing geometry)."""
-
-    def key(ds: Dataset) -> tuple:
-        pos = getattr(ds, "ImagePositionPatient", None)
-        return (0, float(pos[2])) if pos is not None and len(pos) == 3 else (1, str(ds.SOPInstanceUID))
-
-    return sorted(datasets, key=key)
-
