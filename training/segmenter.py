@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "ich-unet3d"
 TARGET_LABELS = (1,)   # synthetic masks: 1 = intracerebral hematoma (the target), 2 = intraventricular blood
+NEGATIVE_LABELS = (2,)  # blood that is NOT the target: patches are also centred here (hard negatives)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -118,6 +119,7 @@ class Prepared:
     image: np.ndarray
     label: np.ndarray
     brain: np.ndarray
+    negative: np.ndarray | None = None  # bool: blood of NEGATIVE_LABELS (intraventricular), looks like the target
 
 
 PREPARATION_FIELDS = ("spacing_mm", "window_hu", "margin_mm", "multiple")
@@ -127,7 +129,7 @@ def _cache_key(item: CohortVolume, config: PreprocessConfig, labels: tuple[int, 
     stat = [(p.stat().st_size, int(p.stat().st_mtime)) for p in (item.mask_path,)]
     grid = {k: v for k, v in config.to_dict().items() if k in PREPARATION_FIELDS}  # not inference-only knobs
     blob = json.dumps([item.case_id, item.phase, str(item.series_dir), str(item.mask_path), stat,
-                       grid, list(labels)], sort_keys=True, default=str)
+                       grid, list(labels), list(NEGATIVE_LABELS)], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -138,7 +140,8 @@ def prepare_volume(item: CohortVolume, config: PreprocessConfig, cache_dir: Path
     path = Path(cache_dir) / f"{item.case_id}_{item.phase}_{key}.npz" if cache_dir else None
     if path is not None and path.is_file():
         with np.load(path) as z:
-            return Prepared(key, z["image"].astype(np.float32), z["label"].astype(np.float32), z["brain"])
+            return Prepared(key, z["image"].astype(np.float32), z["label"].astype(np.float32), z["brain"],
+                            z["negative"])
     from pipeline.brain import extract_brain
     from pipeline.volume import load_series
 
@@ -147,13 +150,16 @@ def prepare_volume(item: CohortVolume, config: PreprocessConfig, cache_dir: Path
     if not brain.any():
         raise ValueError(f"{item.case_id}/{item.phase}: no brain found")
     model_input = to_model_grid(volume.to_sitk(), brain, config)
-    label = label_to_model_grid(sitk.ReadImage(str(item.mask_path)), model_input, labels)
-    prepared = Prepared(key, model_input.image, label.astype(np.float16).astype(np.float32), model_input.brain)
+    mask = sitk.ReadImage(str(item.mask_path))
+    label = label_to_model_grid(mask, model_input, labels)
+    negative = label_to_model_grid(mask, model_input, NEGATIVE_LABELS) > 0.5
+    prepared = Prepared(key, model_input.image, label.astype(np.float16).astype(np.float32), model_input.brain,
+                        negative)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, image=prepared.image.astype(np.float16), label=label.astype(np.float16),
-                            brain=prepared.brain)
+                            brain=prepared.brain, negative=negative)
         tmp.rename(path)
         prepared.image = prepared.image.astype(np.float16).astype(np.float32)
     return prepared
@@ -189,11 +195,23 @@ def prepare_all(items: list[CohortVolume], config: PreprocessConfig, cache_dir: 
 
 
 def sample_patch(item: Prepared, patch: tuple[int, int, int], rng: np.random.Generator,
-                 lesion_prob: float = 0.6, augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """A (patch) crop of image and soft label, centred on hematoma with ``lesion_prob``, else on brain,
-    rotated (±15° axial, ±5° tilt), scaled (0.85–1.15) and left-right flipped at random."""
+                 lesion_prob: float = 0.6, negative_prob: float = 0.2,
+                 augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A (patch) crop of image and soft label, centred on hematoma with ``lesion_prob``, on
+    intraventricular blood with ``negative_prob`` (when the volume has any), else on brain; rotated
+    (±15° axial, ±5° tilt), scaled (0.85–1.15) and left-right flipped at random.
+
+    Why the hard negatives: intraventricular blood has the hematoma's density and is not the target;
+    random brain patches rarely land on it, and the model then calls it hematoma."""
     fg = item.label > 0.5
-    pool = fg if (fg.any() and rng.random() < lesion_prob) else item.brain
+    neg = item.negative if item.negative is not None else np.zeros(0, bool)
+    u = rng.random()
+    if fg.any() and u < lesion_prob:
+        pool = fg
+    elif neg.any() and u < lesion_prob + negative_prob:
+        pool = neg
+    else:
+        pool = item.brain
     if not pool.any():
         pool = np.ones(item.image.shape, bool)
     idx = np.flatnonzero(pool)

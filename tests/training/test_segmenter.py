@@ -163,6 +163,24 @@ def test_augmented_patches_keep_label_aligned_with_image():
         assert np.corrcoef((x > 0.3).ravel(), (y > 0.5).ravel())[0, 1] > 0.9
 
 
+def test_hard_negative_patches_are_centred_on_intraventricular_blood():
+    """Patches drawn with negative_prob=1 show the non-target blood, with an all-zero label."""
+    rng = np.random.default_rng(1)
+    image = np.full((64, 64, 64), 0.3, np.float32)
+    label = np.zeros(image.shape, np.float32)
+    label[5:12, 5:12, 5:12] = 1.0                      # hematoma in one corner
+    negative = np.zeros(image.shape, bool)
+    negative[48:56, 48:56, 48:56] = True               # intraventricular blood in the opposite one
+    image[label > 0] = image[negative] = 0.55
+    item = Prepared("k", image, label, np.ones(image.shape, bool), negative)
+    for _ in range(8):
+        x, y = sample_patch(item, (24, 24, 24), rng, lesion_prob=0.0, negative_prob=1.0, augment=False)
+        assert (x > 0.5).sum() > 100 and y.sum() == 0
+    # without the negative mask (old caches) the same call falls back to brain-centred patches
+    plain = Prepared("k", image, label, np.ones(image.shape, bool))
+    sample_patch(plain, (24, 24, 24), rng, lesion_prob=0.0, negative_prob=1.0)
+
+
 def test_split_is_case_level_and_deterministic():
     ids = [f"c{i}" for i in range(20)]
     tr, va = split_cases(ids, 0.2, seed=3)
