@@ -1,7 +1,7 @@
 """Ingest benchmark: the node's Storage SCP against dcmtk ``storescp``, same sender, same run.
 
     .venv/bin/python benchmarks/ingest.py [--data ../shared/data/ct/philips-phantom-thin]
-                                          [--repeats 5] [--associations 1]
+                                          [--repeats 5] [--associations 1] [--diagnose]
 
 Both receivers run as subprocesses on loopback with ``TCP_NODELAY=1``; the same ``storescu``
 command line sends the same files to each (DIRFILE left out), alternating which peer goes first,
@@ -13,6 +13,10 @@ Not the same work: the node fsyncs every file, renames it atomically, fsyncs the
 commits the SQLite index *before* it acknowledges; storescp writes to the page cache and
 acknowledges (no fsync at all). ``--associations N`` splits the files over N parallel storescu
 processes (both receivers then serve N associations at once; storescp with ``--fork``).
+
+``--diagnose`` adds a third receiver, the same node with ``os.fsync`` turned into a no-op (NOT
+durable, never a configuration of the product): the gap between it and storescp is what the
+Python/pynetdicom receive path costs, the gap between it and the node is what durability costs.
 """
 
 from __future__ import annotations
@@ -101,10 +105,15 @@ def run_storescp(work: Path, files: list[Path], associations: int) -> float:
     return dt
 
 
-def run_node(work: Path, files: list[Path], associations: int) -> float:
+NOSYNC = ("import os, runpy, sys; os.fsync = lambda fd: None; sys.argv[0] = 'dicomnode.scp'; "
+          "runpy.run_module('dicomnode.scp', run_name='__main__')")
+
+
+def run_node(work: Path, files: list[Path], associations: int, durable: bool = True) -> float:
     data_dir = work / "node"
     port = free_port()
-    cmd = [sys.executable, "-m", "dicomnode.scp", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)]
+    entry = ["-m", "dicomnode.scp"] if durable else ["-c", NOSYNC]
+    cmd = [sys.executable, *entry, "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)]
     env = {**ENV, "ICH_NODE__LOGGING__LEVEL": "WARNING", "ICH_NODE__NODE__MAX_ASSOCIATIONS": str(max(16, associations))}
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -130,6 +139,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--associations", type=int, default=1)
+    ap.add_argument("--diagnose", action="store_true",
+                    help="also time the node with fsync disabled (not durable): where the time goes")
     ap.add_argument("--workdir", type=Path, default=None, help="where received files go (default: a temp dir under the repo's var/)")
     args = ap.parse_args()
     for tool in ("storescu", "storescp", "echoscu"):
@@ -142,27 +153,36 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     print(f"{len(files)} images, {size_mb:.1f} MB from {args.data}; {args.associations} association(s); "
           f"{args.repeats} repeats; receivers write under {root}")
-    times: dict[str, list[float]] = {"storescp": [], "node": []}
-    ratios = []
+    peers = ["storescp", "node"] + (["node-nosync"] if args.diagnose else [])
+    runners = {"storescp": run_storescp, "node": run_node,
+               "node-nosync": lambda w, f, a: run_node(w, f, a, durable=False)}
+    times: dict[str, list[float]] = {p: [] for p in peers}
+    ratios, floor = [], []
     for r in range(args.repeats):
-        order = ["storescp", "node"] if r % 2 == 0 else ["node", "storescp"]
+        order = peers if r % 2 == 0 else peers[::-1]
         this = {}
         for peer in order:
             work = Path(tempfile.mkdtemp(prefix=f"{peer}-", dir=root))
             try:
-                fn = run_storescp if peer == "storescp" else run_node
-                this[peer] = fn(work, files, args.associations)
+                this[peer] = runners[peer](work, files, args.associations)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             times[peer].append(this[peer])
         ratios.append(this["storescp"] / this["node"])
+        extra = ""
+        if args.diagnose:
+            floor.append(this["storescp"] / this["node-nosync"])
+            extra = f"   node-nosync {len(files) / this['node-nosync']:7.1f} img/s   ratio {floor[-1]:.2f}"
         print(f"  repeat {r + 1}: storescp {len(files) / this['storescp']:7.1f} img/s   "
-              f"node {len(files) / this['node']:7.1f} img/s   ratio {ratios[-1]:.2f}")
+              f"node {len(files) / this['node']:7.1f} img/s   ratio {ratios[-1]:.2f}{extra}")
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"storescp: {len(files) / med['storescp']:.1f} images/s ({size_mb / med['storescp']:.1f} MB/s), no fsync")
     print(f"node:     {len(files) / med['node']:.1f} images/s ({size_mb / med['node']:.1f} MB/s), "
           "fsync file + rename + fsync dir + index commit before each ack")
     print(f"ratio node/storescp: {statistics.median(ratios):.2f}x (median of per-repeat ratios; bar >= 0.8x)")
+    if args.diagnose:
+        print(f"node-nosync: {len(files) / med['node-nosync']:.1f} images/s; ratio to storescp "
+              f"{statistics.median(floor):.2f}x = the ceiling of this receive path with durability for free")
 
 
 if __name__ == "__main__":
