@@ -536,7 +536,8 @@ is claimed, and none has been measured on real hemorrhages.**
 - Input: brain-extracted CT resampled to {config.preprocess.spacing_mm} mm isotropic, HU window
   {tuple(config.preprocess.window_hu)} → [0, 1] (`preprocess.json`, shared with the runtime).
 - Training: Dice + binary cross-entropy, Adam (lr {config.learning_rate}, cosine decay), patches
-  {tuple(config.preprocess.patch)}, augmentation by rotation, scaling, left-right flip and intensity jitter.
+  {tuple(config.preprocess.patch)}, augmentation by rotation, scaling, left-right flip and intensity jitter;
+  60 % of patches centred on hematoma, 20 % on intraventricular blood (hard negatives), the rest on brain.
 - Data: {metadata.training_data['cases']} synthetic cases (fingerprint `{metadata.training_data['fingerprint'][:16]}…`).
 - Validation (synthetic, model grid): median Dice {val['median_dice']} on {val['cases']} held-out volumes,
   best epoch {val['best_epoch']}.
