@@ -186,7 +186,13 @@ class CNNSegmenter:
         return back
 
     def predict_mask(self, volume, brain: np.ndarray) -> np.ndarray:
-        mask = self.predict_proba(volume, brain) >= self.config.threshold
+        prob = self.predict_proba(volume, brain)
+        if self.config.refine:
+            from pipeline.segment.refine import refine_mask
+
+            mask = refine_mask(volume.hu, np.asarray(brain, bool), prob, self.config.threshold, volume.spacing[::-1])
+        else:
+            mask = prob >= self.config.threshold
         return drop_small_components(mask, self.config.min_component_ml / volume.voxel_volume_ml)
 
 

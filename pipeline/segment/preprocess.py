@@ -34,6 +34,7 @@ class PreprocessConfig:
                                             # context as in training (whole-volume passes over-segment)
     threshold: float = 0.5                  # probability → mask
     min_component_ml: float = 0.0           # connected blobs smaller than this are dropped (specks)
+    refine: bool = False                    # re-draw the mask's edge at the CT's resolution (segment.refine)
 
     def __post_init__(self) -> None:
         if not self.spacing_mm > 0:

@@ -43,8 +43,8 @@ def phantom(direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), spacing=(2.5, 2.5, 4.0), seed
     return Volume(hu.astype(np.float32), spacing, (-100.0, -100.0, -64.0), tuple(float(v) for v in direction)), blob
 
 
-def oracle_model():
-    """A 1×1×1 conv + sigmoid that thresholds windowed HU at 50 HU: a 'trained' model with a known answer."""
+def oracle_model(cut_hu: float = BLOOD_CUT_HU):
+    """A 1×1×1 conv + sigmoid that thresholds windowed HU at ``cut_hu``: a 'trained' model with a known answer."""
     import keras
 
     cfg = PreprocessConfig()
@@ -52,7 +52,7 @@ def oracle_model():
     layer = keras.layers.Conv3D(1, 1, activation="sigmoid")
     outputs = layer(inputs)
     model = keras.Model(inputs, outputs)
-    cut = float(window(np.array([BLOOD_CUT_HU]), cfg)[0])
+    cut = float(window(np.array([cut_hu]), cfg)[0])
     layer.set_weights([np.full((1, 1, 1, 1, 1), 200.0, np.float32), np.array([-200.0 * cut], np.float32)])
     return model
 
@@ -90,6 +90,19 @@ def test_oracle_model_segments_blob_on_original_grid(oracle_dir, direction):
     assert dice(mask, truth) > 0.9
     vol_ml = mask.sum() * volume.voxel_volume_ml
     assert vol_ml == pytest.approx(4 / 3 * np.pi * 15 ** 3 / 1000, rel=0.15)
+
+
+def test_refine_in_preprocess_json_redraws_an_undersegmented_edge(tmp_path):
+    """A model that cuts too high (62 HU for a 65 HU clot in 35 HU brain) under-segments; with
+    ``refine`` the runtime moves the edge to the half-way density and recovers the clot."""
+    volume, truth = phantom(spacing=(1.0, 1.0, 2.0))
+    brain = extract_brain(volume)
+    model = oracle_model(cut_hu=62.0)
+    plain = CNNSegmenter.load(save_model_dir(model, tmp_path / "plain"))
+    refined = CNNSegmenter.load(save_model_dir(model, tmp_path / "refined", PreprocessConfig(refine=True)))
+    d_plain = dice(plain.predict_mask(volume, brain), truth)
+    d_refined = dice(refined.predict_mask(volume, brain), truth)
+    assert d_refined > 0.9 and d_refined > d_plain + 0.05
 
 
 def test_tiled_inference_matches_whole_volume(oracle_dir):
