@@ -3,7 +3,8 @@
 A model directory holds ``model.keras`` (architecture + weights), ``preprocess.json``
 (``PreprocessConfig``) and ``metadata.json`` (``pipeline.models.ModelMetadata``, framework "keras").
 Inference: brain-cropped isotropic grid (``preprocess.to_model_grid``) → whole-volume or tiled
-prediction → probability map resampled back onto the volume grid → threshold → restricted to the brain.
+prediction → probability map resampled back onto the volume grid → threshold (edge re-drawn at the CT's
+resolution when ``preprocess.json`` says ``refine``) → restricted to the brain.
 Runs on CPU with a bounded thread pool by default; TensorFlow places it on a GPU when one is visible.
 """
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from pipeline.models import ModelMetadata
 from pipeline.segment.preprocess import ModelInput, PreprocessConfig, from_model_grid, to_model_grid
+from pipeline.segment.refine import refine_mask
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +190,6 @@ class CNNSegmenter:
     def predict_mask(self, volume, brain: np.ndarray) -> np.ndarray:
         prob = self.predict_proba(volume, brain)
         if self.config.refine:
-            from pipeline.segment.refine import refine_mask
-
             mask = refine_mask(volume.hu, np.asarray(brain, bool), prob, self.config.threshold, volume.spacing[::-1])
         else:
             mask = prob >= self.config.threshold
