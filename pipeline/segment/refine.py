@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from pipeline.morphology import morph
+from pipeline.morphology import distance_mm
 
 
 @dataclass(frozen=True)
@@ -43,19 +43,21 @@ def refine_mask(hu: np.ndarray, brain: np.ndarray, prob: np.ndarray, threshold: 
     spacing_zyx = np.asarray(spacing_zyx, float)
     # work in the mask's bounding box plus the reach of the shell: distance maps on a whole head are slow
     pad = np.ceil(max(params.grow_mm, params.shell_mm[1]) / spacing_zyx).astype(int) + 1
-    lo = np.maximum(np.argwhere(mask).min(0) - pad, 0)
-    hi = np.minimum(np.argwhere(mask).max(0) + pad + 1, mask.shape)
+    where = np.argwhere(mask)
+    lo = np.maximum(where.min(0) - pad, 0)
+    hi = np.minimum(where.max(0) + pad + 1, mask.shape)
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     m, b, p = mask[box], brain[box], prob[box]
     hus = ndimage.uniform_filter(np.asarray(hu[box], np.float32), size=(1, 3, 3))  # noise, in-plane only
     core = p >= params.core_probability
     if core.sum() < 20:
         core = m
-    shell = morph(m, params.shell_mm[1], spacing_zyx, "dilate") & ~morph(m, params.shell_mm[0], spacing_zyx, "dilate") & b
+    dist = distance_mm(m, spacing_zyx)  # one distance map serves the shell and the growth limit
+    shell = (dist > params.shell_mm[0]) & (dist <= params.shell_mm[1]) & b
     clot_hu = float(np.median(hus[core]))
     around_hu = float(np.median(hus[shell])) if shell.any() else clot_hu - 30.0
     edge_hu = around_hu + params.edge_fraction * (clot_hu - around_hu)
-    candidate = morph(m, params.grow_mm, spacing_zyx, "dilate") & b & (hus >= edge_hu) & (hus < params.max_hu)
+    candidate = (dist <= params.grow_mm) & b & (hus >= edge_hu) & (hus < params.max_hu)
     labels, _ = ndimage.label(candidate)
     keep = np.unique(labels[m & candidate])
     out = np.isin(labels, keep[keep > 0]) | core
