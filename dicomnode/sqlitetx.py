@@ -1,4 +1,4 @@
-"""One write transaction shape for the node's SQLite files (index, queue).
+"""One write transaction shape for the node's SQLite files (index, queue, training-case store).
 
 ``BEGIN IMMEDIATE`` takes the write lock at the first statement, so two processes never deadlock
 upgrading a read lock; any exception rolls the whole change back.

@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
+from dicomnode.sqlitetx import immediate
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
     study_uid       TEXT PRIMARY KEY,
@@ -156,13 +158,8 @@ class DatasetStore:
         db.row_factory = sqlite3.Row
         try:
             db.execute("PRAGMA busy_timeout=30000")
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(db):
                 yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
         finally:
             db.close()
 
