@@ -204,12 +204,11 @@ def sample_patch(item: Prepared, patch: tuple[int, int, int], rng: np.random.Gen
     Why the hard negatives: intraventricular blood has the hematoma's density and is not the target;
     random brain patches rarely land on it, and the model then calls it hematoma."""
     fg = item.label > 0.5
-    neg = item.negative if item.negative is not None else np.zeros(0, bool)
     u = rng.random()
     if fg.any() and u < lesion_prob:
         pool = fg
-    elif neg.any() and u < lesion_prob + negative_prob:
-        pool = neg
+    elif item.negative is not None and item.negative.any() and u < lesion_prob + negative_prob:
+        pool = item.negative
     else:
         pool = item.brain
     if not pool.any():
