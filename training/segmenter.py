@@ -120,6 +120,8 @@ class Prepared:
     label: np.ndarray
     brain: np.ndarray
     negative: np.ndarray | None = None  # bool: blood of NEGATIVE_LABELS (intraventricular), looks like the target
+    window_width_hu: float = 120.0      # HU per unit of ``image`` (PreprocessConfig.window_hu)
+    hypodense: np.ndarray | None = field(default=None, repr=False)  # lazily: see hypodense_hematoma
 
 
 PREPARATION_FIELDS = ("spacing_mm", "window_hu", "margin_mm", "multiple")
@@ -137,11 +139,12 @@ def prepare_volume(item: CohortVolume, config: PreprocessConfig, cache_dir: Path
                    labels: tuple[int, ...] = TARGET_LABELS) -> Prepared:
     """Load → brain extraction → model grid (the inference path) + the label on the same grid; cached."""
     key = _cache_key(item, config, labels)
+    width = float(config.window_hu[1] - config.window_hu[0])
     path = Path(cache_dir) / f"{item.case_id}_{item.phase}_{key}.npz" if cache_dir else None
     if path is not None and path.is_file():
         with np.load(path) as z:
             return Prepared(key, z["image"].astype(np.float32), z["label"].astype(np.float32), z["brain"],
-                            z["negative"])
+                            z["negative"], width)
     from pipeline.brain import extract_brain
     from pipeline.volume import load_series
 
@@ -154,7 +157,7 @@ def prepare_volume(item: CohortVolume, config: PreprocessConfig, cache_dir: Path
     label = label_to_model_grid(mask, model_input, labels)
     negative = label_to_model_grid(mask, model_input, NEGATIVE_LABELS) > 0.5
     prepared = Prepared(key, model_input.image, label.astype(np.float16).astype(np.float32), model_input.brain,
-                        negative)
+                        negative, width)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
@@ -193,20 +196,39 @@ def prepare_all(items: list[CohortVolume], config: PreprocessConfig, cache_dir: 
 
 # ------------------------------------------------------------------------------------ augmentation
 
+HYPODENSE_HU = 15.0  # hematoma voxels this far below the clot's median density count as hypodense
+
+
+def hypodense_hematoma(item: Prepared) -> np.ndarray:
+    """Hematoma voxels at least ``HYPODENSE_HU`` below the hematoma's median density (computed once)."""
+    if item.hypodense is None:
+        fg = item.label > 0.5
+        if fg.sum() < 10:
+            item.hypodense = np.zeros(item.image.shape, bool)
+        else:
+            step = HYPODENSE_HU / (item.window_width_hu)
+            item.hypodense = fg & (item.image < np.median(item.image[fg]) - step)
+    return item.hypodense
+
 
 def sample_patch(item: Prepared, patch: tuple[int, int, int], rng: np.random.Generator,
-                 lesion_prob: float = 0.6, negative_prob: float = 0.2,
+                 lesion_prob: float = 0.6, negative_prob: float = 0.2, hypodense_share: float = 0.5,
                  augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """A (patch) crop of image and soft label, centred on hematoma with ``lesion_prob``, on
     intraventricular blood with ``negative_prob`` (when the volume has any), else on brain; rotated
-    (±15° axial, ±5° tilt), scaled (0.85–1.15) and left-right flipped at random.
+    (±15° axial, ±5° tilt), scaled (0.85–1.15) and left-right flipped at random. Of the hematoma-centred
+    patches, ``hypodense_share`` are centred on its hypodense part when it has one (see
+    :func:`hypodense_hematoma`).
 
     Why the hard negatives: intraventricular blood has the hematoma's density and is not the target;
-    random brain patches rarely land on it, and the model then calls it hematoma."""
+    random brain patches rarely land on it, and the model then calls it hematoma. Why the hypodense
+    centres: blend sign, black hole and other hypodensities are blood at nearly brain density, a small
+    share of hematoma voxels, and where held-out Dice was lowest."""
     fg = item.label > 0.5
     u = rng.random()
     if fg.any() and u < lesion_prob:
-        pool = fg
+        hypo = hypodense_hematoma(item)
+        pool = hypo if hypo.any() and rng.random() < hypodense_share else fg
     elif item.negative is not None and item.negative.any() and u < lesion_prob + negative_prob:
         pool = item.negative
     else:
@@ -420,7 +442,9 @@ def fit(train_items: list[Prepared], val_items: list[Prepared], config: TrainCon
             x, y = next(stream)
             losses.append(float(step(tf.constant(x), tf.constant(y))))
         calibrate_batchnorm(model, calibration)
-        val = validate(model, val_items, pre) if val_items else []
+        # epochs are compared without test-time flips (half the time; the ranking is what counts);
+        # the threshold below is tuned the way inference will run, flips included
+        val = validate(model, val_items, replace(pre, tta_flips=())) if val_items else []
         val_dice = float(np.median(val)) if val else float("nan")
         score = val_dice if val else -float(np.mean(losses))  # no validation set: lowest loss
         improved = score > best

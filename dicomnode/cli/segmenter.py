@@ -36,6 +36,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         val_fraction: float = typer.Option(0.15, "--val-fraction"),
         refine: bool = typer.Option(True, "--refine/--no-refine",
                                     help="Re-draw the mask's edge at the CT's resolution at inference (preprocess.json)."),
+        tta: bool = typer.Option(True, "--tta/--no-tta",
+                                 help="At inference also predict on the left-right mirrored volume and average (2× time)."),
         max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this wall time; keep the best epoch."),
         threads: Optional[int] = typer.Option(None, "--threads", help="TensorFlow CPU threads (default: all allowed CPUs)."),
         workers: int = typer.Option(1, "--workers", min=1, help="Processes preparing volumes before training."),
@@ -51,7 +53,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         from training.segmenter import TrainConfig, train_segmenter as train
 
         try:
-            pre = PreprocessConfig(spacing_mm=spacing, patch=(patch, patch, patch), refine=refine)
+            pre = PreprocessConfig(spacing_mm=spacing, patch=(patch, patch, patch), refine=refine,
+                                   tta_flips=((2,),) if tta else ())
             cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
                               learning_rate=learning_rate, base_filters=base_filters, val_fraction=val_fraction,
                               seed=seed, max_minutes=max_minutes, threads=threads, workers=workers,

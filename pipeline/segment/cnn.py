@@ -116,9 +116,17 @@ def _run(model, x: np.ndarray) -> np.ndarray:
 
 
 def predict_grid(model, image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
-    """Probability map for a model-grid image (z, y, x): whole volume if small enough, else tiles
-    with 50 % overlap blended by Gaussian weights."""
+    """Probability map for a model-grid image (z, y, x), averaged over the identity and the mirror
+    images named in ``config.tta_flips`` (each mirrored back before averaging)."""
     image = np.asarray(image, np.float32)
+    prob = _predict_once(model, image, config)
+    for axes in config.tta_flips:
+        prob += np.flip(_predict_once(model, np.ascontiguousarray(np.flip(image, axes)), config), axes)
+    return prob / (1 + len(config.tta_flips))
+
+
+def _predict_once(model, image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Whole volume if small enough, else tiles with 50 % overlap blended by Gaussian weights."""
     if image.size <= config.max_whole_voxels:
         return _run(model, image)
     patch = tuple(min(p, s) for p, s in zip(config.patch, image.shape))

@@ -35,6 +35,8 @@ class PreprocessConfig:
     threshold: float = 0.5                  # probability → mask
     min_component_ml: float = 0.0           # connected blobs smaller than this are dropped (specks)
     refine: bool = False                    # re-draw the mask's edge at the CT's resolution (segment.refine)
+    tta_flips: tuple[tuple[int, ...], ...] = ()  # test-time augmentation: also predict on the grid mirrored
+                                            # along these (z, y, x) axes and average; ((2,),) = left-right
 
     def __post_init__(self) -> None:
         if not self.spacing_mm > 0:
@@ -48,6 +50,9 @@ class PreprocessConfig:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
         if self.min_component_ml < 0:
             raise ValueError(f"min_component_ml must be >= 0, got {self.min_component_ml}")
+        for axes in self.tta_flips:
+            if not axes or len(set(axes)) != len(axes) or any(a not in (0, 1, 2) for a in axes):
+                raise ValueError(f"tta_flips entries must be distinct axes from (0, 1, 2), got {axes!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,6 +67,8 @@ class PreprocessConfig:
         for key in ("window_hu", "patch"):
             if key in data:
                 data[key] = tuple(data[key])
+        if "tta_flips" in data:
+            data["tta_flips"] = tuple(tuple(axes) for axes in data["tta_flips"])
         return cls(**data)
 
     def write(self, model_dir: Path) -> Path:

@@ -23,6 +23,7 @@ from training.segmenter import (
     TrainConfig,
     prepare_volume,
     read_cohort,
+    hypodense_hematoma,
     sample_patch,
     split_cases,
     train_segmenter,
@@ -179,6 +180,22 @@ def test_hard_negative_patches_are_centred_on_intraventricular_blood():
     # without the negative mask (old caches) the same call falls back to brain-centred patches
     plain = Prepared("k", image, label, np.ones(image.shape, bool))
     sample_patch(plain, (24, 24, 24), rng, lesion_prob=0.0, negative_prob=1.0)
+
+
+def test_hypodense_share_centres_hematoma_patches_on_the_hypodense_part():
+    """A clot filling the volume with a small hypodense pocket in one corner: with hypodense_share=1
+    every lesion patch contains the pocket; with 0, most do not."""
+    rng = np.random.default_rng(2)
+    image = np.full((80, 80, 80), 0.55, np.float32)         # clot ≈ 66 HU everywhere
+    label = np.ones(image.shape, np.float32)
+    image[12:16, 12:16, 12:16] = 0.38                        # pocket ≈ 46 HU: hypodense, still hematoma
+    item = Prepared("k", image, label, np.ones(image.shape, bool))
+    assert hypodense_hematoma(item).sum() == 64
+    def pocket_seen(share):
+        x, _ = sample_patch(item, (16, 16, 16), rng, lesion_prob=1.0, hypodense_share=share, augment=False)
+        return bool(((x > 0.35) & (x < 0.45)).any())
+    assert all(pocket_seen(1.0) for _ in range(10))
+    assert sum(pocket_seen(0.0) for _ in range(20)) < 5
 
 
 def test_split_is_case_level_and_deterministic():

@@ -202,3 +202,32 @@ def test_small_components_are_dropped(tmp_path):
     cfg = PreprocessConfig(min_component_ml=0.5)
     drop = CNNSegmenter.load(save_model_dir(oracle_model(), tmp_path / "b", cfg)).predict_mask(volume, brain)
     assert not drop[speck].any() and dice(drop, truth) > 0.9
+
+
+def test_tta_flips_average_the_mirrored_prediction_mapped_back():
+    """A model that looks one voxel to the right: with a left-right flip averaged in, each voxel's
+    output must be the mean of the right-neighbour and the left-neighbour answers."""
+    import keras
+
+    inputs = keras.Input((None, None, None, 1))
+    layer = keras.layers.Conv3D(1, 3, padding="same", use_bias=False)
+    model = keras.Model(inputs, layer(inputs))
+    kernel = np.zeros((3, 3, 3, 1, 1), np.float32)
+    kernel[1, 1, 2, 0, 0] = 1.0  # output(x) = input(x + 1)
+    layer.set_weights([kernel])
+    image = np.random.default_rng(3).random((8, 8, 16)).astype(np.float32)
+    whole = PreprocessConfig(max_whole_voxels=10**9)
+    plain = predict_grid(model, image, whole)
+    assert np.allclose(plain[..., :-1], image[..., 1:], atol=1e-6)
+    both = predict_grid(model, image, PreprocessConfig(max_whole_voxels=10**9, tta_flips=((2,),)))
+    assert np.allclose(both[..., 1:-1], (image[..., 2:] + image[..., :-2]) / 2, atol=1e-6)
+
+
+def test_tta_flips_round_trip_and_reject_bad_axes(tmp_path):
+    cfg = PreprocessConfig(tta_flips=((2,), (1, 2)))
+    cfg.write(tmp_path)
+    assert PreprocessConfig.read(tmp_path) == cfg
+    with pytest.raises(ValueError, match="tta_flips"):
+        PreprocessConfig(tta_flips=((3,),))
+    with pytest.raises(ValueError, match="tta_flips"):
+        PreprocessConfig(tta_flips=((2, 2),))
