@@ -126,7 +126,7 @@ class Sweeper:
 
 @dataclass
 class Housekeeper:
-    """Spool retention and the disk check."""
+    """Spool and result retention, and the disk check."""
 
     index: Index
     spool_remove: Callable[[str], None]
@@ -134,12 +134,49 @@ class Housekeeper:
     retention_days: float | None
     min_free_bytes: int
     last_disk: dict = field(default_factory=dict)
+    queue: JobQueue | None = None        # with results_root: result folders are pruned too
+    results_root: Path | None = None
 
     def cleanup(self, now: float | None = None) -> int:
-        """Forget and delete series past retention that are not waiting for analysis; returns how many."""
+        """Forget and delete series past retention that are not waiting for analysis, then prune
+        results (:meth:`prune_results`); returns how many series were removed."""
         if self.retention_days is None:
             return 0
         now = time.time() if now is None else now
+        removed = self._remove_series(now)
+        self.prune_results(now)
+        return removed
+
+    def prune_results(self, now: float | None = None, limit: int = 10000) -> int:
+        """Delete the result folders of delivered jobs past retention that nothing can need any more:
+        a newer result of the same study supersedes them, or the study's images are gone from the
+        spool (so no re-analysis, which must reference its predecessor, can come). Dead jobs keep
+        theirs for ``jobs retry``. Returns how many folders were deleted."""
+        if self.retention_days is None or self.queue is None or self.results_root is None:
+            return 0
+        now = time.time() if now is None else now
+        root = Path(self.results_root).resolve()
+        newest: dict[str, str] = {}  # study key → id of its newest job with results
+        pruned = 0
+        for job in self.queue.list(limit=limit):  # newest first
+            if not job.result_dir or job.state not in (JobState.ENCODED, JobState.SENT):
+                continue
+            first = newest.setdefault(job.key, job.id) == job.id
+            if job.state is not JobState.SENT or job.updated_at > now - self.retention_days * 86400:
+                continue
+            folder = Path(job.result_dir).resolve()
+            if root not in folder.parents or not folder.is_dir():
+                continue  # never delete outside the results tree; already pruned
+            study_uid = str(job.payload.get("study_uid") or "")
+            if first and study_uid and self.index.series_of_study(study_uid):
+                continue  # the study's current result: a re-analysis would link to it
+            shutil.rmtree(folder, ignore_errors=True)
+            pruned += 1
+        if pruned:
+            log.info("retention: %d delivered result folders older than %g days removed", pruned, self.retention_days)
+        return pruned
+
+    def _remove_series(self, now: float) -> int:
         removed = 0
         for s in self.index.series_older_than(now - self.retention_days * 86400):
             for rel in self.index.forget_series(s.series_uid):  # index first: a crash leaves orphans, not dangling rows

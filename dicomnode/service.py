@@ -116,7 +116,7 @@ class Node:
                                quiet_seconds=cfg.selection.quiet_seconds, on_enqueued=self.kick)
         self.recovered["held_jobs"] = self.sweeper.recover()
         self.housekeeper = Housekeeper(self.index, self.spool.remove, self.data_dir, cfg.storage.retention_days,
-                                       cfg.storage.min_free_bytes)
+                                       cfg.storage.min_free_bytes, queue=self.queue, results_root=results_root(cfg))
         self.housekeeper.disk_check()
         if any(self.recovered.values()):
             log.info("crash recovery: %s", self.recovered)

@@ -135,6 +135,38 @@ def test_retention_removes_old_analysed_series_files_and_rows(tmp_path):
     assert not env.spool.abspath(rel).exists() and env.index.counts()["instances"] == 0
 
 
+def test_retention_prunes_delivered_results_nothing_can_need(tmp_path):
+    """Superseded and orphaned delivered results go; the study's current result, results not yet
+    delivered, dead jobs and anything outside the results tree stay."""
+    env = Env(tmp_path)
+    root = tmp_path / "results"
+    keeper = Housekeeper(env.index, env.spool.remove, tmp_path, retention_days=30, min_free_bytes=0,
+                         queue=env.queue, results_root=root)
+
+    def finished(study, name, sent=True, folder=None):
+        job = env.queue.enqueue(study_key(study), {"study_uid": study})
+        env.queue.claim("w")
+        out = folder or root / name
+        (out / "sr").mkdir(parents=True)
+        env.queue.mark_encoded(job.id, "w", str(out))
+        if sent:
+            env.queue.complete(job.id)
+        return out
+
+    kept_study = STUDY + ".7"
+    env.index.record_instance(rec(kept_study + ".1.1", series=kept_study + ".1", study=kept_study), now=time.time())
+    old = finished(kept_study, "k")                                     # superseded by the next one
+    current = finished(kept_study, "c")
+    orphan = finished(STUDY + ".8", "o")                                # its images are gone from the spool
+    pending = finished(STUDY + ".9", "p", sent=False)                   # encoded, not delivered yet
+    outside = finished(STUDY + ".10", "x", folder=tmp_path / "elsewhere")
+    later = time.time() + 40 * 86400
+    assert keeper.prune_results(now=time.time()) == 0                   # nothing past retention yet
+    assert keeper.prune_results(now=later) == 2
+    assert not old.exists() and not orphan.exists()
+    assert current.exists() and pending.exists() and outside.exists()
+
+
 def test_disk_check_states(tmp_path):
     env = Env(tmp_path)
     assert Housekeeper(env.index, env.spool.remove, tmp_path, 30, 0).disk_check()["state"] == "ok"
