@@ -1,7 +1,7 @@
 """Ingest benchmark: the node's Storage SCP against dcmtk ``storescp``, same sender, same run.
 
     .venv/bin/python benchmarks/ingest.py [--data ../shared/data/ct/philips-phantom-thin]
-                                          [--repeats 5] [--associations 1] [--diagnose]
+                                          [--repeats 5] [--associations 1] [--diagnose] [--ceiling]
 
 Both receivers run as subprocesses on loopback with ``TCP_NODELAY=1``; the same ``storescu``
 command line sends the same files to each (DIRFILE left out), alternating which peer goes first,
@@ -17,6 +17,11 @@ processes (both receivers then serve N associations at once; storescp with ``--f
 ``--diagnose`` adds a third receiver, the same node with ``os.fsync`` turned into a no-op (NOT
 durable, never a configuration of the product): the gap between it and storescp is what the
 Python/pynetdicom receive path costs, the gap between it and the node is what durability costs.
+
+``--ceiling`` adds ``benchmarks/minimal_scp.py``: a hand-written Python upper layer that does nothing
+per image but one O_DSYNC journal write before the response (no validation, index or spool). It is the
+most any durable receiver written in Python can reach here — the test of whether the bar is within
+reach of Python at all.
 """
 
 from __future__ import annotations
@@ -134,6 +139,20 @@ def run_node(work: Path, files: list[Path], associations: int, durable: bool = T
     return dt
 
 
+def run_minimal(work: Path, files: list[Path], associations: int) -> float:
+    """benchmarks/minimal_scp.py: hand-written upper layer + O_DSYNC journal, nothing else (a floor)."""
+    port = free_port()
+    cmd = [sys.executable, str(REPO / "benchmarks" / "minimal_scp.py"), "--port", str(port), "--dir", str(work),
+           "--journal-mb", "128"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_ready(port, proc)
+        dt = send(port, files, associations)
+    finally:
+        stop(proc)
+    return dt
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -141,6 +160,8 @@ def main() -> None:
     ap.add_argument("--associations", type=int, default=1)
     ap.add_argument("--diagnose", action="store_true",
                     help="also time the node with fsync disabled (not durable): where the time goes")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="also time benchmarks/minimal_scp.py: the least a durable Python receiver can do")
     ap.add_argument("--workdir", type=Path, default=None, help="where received files go (default: a temp dir under the repo's var/)")
     args = ap.parse_args()
     for tool in ("storescu", "storescp", "echoscu"):
@@ -153,11 +174,11 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     print(f"{len(files)} images, {size_mb:.1f} MB from {args.data}; {args.associations} association(s); "
           f"{args.repeats} repeats; receivers write under {root}")
-    peers = ["storescp", "node"] + (["node-nosync"] if args.diagnose else [])
+    peers = ["storescp", "node"] + (["node-nosync"] if args.diagnose else []) + (["minimal"] if args.ceiling else [])
     runners = {"storescp": run_storescp, "node": run_node,
-               "node-nosync": lambda w, f, a: run_node(w, f, a, durable=False)}
+               "node-nosync": lambda w, f, a: run_node(w, f, a, durable=False), "minimal": run_minimal}
     times: dict[str, list[float]] = {p: [] for p in peers}
-    ratios, floor = [], []
+    ratios, floor, minimal = [], [], []
     for r in range(args.repeats):
         order = peers if r % 2 == 0 else peers[::-1]
         this = {}
@@ -173,6 +194,9 @@ def main() -> None:
         if args.diagnose:
             floor.append(this["storescp"] / this["node-nosync"])
             extra = f"   node-nosync {len(files) / this['node-nosync']:7.1f} img/s   ratio {floor[-1]:.2f}"
+        if args.ceiling:
+            minimal.append(this["storescp"] / this["minimal"])
+            extra += f"   minimal {len(files) / this['minimal']:7.1f} img/s   ratio {minimal[-1]:.2f}"
         print(f"  repeat {r + 1}: storescp {len(files) / this['storescp']:7.1f} img/s   "
               f"node {len(files) / this['node']:7.1f} img/s   ratio {ratios[-1]:.2f}{extra}")
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -183,6 +207,9 @@ def main() -> None:
     if args.diagnose:
         print(f"node-nosync: {len(files) / med['node-nosync']:.1f} images/s; ratio to storescp "
               f"{statistics.median(floor):.2f}x = the ceiling of this receive path with durability for free")
+    if args.ceiling:
+        print(f"minimal:  {len(files) / med['minimal']:.1f} images/s; ratio to storescp {statistics.median(minimal):.2f}x "
+              "= hand-written upper layer + one O_DSYNC journal write per image, nothing else")
 
 
 if __name__ == "__main__":
