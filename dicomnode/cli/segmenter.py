@@ -86,8 +86,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         except (ValueError, FileNotFoundError) as exc:
             raise _fail(str(exc))
         for name, s in m["models"].items():
-            typer.echo(f"{name:>9}: median Dice {s['dice']['median']:.3f} (IQR {s['dice']['q25']:.3f}–"
-                       f"{s['dice']['q75']:.3f}), mean |volume error| {s['volume']['mean_abs_error_ml']:.2f} mL, "
+            lo, hi = s["dice"]["median_ci95"]
+            typer.echo(f"{name:>9}: median Dice {s['dice']['median']:.3f} (95 % CI {lo:.3f}–{hi:.3f}; IQR "
+                       f"{s['dice']['q25']:.3f}–{s['dice']['q75']:.3f}), mean |volume error| {s['volume']['mean_abs_error_ml']:.2f} mL, "
                        f"bias {s['volume']['bias_ml']:+.2f} mL")
         if "normal_head" in m:
             fp = m["normal_head"]["false_positive_ml"]

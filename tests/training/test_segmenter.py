@@ -223,12 +223,23 @@ def test_evaluate_cli_writes_metrics_and_bland_altman(trained, tmp_path, ct_data
     m = json.loads((out / "metrics.json").read_text())
     assert m["cases"] == 2 and set(m["models"]) == {"cnn", "classical"}
     assert m["models"]["classical"]["dice"]["median"] > 0.5  # the baseline finds these obvious blobs
+    lo, hi = m["models"]["classical"]["dice"]["median_ci95"]
+    assert lo <= m["models"]["classical"]["dice"]["median"] <= hi
     assert m["normal_head"]["false_positive_ml"]["cnn"] >= 0.0
     assert set(m["bars"]) == {"median_dice_ge_0.90", "false_positive_le_0.5_ml"}
     png = (out / "bland_altman.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert len((out / "cases.csv").read_text().splitlines()) == 3
     assert "median Dice" in res.output
+
+
+def test_median_ci_is_wide_for_few_spread_cases_and_narrow_for_many_alike():
+    from training.evaluate_segmenter import median_ci95
+
+    rng = np.random.default_rng(0)
+    few = median_ci95(rng.uniform(0.6, 1.0, 16))
+    many = median_ci95(0.9 + rng.normal(0, 0.01, 400))
+    assert few[1] - few[0] > 0.05 and many[1] - many[0] < 0.01 and many[0] < 0.9 < many[1]
 
 
 def test_sampler_errors_reach_the_trainer():
