@@ -25,8 +25,6 @@ import functools
 import hashlib
 import io
 import logging
-import os
-import queue
 import socket
 import ssl
 import threading
@@ -37,6 +35,7 @@ from typing import Callable
 
 from pydicom.dataset import Dataset
 
+from . import pynetdicom_speed
 from .config import NodeConfig
 from .header import DEFLATED_LE, EXPLICIT_LE, IMPLICIT_LE, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH
 from .header import StoreRefused, parse_header
@@ -329,173 +328,6 @@ def reconcile(index: Index, spool: Spool) -> int:
 # network
 
 
-_WAIT_MAX_S = 0.005  # longest a pynetdicom polling loop now waits when nothing happens
-
-
-class _EventDrivenTime:
-    """Stand-in for the ``time`` module inside ``pynetdicom.dul`` and ``pynetdicom.association``.
-
-    Both run polling loops that ``time.sleep(0.001)`` between checks, which costs a few
-    milliseconds of latency per C-STORE (≈0.3× of storescp). Here a sleep from a DUL thread
-    waits in ``select`` on the socket and a wake-up pipe (written when a PDU is queued for
-    sending); a sleep from an Association thread waits on its DIMSE message queue. Both wake
-    as soon as there is work and at most after 5 ms, so every loop still re-checks its state.
-    """
-
-    def __getattr__(self, name: str):
-        return getattr(time, name)
-
-    @staticmethod
-    def sleep(seconds: float) -> None:
-        wait = getattr(threading.current_thread(), "_ichnode_wait", None)
-        if wait is None or seconds <= 0:
-            time.sleep(seconds)
-        else:
-            wait()
-
-
-def _dul_wait(dul) -> None:
-    import select
-
-    sock = getattr(getattr(dul, "socket", None), "socket", None)
-    rfd = dul._ichnode_wake[0]
-    if sock is None:
-        time.sleep(0.001)
-        return
-    try:
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return
-        if dul.to_provider_queue.qsize() or dul.event_queue.qsize():
-            return
-        ready, _, _ = select.select([sock, rfd], [], [], _WAIT_MAX_S)
-    except (OSError, ValueError):
-        time.sleep(0.001)
-        return
-    if rfd in ready:
-        try:
-            while os.read(rfd, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
-
-def _assoc_wait(assoc) -> None:
-    try:
-        q = assoc.dimse.msg_queue
-    except AttributeError:
-        time.sleep(0.001)
-        return
-    with q.not_empty:
-        if not q._qsize():
-            q.not_empty.wait(_WAIT_MAX_S)
-
-
-class _InlineStoreQueue(queue.Queue):
-    """An acceptor's DIMSE message queue that serves C-STORE requests on the spot.
-
-    pynetdicom assembles a message in the DUL thread, queues it, wakes the Association thread to
-    run the handler, which queues the response and wakes the DUL thread to send it: two thread
-    hand-offs per image, each a scheduler wake-up (milliseconds on a busy host). A C-STORE peer
-    waits for each response anyway, so serving the request in the DUL thread loses nothing.
-    Anything unusual (other messages, unknown context, release in progress) takes the normal path.
-    """
-
-    def __init__(self, assoc) -> None:
-        super().__init__()
-        self._assoc = assoc
-
-    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
-        from pynetdicom.dimse_primitives import C_STORE
-
-        context_id, msg = item
-        a = self._assoc
-        if (isinstance(msg, C_STORE) and msg.is_valid_request and context_id in a._accepted_cx
-                and not a._sent_release and a.is_established):
-            a._serve_request(msg, context_id)
-            return
-        super().put(item, block, timeout)
-
-
-def _tune_pynetdicom() -> None:
-    """Speed fixes for receiving big data sets; pynetdicom's behaviour is otherwise unchanged.
-
-    1. pynetdicom reads a PDU 4 KiB at a time into a growing bytearray (hundreds of calls and
-       copies per CT slice): read it with ``recv_into`` into one preallocated buffer instead.
-    2. Its 1 ms polling sleeps become event-driven waits (see :class:`_EventDrivenTime`).
-    3. C-STORE requests are served in the DUL thread (see :class:`_InlineStoreQueue`).
-    Applied once per process; written against pynetdicom 3.0 (pinned <3.1 in pyproject).
-    """
-    import pynetdicom.association as p_assoc
-    import pynetdicom.dul as p_dul
-    from pynetdicom.transport import AssociationSocket
-
-    if getattr(AssociationSocket.recv, "_ichnode", False):
-        return
-
-    def recv(self, nr_bytes: int) -> bytearray:
-        buf = bytearray(nr_bytes)
-        view = memoryview(buf)
-        got = 0
-        try:
-            while got < nr_bytes:
-                n = self.socket.recv_into(view[got:], nr_bytes - got)
-                if not n:
-                    break
-                got += n
-        finally:
-            view.release()
-        if got < nr_bytes:
-            del buf[got:]
-        return buf
-
-    recv._ichnode = True  # type: ignore[attr-defined]
-    AssociationSocket.recv = recv
-
-    DUL = p_dul.DULServiceProvider
-    orig_run, orig_send = DUL.run_reactor, DUL.send_pdu
-
-    def run_reactor(self) -> None:
-        r, w = os.pipe()
-        os.set_blocking(r, False)
-        os.set_blocking(w, False)
-        self._ichnode_wake = (r, w)
-        self._ichnode_wait = lambda: _dul_wait(self)
-        try:
-            orig_run(self)
-        finally:
-            self._ichnode_wait = None
-            self._ichnode_wake = (-1, -1)
-            os.close(r)
-            os.close(w)
-
-    def send_pdu(self, primitive) -> None:
-        orig_send(self, primitive)
-        w = getattr(self, "_ichnode_wake", (-1, -1))[1]
-        if w >= 0:
-            try:
-                os.write(w, b"x")
-            except (BlockingIOError, OSError):
-                pass
-
-    DUL.run_reactor, DUL.send_pdu = run_reactor, send_pdu
-
-    orig_assoc_run = p_assoc.Association.run_reactor
-
-    def assoc_run_reactor(self) -> None:
-        # Only acceptors: a requestor's user thread waits for the reactor to pause at each
-        # send_*(), which an up-to-5 ms wait would slow down.
-        self._ichnode_wait = (lambda: _assoc_wait(self)) if self.is_acceptor else None
-        if self.is_acceptor:
-            self.dimse.msg_queue = _InlineStoreQueue(self)
-        try:
-            orig_assoc_run(self)
-        finally:
-            self._ichnode_wait = None
-
-    p_assoc.Association.run_reactor = assoc_run_reactor
-    p_dul.time = p_assoc.time = _EventDrivenTime()
-
-
 def build_ssl_context(config: NodeConfig) -> ssl.SSLContext | None:
     """Server TLS context from ``security.tls`` (None when TLS is off)."""
     tls = config.security.tls
@@ -577,7 +409,7 @@ def start_scp(config: NodeConfig, index: Index, spool: Spool, on_stored: Listene
     """Start the Storage SCP in background threads and return at once (``server.stop()`` ends it)."""
     from pynetdicom import evt
 
-    _tune_pynetdicom()
+    pynetdicom_speed.apply()
     if not config.logging.phi:
         # pynetdicom's DEBUG output dumps whole PDUs; keep it out of node logs.
         logging.getLogger("pynetdicom").setLevel(max(logging.getLogger("pynetdicom").level, logging.WARNING))
