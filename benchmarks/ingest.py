@@ -81,8 +81,19 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def send(port: int, files: list[Path], associations: int) -> float:
+LAST_CPU: list[float] = []  # receiver CPU seconds (user + system) of the latest send()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads), from /proc; forked children not included."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def send(port: int, files: list[Path], associations: int, receiver_pid: int | None = None) -> float:
     chunks = [files[i::associations] for i in range(associations)]
+    c0 = cpu_seconds(receiver_pid) if receiver_pid else 0.0
     t0 = time.perf_counter()
     procs = [subprocess.Popen(["storescu", "-aet", "BENCH", "-aec", "ICHNODE", "127.0.0.1", str(port), *map(str, c)],
                               env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in chunks if c]
@@ -90,7 +101,9 @@ def send(port: int, files: list[Path], associations: int) -> float:
         _, err = p.communicate()
         if p.returncode != 0:
             raise RuntimeError(f"storescu failed ({p.returncode}): {err.decode()[-500:]}")
-    return time.perf_counter() - t0
+    dt = time.perf_counter() - t0
+    LAST_CPU[:] = [cpu_seconds(receiver_pid) - c0] if receiver_pid else []
+    return dt
 
 
 def run_storescp(work: Path, files: list[Path], associations: int) -> float:
@@ -101,7 +114,7 @@ def run_storescp(work: Path, files: list[Path], associations: int) -> float:
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_ready(port, proc)
-        dt = send(port, files, associations)
+        dt = send(port, files, associations, proc.pid)
     finally:
         stop(proc)
     got = len([p for p in out.iterdir() if p.is_file()])
@@ -124,7 +137,7 @@ def run_node(work: Path, files: list[Path], associations: int, durable: bool = T
                             start_new_session=True)
     try:
         wait_ready(port, proc)
-        dt = send(port, files, associations)
+        dt = send(port, files, associations, proc.pid)
     finally:
         stop(proc)
     got = len(list((data_dir / "spool").rglob("*.dcm")))
@@ -147,7 +160,7 @@ def run_minimal(work: Path, files: list[Path], associations: int) -> float:
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         wait_ready(port, proc)
-        dt = send(port, files, associations)
+        dt = send(port, files, associations, proc.pid)
     finally:
         stop(proc)
     return dt
@@ -179,6 +192,7 @@ def main() -> None:
                "node-nosync": lambda w, f, a: run_node(w, f, a, durable=False), "minimal": run_minimal}
     times: dict[str, list[float]] = {p: [] for p in peers}
     ratios, floor, minimal = [], [], []
+    cpu: dict[str, list[float]] = {p: [] for p in peers}
     for r in range(args.repeats):
         order = peers if r % 2 == 0 else peers[::-1]
         this = {}
@@ -186,6 +200,8 @@ def main() -> None:
             work = Path(tempfile.mkdtemp(prefix=f"{peer}-", dir=root))
             try:
                 this[peer] = runners[peer](work, files, args.associations)
+                if LAST_CPU and args.associations == 1:
+                    cpu[peer].append(LAST_CPU[0] / len(files) * 1e3)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             times[peer].append(this[peer])
@@ -207,6 +223,9 @@ def main() -> None:
     if args.diagnose:
         print(f"node-nosync: {len(files) / med['node-nosync']:.1f} images/s; ratio to storescp "
               f"{statistics.median(floor):.2f}x = the ceiling of this receive path with durability for free")
+    if any(cpu.values()):
+        print("receiver CPU per image (user + system, median; load-independent, unlike wall time): "
+              + ", ".join(f"{p} {statistics.median(v):.2f} ms" for p, v in cpu.items() if v))
     if args.ceiling:
         print(f"minimal:  {len(files) / med['minimal']:.1f} images/s; ratio to storescp {statistics.median(minimal):.2f}x "
               "= hand-written upper layer + one O_DSYNC journal write per image, nothing else")
