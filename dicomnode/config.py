@@ -111,6 +111,9 @@ class NodeSection(_Section):
     # Largest PDU we accept. Bigger PDUs mean fewer Python-level reads per image: the ingest
     # benchmark is noticeably faster at 256 KiB than at pynetdicom's 16 KiB default. 0 = unlimited.
     max_pdu: int = Field(262144, ge=0)
+    # C-STORE data read straight from the PDUs (dicomnode.fast_store) instead of through pynetdicom's
+    # DIMSE layer: same checks, same durability, ≈ half the CPU per image. false = pynetdicom only.
+    fast_store: bool = True
     max_associations: int = Field(16, ge=1)
     acse_timeout_s: float = Field(30, gt=0)  # association negotiation
     dimse_timeout_s: float = Field(60, gt=0)  # waiting for the next DIMSE message

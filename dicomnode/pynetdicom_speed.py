@@ -10,11 +10,15 @@ docs/node-receive.md (benchmarks/ingest.py).
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import ssl
+import struct
 import threading
 import time
+
+_LOG = logging.getLogger("pynetdicom.dul")
 
 _WAIT_MAX_S = 0.005  # longest a pynetdicom polling loop now waits when nothing happens
 
@@ -103,6 +107,61 @@ class _InlineStoreQueue(queue.Queue):
         super().put(item, block, timeout)
 
 
+FAST_STORE_ATTR = "_ichnode_fast_store"  # AE attribute: callable(assoc) -> fast_store.FastStore
+_PDU_TYPES = frozenset(range(0x01, 0x08))
+
+
+def _read_pdu_data(self) -> None:
+    """pynetdicom's ``DULServiceProvider._read_pdu_data`` with the fast C-STORE path in front.
+
+    Same events as the original on every error (Evt17 transport closed, Evt19 invalid PDU).
+    """
+    from .fast_store import ProtocolViolation
+
+    fast = getattr(self, "_ichnode_fast", None)
+    try:
+        head = self.socket.recv(6)
+        pdu_type, _, length = struct.unpack(">BBL", head)
+    except (OSError, TimeoutError, struct.error):
+        self.event_queue.put("Evt17")
+        return
+    if pdu_type not in _PDU_TYPES:
+        _LOG.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+        self.event_queue.put("Evt19")
+        return
+    try:
+        body = self.socket.recv(length)
+    except (OSError, TimeoutError):
+        self.event_queue.put("Evt17")
+        return
+    if len(body) != length:
+        _LOG.error(f"The received PDU is shorter than expected ({len(body) + 6} of {length + 6} bytes received)")
+        self.event_queue.put("Evt17")
+        return
+    if fast is not None:
+        if pdu_type != 0x04:
+            fast.abandon()
+        else:
+            try:
+                if fast.take(self, body):
+                    return
+            except ProtocolViolation as exc:
+                _LOG.error("aborting association: %s", exc)
+                fast.abandon()
+                self.event_queue.put("Evt19")
+                return
+    head += body
+    try:
+        pdu, event = self._decode_pdu(head)
+        self.event_queue.put(event)
+    except Exception as exc:  # noqa: BLE001 - as pynetdicom: an undecodable PDU is Evt19
+        _LOG.error("Unable to decode the received PDU data")
+        _LOG.exception(exc)
+        self.event_queue.put("Evt19")
+        return
+    self._recv_pdu.put(pdu)
+
+
 def apply() -> None:
     """Speed fixes for receiving big data sets; pynetdicom's behaviour is otherwise unchanged.
 
@@ -110,6 +169,8 @@ def apply() -> None:
        copies per CT slice): read it with ``recv_into`` into one preallocated buffer instead.
     2. Its 1 ms polling sleeps become event-driven waits (see :class:`_EventDrivenTime`).
     3. C-STORE requests are served in the DUL thread (see :class:`_InlineStoreQueue`).
+    4. On an AE carrying ``FAST_STORE_ATTR`` (``assoc -> FastStore``), the P-DATA of C-STORE
+       requests bypasses pynetdicom's decoding altogether (see :mod:`dicomnode.fast_store`).
     Applied once per process; written against pynetdicom 3.0 (pinned <3.1 in pyproject).
     """
     import pynetdicom.association as p_assoc
@@ -142,6 +203,8 @@ def apply() -> None:
     orig_run, orig_send = DUL.run_reactor, DUL.send_pdu
 
     def run_reactor(self) -> None:
+        factory = getattr(getattr(self.assoc, "ae", None), FAST_STORE_ATTR, None)
+        self._ichnode_fast = factory(self.assoc) if factory is not None and self.assoc.is_acceptor else None
         r, w = os.pipe()
         os.set_blocking(r, False)
         os.set_blocking(w, False)
@@ -165,6 +228,7 @@ def apply() -> None:
                 pass
 
     DUL.run_reactor, DUL.send_pdu = run_reactor, send_pdu
+    DUL._read_pdu_data = _read_pdu_data
 
     orig_assoc_run = p_assoc.Association.run_reactor
 

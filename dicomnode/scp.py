@@ -37,6 +37,7 @@ from pydicom.dataset import Dataset
 
 from . import pynetdicom_speed
 from .config import NodeConfig
+from .fast_store import FastStore
 from .header import DEFLATED_LE, EXPLICIT_LE, IMPLICIT_LE, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH
 from .header import StoreRefused, parse_header
 from .index import Index, InstanceRecord, StoreOutcome
@@ -234,25 +235,32 @@ class Receiver:
 
     # -- pynetdicom handlers -------------------------------------------------------------------
 
-    def handle_store(self, event) -> int | Dataset:
-        req = event.request
-        calling = _calling_ae(event.assoc)
+    def answer(self, sop_class: str, sop_uid: str, transfer_syntax: str, stream: bytes | memoryview,
+               calling_ae: str = "") -> tuple[int, str]:
+        """:meth:`store`, as the (status, error comment) to answer; never raises."""
         try:
-            data = req.DataSet.getbuffer() if isinstance(req.DataSet, io.BytesIO) else b""
-            item = self.store(str(req.AffectedSOPClassUID or ""), str(req.AffectedSOPInstanceUID or ""),
-                              str(event.context.transfer_syntax), data, calling)
+            item = self.store(sop_class, sop_uid, transfer_syntax, stream, calling_ae)
         except StoreRefused as exc:
             self.stats.count(status=exc.status)
-            LOG.warning("C-STORE from %s refused 0x%04X: %s", calling, exc.status, exc.comment)
-            return _status(exc.status, exc.comment)
+            LOG.warning("C-STORE from %s refused 0x%04X: %s", calling_ae, exc.status, exc.comment)
+            return exc.status, exc.comment
         except Exception:
             self.stats.count(status=STATUS_PROCESSING_FAILURE)
-            LOG.exception("C-STORE from %s failed", calling)
-            return _status(STATUS_PROCESSING_FAILURE, "processing failure on the node")
+            LOG.exception("C-STORE from %s failed", calling_ae)
+            return STATUS_PROCESSING_FAILURE, "processing failure on the node"
+        LOG.debug("stored %s series=%s patient=%s (%s)", item.sop_uid, item.series_uid, item.patient_hash, item.outcome.value)
+        return STATUS_SUCCESS, ""
+
+    def handle_store(self, event) -> int | Dataset:
+        """pynetdicom's EVT_C_STORE (C-STOREs the fast path did not take, see dicomnode.fast_store)."""
+        req = event.request
+        data = req.DataSet.getbuffer() if isinstance(req.DataSet, io.BytesIO) else b""
+        try:
+            status, comment = self.answer(str(req.AffectedSOPClassUID or ""), str(req.AffectedSOPInstanceUID or ""),
+                                          str(event.context.transfer_syntax), data, _calling_ae(event.assoc))
         finally:
             data = None  # release the buffer export before pynetdicom reuses the BytesIO
-        LOG.debug("stored %s series=%s patient=%s (%s)", item.sop_uid, item.series_uid, item.patient_hash, item.outcome.value)
-        return STATUS_SUCCESS
+        return STATUS_SUCCESS if status == STATUS_SUCCESS else _status(status, comment)
 
     def handle_requested(self, event) -> None:
         """Calling-AE allow-list (optionally with IP): reject before any data is exchanged."""
@@ -418,6 +426,9 @@ def start_scp(config: NodeConfig, index: Index, spool: Spool, on_stored: Listene
     if on_stored is not None:
         receiver.on_stored(on_stored)
     ae = build_ae(config)
+    if config.node.fast_store:
+        setattr(ae, pynetdicom_speed.FAST_STORE_ATTR,
+                lambda assoc: FastStore(receiver.answer, functools.partial(_calling_ae, assoc)))
     handlers = [
         (evt.EVT_C_STORE, receiver.handle_store),
         (evt.EVT_REQUESTED, receiver.handle_requested),

@@ -79,7 +79,7 @@ def echoscu(dcmtk, port, aet="ECHOSCU", aec="ICHNODE", *extra):
     return dcmtk("echoscu", "-aet", aet, "-aec", aec, *extra, "127.0.0.1", port)
 
 
-def send_raw(port: int, path: Path, aec: str = "ICHNODE") -> int:
+def send_raw(port: int, path: Path, aec: str = "ICHNODE", full: bool = False):
     """C-STORE a file's data set bytes exactly as they are in the file (pynetdicom SCU)."""
     from pynetdicom import AE, _config
 
@@ -91,6 +91,8 @@ def send_raw(port: int, path: Path, aec: str = "ICHNODE") -> int:
     assert assoc.is_established
     try:
         status = assoc.send_c_store(path)
+        if full:
+            return status
         return int(status.Status) if "Status" in status else -1
     finally:
         assoc.release()
@@ -290,3 +292,99 @@ def test_idempotent_resend_and_changed_instance(node, dcmtk, ct_data, tmp_path):
     assert pydicom.dcmread(node.stored[-1].path).WindowCenter == 55
     [again] = node.index.series_ready(0)
     assert again.series_uid == series.series_uid and again.instance_count == 28
+
+
+# -- the fast C-STORE path (dicomnode.fast_store) -----------------------------------------------
+
+
+@pytest.fixture
+def fast_count(monkeypatch):
+    """How many C-STOREs the fast path answered (vs pynetdicom's EVT_C_STORE path)."""
+    from dicomnode import fast_store
+
+    calls = []
+    original = fast_store.FastStore._finish
+
+    def finish(self, dul):
+        calls.append(1)
+        return original(self, dul)
+
+    monkeypatch.setattr(fast_store.FastStore, "_finish", finish)
+    return calls
+
+
+def test_fast_path_answers_stores_and_failures_with_their_comment(node, ct_data, tmp_path, fast_count):
+    from pynetdicom.dsutils import encode
+
+    src = images(ct_data, "philips-phantom-5mm")[0]
+    assert send_raw(node.port, src) == 0x0000
+    bad = pydicom.dcmread(src)
+    bad.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"             # the data set's SOP class ≠ the command's
+    body = encode(bad, bad.file_meta.TransferSyntaxUID.is_implicit_VR, True)
+    status = send_raw(node.port, write_with_meta(tmp_path / "mismatch.dcm", src, body), full=True)
+    assert status.Status == STATUS_DATASET_MISMATCH and "SOPClassUID" in status.ErrorComment
+    assert len(fast_count) == 2 and node.index.counts()["instances"] == 1
+
+
+def test_fast_path_reassembles_small_pdus_byte_for_byte(node_factory, dcmtk, ct_data, fast_count):
+    n = node_factory(node={"max_pdu": 4096})                  # storescu then sends ≈ 130 PDUs per slice
+    src = images(ct_data, "philips-phantom-thin")[:3]
+    assert storescu(dcmtk, n.port, [str(p) for p in src]).returncode == 0
+    assert len(fast_count) == 3
+    for p in src:
+        sop = pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
+        [stored] = [item for item in n.stored if item.sop_uid == sop]
+        assert dataset_bytes(Path(stored.path)) == dataset_bytes(p)
+
+
+def test_pynetdicom_path_still_stores_when_fast_store_is_off(node_factory, dcmtk, ct_data, fast_count):
+    n = node_factory(node={"fast_store": False})
+    assert storescu(dcmtk, n.port, [str(p) for p in images(ct_data, "philips-phantom-5mm")[:3]]).returncode == 0
+    assert fast_count == [] and n.index.counts()["instances"] == 3
+
+
+def test_fragments_out_of_order_abort_and_store_nothing(node, dcmtk, ct_data):
+    """A C-STORE-RQ taken by the fast path, one data fragment, then another command before the last
+    fragment: a protocol violation, so the node aborts the association and stores nothing."""
+    import io
+    import struct
+    import time
+
+    from pynetdicom import AE
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.dsutils import encode
+    from pynetdicom.sop_class import Verification
+
+    from dicomnode.fast_store import store_response
+
+    src = images(ct_data, "philips-phantom-5mm")[0]
+    ds = pydicom.dcmread(src)
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(ds.SOPClassUID, "1.2.840.10008.1.2.1")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="ICHNODE")
+    assert assoc.is_established
+    ctx = [c for c in assoc.accepted_contexts if c.abstract_syntax == ds.SOPClassUID][0].context_id
+    req = C_STORE()
+    req.MessageID, req.AffectedSOPClassUID, req.AffectedSOPInstanceUID, req.Priority = 3, ds.SOPClassUID, ds.SOPInstanceUID, 2
+    req.DataSet = io.BytesIO(b"")
+    msg = C_STORE_RQ()
+    msg.primitive_to_message(req)
+    raw_cmd = encode(msg.command_set, True, True)
+    echo_cmd = bytes(store_response(ctx, 4, ds.SOPClassUID, ds.SOPInstanceUID, 0))[12:]  # any command set
+
+    def pdata(context_id: int, header: int, value: bytes) -> bytes:
+        pdv = struct.pack(">IBB", len(value) + 2, context_id, header) + value
+        return struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv
+
+    sock = assoc.dul.socket
+    sock.send(pdata(ctx, 0x03, raw_cmd))                       # C-STORE-RQ command, complete
+    sock.send(pdata(ctx, 0x00, encode(ds, False, True)[:1000]))  # first data fragment, not the last
+    sock.send(pdata(ctx, 0x03, echo_cmd))                      # a command again: out of order
+    deadline = time.monotonic() + 10
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert assoc.is_aborted
+    assert node.index.counts()["instances"] == 0
+    assert echoscu(dcmtk, node.port).returncode == 0

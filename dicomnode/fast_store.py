@@ -1,0 +1,173 @@
+"""C-STORE data path that skips pynetdicom's per-PDU machinery (PS3.7 9.3.1, PS3.8 9.3.5).
+
+Why: on a CT slice pynetdicom spends ≈ 1.5–2 ms of CPU per image turning P-DATA-TF PDUs into PDU
+objects, state-machine events, DIMSE fragments and pydicom datasets, and encoding the response
+through pydicom again — more than the durable write itself (benchmarks/ingest.py prints receiver
+CPU per image). Here the P-DATA of a C-STORE request is read straight from the PDU bytes and the
+response is encoded by hand; the data set still goes to ``Receiver.answer`` (validate → spool with
+fsync → index → status) before the response leaves, exactly as on pynetdicom's path.
+
+Scope, deliberately narrow: association negotiation, release, abort, TLS, C-ECHO and everything
+unusual stay with pynetdicom. A PDU is taken here only when the association is established and idle
+in pynetdicom's eyes and the PDU opens a complete C-STORE-RQ command (one PDV, data set present) on
+an accepted presentation context whose abstract syntax is the command's Affected SOP Class;
+otherwise :meth:`FastStore.take` returns False and pynetdicom decodes the PDU as usual. Once a
+C-STORE is taken, its data fragments must follow on the same context; anything else is a protocol
+violation and the association is aborted (as pynetdicom would).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import Callable
+
+LOG = logging.getLogger("dicomnode.scp")
+
+C_STORE_RQ = 0x0001
+C_STORE_RSP = 0x8001
+NO_DATA_SET = 0x0101
+
+# Answer = (status, error comment) for one stored data set; Receiver.answer has this shape.
+Answer = Callable[[str, str, str, bytes, str], "tuple[int, str]"]
+
+
+class ProtocolViolation(Exception):
+    """Fragments of a C-STORE taken here arrived out of order: the association must be aborted."""
+
+
+def parse_command(raw: bytes | memoryview) -> dict[int, bytes] | None:
+    """Implicit VR little endian command set (group 0000) → {element: value}; None if malformed."""
+    out: dict[int, bytes] = {}
+    pos, end = 0, len(raw)
+    while pos < end:
+        if pos + 8 > end:
+            return None
+        group, elem, n = struct.unpack_from("<HHI", raw, pos)
+        if group != 0 or pos + 8 + n > end:
+            return None
+        out[elem] = bytes(raw[pos + 8:pos + 8 + n])
+        pos += 8 + n
+    return out
+
+
+def _us(value: bytes | None) -> int | None:
+    return struct.unpack("<H", value)[0] if value is not None and len(value) == 2 else None
+
+
+def _uid(value: bytes | None) -> str:
+    return value.rstrip(b"\0 ").decode("ascii", "replace") if value else ""
+
+
+def _element(elem: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", 0, elem, len(value)) + value
+
+
+def store_response(context_id: int, message_id: int, sop_class: str, sop_uid: str, status: int,
+                   comment: str = "") -> bytes:
+    """A whole P-DATA-TF PDU carrying the C-STORE-RSP command (one last command fragment)."""
+
+    def ui(uid: str) -> bytes:
+        b = uid.encode("ascii")
+        return b + b"\0" if len(b) % 2 else b
+
+    els = _element(0x0002, ui(sop_class)) + _element(0x0100, struct.pack("<H", C_STORE_RSP))
+    els += _element(0x0120, struct.pack("<H", message_id)) + _element(0x0800, struct.pack("<H", NO_DATA_SET))
+    els += _element(0x0900, struct.pack("<H", status))
+    if status != 0 and comment:
+        text = comment[:64].encode("ascii", "replace")
+        els += _element(0x0902, text + b" " if len(text) % 2 else text)
+    els += _element(0x1000, ui(sop_uid))
+    command = _element(0x0000, struct.pack("<I", len(els))) + els
+    pdv = struct.pack(">IBB", len(command) + 2, context_id, 0x03) + command
+    return struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv
+
+
+class FastStore:
+    """One association's C-STORE in progress on the fast path (lives in its DUL thread)."""
+
+    def __init__(self, answer: Answer, calling_ae: Callable[[], str]) -> None:
+        self.answer = answer
+        self.calling_ae = calling_ae  # asked when a data set is complete (negotiation is over by then)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.context_id: int | None = None
+        self.transfer_syntax = ""
+        self.command: dict[int, bytes] = {}
+        self.fragments: list[memoryview] = []
+
+    @property
+    def busy(self) -> bool:
+        return self.context_id is not None
+
+    def abandon(self) -> None:
+        """A non-P-DATA PDU arrived (release, abort): whatever was half-received is dropped."""
+        self._reset()
+
+    def take(self, dul, body: bytearray) -> bool:
+        """Handle this P-DATA-TF PDU body (after the 6-byte header) if it belongs here.
+
+        Returns False, consuming nothing, when pynetdicom should decode it instead.
+        Raises :class:`ProtocolViolation` for fragments that break a C-STORE taken here.
+        """
+        items = _pdv_items(body)
+        if items is None:
+            if self.busy:
+                raise ProtocolViolation("malformed P-DATA-TF inside a C-STORE")
+            return False
+        if not self.busy:
+            ctx, mch, start, end = items[0]
+            if not (mch & 0x01 and mch & 0x02) or not _idle(dul):
+                return False
+            command = parse_command(memoryview(body)[start:end])
+            if command is None or _us(command.get(0x0100)) != C_STORE_RQ:
+                return False
+            if _us(command.get(0x0800)) in (None, NO_DATA_SET) or _us(command.get(0x0110)) is None:
+                return False
+            context = dul.assoc._accepted_cx.get(ctx)
+            if context is None or str(context.abstract_syntax) != _uid(command.get(0x0002)):
+                return False
+            if any(c != ctx or m & 0x01 for c, m, _, _ in items[1:]):
+                return False
+            self.context_id, self.command = ctx, command
+            self.transfer_syntax = str(context.transfer_syntax[0])
+            items = items[1:]
+        view = memoryview(body)
+        for ctx, mch, start, end in items:
+            if ctx != self.context_id or mch & 0x01:
+                raise ProtocolViolation(f"unexpected PDV (context {ctx}, header 0x{mch:02X}) inside a C-STORE")
+            self.fragments.append(view[start:end])
+            if mch & 0x02:
+                self._finish(dul)
+        return True
+
+    def _finish(self, dul) -> None:
+        command, context_id = self.command, self.context_id
+        data = b"".join(self.fragments)
+        sop_class, sop_uid = _uid(command.get(0x0002)), _uid(command.get(0x1000))
+        transfer_syntax = self.transfer_syntax
+        self._reset()
+        status, comment = self.answer(sop_class, sop_uid, transfer_syntax, data, self.calling_ae())
+        dul.socket.send(store_response(context_id, _us(command.get(0x0110)) or 0, sop_class, sop_uid, status, comment))
+
+
+def _pdv_items(body: bytearray) -> list[tuple[int, int, int, int]] | None:
+    """(context id, message control header, value start, value end) of each PDV item; None if malformed."""
+    items, pos, end = [], 0, len(body)
+    while pos < end:
+        if pos + 6 > end:
+            return None
+        n, ctx, mch = struct.unpack_from(">IBB", body, pos)
+        if n < 2 or pos + 4 + n > end:
+            return None
+        items.append((ctx, mch, pos + 6, pos + 4 + n))
+        pos += 4 + n
+    return items or None
+
+
+def _idle(dul) -> bool:
+    """Established, nothing of pynetdicom's own in flight (no queued event, PDU or half message)."""
+    assoc = dul.assoc
+    return (assoc.is_established and not assoc._sent_release and dul.state_machine.current_state == "Sta6"
+            and dul.event_queue.empty() and dul._recv_pdu.empty() and assoc.dimse.message is None)
