@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from pydicom.dataset import Dataset
 
@@ -40,7 +40,8 @@ from .config import NodeConfig
 from .fast_store import FastStore
 from .header import DEFLATED_LE, EXPLICIT_LE, IMPLICIT_LE, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH
 from .header import StoreRefused, parse_header
-from .index import Index, InstanceRecord, StoreOutcome
+from .index import Index, InstanceInfo, InstanceRecord, StoreOutcome
+from .journal import Entry, Journal
 from .spool import Spool, SpoolFull
 from .uids import InvalidUID, validate_uid
 
@@ -159,6 +160,16 @@ def file_meta_bytes(sop_class: str, sop_uid: str, transfer_syntax: str, calling_
     return b"\x00" * 128 + b"DICM" + bytes(head) + uid + tail
 
 
+def _dataset_sha256(raw: bytes) -> str | None:
+    """SHA-256 of the data set in one of our spool files (after its (0002,0000)-led meta group)."""
+    import struct
+
+    if raw[132:138] != b"\x02\x00\x00\x00UL":
+        return None
+    (group_len,) = struct.unpack_from("<I", raw, 140)
+    return hashlib.sha256(memoryview(raw)[144 + group_len:]).hexdigest()
+
+
 # ------------------------------------------------------------------------------------------
 # the receiver
 
@@ -172,10 +183,11 @@ class Receiver:
     Independent of the network so it can be unit-tested; :func:`start_scp` binds it to pynetdicom.
     """
 
-    def __init__(self, config: NodeConfig, index: Index, spool: Spool) -> None:
+    def __init__(self, config: NodeConfig, index: Index, spool: Spool, journal: Journal | None = None) -> None:
         self.config = config
         self.index = index
         self.spool = spool
+        self.journal = journal
         self.stats = ReceiveStats()
         self._listeners: list[Listener] = []
         # Same SOP Instance UID from two associations at once: serialise check → write → index.
@@ -190,8 +202,12 @@ class Receiver:
         return listener
 
     def store(self, sop_class: str, sop_uid: str, transfer_syntax: str, stream: bytes | memoryview,
-              calling_ae: str = "") -> StoredInstance:
-        """Store one data set as received; raises :class:`StoreRefused` with the status to answer."""
+              calling_ae: str = "", *, received_at: float | None = None, rewrite: bool = False) -> StoredInstance:
+        """Store one data set as received; raises :class:`StoreRefused` with the status to answer.
+
+        Durable when it returns: through the write-ahead journal when the receiver has one, else by
+        the spool file's own fsyncs. ``rewrite`` (journal replay) writes the file again even when the
+        index already knows these bytes, and makes it durable directly."""
         if sop_class == MEDIA_STORAGE_DIRECTORY:
             raise StoreRefused(STATUS_REFUSED_SOP_CLASS, "DICOMDIR (Media Storage Directory) is not stored")
         try:
@@ -207,22 +223,32 @@ class Receiver:
         if hdr.sop_class != sop_class:
             raise StoreRefused(STATUS_DATASET_MISMATCH, "SOPClassUID differs from AffectedSOPClassUID")
         sha = hashlib.sha256(stream).hexdigest()
-        now = time.time()
+        now = time.time() if received_at is None else received_at
         rel = self.spool.relpath(hdr.study_uid, hdr.series_uid, sop_uid)
         with self._stripes[hash(sop_uid) % len(self._stripes)]:
-            if self.index.lookup_sha256(sop_uid) == sha:
+            if self.index.lookup_sha256(sop_uid) == sha and not rewrite:
                 outcome = StoreOutcome.DUPLICATE
             else:
                 meta = file_meta_bytes(sop_class, sop_uid, transfer_syntax, calling_ae)
+                journal = None if rewrite else self.journal
+                seq = None
                 try:
-                    written = self.spool.write(rel, [meta, stream], sha256=sha)
+                    if journal is not None:
+                        if not self.spool.has_room(len(meta) + len(stream)):
+                            raise SpoolFull("free space below the threshold")
+                        seq = journal.append(sop_class, sop_uid, transfer_syntax, calling_ae, now, stream, sha)
+                    # journaled: durable already, the file's own fsyncs wait for the journal checkpoint
+                    written = self.spool.write(rel, [meta, stream], sha256=sha, durable=seq is None)
+                    outcome = self.index.record_instance(InstanceRecord(
+                        sop_uid=sop_uid, sop_class=sop_class, transfer_syntax=transfer_syntax, study_uid=hdr.study_uid,
+                        series_uid=hdr.series_uid, patient_hash=hdr.patient_hash, modality=hdr.modality, path=rel,
+                        sha256=sha, size=written.size, instance_number=hdr.instance_number, calling_ae=calling_ae,
+                    ), now=now)
                 except SpoolFull:
                     raise StoreRefused(STATUS_OUT_OF_RESOURCES, "node disk is full (free space below threshold)") from None
-                outcome = self.index.record_instance(InstanceRecord(
-                    sop_uid=sop_uid, sop_class=sop_class, transfer_syntax=transfer_syntax, study_uid=hdr.study_uid,
-                    series_uid=hdr.series_uid, patient_hash=hdr.patient_hash, modality=hdr.modality, path=rel,
-                    sha256=sha, size=written.size, instance_number=hdr.instance_number, calling_ae=calling_ae,
-                ), now=now)
+                finally:
+                    if journal is not None:
+                        journal.done(seq)
         item = StoredInstance(sop_uid, sop_class, hdr.study_uid, hdr.series_uid, hdr.patient_hash, hdr.modality,
                               self.spool.abspath(rel), outcome, calling_ae, len(stream), now)
         self.stats.count(outcome, size=len(stream))
@@ -232,6 +258,37 @@ class Receiver:
             except Exception:
                 LOG.exception("on_stored listener %r failed (instance stays stored)", listener)
         return item
+
+    def replay(self, entries: Iterable[Entry]) -> int:
+        """After a crash: store again what the journal holds past its last checkpoint, unless the
+        spool already has it intact. Only the latest entry of each SOP Instance UID counts, and never
+        over a newer version stored since. Returns how many instances were written again."""
+        latest: dict[str, Entry] = {}
+        for e in entries:
+            latest[e.sop_uid] = e
+        redone = 0
+        for e in latest.values():
+            known = self.index.instance(e.sop_uid)
+            sha = hashlib.sha256(e.data).hexdigest()
+            if known is not None and self._intact(known) and (known.sha256 == sha or known.received_at > e.received_at):
+                continue
+            try:
+                self.store(e.sop_class, e.sop_uid, e.transfer_syntax, e.data, e.calling_ae, received_at=e.received_at,
+                           rewrite=True)
+                redone += 1
+            except StoreRefused as exc:
+                LOG.warning("journal replay: instance not stored again (0x%04X: %s)", exc.status, exc.comment)
+        if redone:
+            LOG.warning("journal replay: %d instance(s) written again after an unclean stop", redone)
+        return redone
+
+    def _intact(self, known: InstanceInfo) -> bool:
+        """The spool file the index points to holds exactly the bytes the index recorded."""
+        try:
+            raw = self.spool.abspath(known.path).read_bytes()
+        except (OSError, ValueError):
+            return False
+        return len(raw) == known.size and raw[128:132] == b"DICM" and _dataset_sha256(raw) == known.sha256
 
     # -- pynetdicom handlers -------------------------------------------------------------------
 
@@ -373,6 +430,8 @@ class ReceiveServer:
         self.server.shutdown()
         for assoc in list(self.ae.active_associations):
             assoc.abort()
+        if self.receiver.journal is not None:
+            self.receiver.journal.close()  # a last checkpoint: a clean stop leaves nothing to replay
 
     def __enter__(self) -> "ReceiveServer":
         return self
@@ -421,8 +480,16 @@ def start_scp(config: NodeConfig, index: Index, spool: Spool, on_stored: Listene
     if not config.logging.phi:
         # pynetdicom's DEBUG output dumps whole PDUs; keep it out of node logs.
         logging.getLogger("pynetdicom").setLevel(max(logging.getLogger("pynetdicom").level, logging.WARNING))
+    journal = None
+    if config.storage.journal_mb:
+        journal = Journal(Path(config.node.data_dir) / "journal" / "receive.wal", config.storage.journal_mb << 20,
+                          sync_paths=[spool.root, Path(config.node.index_path).parent])
+        pending = journal.open()
+    receiver = Receiver(config, index, spool, journal)
+    if journal is not None:
+        receiver.replay(pending)  # after an unclean stop: what was acknowledged but not yet flushed
+        journal.checkpoint()
     reconcile(index, spool)
-    receiver = Receiver(config, index, spool)
     if on_stored is not None:
         receiver.on_stored(on_stored)
     ae = build_ae(config)

@@ -103,11 +103,13 @@ class Spool:
             _fsync_dir(c.parent)
         self._known_dirs.add(key)
 
-    def write(self, relpath: str, chunks: Iterable[bytes], sha256: str | None = None) -> Written:
+    def write(self, relpath: str, chunks: Iterable[bytes], sha256: str | None = None, durable: bool = True) -> Written:
         """Write ``chunks`` durably at ``relpath`` (replacing any previous file atomically).
 
         ``sha256`` may be given when the caller already hashed the bytes that matter (the SCP
         hashes the dataset without the file meta); otherwise the written bytes are hashed.
+        ``durable=False`` skips both fsyncs (still temp → rename): only for bytes that are already
+        durable elsewhere, i.e. in the write-ahead journal (dicomnode.journal), until its checkpoint.
         Raises :class:`SpoolFull` before writing anything when space is short.
         """
         chunks = list(chunks)
@@ -127,14 +129,16 @@ class Spool:
                 while view:
                     n = os.write(fd, view)
                     view = view[n:]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
             raise
         os.close(fd)
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        if durable:
+            _fsync_dir(final.parent)
         return Written(relpath, sha256 or h.hexdigest(), size)
 
     def remove(self, relpath: str) -> None:

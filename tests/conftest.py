@@ -22,6 +22,23 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Nodes started by tests get a 16 MB write-ahead journal instead of the 256 MB default: dozens of
+# data dirs per run would otherwise pre-write gigabytes (and the small journal wraps often, which
+# the tests then exercise). Subprocess nodes read the environment; in-process configs the default.
+TEST_JOURNAL_MB = 16
+os.environ.setdefault("ICH_NODE__STORAGE__JOURNAL_MB", str(TEST_JOURNAL_MB))
+
+
+def _small_test_journal() -> None:
+    from dicomnode.config import NodeConfig, StorageSection
+
+    StorageSection.model_fields["journal_mb"].default = TEST_JOURNAL_MB
+    StorageSection.model_rebuild(force=True)
+    NodeConfig.model_rebuild(force=True)
+
+
+_small_test_journal()
+
 
 def free_port() -> int:
     """A TCP port that is free on 127.0.0.1 at the time of the call."""
