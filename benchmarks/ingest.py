@@ -107,17 +107,25 @@ def send(port: int, files: list[Path], associations: int, receiver_pid: int | No
     return dt
 
 
-def run_storescp(work: Path, files: list[Path], associations: int) -> float:
-    out = work / "storescp"
-    out.mkdir()
-    port = free_port()
-    cmd = ["storescp", "-aet", "ICHNODE", "-od", str(out)] + (["--fork"] if associations > 1 else []) + [str(port)]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def timed(cmd: list[str], port: int, files: list[Path], associations: int, env: dict | None = None,
+          cwd: Path | None = None) -> tuple[float, subprocess.Popen]:
+    """Start a receiver, wait for its C-ECHO, send every file, stop it; the send's wall time."""
+    proc = subprocess.Popen(cmd, env=env or ENV, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
     try:
         wait_ready(port, proc)
         dt = send(port, files, associations, proc.pid)
     finally:
         stop(proc)
+    return dt, proc
+
+
+def run_storescp(work: Path, files: list[Path], associations: int) -> float:
+    out = work / "storescp"
+    out.mkdir()
+    port = free_port()
+    cmd = ["storescp", "-aet", "ICHNODE", "-od", str(out)] + (["--fork"] if associations > 1 else []) + [str(port)]
+    dt, _ = timed(cmd, port, files, associations)
     got = len([p for p in out.iterdir() if p.is_file()])
     if got != len(files):
         raise RuntimeError(f"storescp stored {got} of {len(files)}")
@@ -136,13 +144,7 @@ def run_node(work: Path, files: list[Path], associations: int, durable: bool = T
     env = {**ENV, "ICH_NODE__LOGGING__LEVEL": "WARNING", "ICH_NODE__NODE__MAX_ASSOCIATIONS": str(max(16, associations))}
     if not durable:  # page cache only: no journal (its O_DSYNC write is durable) and fsync a no-op
         env["ICH_NODE__STORAGE__JOURNAL_MB"] = "0"
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        wait_ready(port, proc)
-        dt = send(port, files, associations, proc.pid)
-    finally:
-        stop(proc)
+    dt, proc = timed(cmd, port, files, associations, env=env, cwd=REPO)
     got = len(list((data_dir / "spool").rglob("*.dcm")))
     if got != len(files):
         raise RuntimeError(f"node stored {got} of {len(files)}: {proc.stderr.read().decode()[-1000:]}")
@@ -160,13 +162,7 @@ def run_minimal(work: Path, files: list[Path], associations: int) -> float:
     port = free_port()
     cmd = [sys.executable, str(REPO / "benchmarks" / "minimal_scp.py"), "--port", str(port), "--dir", str(work),
            "--journal-mb", "128"]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        wait_ready(port, proc)
-        dt = send(port, files, associations, proc.pid)
-    finally:
-        stop(proc)
-    return dt
+    return timed(cmd, port, files, associations)[0]
 
 
 def main() -> None:
