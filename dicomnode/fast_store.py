@@ -4,8 +4,10 @@ Why: on a CT slice pynetdicom spends ≈ 1.5–2 ms of CPU per image turning P-D
 objects, state-machine events, DIMSE fragments and pydicom datasets, and encoding the response
 through pydicom again — more than the durable write itself (benchmarks/ingest.py prints receiver
 CPU per image). Here the P-DATA of a C-STORE request is read straight from the PDU bytes and the
-response is encoded by hand; the data set still goes to ``Receiver.answer`` (validate → spool with
-fsync → index → status) before the response leaves, exactly as on pynetdicom's path.
+response is encoded by hand; the data set goes to ``Receiver.answer`` (validate → durable in the
+write-ahead journal → status) before the response leaves; its spool file and index row are written
+right after, in this thread, while the peer prepares its next image — before this association
+reads another PDU, so a release is answered only once everything it sent is indexed.
 
 Scope, deliberately narrow: association negotiation, release, abort, TLS, C-ECHO and everything
 unusual stay with pynetdicom. A PDU is taken here only when the association is established and idle
@@ -28,8 +30,9 @@ C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 NO_DATA_SET = 0x0101
 
-# Answer = (status, error comment) for one stored data set; Receiver.answer has this shape.
-Answer = Callable[[str, str, str, bytes, str], "tuple[int, str]"]
+# Answer = (status, error comment) for one stored data set; Receiver.answer has this shape. Work it
+# appends to the last argument runs after the response has left (see Receiver.store's ``later``).
+Answer = Callable[[str, str, str, bytes, str, list], "tuple[int, str]"]
 
 
 class ProtocolViolation(Exception):
@@ -148,8 +151,11 @@ class FastStore:
         sop_class, sop_uid = _uid(command.get(0x0002)), _uid(command.get(0x1000))
         transfer_syntax = self.transfer_syntax
         self._reset()
-        status, comment = self.answer(sop_class, sop_uid, transfer_syntax, data, self.calling_ae())
+        later: list = []
+        status, comment = self.answer(sop_class, sop_uid, transfer_syntax, data, self.calling_ae(), later)
         dul.socket.send(store_response(context_id, _us(command.get(0x0110)) or 0, sop_class, sop_uid, status, comment))
+        for work in later:  # a journaled data set's spool file and index row, while the peer sends the next one
+            work()
 
 
 def _pdv_items(body: bytearray) -> list[tuple[int, int, int, int]] | None:

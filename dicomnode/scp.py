@@ -194,7 +194,8 @@ class Receiver:
         self._stripes = [threading.Lock() for _ in range(64)]
 
     def on_stored(self, listener: Listener) -> Listener:
-        """Register ``listener(StoredInstance)``; called after the index commit, before the ack.
+        """Register ``listener(StoredInstance)``; called after the index commit — before the ack, or
+        right after it for a journaled data set on the fast C-STORE path (``store(later=...)``).
 
         Keep listeners fast (enqueue, don't analyse); exceptions are logged and do not fail the store.
         """
@@ -202,12 +203,16 @@ class Receiver:
         return listener
 
     def store(self, sop_class: str, sop_uid: str, transfer_syntax: str, stream: bytes | memoryview,
-              calling_ae: str = "", *, received_at: float | None = None, rewrite: bool = False) -> StoredInstance:
+              calling_ae: str = "", *, received_at: float | None = None, rewrite: bool = False,
+              later: list[Callable[[], object]] | None = None) -> StoredInstance | None:
         """Store one data set as received; raises :class:`StoreRefused` with the status to answer.
 
         Durable when it returns: through the write-ahead journal when the receiver has one, else by
-        the spool file's own fsyncs. ``rewrite`` (journal replay) writes the file again even when the
-        index already knows these bytes, and makes it durable directly."""
+        the spool file's own fsyncs. With a journal and a ``later`` list, the spool file, index row and
+        listeners are not done here but appended to ``later`` as one call (returns None): the caller
+        answers the peer first and runs it right after, while the peer prepares its next image.
+        ``rewrite`` (journal replay) writes the file again even when the index already knows these
+        bytes, and makes it durable directly."""
         if sop_class == MEDIA_STORAGE_DIRECTORY:
             raise StoreRefused(STATUS_REFUSED_SOP_CLASS, "DICOMDIR (Media Storage Directory) is not stored")
         try:
@@ -225,18 +230,22 @@ class Receiver:
         sha = hashlib.sha256(stream).hexdigest()
         now = time.time() if received_at is None else received_at
         rel = self.spool.relpath(hdr.study_uid, hdr.series_uid, sop_uid)
-        with self._stripes[hash(sop_uid) % len(self._stripes)]:
-            if self.index.lookup_sha256(sop_uid) == sha and not rewrite:
-                outcome = StoreOutcome.DUPLICATE
-            else:
-                meta = file_meta_bytes(sop_class, sop_uid, transfer_syntax, calling_ae)
-                journal = None if rewrite else self.journal
-                seq = None
+        stripe = self._stripes[hash(sop_uid) % len(self._stripes)]
+        meta = file_meta_bytes(sop_class, sop_uid, transfer_syntax, calling_ae)
+        journal = None if rewrite else self.journal
+        seq = None
+        with stripe:
+            duplicate = self.index.lookup_sha256(sop_uid) == sha and not rewrite
+            if not duplicate and journal is not None:
+                if not self.spool.has_room(len(meta) + len(stream)):
+                    raise StoreRefused(STATUS_OUT_OF_RESOURCES, "node disk is full (free space below threshold)")
+                seq = journal.append(sop_class, sop_uid, transfer_syntax, calling_ae, now, stream, sha)
+        if duplicate:
+            return self._stored(hdr, sop_uid, sop_class, rel, StoreOutcome.DUPLICATE, calling_ae, len(stream), now)
+
+        def materialise() -> StoredInstance:
+            with stripe:
                 try:
-                    if journal is not None:
-                        if not self.spool.has_room(len(meta) + len(stream)):
-                            raise SpoolFull("free space below the threshold")
-                        seq = journal.append(sop_class, sop_uid, transfer_syntax, calling_ae, now, stream, sha)
                     # journaled: durable already, the file's own fsyncs wait for the journal checkpoint
                     written = self.spool.write(rel, [meta, stream], sha256=sha, durable=seq is None)
                     outcome = self.index.record_instance(InstanceRecord(
@@ -249,9 +258,30 @@ class Receiver:
                 finally:
                     if journal is not None:
                         journal.done(seq)
+            return self._stored(hdr, sop_uid, sop_class, rel, outcome, calling_ae, len(stream), now)
+
+        if later is not None and seq is not None:
+            later.append(lambda: self._after_answer(materialise, sop_uid))
+            return None
+        return materialise()
+
+    def _after_answer(self, materialise: Callable[[], StoredInstance], sop_uid: str) -> None:
+        """A journaled instance's spool file and index row, after its answer. A failure here cannot be
+        reported to the peer any more; the journal still holds the data set (replayed at the next start)."""
+        try:
+            materialise()
+        except Exception:  # noqa: BLE001
+            self.stats.count(status=STATUS_PROCESSING_FAILURE)
+            LOG.critical("instance acknowledged and journaled, but writing its spool file or index row failed; "
+                         "it is stored again from the journal at the next start", exc_info=True)
+
+    def _stored(self, hdr, sop_uid: str, sop_class: str, rel: str, outcome: StoreOutcome, calling_ae: str, size: int,
+                now: float) -> StoredInstance:
+        """Count it and tell the listeners."""
         item = StoredInstance(sop_uid, sop_class, hdr.study_uid, hdr.series_uid, hdr.patient_hash, hdr.modality,
-                              self.spool.abspath(rel), outcome, calling_ae, len(stream), now)
-        self.stats.count(outcome, size=len(stream))
+                              self.spool.abspath(rel), outcome, calling_ae, size, now)
+        self.stats.count(outcome, size=size)
+        LOG.debug("stored %s series=%s patient=%s (%s)", sop_uid, hdr.series_uid, hdr.patient_hash, outcome.value)
         for listener in self._listeners:
             try:
                 listener(item)
@@ -293,10 +323,10 @@ class Receiver:
     # -- pynetdicom handlers -------------------------------------------------------------------
 
     def answer(self, sop_class: str, sop_uid: str, transfer_syntax: str, stream: bytes | memoryview,
-               calling_ae: str = "") -> tuple[int, str]:
-        """:meth:`store`, as the (status, error comment) to answer; never raises."""
+               calling_ae: str = "", later: list[Callable[[], object]] | None = None) -> tuple[int, str]:
+        """:meth:`store`, as the (status, error comment) to answer; never raises. ``later``: see store."""
         try:
-            item = self.store(sop_class, sop_uid, transfer_syntax, stream, calling_ae)
+            self.store(sop_class, sop_uid, transfer_syntax, stream, calling_ae, later=later)
         except StoreRefused as exc:
             self.stats.count(status=exc.status)
             LOG.warning("C-STORE from %s refused 0x%04X: %s", calling_ae, exc.status, exc.comment)
@@ -305,7 +335,6 @@ class Receiver:
             self.stats.count(status=STATUS_PROCESSING_FAILURE)
             LOG.exception("C-STORE from %s failed", calling_ae)
             return STATUS_PROCESSING_FAILURE, "processing failure on the node"
-        LOG.debug("stored %s series=%s patient=%s (%s)", item.sop_uid, item.series_uid, item.patient_hash, item.outcome.value)
         return STATUS_SUCCESS, ""
 
     def handle_store(self, event) -> int | Dataset:

@@ -60,7 +60,7 @@ class _Recorder:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, sop_class, sop_uid, ts, data, calling):
+    def __call__(self, sop_class, sop_uid, ts, data, calling, later=None):
         self.calls.append((sop_class, sop_uid, ts, bytes(data), calling))
         return 0, ""
 

@@ -111,7 +111,7 @@ def dataset(ct_data, k: int = 0, **changes):
     return ds, buf.getvalue()
 
 
-def receiver(root, journal: Journal):
+def receiver(root, journal: Journal | None):
     return Receiver(NodeConfig(), Index(root / "index.sqlite3"), Spool(root / "spool"), journal)
 
 
@@ -144,3 +144,26 @@ def test_replay_restores_what_a_power_loss_took_and_never_rolls_back(tmp_path, c
         assert item.path.read_bytes().endswith(expected)
     again.checkpoint()
     again.close()
+
+
+def test_journaled_store_can_defer_its_spool_file_and_index_row_until_after_the_answer(tmp_path, ct_data):
+    j = Journal(tmp_path / "journal" / "receive.wal", 1 << 24, checkpoint_every_s=3600)
+    j.open()
+    rx = receiver(tmp_path, j)
+    seen = []
+    rx.on_stored(seen.append)
+    ds, body = dataset(ct_data, 0)
+    later: list = []
+    assert rx.store(str(ds.SOPClassUID), ds.SOPInstanceUID, TS, body, "PACS", later=later) is None
+    assert len(later) == 1 and rx.index.instance(ds.SOPInstanceUID) is None and seen == []
+    # durable already: a crash now would bring it back from the journal
+    assert [e.sop_uid for e in Journal(j.path, 1 << 24)._scan()] == [ds.SOPInstanceUID]
+    later[0]()
+    assert rx.index.instance(ds.SOPInstanceUID).sha256 == hashlib.sha256(body).hexdigest()
+    assert [item.sop_uid for item in seen] == [ds.SOPInstanceUID]
+    # no journal: nothing is deferred (the spool file's own fsyncs make it durable before the answer)
+    plain = receiver(tmp_path / "plain", None)
+    later = []
+    assert plain.store(str(ds.SOPClassUID), ds.SOPInstanceUID, TS, body, "PACS", later=later) is not None
+    assert later == []
+    j.close()
