@@ -388,3 +388,17 @@ def test_fragments_out_of_order_abort_and_store_nothing(node, dcmtk, ct_data):
     assert assoc.is_aborted
     assert node.index.counts()["instances"] == 0
     assert echoscu(dcmtk, node.port).returncode == 0
+
+
+def test_without_journal_every_file_is_fsynced_before_the_answer(node_factory, dcmtk, ct_data, monkeypatch):
+    """storage.journal_mb = 0: the issue's literal order (write → fsync → rename → fsync dir → index → answer)."""
+    import os
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    n = node_factory(storage={"journal_mb": 0})
+    assert storescu(dcmtk, n.port, [str(p) for p in images(ct_data, "philips-phantom-5mm")[:3]]).returncode == 0
+    assert n.index.counts()["instances"] == 3 and n.server.receiver.journal is None
+    assert not (n.config.node.data_dir / "journal").exists()
+    assert len(synced) >= 6  # the file and its directory, per instance
