@@ -212,7 +212,7 @@ def hypodense_hematoma(item: Prepared) -> np.ndarray:
 
 
 def sample_patch(item: Prepared, patch: tuple[int, int, int], rng: np.random.Generator,
-                 lesion_prob: float = 0.6, negative_prob: float = 0.2, hypodense_share: float = 0.5,
+                 lesion_prob: float = 0.6, negative_prob: float = 0.2, hypodense_share: float = 0.0,
                  augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """A (patch) crop of image and soft label, centred on hematoma with ``lesion_prob``, on
     intraventricular blood with ``negative_prob`` (when the volume has any), else on brain; rotated
@@ -227,8 +227,11 @@ def sample_patch(item: Prepared, patch: tuple[int, int, int], rng: np.random.Gen
     fg = item.label > 0.5
     u = rng.random()
     if fg.any() and u < lesion_prob:
-        hypo = hypodense_hematoma(item)
-        pool = hypo if hypo.any() and rng.random() < hypodense_share else fg
+        pool = fg
+        if hypodense_share > 0:  # no extra random draw otherwise: the default keeps the bundled model's stream
+            hypo = hypodense_hematoma(item)
+            if hypo.any() and rng.random() < hypodense_share:
+                pool = hypo
     elif item.negative is not None and item.negative.any() and u < lesion_prob + negative_prob:
         pool = item.negative
     else:
@@ -258,7 +261,7 @@ def sample_patch(item: Prepared, patch: tuple[int, int, int], rng: np.random.Gen
 
 
 def batches(items: list[Prepared], patch: tuple[int, int, int], batch_size: int, seed: int,
-            augment: bool = True, prefetch: int = 4) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            augment: bool = True, prefetch: int = 4, hypodense_share: float = 0.0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless batches made in a background thread (numpy/scipy release the GIL while TF trains)."""
     q: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
@@ -267,7 +270,8 @@ def batches(items: list[Prepared], patch: tuple[int, int, int], batch_size: int,
         rng = np.random.default_rng(seed)
         while not stop.is_set():
             try:
-                xs, ys = zip(*(sample_patch(items[rng.integers(len(items))], patch, rng, augment=augment)
+                xs, ys = zip(*(sample_patch(items[rng.integers(len(items))], patch, rng, augment=augment,
+                                            hypodense_share=hypodense_share)
                                for _ in range(batch_size)))
                 batch = (np.stack(xs)[..., None], np.stack(ys)[..., None])
             except Exception as exc:  # hand the error to the trainer instead of letting it wait forever
@@ -332,6 +336,7 @@ class TrainConfig:
     workers: int = 1                     # processes preparing volumes (no TensorFlow in them)
     calibration_volumes: int = 8         # whole training volumes that set batch-norm statistics
     init_from: Path | None = None        # a model directory whose weights training starts from
+    hypodense_share: float = 0.0         # of hematoma-centred patches, centred on hypodense blood (sample_patch)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
 
@@ -435,7 +440,8 @@ def fit(train_items: list[Prepared], val_items: list[Prepared], config: TrainCon
     history, best, best_epoch, stopped = [], -float("inf"), 0, None
     pick = np.random.default_rng(config.seed).permutation(len(train_items))[: config.calibration_volumes]
     calibration = [train_items[i] for i in sorted(pick)]
-    stream = batches(train_items, tuple(pre.patch), config.batch_size, config.seed)
+    stream = batches(train_items, tuple(pre.patch), config.batch_size, config.seed,
+                     hypodense_share=config.hypodense_share)
     for epoch in range(1, config.epochs + 1):
         t0, losses = time.monotonic(), []
         for _ in range(config.steps_per_epoch):
