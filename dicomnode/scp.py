@@ -29,7 +29,6 @@ import socket
 import ssl
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -171,22 +170,6 @@ def _dataset_sha256(raw: bytes) -> str | None:
     return hashlib.sha256(memoryview(raw)[144 + group_len:]).hexdigest()
 
 
-_HASHER: ThreadPoolExecutor | None = None
-_HASHER_LOCK = threading.Lock()
-
-
-def _hasher() -> ThreadPoolExecutor:
-    global _HASHER
-    with _HASHER_LOCK:
-        if _HASHER is None:
-            _HASHER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sha256")
-        return _HASHER
-
-
-def _sha256_hex(data: bytes | memoryview) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 # ------------------------------------------------------------------------------------------
 # the receiver
 
@@ -244,63 +227,43 @@ class Receiver:
             raise StoreRefused(STATUS_DATASET_MISMATCH, "SOPInstanceUID differs from AffectedSOPInstanceUID")
         if hdr.sop_class != sop_class:
             raise StoreRefused(STATUS_DATASET_MISMATCH, "SOPClassUID differs from AffectedSOPClassUID")
+        sha = hashlib.sha256(stream).hexdigest()
         now = time.time() if received_at is None else received_at
         rel = self.spool.relpath(hdr.study_uid, hdr.series_uid, sop_uid)
         stripe = self._stripes[hash(sop_uid) % len(self._stripes)]
         meta = file_meta_bytes(sop_class, sop_uid, transfer_syntax, calling_ae)
         journal = None if rewrite else self.journal
-        if journal is None:  # durable by the spool file's own fsyncs, all before the answer
-            sha = hashlib.sha256(stream).hexdigest()
-            with stripe:
-                if self.index.lookup_sha256(sop_uid) == sha and not rewrite:
-                    outcome = StoreOutcome.DUPLICATE
-                else:
-                    try:
-                        written = self.spool.write(rel, [meta, stream], sha256=sha)
-                    except SpoolFull:
-                        raise StoreRefused(STATUS_OUT_OF_RESOURCES, "node disk is full (free space below threshold)") from None
-                    outcome = self._index(hdr, sop_uid, sop_class, transfer_syntax, rel, sha, written.size, calling_ae, now)
-            return self._stored(hdr, sop_uid, sop_class, rel, outcome, calling_ae, len(stream), now)
-
-        # journaled: hash on a helper thread (hashlib releases the GIL) while this one writes the temp file
-        hashing = _hasher().submit(_sha256_hex, stream)
-        try:
-            pending = self.spool.write_temp(rel, [meta, stream])
-        except SpoolFull:
-            raise StoreRefused(STATUS_OUT_OF_RESOURCES, "node disk is full (free space below threshold)") from None
-        finally:
-            sha = hashing.result()
+        seq = None
         with stripe:
-            duplicate = self.index.lookup_sha256(sop_uid) == sha
-            seq = None if duplicate else journal.append(sop_class, sop_uid, transfer_syntax, calling_ae, now, stream, sha)
+            duplicate = self.index.lookup_sha256(sop_uid) == sha and not rewrite
+            if not duplicate and journal is not None:
+                if not self.spool.has_room(len(meta) + len(stream)):
+                    raise StoreRefused(STATUS_OUT_OF_RESOURCES, "node disk is full (free space below threshold)")
+                seq = journal.append(sop_class, sop_uid, transfer_syntax, calling_ae, now, stream, sha)
         if duplicate:
-            self.spool.discard(pending)
             return self._stored(hdr, sop_uid, sop_class, rel, StoreOutcome.DUPLICATE, calling_ae, len(stream), now)
-        if seq is None:  # too big for the journal: the classic durable write, now
-            self.spool.discard(pending)
-            return self.store(sop_class, sop_uid, transfer_syntax, stream, calling_ae, received_at=now, rewrite=True)
 
         def materialise() -> StoredInstance:
-            try:
-                with stripe:  # durable in the journal already; the file's own fsyncs wait for the checkpoint
-                    self.spool.commit(pending)
-                    outcome = self._index(hdr, sop_uid, sop_class, transfer_syntax, rel, sha, pending.size, calling_ae, now)
-            finally:
-                journal.done(seq)
+            with stripe:
+                try:
+                    # journaled: durable already, the file's own fsyncs wait for the journal checkpoint
+                    written = self.spool.write(rel, [meta, stream], sha256=sha, durable=seq is None)
+                    outcome = self.index.record_instance(InstanceRecord(
+                        sop_uid=sop_uid, sop_class=sop_class, transfer_syntax=transfer_syntax, study_uid=hdr.study_uid,
+                        series_uid=hdr.series_uid, patient_hash=hdr.patient_hash, modality=hdr.modality, path=rel,
+                        sha256=sha, size=written.size, instance_number=hdr.instance_number, calling_ae=calling_ae,
+                    ), now=now)
+                except SpoolFull:
+                    raise StoreRefused(STATUS_OUT_OF_RESOURCES, "node disk is full (free space below threshold)") from None
+                finally:
+                    if journal is not None:
+                        journal.done(seq)
             return self._stored(hdr, sop_uid, sop_class, rel, outcome, calling_ae, len(stream), now)
 
-        if later is not None:
+        if later is not None and seq is not None:
             later.append(lambda: self._after_answer(materialise, sop_uid))
             return None
         return materialise()
-
-    def _index(self, hdr, sop_uid: str, sop_class: str, transfer_syntax: str, rel: str, sha: str, size: int,
-               calling_ae: str, now: float) -> StoreOutcome:
-        return self.index.record_instance(InstanceRecord(
-            sop_uid=sop_uid, sop_class=sop_class, transfer_syntax=transfer_syntax, study_uid=hdr.study_uid,
-            series_uid=hdr.series_uid, patient_hash=hdr.patient_hash, modality=hdr.modality, path=rel,
-            sha256=sha, size=size, instance_number=hdr.instance_number, calling_ae=calling_ae,
-        ), now=now)
 
     def _after_answer(self, materialise: Callable[[], StoredInstance], sop_uid: str) -> None:
         """A journaled instance's spool file and index row, after its answer. A failure here cannot be

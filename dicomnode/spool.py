@@ -32,16 +32,6 @@ class SpoolFull(OSError):
 
 
 @dataclass(frozen=True)
-class Pending:
-    """A spool file written under its temp name, waiting for :meth:`Spool.commit` or :meth:`Spool.discard`."""
-
-    relpath: str
-    tmp: Path
-    final: Path
-    size: int
-
-
-@dataclass(frozen=True)
 class Written:
     path: str  # relative to the spool root
     sha256: str
@@ -122,14 +112,6 @@ class Spool:
         durable elsewhere, i.e. in the write-ahead journal (dicomnode.journal), until its checkpoint.
         Raises :class:`SpoolFull` before writing anything when space is short.
         """
-        h = None if sha256 else hashlib.sha256()
-        pending = self.write_temp(relpath, chunks, durable=durable, hasher=h)
-        self.commit(pending, durable=durable)
-        return Written(relpath, sha256 or h.hexdigest(), pending.size)
-
-    def write_temp(self, relpath: str, chunks: Iterable[bytes], durable: bool = False, hasher=None) -> "Pending":
-        """First half of :meth:`write`: the bytes in a ``.partial`` temp file beside their final name
-        (fsynced when ``durable``), not yet visible as an instance. Then :meth:`commit` or :meth:`discard`."""
         chunks = list(chunks)
         size = sum(len(c) for c in chunks)
         if not self.has_room(size):
@@ -137,11 +119,12 @@ class Spool:
         final = self.abspath(relpath)
         self._ensure_dir(final.parent)
         tmp = final.with_name(f".{final.name}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}")
+        h = None if sha256 else hashlib.sha256()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             for c in chunks:
-                if hasher is not None:
-                    hasher.update(c)
+                if h is not None:
+                    h.update(c)
                 view = memoryview(c)
                 while view:
                     n = os.write(fd, view)
@@ -153,17 +136,10 @@ class Spool:
             tmp.unlink(missing_ok=True)
             raise
         os.close(fd)
-        return Pending(relpath, tmp, final, size)
-
-    def commit(self, pending: "Pending", durable: bool = False) -> None:
-        """Rename the temp file onto its final name (atomically replacing an older version)."""
-        os.replace(pending.tmp, pending.final)
+        os.replace(tmp, final)
         if durable:
-            _fsync_dir(pending.final.parent)
-
-    @staticmethod
-    def discard(pending: "Pending") -> None:
-        pending.tmp.unlink(missing_ok=True)
+            _fsync_dir(final.parent)
+        return Written(relpath, sha256 or h.hexdigest(), size)
 
     def remove(self, relpath: str) -> None:
         """Remove one instance file (and its directories once empty)."""
