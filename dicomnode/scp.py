@@ -243,7 +243,7 @@ class Receiver:
         if duplicate:
             return self._stored(hdr, sop_uid, sop_class, rel, StoreOutcome.DUPLICATE, calling_ae, len(stream), now)
 
-        def materialise() -> StoredInstance:
+        def materialise(answered: bool = False) -> StoredInstance:
             with stripe:
                 try:
                     # journaled: durable already, the file's own fsyncs wait for the journal checkpoint
@@ -254,14 +254,19 @@ class Receiver:
                         sha256=sha, size=written.size, instance_number=hdr.instance_number, calling_ae=calling_ae,
                     ), now=now)
                 except SpoolFull:
+                    if not answered and journal is not None:
+                        journal.done(seq)  # refused: the peer sends it again, the entry need not survive
                     raise StoreRefused(STATUS_OUT_OF_RESOURCES, "node disk is full (free space below threshold)") from None
-                finally:
-                    if journal is not None:
+                except BaseException:
+                    if not answered and journal is not None:
                         journal.done(seq)
+                    raise  # answered already: the entry stays in flight, so no checkpoint passes it
+                if journal is not None:
+                    journal.done(seq)
             return self._stored(hdr, sop_uid, sop_class, rel, outcome, calling_ae, len(stream), now)
 
         if later is not None and seq is not None:
-            later.append(lambda: self._after_answer(materialise, sop_uid))
+            later.append(lambda: self._after_answer(lambda: materialise(answered=True), sop_uid))
             return None
         return materialise()
 

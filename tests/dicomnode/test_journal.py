@@ -167,3 +167,21 @@ def test_journaled_store_can_defer_its_spool_file_and_index_row_until_after_the_
     assert plain.store(str(ds.SOPClassUID), ds.SOPInstanceUID, TS, body, "PACS", later=later) is not None
     assert later == []
     j.close()
+
+
+def test_a_spool_failure_after_the_answer_keeps_the_entry_for_the_next_start(tmp_path, ct_data, monkeypatch):
+    j = Journal(tmp_path / "journal" / "receive.wal", 1 << 24, checkpoint_every_s=3600)
+    j.open()
+    rx = receiver(tmp_path, j)
+    ds, body = dataset(ct_data, 0)
+    later: list = []
+    rx.store(str(ds.SOPClassUID), ds.SOPInstanceUID, TS, body, "PACS", later=later)
+    monkeypatch.setattr(rx.spool, "write", lambda *a, **k: (_ for _ in ()).throw(OSError("disk gone")))
+    later[0]()  # logged as critical, not raised: the peer has its answer already
+    assert rx.index.instance(ds.SOPInstanceUID) is None
+    assert j.checkpoint() == 0  # the watermark does not pass the entry ...
+    monkeypatch.undo()
+    again = Journal(j.path, 1 << 24)
+    rx2 = receiver(tmp_path, again)
+    assert rx2.replay(again.open()) == 1  # ... so the next start stores it
+    assert rx2.index.instance(ds.SOPInstanceUID) is not None
