@@ -56,6 +56,7 @@ class Entry:
     calling_ae: str
     received_at: float
     data: bytes
+    sha256: str      # of ``data``, checked when the entry was read back
 
 
 @functools.lru_cache(maxsize=1)
@@ -278,6 +279,7 @@ class Journal:
                         sop_class, sop_uid, ts, calling, received_at = json.loads(payload[:mlen])
                     except ValueError:
                         break
-                    out.append(Entry(seq, sop_class, sop_uid, ts, calling, float(received_at), payload[mlen:]))
+                    out.append(Entry(seq, sop_class, sop_uid, ts, calling, float(received_at), payload[mlen:],
+                                     digest.hex()))
                     last, pos = seq, pos + span
         return sorted(out, key=lambda e: e.seq)

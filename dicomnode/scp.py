@@ -304,8 +304,7 @@ class Receiver:
         redone = 0
         for e in latest.values():
             known = self.index.instance(e.sop_uid)
-            sha = hashlib.sha256(e.data).hexdigest()
-            if known is not None and self._intact(known) and (known.sha256 == sha or known.received_at > e.received_at):
+            if known is not None and self._intact(known) and (known.sha256 == e.sha256 or known.received_at > e.received_at):
                 continue
             try:
                 self.store(e.sop_class, e.sop_uid, e.transfer_syntax, e.data, e.calling_ae, received_at=e.received_at,
