@@ -36,6 +36,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.registry import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"ICHJ"
@@ -94,7 +96,6 @@ class Journal:
         self._want_checkpoint = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_checkpoint_at = time.monotonic()
         self.stats = {"journaled": 0, "bypassed": 0, "checkpoints": 0, "waits": 0}
 
     # -- life cycle ----------------------------------------------------------------------------
@@ -169,7 +170,6 @@ class Journal:
             return
         with self._cond:
             self._inflight.discard(seq)
-            self._cond.notify_all()
 
     def _switch_half(self) -> None:
         """Move to the other half once a checkpoint covers what it holds (lock held)."""
@@ -195,23 +195,10 @@ class Journal:
                 _syncfs(fd)
             finally:
                 os.close(fd)
-        tmp = self.path.with_name(CHECKPOINT_FILE + ".tmp")
-        tmp.write_text(str(upto))
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path.with_name(CHECKPOINT_FILE))
-        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        atomic_write_text(self.path.with_name(CHECKPOINT_FILE), str(upto))
         with self._cond:
             self._checkpointed = max(self._checkpointed, upto)
             self._cond.notify_all()
-        self._last_checkpoint_at = time.monotonic()
         self.stats["checkpoints"] += 1
         return upto
 
