@@ -20,11 +20,8 @@ violation and the association is aborted (as pynetdicom would).
 
 from __future__ import annotations
 
-import logging
 import struct
 from typing import Callable
-
-LOG = logging.getLogger("dicomnode.scp")
 
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
