@@ -253,14 +253,14 @@ class Receiver:
                         series_uid=hdr.series_uid, patient_hash=hdr.patient_hash, modality=hdr.modality, path=rel,
                         sha256=sha, size=written.size, instance_number=hdr.instance_number, calling_ae=calling_ae,
                     ), now=now)
-                except SpoolFull:
-                    if not answered and journal is not None:
-                        journal.done(seq)  # refused: the peer sends it again, the entry need not survive
-                    raise StoreRefused(STATUS_OUT_OF_RESOURCES, "node disk is full (free space below threshold)") from None
-                except BaseException:
+                except BaseException as exc:
+                    # not answered yet: a failure the peer hears of (it sends again), the entry need not
+                    # survive; answered already: it stays in flight, so no checkpoint passes it
                     if not answered and journal is not None:
                         journal.done(seq)
-                    raise  # answered already: the entry stays in flight, so no checkpoint passes it
+                    if isinstance(exc, SpoolFull):
+                        raise StoreRefused(STATUS_OUT_OF_RESOURCES, "node disk is full (free space below threshold)") from None
+                    raise
                 if journal is not None:
                     journal.done(seq)
             return self._stored(hdr, sop_uid, sop_class, rel, outcome, calling_ae, len(stream), now)
