@@ -22,6 +22,7 @@ import SimpleITK as sitk
 
 from pipeline.segment.preprocess import select_labels
 from training.segmenter import TARGET_LABELS, dice, read_cohort
+from training.stats import median_ci95
 
 BAR_MEDIAN_DICE = 0.90
 BAR_FP_ML = 0.5
@@ -51,13 +52,6 @@ def _summary(values: list[float]) -> dict:
             "q25": float(np.percentile(a, 25)), "q75": float(np.percentile(a, 75)), "min": float(a.min()),
             "median_ci95": median_ci95(a)}
 
-
-def median_ci95(values: np.ndarray, resamples: int = 2000, seed: int = 0) -> list[float]:
-    """Percentile-bootstrap 95 % interval of the median: how far a bar verdict on a few cases can be trusted."""
-    a = np.asarray(values, float)
-    rng = np.random.default_rng(seed)
-    medians = np.median(a[rng.integers(0, a.size, size=(resamples, a.size))], axis=1)
-    return [float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))]
 
 
 def bland_altman(true_ml: np.ndarray, pred_ml: np.ndarray) -> dict:

@@ -1,4 +1,5 @@
-"""Statistics for judging a probabilistic classifier: DeLong, bootstrap CIs, calibration, decision curves.
+"""Statistics for judging a probabilistic classifier: DeLong, bootstrap CIs, calibration, decision curves
+(and the bootstrap CI of a median, for the segmenter's per-case Dice).
 
 Plain numpy/scipy so each number can be checked by hand; used by ``training.evaluate_classifier``.
 """
@@ -88,6 +89,15 @@ def bootstrap_ci(metric: Callable[[np.ndarray, np.ndarray], float], y, p, n_boot
         return float("nan"), float("nan")
     lo, hi = np.percentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return float(lo), float(hi)
+
+
+def median_ci95(values, resamples: int = 2000, seed: int = 0) -> list[float]:
+    """Percentile-bootstrap 95 % interval of the median of one sample (e.g. per-case Dice): how far a
+    bar verdict on a few cases can be trusted."""
+    a = np.asarray(values, float)
+    rng = np.random.default_rng(seed)
+    medians = np.median(a[rng.integers(0, a.size, size=(resamples, a.size))], axis=1)
+    return [float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))]
 
 
 # --- calibration ------------------------------------------------------------------------------------

@@ -234,7 +234,7 @@ def test_evaluate_cli_writes_metrics_and_bland_altman(trained, tmp_path, ct_data
 
 
 def test_median_ci_is_wide_for_few_spread_cases_and_narrow_for_many_alike():
-    from training.evaluate_segmenter import median_ci95
+    from training.stats import median_ci95
 
     rng = np.random.default_rng(0)
     few = median_ci95(rng.uniform(0.6, 1.0, 16))
