@@ -12,6 +12,7 @@ import io
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Sequence
 
 from .uids import InvalidUID, patient_hash, validate_uid
 
@@ -109,8 +110,11 @@ def _skip_sequence(buf, pos: int, implicit: bool, depth: int = 0) -> int:
                 raise _Unsupported("truncated item")
 
 
-def _scan(buf, implicit: bool) -> tuple[dict[str, bytes], bool]:
-    """Wanted raw values, and whether any (0004,xxxx) DICOMDIR element was seen."""
+def _scan(buf, implicit: bool, prefix: bool = False) -> tuple[dict[str, bytes], bool]:
+    """Wanted raw values, and whether any (0004,xxxx) DICOMDIR element was seen.
+
+    ``prefix``: ``buf`` is only the start of the data set (its first P-DATA fragment); succeed only
+    when the scan gets past (0020,0013) inside it."""
     values: dict[str, bytes] = {}
     dicomdir = False
     pos, n, last = 0, len(buf), -1
@@ -126,6 +130,8 @@ def _scan(buf, implicit: bool) -> tuple[dict[str, bytes], bool]:
         if length == _UNDEFINED:
             pos = _skip_sequence(buf, vpos, implicit or vr == b"UN")
             continue
+        if prefix and vpos + length >= n:
+            raise _Unsupported("header runs past the first fragment")
         if vpos + length > n:
             raise _Unsupported("truncated value")
         name = _WANTED.get(tag)
@@ -133,7 +139,7 @@ def _scan(buf, implicit: bool) -> tuple[dict[str, bytes], bool]:
             values[name] = bytes(buf[vpos:vpos + length])
         pos = vpos + length
     else:
-        if "SeriesInstanceUID" not in values:
+        if prefix or "SeriesInstanceUID" not in values:
             raise _Unsupported("data set ends before the header is complete")
     return values, dicomdir
 
@@ -153,11 +159,23 @@ def _via_pydicom(data, implicit: bool) -> tuple[dict[str, object], bool]:
     return {name: ds.get(name) for name in _WANTED.values()}, dicomdir
 
 
-def parse_header(stream: bytes | memoryview, transfer_syntax: str) -> Header:
+def parse_header(stream: bytes | memoryview | Sequence[bytes | memoryview], transfer_syntax: str) -> Header:
     """Read and validate the top-level header of an encoded data set (pixel data untouched).
 
+    ``stream`` may be the data set's P-DATA fragments: the header is read from the first one when
+    it lies inside it (the usual case), else from all of them joined.
     Raises :class:`StoreRefused` with the DIMSE status to answer.
     """
+    if not isinstance(stream, (bytes, bytearray, memoryview)):
+        chunks = list(stream)
+        if len(chunks) > 1 and transfer_syntax != DEFLATED_LE:
+            try:
+                raw, dicomdir = _scan(chunks[0], transfer_syntax == IMPLICIT_LE, prefix=True)
+            except _Unsupported:
+                pass
+            else:
+                return _header({k: _text(v) for k, v in raw.items()}, dicomdir)
+        stream = b"".join(chunks)
     data = stream
     if transfer_syntax == DEFLATED_LE:
         try:
@@ -173,6 +191,11 @@ def parse_header(stream: bytes | memoryview, transfer_syntax: str) -> Header:
             values, dicomdir = _via_pydicom(data, implicit)
         except Exception as exc:  # pydicom raises many kinds on garbage; all mean "cannot understand"
             raise StoreRefused(STATUS_CANNOT_UNDERSTAND, f"unparsable data set: {type(exc).__name__}") from None
+    return _header(values, dicomdir)
+
+
+def _header(values: dict[str, object], dicomdir: bool) -> Header:
+    """Validate the scanned values (raises :class:`StoreRefused`)."""
     if dicomdir:
         raise StoreRefused(STATUS_DATASET_MISMATCH, "data set is a DICOMDIR (Media Storage Directory)")
     try:

@@ -15,9 +15,12 @@ must be covered by a checkpoint first; a background thread checkpoints the half 
 as the writer leaves it, so the writer normally never waits. Entries larger than a half are not
 journaled (``append`` returns None; the caller makes that file durable the classic way).
 
-Entry: header (magic, version, seq, lengths, CRC-32 of the metadata, SHA-256 of the data set — the
-hash the receiver computes anyway for de-duplication) + the small metadata JSON + the data set bytes. A torn or stale entry fails its magic, sequence or hash check
-and is ignored (its sender got no answer and sends again).
+Entry: header (magic, version, seq, lengths, CRC-32 of the metadata, CRC-32 of the data set) + the
+small metadata JSON + the data set bytes. A torn or stale entry fails its magic, sequence or CRC check
+and is ignored (its sender got no answer and sends again). CRC-32, not the SHA-256 the index keeps:
+it is on the acknowledgement path and costs 0.12 ms per CT slice against 0.3 ms (the receiver hashes
+after answering). Version 1 entries (SHA-256 of the data set) are still read, so a journal left by an
+unclean stop of an older node is replayed after an upgrade.
 """
 
 from __future__ import annotations
@@ -35,15 +38,18 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from training.registry import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"ICHJ"
-VERSION = 1
+VERSION = 2
 ALIGN = 4096
-_HEADER = struct.Struct("<4sHHQIII32s")  # magic, version, reserved, seq, meta length, data length, crc32(meta), sha256(data)
+_HEADER = struct.Struct("<4sHHQIIII")  # magic, version, reserved, seq, meta length, data length, crc32(meta), crc32(data)
+_HEADER_V1 = struct.Struct("<4sHHQIII32s")  # … crc32(meta), sha256(data): read only
+_HEADERS = {1: _HEADER_V1, 2: _HEADER}
 CHECKPOINT_FILE = "journal.checkpoint"
 
 
@@ -58,7 +64,10 @@ class Entry:
     calling_ae: str
     received_at: float
     data: bytes
-    sha256: str      # of ``data``, checked when the entry was read back
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
 
 
 @functools.lru_cache(maxsize=1)
@@ -134,12 +143,13 @@ class Journal:
 
     # -- writing -------------------------------------------------------------------------------
     def append(self, sop_class: str, sop_uid: str, transfer_syntax: str, calling_ae: str, received_at: float,
-               data: bytes | memoryview, sha256_hex: str) -> int | None:
-        """Durably journal one data set whose SHA-256 is ``sha256_hex``; returns its sequence number
-        (pass it to :meth:`done` once the spool file and index row exist), or None when it is too big
-        to journal."""
+               chunks: Sequence[bytes | memoryview]) -> int | None:
+        """Durably journal one data set (``chunks`` joined, e.g. as its P-DATA fragments arrived);
+        returns its sequence number (pass it to :meth:`done` once the spool file and index row
+        exist), or None when it is too big to journal."""
         meta = json.dumps([sop_class, sop_uid, transfer_syntax, calling_ae, received_at]).encode()
-        total = _HEADER.size + len(meta) + len(data)
+        size = sum(len(c) for c in chunks)
+        total = _HEADER.size + len(meta) + size
         span = -(-total // ALIGN) * ALIGN
         half_size = self.size // 2
         if span > half_size:
@@ -155,9 +165,12 @@ class Journal:
             self._pos += span
             self._half_last[self._half] = seq
             self._inflight.add(seq)
-        header = _HEADER.pack(MAGIC, VERSION, 0, seq, len(meta), len(data), zlib.crc32(meta), bytes.fromhex(sha256_hex))
+        crc = 0
+        for c in chunks:
+            crc = zlib.crc32(c, crc)
+        header = _HEADER.pack(MAGIC, VERSION, 0, seq, len(meta), size, zlib.crc32(meta), crc)
         try:
-            os.pwritev(self._fd, [header, meta, data], at)
+            os.pwritev(self._fd, [header, meta, *chunks], at)
         except BaseException:
             self.done(seq)
             raise
@@ -250,23 +263,30 @@ class Journal:
         with open(self.path, "rb") as f:
             for half in (0, 1):
                 pos, end, last = half * half_size, (half + 1) * half_size, 0
-                while pos + _HEADER.size <= end:
+                while pos + _HEADER_V1.size <= end:
                     f.seek(pos)
-                    magic, version, _, seq, mlen, dlen, crc, digest = _HEADER.unpack(f.read(_HEADER.size))
-                    span = -(-(_HEADER.size + mlen + dlen) // ALIGN) * ALIGN
-                    if magic != MAGIC or version != VERSION or seq <= last or pos + span > end:
+                    head = f.read(_HEADER_V1.size)
+                    magic, version = struct.unpack_from("<4sH", head)
+                    fmt = _HEADERS.get(version)
+                    if magic != MAGIC or fmt is None:
+                        break
+                    _, _, _, seq, mlen, dlen, crc, check = fmt.unpack_from(head)
+                    span = -(-(fmt.size + mlen + dlen) // ALIGN) * ALIGN
+                    if seq <= last or pos + span > end:
                         break
                     if seq <= self._checkpointed:  # flushed long ago: only the order matters
                         last, pos = seq, pos + span
                         continue
+                    f.seek(pos + fmt.size)
                     payload = f.read(mlen + dlen)
-                    if zlib.crc32(payload[:mlen]) != crc or hashlib.sha256(payload[mlen:]).digest() != digest:
+                    data = payload[mlen:]
+                    intact = (zlib.crc32(data) == check) if version == 2 else (hashlib.sha256(data).digest() == check)
+                    if zlib.crc32(payload[:mlen]) != crc or not intact:
                         break
                     try:
                         sop_class, sop_uid, ts, calling, received_at = json.loads(payload[:mlen])
                     except ValueError:
                         break
-                    out.append(Entry(seq, sop_class, sop_uid, ts, calling, float(received_at), payload[mlen:],
-                                     digest.hex()))
+                    out.append(Entry(seq, sop_class, sop_uid, ts, calling, float(received_at), data))
                     last, pos = seq, pos + span
         return sorted(out, key=lambda e: e.seq)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import select
 import ssl
 import struct
 import threading
@@ -46,8 +47,6 @@ class _EventDrivenTime:
 
 
 def _dul_wait(dul) -> None:
-    import select
-
     sock = getattr(getattr(dul, "socket", None), "socket", None)
     rfd = dul._ichnode_wake[0]
     if sock is None:
@@ -111,45 +110,72 @@ FAST_STORE_ATTR = "_ichnode_fast_store"  # AE attribute: callable(assoc) -> fast
 _PDU_TYPES = frozenset(range(0x01, 0x08))
 
 
+_INLINE_PDUS = 64  # most PDUs one reactor turn reads in a row on the fast path (then housekeeping)
+_INLINE_WAIT_S = 0.002  # how long it waits for the next one before handing back to the reactor
+
+
 def _read_pdu_data(self) -> None:
     """pynetdicom's ``DULServiceProvider._read_pdu_data`` with the fast C-STORE path in front.
 
-    Same events as the original on every error (Evt17 transport closed, Evt19 invalid PDU).
+    Same events as the original on every error (Evt17 transport closed, Evt19 invalid PDU). While
+    the fast path takes PDUs, the next one is read here too if it arrives within ``_INLINE_WAIT_S``
+    (up to ``_INLINE_PDUS`` in a row): a reactor turn costs ≈ 40 µs of Python and a CT slice comes
+    in 5–6 PDUs. Anything else — a PDU the fast path does not take, a quiet socket, a local abort —
+    goes back to pynetdicom's loop as before.
     """
+    fast = getattr(self, "_ichnode_fast", None)
+    for _ in range(_INLINE_PDUS):
+        if not _read_one_pdu(self, fast) or self._kill_thread or self.assoc.is_aborted:
+            return
+        sock = self.socket.socket
+        if sock is None:
+            return
+        if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            try:
+                if not select.select([sock], [], [], _INLINE_WAIT_S)[0]:
+                    return
+            except (OSError, ValueError):
+                return  # the reactor's own check reports the closed transport
+        self._idle_timer.restart()
+
+
+def _read_one_pdu(self, fast) -> bool:
+    """Read one PDU; True when the fast path took it (the caller may read the next one at once)."""
     from .fast_store import ProtocolViolation
 
-    fast = getattr(self, "_ichnode_fast", None)
     try:
         head = self.socket.recv(6)
         pdu_type, _, length = struct.unpack(">BBL", head)
     except (OSError, TimeoutError, struct.error):
         self.event_queue.put("Evt17")
-        return
+        return False
     if pdu_type not in _PDU_TYPES:
         _LOG.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
         self.event_queue.put("Evt19")
-        return
+        return False
     try:
         body = self.socket.recv(length)
     except (OSError, TimeoutError):
         self.event_queue.put("Evt17")
-        return
+        return False
     if len(body) != length:
         _LOG.error(f"The received PDU is shorter than expected ({len(body) + 6} of {length + 6} bytes received)")
         self.event_queue.put("Evt17")
-        return
+        return False
     if fast is not None:
         if pdu_type != 0x04:
             fast.abandon()
         else:
             try:
                 if fast.take(self, body):
-                    return
+                    return True
             except ProtocolViolation as exc:
                 _LOG.error("aborting association: %s", exc)
                 fast.abandon()
+                fast.drain()
                 self.event_queue.put("Evt19")
-                return
+                return False
+        fast.drain()  # pynetdicom answers this PDU (a release, say) only after the stores before it
     head += body
     try:
         pdu, event = self._decode_pdu(head)
@@ -158,8 +184,9 @@ def _read_pdu_data(self) -> None:
         _LOG.error("Unable to decode the received PDU data")
         _LOG.exception(exc)
         self.event_queue.put("Evt19")
-        return
+        return False
     self._recv_pdu.put(pdu)
+    return False
 
 
 def apply() -> None:
@@ -213,6 +240,8 @@ def apply() -> None:
         try:
             orig_run(self)
         finally:
+            if self._ichnode_fast is not None:
+                self._ichnode_fast.close()  # what it answered is written before the association is gone
             self._ichnode_wait = None
             self._ichnode_wake = (-1, -1)
             os.close(r)

@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from pydicom.dataset import Dataset
 
@@ -175,6 +175,7 @@ def _dataset_sha256(raw: bytes) -> str | None:
 
 
 Listener = Callable[[StoredInstance], None]
+Data = bytes | memoryview | Sequence[bytes | memoryview]  # a data set, whole or as its P-DATA fragments
 
 
 class Receiver:
@@ -202,17 +203,18 @@ class Receiver:
         self._listeners.append(listener)
         return listener
 
-    def store(self, sop_class: str, sop_uid: str, transfer_syntax: str, stream: bytes | memoryview,
-              calling_ae: str = "", *, received_at: float | None = None, rewrite: bool = False,
+    def store(self, sop_class: str, sop_uid: str, transfer_syntax: str, data: Data, calling_ae: str = "", *,
+              received_at: float | None = None, rewrite: bool = False,
               later: list[Callable[[], object]] | None = None) -> StoredInstance | None:
-        """Store one data set as received; raises :class:`StoreRefused` with the status to answer.
+        """Store one data set as received (``data``: its bytes, or its P-DATA fragments in order);
+        raises :class:`StoreRefused` with the status to answer.
 
         Durable when it returns: through the write-ahead journal when the receiver has one, else by
-        the spool file's own fsyncs. With a journal and a ``later`` list, the spool file, index row and
-        listeners are not done here but appended to ``later`` as one call (returns None): the caller
-        answers the peer first and runs it right after, while the peer prepares its next image.
-        ``rewrite`` (journal replay) writes the file again even when the index already knows these
-        bytes, and makes it durable directly."""
+        the spool file's own fsyncs. With a journal and a ``later`` list, the rest — SHA-256,
+        de-duplication, spool file, index row, listeners — is not done here but appended to ``later``
+        as one call (returns None): the caller answers the peer first and runs it right after, while
+        the peer prepares its next image. ``rewrite`` (journal replay) writes the file again even when
+        the index already knows these bytes, and makes it durable directly."""
         if sop_class == MEDIA_STORAGE_DIRECTORY:
             raise StoreRefused(STATUS_REFUSED_SOP_CLASS, "DICOMDIR (Media Storage Directory) is not stored")
         try:
@@ -220,57 +222,61 @@ class Receiver:
             sop_uid = validate_uid(sop_uid, "AffectedSOPInstanceUID")
         except InvalidUID as exc:
             raise StoreRefused(STATUS_CANNOT_UNDERSTAND, f"invalid {exc.field}: {exc.why}") from None
-        if len(stream) == 0:
+        chunks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
+        size = sum(len(c) for c in chunks)
+        if size == 0:
             raise StoreRefused(STATUS_CANNOT_UNDERSTAND, "empty data set")
-        hdr = parse_header(stream, transfer_syntax)
+        hdr = parse_header(chunks, transfer_syntax)
         if hdr.sop_uid != sop_uid:
             raise StoreRefused(STATUS_DATASET_MISMATCH, "SOPInstanceUID differs from AffectedSOPInstanceUID")
         if hdr.sop_class != sop_class:
             raise StoreRefused(STATUS_DATASET_MISMATCH, "SOPClassUID differs from AffectedSOPClassUID")
-        sha = hashlib.sha256(stream).hexdigest()
         now = time.time() if received_at is None else received_at
         rel = self.spool.relpath(hdr.study_uid, hdr.series_uid, sop_uid)
-        stripe = self._stripes[hash(sop_uid) % len(self._stripes)]
         meta = file_meta_bytes(sop_class, sop_uid, transfer_syntax, calling_ae)
         journal = None if rewrite else self.journal
         seq = None
-        with stripe:
-            duplicate = self.index.lookup_sha256(sop_uid) == sha and not rewrite
-            if not duplicate and journal is not None:
-                if not self.spool.has_room(len(meta) + len(stream)):
-                    raise StoreRefused(STATUS_OUT_OF_RESOURCES, "node disk is full (free space below threshold)")
-                seq = journal.append(sop_class, sop_uid, transfer_syntax, calling_ae, now, stream, sha)
-        if duplicate:
-            return self._stored(hdr, sop_uid, sop_class, rel, StoreOutcome.DUPLICATE, calling_ae, len(stream), now)
+        if journal is not None:
+            if not self.spool.has_room(len(meta) + size):
+                raise StoreRefused(STATUS_OUT_OF_RESOURCES, "node disk is full (free space below threshold)")
+            seq = journal.append(sop_class, sop_uid, transfer_syntax, calling_ae, now, chunks)
 
         def materialise(answered: bool = False) -> StoredInstance:
-            with stripe:
-                try:
-                    # journaled: durable already, the file's own fsyncs wait for the journal checkpoint
-                    written = self.spool.write(rel, [meta, stream], sha256=sha, durable=seq is None)
-                    outcome = self.index.record_instance(InstanceRecord(
-                        sop_uid=sop_uid, sop_class=sop_class, transfer_syntax=transfer_syntax, study_uid=hdr.study_uid,
-                        series_uid=hdr.series_uid, patient_hash=hdr.patient_hash, modality=hdr.modality, path=rel,
-                        sha256=sha, size=written.size, instance_number=hdr.instance_number, calling_ae=calling_ae,
-                    ), now=now)
-                except BaseException as exc:
-                    # not answered yet: a failure the peer hears of (it sends again), the entry need not
-                    # survive; answered already: it stays in flight, so no checkpoint passes it
-                    if not answered and journal is not None:
-                        journal.done(seq)
-                    if isinstance(exc, SpoolFull):
-                        raise StoreRefused(STATUS_OUT_OF_RESOURCES, "node disk is full (free space below threshold)") from None
-                    raise
-                if journal is not None:
+            try:
+                h = hashlib.sha256()
+                for c in chunks:
+                    h.update(c)
+                sha = h.hexdigest()
+                with self._stripes[hash(sop_uid) % len(self._stripes)]:  # same UID from two associations
+                    if not rewrite and self.index.lookup_sha256(sop_uid) == sha:
+                        outcome = StoreOutcome.DUPLICATE
+                    else:
+                        # journaled: durable already, the file's own fsyncs wait for the journal checkpoint
+                        written = self.spool.write(rel, [meta, *chunks], sha256=sha, durable=seq is None)
+                        outcome = self.index.record_instance(InstanceRecord(
+                            sop_uid=sop_uid, sop_class=sop_class, transfer_syntax=transfer_syntax,
+                            study_uid=hdr.study_uid, series_uid=hdr.series_uid, patient_hash=hdr.patient_hash,
+                            modality=hdr.modality, path=rel, sha256=sha, size=written.size,
+                            instance_number=hdr.instance_number, calling_ae=calling_ae,
+                        ), now=now)
+            except BaseException as exc:
+                # not answered yet: a failure the peer hears of (it sends again), the entry need not
+                # survive; answered already: it stays in flight, so no checkpoint passes it
+                if not answered and journal is not None:
                     journal.done(seq)
-            return self._stored(hdr, sop_uid, sop_class, rel, outcome, calling_ae, len(stream), now)
+                if isinstance(exc, SpoolFull):
+                    raise StoreRefused(STATUS_OUT_OF_RESOURCES, "node disk is full (free space below threshold)") from None
+                raise
+            if journal is not None:
+                journal.done(seq)
+            return self._stored(hdr, sop_uid, sop_class, rel, outcome, calling_ae, size, now)
 
         if later is not None and seq is not None:
-            later.append(lambda: self._after_answer(lambda: materialise(answered=True), sop_uid))
+            later.append(lambda: self._after_answer(lambda: materialise(answered=True)))
             return None
         return materialise()
 
-    def _after_answer(self, materialise: Callable[[], StoredInstance], sop_uid: str) -> None:
+    def _after_answer(self, materialise: Callable[[], StoredInstance]) -> None:
         """A journaled instance's spool file and index row, after its answer. A failure here cannot be
         reported to the peer any more; the journal still holds the data set (replayed at the next start)."""
         try:
@@ -326,11 +332,11 @@ class Receiver:
 
     # -- pynetdicom handlers -------------------------------------------------------------------
 
-    def answer(self, sop_class: str, sop_uid: str, transfer_syntax: str, stream: bytes | memoryview,
+    def answer(self, sop_class: str, sop_uid: str, transfer_syntax: str, data: Data,
                calling_ae: str = "", later: list[Callable[[], object]] | None = None) -> tuple[int, str]:
         """:meth:`store`, as the (status, error comment) to answer; never raises. ``later``: see store."""
         try:
-            self.store(sop_class, sop_uid, transfer_syntax, stream, calling_ae, later=later)
+            self.store(sop_class, sop_uid, transfer_syntax, data, calling_ae, later=later)
         except StoreRefused as exc:
             self.stats.count(status=exc.status)
             LOG.warning("C-STORE from %s refused 0x%04X: %s", calling_ae, exc.status, exc.comment)

@@ -61,7 +61,7 @@ class _Recorder:
         self.calls = []
 
     def __call__(self, sop_class, sop_uid, ts, data, calling, later=None):
-        self.calls.append((sop_class, sop_uid, ts, bytes(data), calling))
+        self.calls.append((sop_class, sop_uid, ts, b"".join(data), calling))
         return 0, ""
 
 
