@@ -57,7 +57,7 @@ def main() -> None:
         os.close(fd)
 
     def node(i: int) -> None:
-        spool.write(f"a/b/{i}.dcm", [buf], sha256="-")
+        spool.write(f"a/b/{i}.dcm", [buf], digest="-")
 
     def journal(i: int) -> None:
         os.pwrite(jfd, buf, (i % slots) * args.size)

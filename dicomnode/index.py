@@ -25,7 +25,7 @@ from typing import Iterator
 
 from .sqlitetx import immediate
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: instances.sha256 became instances.digest (dicomnode.digest)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS instances (
     sop_uid TEXT NOT NULL UNIQUE,
     series_id INTEGER NOT NULL REFERENCES series(id),
     path TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
+    digest TEXT NOT NULL,
     size INTEGER NOT NULL,
     received_at REAL NOT NULL,
     transfer_syntax TEXT NOT NULL,
@@ -92,7 +92,7 @@ class InstanceRecord:
     patient_hash: str
     modality: str | None
     path: str  # relative to the spool root
-    sha256: str
+    digest: str  # dicomnode.digest of the data set
     size: int
     instance_number: int | None = None
     calling_ae: str | None = None
@@ -103,7 +103,7 @@ class InstanceInfo:
     sop_uid: str
     series_uid: str
     path: str  # relative to the spool root
-    sha256: str
+    digest: str  # dicomnode.digest of the data set (bare SHA-256 hex in rows from schema 1)
     size: int
     received_at: float
     transfer_syntax: str
@@ -162,7 +162,9 @@ class Index:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA busy_timeout=30000")
             self._db.executescript(_SCHEMA)
-            self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            if "sha256" in {r[1] for r in self._db.execute("PRAGMA table_info(instances)")}:  # schema 1
+                self._db.execute("ALTER TABLE instances RENAME COLUMN sha256 TO digest")
+            self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -187,34 +189,34 @@ class Index:
 
     # -- writes from the SCP -----------------------------------------------------------------
 
-    def lookup_sha256(self, sop_uid: str) -> str | None:
-        """sha256 of the stored bytes of ``sop_uid``, or None if unknown (idempotence check)."""
-        rows = self._query("SELECT sha256 FROM instances WHERE sop_uid = ?", (sop_uid,))
-        return rows[0]["sha256"] if rows else None
+    def lookup_digest(self, sop_uid: str) -> str | None:
+        """Digest of the stored bytes of ``sop_uid``, or None if unknown (idempotence check)."""
+        rows = self._query("SELECT digest FROM instances WHERE sop_uid = ?", (sop_uid,))
+        return rows[0]["digest"] if rows else None
 
     def record_instance(self, rec: InstanceRecord, now: float | None = None) -> StoreOutcome:
         """Insert or update one instance and mark its series changed; commits before returning."""
         now = time.time() if now is None else now
         with self._tx() as db:
             row = db.execute(
-                "SELECT i.id, i.sha256, s.series_uid FROM instances i JOIN series s ON s.id = i.series_id WHERE i.sop_uid = ?",
+                "SELECT i.id, i.digest, s.series_uid FROM instances i JOIN series s ON s.id = i.series_id WHERE i.sop_uid = ?",
                 (rec.sop_uid,),
             ).fetchone()
-            if row is not None and row["sha256"] == rec.sha256:
+            if row is not None and row["digest"] == rec.digest:
                 return StoreOutcome.DUPLICATE
             series_id = self._ensure_series(db, rec, now)
             if row is None:
                 db.execute(
-                    "INSERT INTO instances(sop_uid, series_id, path, sha256, size, received_at, transfer_syntax, sop_class, instance_number)"
+                    "INSERT INTO instances(sop_uid, series_id, path, digest, size, received_at, transfer_syntax, sop_class, instance_number)"
                     " VALUES (?,?,?,?,?,?,?,?,?)",
-                    (rec.sop_uid, series_id, rec.path, rec.sha256, rec.size, now, rec.transfer_syntax, rec.sop_class, rec.instance_number),
+                    (rec.sop_uid, series_id, rec.path, rec.digest, rec.size, now, rec.transfer_syntax, rec.sop_class, rec.instance_number),
                 )
                 outcome = StoreOutcome.NEW
             else:
                 db.execute(
-                    "UPDATE instances SET series_id=?, path=?, sha256=?, size=?, received_at=?, transfer_syntax=?, sop_class=?, instance_number=?"
+                    "UPDATE instances SET series_id=?, path=?, digest=?, size=?, received_at=?, transfer_syntax=?, sop_class=?, instance_number=?"
                     " WHERE id=?",
-                    (series_id, rec.path, rec.sha256, rec.size, now, rec.transfer_syntax, rec.sop_class, rec.instance_number, row["id"]),
+                    (series_id, rec.path, rec.digest, rec.size, now, rec.transfer_syntax, rec.sop_class, rec.instance_number, row["id"]),
                 )
                 outcome = StoreOutcome.REPLACED
             db.execute(
@@ -380,7 +382,7 @@ class Index:
             (series_uid,),
         )
         return [
-            InstanceInfo(r["sop_uid"], r["series_uid"], r["path"], r["sha256"], r["size"], r["received_at"],
+            InstanceInfo(r["sop_uid"], r["series_uid"], r["path"], r["digest"], r["size"], r["received_at"],
                          r["transfer_syntax"], r["sop_class"], r["instance_number"])
             for r in rows
         ]
@@ -392,7 +394,7 @@ class Index:
         if not rows:
             return None
         r = rows[0]
-        return InstanceInfo(r["sop_uid"], r["series_uid"], r["path"], r["sha256"], r["size"], r["received_at"],
+        return InstanceInfo(r["sop_uid"], r["series_uid"], r["path"], r["digest"], r["size"], r["received_at"],
                             r["transfer_syntax"], r["sop_class"], r["instance_number"])
 
     def indexed_paths(self) -> set[str]:

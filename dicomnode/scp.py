@@ -22,7 +22,6 @@ Statuses answered (PS3.4 B.2.3):
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import logging
 import socket
@@ -39,6 +38,7 @@ from . import pynetdicom_speed
 from .config import NodeConfig
 from .fast_store import FastStore
 from .header import DEFLATED_LE, EXPLICIT_LE, IMPLICIT_LE, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH
+from . import digest
 from .header import StoreRefused, parse_header
 from .index import Index, InstanceInfo, InstanceRecord, StoreOutcome
 from .journal import Entry, Journal
@@ -160,14 +160,14 @@ def file_meta_bytes(sop_class: str, sop_uid: str, transfer_syntax: str, calling_
     return b"\x00" * 128 + b"DICM" + bytes(head) + uid + tail
 
 
-def _dataset_sha256(raw: bytes) -> str | None:
-    """SHA-256 of the data set in one of our spool files (after its (0002,0000)-led meta group)."""
+def _dataset_bytes(raw: bytes) -> memoryview | None:
+    """The data set in one of our spool files (after its (0002,0000)-led meta group)."""
     import struct
 
     if raw[132:138] != b"\x02\x00\x00\x00UL":
         return None
     (group_len,) = struct.unpack_from("<I", raw, 140)
-    return hashlib.sha256(memoryview(raw)[144 + group_len:]).hexdigest()
+    return memoryview(raw)[144 + group_len:]
 
 
 # ------------------------------------------------------------------------------------------
@@ -210,8 +210,8 @@ class Receiver:
         raises :class:`StoreRefused` with the status to answer.
 
         Durable when it returns: through the write-ahead journal when the receiver has one, else by
-        the spool file's own fsyncs. With a journal and a ``later`` list, the rest — SHA-256,
-        de-duplication, spool file, index row, listeners — is not done here but appended to ``later``
+        the spool file's own fsyncs. With a journal and a ``later`` list, the rest — de-duplication,
+        spool file, index row, listeners — is not done here but appended to ``later``
         as one call (returns None): the caller answers the peer first and runs it right after, while
         the peer prepares its next image. ``rewrite`` (journal replay) writes the file again even when
         the index already knows these bytes, and makes it durable directly."""
@@ -234,6 +234,7 @@ class Receiver:
         now = time.time() if received_at is None else received_at
         rel = self.spool.relpath(hdr.study_uid, hdr.series_uid, sop_uid)
         meta = file_meta_bytes(sop_class, sop_uid, transfer_syntax, calling_ae)
+        dataset_digest = digest.digest(chunks)
         journal = None if rewrite else self.journal
         seq = None
         if journal is not None:
@@ -243,20 +244,17 @@ class Receiver:
 
         def materialise(answered: bool = False) -> StoredInstance:
             try:
-                h = hashlib.sha256()
-                for c in chunks:
-                    h.update(c)
-                sha = h.hexdigest()
                 with self._stripes[hash(sop_uid) % len(self._stripes)]:  # same UID from two associations
-                    if not rewrite and self.index.lookup_sha256(sop_uid) == sha:
+                    known = None if rewrite else self.index.lookup_digest(sop_uid)
+                    if known is not None and digest.matches(known, chunks):
                         outcome = StoreOutcome.DUPLICATE
                     else:
                         # journaled: durable already, the file's own fsyncs wait for the journal checkpoint
-                        written = self.spool.write(rel, [meta, *chunks], sha256=sha, durable=seq is None)
+                        written = self.spool.write(rel, [meta, *chunks], digest=dataset_digest, durable=seq is None)
                         outcome = self.index.record_instance(InstanceRecord(
                             sop_uid=sop_uid, sop_class=sop_class, transfer_syntax=transfer_syntax,
                             study_uid=hdr.study_uid, series_uid=hdr.series_uid, patient_hash=hdr.patient_hash,
-                            modality=hdr.modality, path=rel, sha256=sha, size=written.size,
+                            modality=hdr.modality, path=rel, digest=dataset_digest, size=written.size,
                             instance_number=hdr.instance_number, calling_ae=calling_ae,
                         ), now=now)
             except BaseException as exc:
@@ -310,7 +308,8 @@ class Receiver:
         redone = 0
         for e in latest.values():
             known = self.index.instance(e.sop_uid)
-            if known is not None and self._intact(known) and (known.sha256 == e.sha256 or known.received_at > e.received_at):
+            if known is not None and self._intact(known) and (known.received_at > e.received_at
+                                                              or digest.matches(known.digest, [e.data])):
                 continue
             try:
                 self.store(e.sop_class, e.sop_uid, e.transfer_syntax, e.data, e.calling_ae, received_at=e.received_at,
@@ -328,7 +327,8 @@ class Receiver:
             raw = self.spool.abspath(known.path).read_bytes()
         except (OSError, ValueError):
             return False
-        return len(raw) == known.size and raw[128:132] == b"DICM" and _dataset_sha256(raw) == known.sha256
+        data = _dataset_bytes(raw) if len(raw) == known.size and raw[128:132] == b"DICM" else None
+        return data is not None and digest.matches(known.digest, [data])
 
     # -- pynetdicom handlers -------------------------------------------------------------------
 
@@ -417,7 +417,7 @@ def reconcile(index: Index, spool: Spool) -> int:
             index.record_instance(InstanceRecord(
                 sop_uid=hdr.sop_uid, sop_class=hdr.sop_class, transfer_syntax=ts, study_uid=hdr.study_uid,
                 series_uid=hdr.series_uid, patient_hash=hdr.patient_hash, modality=hdr.modality, path=rel,
-                sha256=hashlib.sha256(stream).hexdigest(), size=len(raw), instance_number=hdr.instance_number,
+                digest=digest.digest([stream]), size=len(raw), instance_number=hdr.instance_number,
                 calling_ae=str(meta.get("SourceApplicationEntityTitle") or "").strip() or None,
             ), now=p.stat().st_mtime)
             added += 1

@@ -14,7 +14,6 @@ so a series directory holds exactly that series and can be handed to ``pipeline.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import secrets
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from .digest import digest as digest_of
 from .uids import uid_hash, validate_uid
 
 PARTIAL_SUFFIX = ".partial"
@@ -36,7 +36,7 @@ class SpoolFull(OSError):
 @dataclass(frozen=True)
 class Written:
     path: str  # relative to the spool root
-    sha256: str
+    digest: str  # dicomnode.digest of the bytes that matter
     size: int
 
 
@@ -107,11 +107,11 @@ class Spool:
             _fsync_dir(c.parent)
         self._known_dirs.add(key)
 
-    def write(self, relpath: str, chunks: Iterable[bytes], sha256: str | None = None, durable: bool = True) -> Written:
+    def write(self, relpath: str, chunks: Iterable[bytes], digest: str | None = None, durable: bool = True) -> Written:
         """Write ``chunks`` durably at ``relpath`` (replacing any previous file atomically).
 
-        ``sha256`` may be given when the caller already hashed the bytes that matter (the SCP
-        hashes the dataset without the file meta); otherwise the written bytes are hashed.
+        ``digest`` may be given when the caller already hashed the bytes that matter (the SCP
+        hashes the data set without the file meta); otherwise the written bytes are hashed.
         ``durable=False`` skips both fsyncs (still temp → rename): only for bytes that are already
         durable elsewhere, i.e. in the write-ahead journal (dicomnode.journal), until its checkpoint.
         Raises :class:`SpoolFull` before writing anything when space is short.
@@ -123,12 +123,10 @@ class Spool:
         final = self.abspath(relpath)
         self._ensure_dir(final.parent)
         tmp = final.with_name(f".{final.name}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}")
-        h = None if sha256 else hashlib.sha256()
+        digest = digest or digest_of(chunks)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             for c in chunks:
-                if h is not None:
-                    h.update(c)
                 view = memoryview(c)
                 while view:
                     n = os.write(fd, view)
@@ -143,7 +141,7 @@ class Spool:
         os.replace(tmp, final)
         if durable:
             _fsync_dir(final.parent)
-        return Written(relpath, sha256 or h.hexdigest(), size)
+        return Written(relpath, digest, size)
 
     def remove(self, relpath: str) -> None:
         """Remove one instance file (and its directories once empty)."""

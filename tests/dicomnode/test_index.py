@@ -10,7 +10,7 @@ from dicomnode.index import Index, InstanceRecord, StoreOutcome
 def rec(sop: str, series: str = "1.2.3.1", study: str = "1.2.3", sha: str = "a", n: int | None = None) -> InstanceRecord:
     return InstanceRecord(sop_uid=sop, sop_class="1.2.840.10008.5.1.4.1.1.2", transfer_syntax="1.2.840.10008.1.2.1",
                           study_uid=study, series_uid=series, patient_hash="p1", modality="CT",
-                          path=f"x/{sop}.dcm", sha256=sha, size=10, instance_number=n)
+                          path=f"x/{sop}.dcm", digest=sha, size=10, instance_number=n)
 
 
 def test_new_duplicate_replaced(tmp_path):
@@ -19,7 +19,7 @@ def test_new_duplicate_replaced(tmp_path):
     assert ix.record_instance(rec("1.1", sha="a"), now=101) is StoreOutcome.DUPLICATE
     assert ix.series("1.2.3.1").last_received_at == 100  # a duplicate does not restart the quiet period
     assert ix.record_instance(rec("1.1", sha="b"), now=102) is StoreOutcome.REPLACED
-    assert ix.lookup_sha256("1.1") == "b"
+    assert ix.lookup_digest("1.1") == "b"
     assert ix.counts()["instances"] == 1
 
 
@@ -86,3 +86,22 @@ def test_threads_and_reopen(tmp_path):
     ix.close()
     ix2 = Index(tmp_path / "i.db")
     assert ix2.counts()["instances"] == 200 and ix2.counts()["series"] == 4
+
+
+def test_an_index_from_schema_1_is_migrated_and_keeps_its_sha256_digests(tmp_path):
+    import hashlib
+    import sqlite3
+
+    from dicomnode.digest import matches
+
+    path = tmp_path / "i.db"
+    Index(path).record_instance(rec("1.1", sha="will-be-legacy"), now=100)
+    with sqlite3.connect(path) as db:  # what a schema-1 node left behind
+        db.execute("ALTER TABLE instances RENAME COLUMN digest TO sha256")
+        db.execute("UPDATE instances SET sha256 = ?", (hashlib.sha256(b"slice").hexdigest(),))
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    ix = Index(path)
+    assert matches(ix.lookup_digest("1.1"), [b"slice"])
+    assert ix.instance("1.1").digest == hashlib.sha256(b"slice").hexdigest()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"

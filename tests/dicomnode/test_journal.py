@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import threading
 
 import pydicom
 import pytest
 
+from dicomnode.digest import digest
 from dicomnode.index import Index
 from dicomnode.journal import ALIGN, Journal
 from dicomnode.scp import Receiver
@@ -58,6 +58,31 @@ def test_a_torn_entry_and_what_follows_it_in_its_half_are_ignored(tmp_path):
     path.write_bytes(bytes(raw))
     entries = Journal(path, 1 << 20).open()
     assert [e.seq for e in entries] == seqs[:1]
+
+
+def test_an_entry_written_by_a_version_1_journal_is_still_replayed(tmp_path):
+    import hashlib
+    import json
+    import struct
+    import zlib
+
+    path = tmp_path / "receive.wal"
+    j = Journal(path, 1 << 20)
+    j.open()
+    j.close()
+    meta = json.dumps([CT, "1.2.3.9", TS, "PACS", 1009.0]).encode()
+    data = b"an older node's entry" * 50
+    v1 = struct.pack("<4sHHQIII32s", b"ICHJ", 1, 0, 1, len(meta), len(data), zlib.crc32(meta),
+                     hashlib.sha256(data).digest())
+    raw = bytearray(path.read_bytes())
+    raw[:len(v1) + len(meta) + len(data)] = v1 + meta + data
+    path.write_bytes(bytes(raw))
+    (tmp_path / "journal.checkpoint").write_text("0")
+    [entry] = Journal(path, 1 << 20).open()
+    assert (entry.seq, entry.sop_uid, entry.data, entry.received_at) == (1, "1.2.3.9", data, 1009.0)
+    raw[len(v1) + len(meta) + 3] ^= 0xFF  # torn: its SHA-256 no longer matches
+    path.write_bytes(bytes(raw))
+    assert Journal(path, 1 << 20).open() == []
 
 
 def test_too_big_for_a_half_is_not_journaled(tmp_path):
@@ -143,7 +168,7 @@ def test_replay_restores_what_a_power_loss_took_and_never_rolls_back(tmp_path, c
     for uid, item in stored.items():
         info = rx2.index.instance(uid)
         expected = changed if uid == first_uid else dataset(ct_data, list(stored).index(uid))[1]
-        assert info is not None and info.sha256 == hashlib.sha256(expected).hexdigest()
+        assert info is not None and info.digest == digest([expected])
         assert item.path.read_bytes().endswith(expected)
     again.checkpoint()
     again.close()
@@ -162,7 +187,7 @@ def test_journaled_store_can_defer_its_spool_file_and_index_row_until_after_the_
     # durable already: a crash now would bring it back from the journal
     assert [e.sop_uid for e in Journal(j.path, 1 << 24)._scan()] == [ds.SOPInstanceUID]
     later[0]()
-    assert rx.index.instance(ds.SOPInstanceUID).sha256 == hashlib.sha256(body).hexdigest()
+    assert rx.index.instance(ds.SOPInstanceUID).digest == digest([body])
     assert [item.sop_uid for item in seen] == [ds.SOPInstanceUID]
     # no journal: nothing is deferred (the spool file's own fsyncs make it durable before the answer)
     plain = receiver(tmp_path / "plain", None)

@@ -19,7 +19,7 @@ STUDY = "1.2.826.0.1.3680043.10.1"
 def rec(sop: str, series: str = STUDY + ".1", study: str = STUDY, sha: str = "a", n: int = 1) -> InstanceRecord:
     return InstanceRecord(sop_uid=sop, sop_class="1.2.840.10008.5.1.4.1.1.2", transfer_syntax="1.2.840.10008.1.2.1",
                           study_uid=study, series_uid=series, patient_hash="p1", modality="CT",
-                          path=f"aa/bb/{sop}.dcm", sha256=sha, size=10, instance_number=n)
+                          path=f"aa/bb/{sop}.dcm", digest=sha, size=10, instance_number=n)
 
 
 class Env:

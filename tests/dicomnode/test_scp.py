@@ -83,13 +83,13 @@ def test_reconcile_restores_a_lost_index(tmp_path, phantom):
     rx, ix, sp = make(tmp_path)
     for p in phantom:
         store(rx, p)
-    before = {i.sop_uid: i.sha256 for s in ix.series_ready(0) for i in ix.instances_of(s.series_uid)}
+    before = {i.sop_uid: i.digest for s in ix.series_ready(0) for i in ix.instances_of(s.series_uid)}
     ix.close()
     for f in tmp_path.glob("index.sqlite3*"):
         f.unlink()
     ix2 = Index(tmp_path / "index.sqlite3")
     assert reconcile(ix2, sp) == 4 and reconcile(ix2, sp) == 0
-    after = {i.sop_uid: i.sha256 for s in ix2.series_ready(0) for i in ix2.instances_of(s.series_uid)}
+    after = {i.sop_uid: i.digest for s in ix2.series_ready(0) for i in ix2.instances_of(s.series_uid)}
     assert after == before
 
 
