@@ -5,11 +5,10 @@ objects, state-machine events, DIMSE fragments and pydicom datasets, and encodin
 through pydicom again — more than the durable write itself (benchmarks/ingest.py prints receiver
 CPU per image). Here the P-DATA of a C-STORE request is read straight from the PDU bytes and the
 response is encoded by hand; the data set goes to ``Receiver.answer`` (validate → durable in the
-write-ahead journal → status) before the response leaves. Its SHA-256, spool file and index row
-come after the answer, in a helper thread of the association, while this thread already reads
-the next image (both mostly outside the GIL: hashing, file and socket I/O). The helper is drained
-before any PDU this module does not take is handed on, so a release is answered only once
-everything the association sent is indexed.
+write-ahead journal → status) before the response leaves; its spool file and index row are written
+right after, in this thread, while the peer prepares its next image — before this association
+reads another PDU, so a release is answered only once everything it sent is indexed. (A helper
+thread for that part was tried: on two cores it cost more CPU in thread switches than it overlapped.)
 
 Scope, deliberately narrow: association negotiation, release, abort, TLS, C-ECHO and everything
 unusual stay with pynetdicom. A PDU is taken here only when the association is established and idle
@@ -23,16 +22,11 @@ violation and the association is aborted (as pynetdicom would).
 from __future__ import annotations
 
 import struct
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 NO_DATA_SET = 0x0101
-# Answered data sets whose spool file is still being written, per association: beyond this many
-# bytes the next answer waits (memory stays bounded when the disk is slower than the network).
-MAX_PENDING_BYTES = 64 << 20
 
 # Answer = (status, error comment) for one stored data set; Receiver.answer has this shape. Work it
 # appends to the last argument runs after the response has left (see Receiver.store's ``later``).
@@ -96,10 +90,6 @@ class FastStore:
     def __init__(self, answer: Answer, calling_ae: Callable[[], str]) -> None:
         self.answer = answer
         self.calling_ae = calling_ae  # asked when a data set is complete (negotiation is over by then)
-        self._helper: ThreadPoolExecutor | None = None  # runs the work an answer leaves for later
-        self._last: Future | None = None
-        self._pending = 0  # bytes of answered data sets the helper has not finished with
-        self._room = threading.Condition()
         self._reset()
 
     def _reset(self) -> None:
@@ -115,19 +105,6 @@ class FastStore:
     def abandon(self) -> None:
         """A non-P-DATA PDU arrived (release, abort): whatever was half-received is dropped."""
         self._reset()
-
-    def drain(self) -> None:
-        """Wait until the work left by every answer so far is done (call before pynetdicom sees a PDU)."""
-        if self._last is not None:
-            self._last.result()
-            self._last = None
-
-    def close(self) -> None:
-        """The association is over: finish the pending work and stop the helper thread."""
-        self.drain()
-        if self._helper is not None:
-            self._helper.shutdown(wait=True)
-            self._helper = None
 
     def take(self, dul, body: bytearray) -> bool:
         """Handle this P-DATA-TF PDU body (after the 6-byte header) if it belongs here.
@@ -174,26 +151,8 @@ class FastStore:
         later: list = []
         status, comment = self.answer(sop_class, sop_uid, transfer_syntax, data, self.calling_ae(), later)
         dul.socket.send(store_response(context_id, _us(command.get(0x0110)) or 0, sop_class, sop_uid, status, comment))
-        if later:  # a journaled data set's spool file and index row, while this thread reads the next one
-            self._defer(later, sum(len(c) for c in data))
-
-    def _defer(self, work: list[Callable[[], object]], size: int) -> None:
-        with self._room:
-            self._room.wait_for(lambda: self._pending == 0 or self._pending + size <= MAX_PENDING_BYTES)
-            self._pending += size
-
-        def run() -> None:
-            try:
-                for w in work:
-                    w()
-            finally:
-                with self._room:
-                    self._pending -= size
-                    self._room.notify_all()
-
-        if self._helper is None:
-            self._helper = ThreadPoolExecutor(1, thread_name_prefix="store-after")
-        self._last = self._helper.submit(run)  # one worker, first in first out: the last done = all done
+        for work in later:  # a journaled data set's spool file and index row, while the peer sends the next one
+            work()
 
 
 def _pdv_items(body: bytearray) -> list[tuple[int, int, int, int]] | None:
