@@ -34,12 +34,14 @@ _WANTED = {
     0x0020000E: "SeriesInstanceUID",
     0x00200013: "InstanceNumber",
 }
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_SHORT_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
+                        b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"})
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_TAG = struct.Struct("<HH")
+_EXPLICIT = struct.Struct("<HH2sH")  # group, element, VR, short length
+_IMPLICIT = struct.Struct("<HHI")
 _U32 = struct.Struct("<I")
-_U16 = struct.Struct("<H")
 
 
 class StoreRefused(Exception):
@@ -70,18 +72,19 @@ def _element(buf, pos: int, implicit: bool) -> tuple[int, bytes | None, int, int
     """(tag, vr, value position, length) of the element at ``pos``."""
     if pos + 8 > len(buf):
         raise _Unsupported("truncated element header")
-    g, e = _TAG.unpack_from(buf, pos)
-    tag = (g << 16) | e
-    if implicit or g == 0xFFFE:
-        return tag, None, pos + 8, _U32.unpack_from(buf, pos + 4)[0]
-    vr = bytes(buf[pos + 4:pos + 6])
+    if implicit:
+        g, e, length = _IMPLICIT.unpack_from(buf, pos)
+        return (g << 16) | e, None, pos + 8, length
+    g, e, vr, length = _EXPLICIT.unpack_from(buf, pos)
+    if g == 0xFFFE:  # item delimiters carry no VR
+        return (g << 16) | e, None, pos + 8, _U32.unpack_from(buf, pos + 4)[0]
     if vr in _LONG_VRS:
         if pos + 12 > len(buf):
             raise _Unsupported("truncated element header")
-        return tag, vr, pos + 12, _U32.unpack_from(buf, pos + 8)[0]
-    if not vr.isalpha() or not vr.isupper():
+        return (g << 16) | e, vr, pos + 12, _U32.unpack_from(buf, pos + 8)[0]
+    if vr not in _SHORT_VRS:
         raise _Unsupported("not explicit VR")
-    return tag, vr, pos + 8, _U16.unpack_from(buf, pos + 6)[0]
+    return (g << 16) | e, vr, pos + 8, length
 
 
 def _skip_sequence(buf, pos: int, implicit: bool, depth: int = 0) -> int:

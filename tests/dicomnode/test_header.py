@@ -83,6 +83,21 @@ def test_real_files_agree_with_pydicom(ct_data):
             assert h.instance_number == int(ds.InstanceNumber) and h.patient_hash == patient_hash(ds.PatientID)
 
 
+@pytest.mark.parametrize("implicit", [False, True])
+def test_fragments_give_the_same_header_wherever_they_are_split(implicit):
+    """The header is read from the first P-DATA fragment when it lies inside it, else from all."""
+    ds = sample()
+    ds.PixelData = bytes(4000)
+    ds.Columns, ds.BitsAllocated = 1000, 16
+    raw = encode(ds, implicit)
+    ts = H.IMPLICIT_LE if implicit else H.EXPLICIT_LE
+    whole = H.parse_header(raw, ts)
+    assert whole.instance_number == 7
+    for cut in (1, 9, 100, 170, len(raw) - 4000, len(raw) - 1):  # inside the header … inside the pixels
+        assert H.parse_header([raw[:cut], memoryview(raw)[cut:]], ts) == whole, cut
+    assert H.parse_header([raw[:20], raw[20:200], raw[200:]], ts) == whole
+
+
 def test_failures_are_statuses(ct_data):
     dirfile = (ct_data / "philips-phantom-5mm" / "DIRFILE").read_bytes()
     fp = io.BytesIO(dirfile)
