@@ -219,8 +219,10 @@ def main() -> None:
               f"node {len(files) / this['node']:7.1f} img/s   ratio {ratios[-1]:.2f}{extra}")
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"storescp: {len(files) / med['storescp']:.1f} images/s ({size_mb / med['storescp']:.1f} MB/s), no fsync")
-    print(f"node:     {len(files) / med['node']:.1f} images/s ({size_mb / med['node']:.1f} MB/s), "
-          "durable before each ack (journal O_DSYNC write), spool file + index commit right after it")
+    how = ("durable before each ack (journal O_DSYNC write), spool file + index commit right after it"
+           if os.environ.get("ICH_NODE__STORAGE__JOURNAL_MB", "").strip() != "0"
+           else "journal off: spool file fsynced (file + directory) and index committed before each ack")
+    print(f"node:     {len(files) / med['node']:.1f} images/s ({size_mb / med['node']:.1f} MB/s), {how}")
     print(f"ratio node/storescp: {statistics.median(ratios):.2f}x (median of per-repeat ratios; bar >= 0.8x)")
     if args.diagnose:
         print(f"node-nosync: {len(files) / med['node-nosync']:.1f} images/s; ratio to storescp "
