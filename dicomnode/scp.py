@@ -34,11 +34,10 @@ from typing import Callable, Iterable, Sequence
 
 from pydicom.dataset import Dataset
 
-from . import pynetdicom_speed
+from . import digest, pynetdicom_speed
 from .config import NodeConfig
 from .fast_store import FastStore
 from .header import DEFLATED_LE, EXPLICIT_LE, IMPLICIT_LE, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH
-from . import digest
 from .header import StoreRefused, parse_header
 from .index import Index, InstanceInfo, InstanceRecord, StoreOutcome
 from .journal import Entry, Journal
