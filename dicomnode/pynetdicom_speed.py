@@ -20,6 +20,8 @@ import struct
 import threading
 import time
 
+from .fast_store import ProtocolViolation
+
 _LOG = logging.getLogger("pynetdicom.dul")
 
 _WAIT_MAX_S = 0.005  # longest a pynetdicom polling loop now waits when nothing happens
@@ -142,8 +144,6 @@ def _read_pdu_data(self) -> None:
 
 def _read_one_pdu(self, fast) -> bool:
     """Read one PDU; True when the fast path took it (the caller may read the next one at once)."""
-    from .fast_store import ProtocolViolation
-
     try:
         head = self.socket.recv(6)
         pdu_type, _, length = struct.unpack(">BBL", head)

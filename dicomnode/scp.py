@@ -26,6 +26,7 @@ import io
 import logging
 import socket
 import ssl
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -143,8 +144,6 @@ def _meta_group(sop_class: str, transfer_syntax: str, calling_ae: str) -> tuple[
 
 def file_meta_bytes(sop_class: str, sop_uid: str, transfer_syntax: str, calling_ae: str) -> bytes:
     """Preamble, 'DICM' and the File Meta Information group for a received data set."""
-    import struct
-
     head, tail = _meta_group(sop_class, transfer_syntax, calling_ae)
     uid = sop_uid.encode("ascii")
     if len(uid) % 2:
@@ -161,8 +160,6 @@ def file_meta_bytes(sop_class: str, sop_uid: str, transfer_syntax: str, calling_
 
 def _dataset_bytes(raw: bytes) -> memoryview | None:
     """The data set in one of our spool files (after its (0002,0000)-led meta group)."""
-    import struct
-
     if raw[132:138] != b"\x02\x00\x00\x00UL":
         return None
     (group_len,) = struct.unpack_from("<I", raw, 140)

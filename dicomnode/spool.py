@@ -93,8 +93,10 @@ class Spool:
     # -- writing -----------------------------------------------------------------------------
 
     def _ensure_dir(self, d: Path) -> None:
+        """Create ``d`` (durably) unless this spool created it before (no stat per write); ``write``
+        notices one removed since (its temp file cannot be created) and asks again."""
         key = str(d)
-        if key in self._known_dirs and d.is_dir():
+        if key in self._known_dirs:
             return
         created = []
         p = d
@@ -124,7 +126,12 @@ class Spool:
         self._ensure_dir(final.parent)
         tmp = final.with_name(f".{final.name}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}")
         digest = digest or digest_of(chunks)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        except FileNotFoundError:  # retention removed the directory since we made it
+            self._known_dirs.discard(str(final.parent))
+            self._ensure_dir(final.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             for c in chunks:
                 view = memoryview(c)

@@ -37,6 +37,18 @@ def test_write_is_atomic_and_replaces(tmp_path):
     assert not list(tmp_path.rglob("*.partial"))
 
 
+def test_a_directory_removed_behind_the_spools_back_is_made_again(tmp_path):
+    import shutil
+
+    sp = Spool(tmp_path)
+    rel = sp.relpath("1.2", "1.2.3", "1.2.3.4")
+    sp.write(rel, [b"first"])
+    shutil.rmtree(tmp_path / rel.split("/")[0])  # another process's retention, say
+    other = sp.relpath("1.2", "1.2.3", "1.2.3.5")
+    sp.write(other, [b"second"])
+    assert sp.abspath(other).read_bytes() == b"second"
+
+
 def test_disk_guard_writes_nothing(tmp_path):
     sp = Spool(tmp_path, min_free_bytes=1 << 62)
     with pytest.raises(SpoolFull):
