@@ -11,6 +11,7 @@ docs/node-receive.md (benchmarks/ingest.py).
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import queue
@@ -217,9 +218,12 @@ def apply() -> None:
     4. On an AE carrying ``FAST_STORE_ATTR`` (``assoc -> FastStore``), the P-DATA of C-STORE
        requests bypasses pynetdicom's decoding altogether (see :mod:`dicomnode.fast_store`).
     5. Each new association copies the AE's presentation contexts without ``deepcopy`` (see
-       :func:`_copy_contexts`).
+       :func:`_copy_contexts`), and the UID validator pynetdicom runs on every proposed UID
+       (``_config.VALIDATORS["UI"]``, a documented hook; pure, imports per call) is memoised:
+       an association proposes the same few hundred UIDs each time.
     Applied once per process; written against pynetdicom 3.0 (pinned <3.1 in pyproject).
     """
+    import pynetdicom._config as p_config
     import pynetdicom.association as p_assoc
     import pynetdicom.dul as p_dul
     import pynetdicom.transport as p_transport
@@ -294,3 +298,6 @@ def apply() -> None:
     p_assoc.Association.run_reactor = assoc_run_reactor
     p_dul.time = p_assoc.time = _EventDrivenTime()
     p_transport.deepcopy = _copy_contexts
+    ui = p_config.VALIDATORS["UI"]
+    if not hasattr(ui, "cache_info"):
+        p_config.VALIDATORS["UI"] = functools.lru_cache(maxsize=4096)(ui)

@@ -19,3 +19,18 @@ def test_contexts_are_copied_independently_and_other_objects_deep_copied():
     other = {"a": [1, 2]}
     copied = _copy_contexts(other)
     assert copied == other and copied["a"] is not other["a"]
+
+
+def test_the_memoised_uid_validator_answers_as_pynetdicoms_own():
+    from pydicom.uid import UID
+    from pynetdicom import _config
+    from pynetdicom._validators import validate_ui
+
+    from dicomnode.pynetdicom_speed import apply
+
+    apply()
+    memo = _config.VALIDATORS["UI"]
+    assert hasattr(memo, "cache_info")
+    for value in ("1.2.840.10008.1.2.1", "1.2.3." + "4" * 70, "", "1.2.a"):
+        assert memo(UID(value)) == validate_ui(UID(value)) == memo(UID(value))
+    assert memo.cache_info().hits >= 4
