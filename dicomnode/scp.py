@@ -583,11 +583,11 @@ def main(argv: list[str] | None = None) -> None:
     index = Index(cfg.node.index_path)
     spool = Spool(cfg.node.spool_dir, cfg.storage.min_free_bytes)
     spool.remove_partials()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before "listening": a SIGTERM right after it stops cleanly
+        signal.signal(sig, lambda *_: stop.set())
     server = start_scp(cfg, index, spool)
     print(f"listening {server.port}", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     server.stop()
     index.close()
