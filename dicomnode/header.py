@@ -178,7 +178,7 @@ def parse_header(stream: bytes | memoryview | Sequence[bytes | memoryview], tran
                 pass
             else:
                 return _header({k: _text(v) for k, v in raw.items()}, dicomdir)
-        stream = b"".join(chunks)
+        stream = chunks[0] if len(chunks) == 1 else b"".join(chunks)  # one buffer: no copy
     data = stream
     if transfer_syntax == DEFLATED_LE:
         try:

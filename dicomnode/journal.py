@@ -45,6 +45,7 @@ import xxhash
 from training.registry import atomic_write_text
 
 from .digest import digest
+from .spool import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -247,11 +248,7 @@ class Journal:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(self.path.parent)
         self.path.with_name(CHECKPOINT_FILE).unlink(missing_ok=True)
 
     def _read_checkpoint(self) -> int:

@@ -40,7 +40,8 @@ class Written:
     size: int
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make the entries of directory ``path`` durable (a new or renamed name needs its parent fsynced)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -106,7 +107,7 @@ class Spool:
         d.mkdir(parents=True, exist_ok=True)
         # a new directory entry is only durable once its parent is fsynced
         for c in reversed(created):
-            _fsync_dir(c.parent)
+            fsync_dir(c.parent)
         self._known_dirs.add(key)
 
     def write(self, relpath: str, chunks: Iterable[bytes], digest: str | None = None, durable: bool = True) -> Written:
@@ -147,7 +148,7 @@ class Spool:
         os.close(fd)
         os.replace(tmp, final)
         if durable:
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         return Written(relpath, digest, size)
 
     def remove(self, relpath: str) -> None:

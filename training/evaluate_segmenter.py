@@ -53,7 +53,6 @@ def _summary(values: list[float]) -> dict:
             "median_ci95": median_ci95(a)}
 
 
-
 def bland_altman(true_ml: np.ndarray, pred_ml: np.ndarray) -> dict:
     diff = np.asarray(pred_ml, float) - np.asarray(true_ml, float)
     bias, sd = float(diff.mean()), float(diff.std(ddof=1)) if diff.size > 1 else 0.0
