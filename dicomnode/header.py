@@ -12,9 +12,9 @@ import io
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
-from .uids import InvalidUID, patient_hash, validate_uid
+from .uids import InvalidUID, validate_uid
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -59,7 +59,7 @@ class Header:
     sop_uid: str
     study_uid: str
     series_uid: str
-    patient_hash: str
+    patient_hash: str | None  # the pseudonym callable's value (dicomnode.pseudonym); None without one
     modality: str | None
     instance_number: int | None
 
@@ -162,8 +162,15 @@ def _via_pydicom(data, implicit: bool) -> tuple[dict[str, object], bool]:
     return {name: ds.get(name) for name in _WANTED.values()}, dicomdir
 
 
-def parse_header(stream: bytes | memoryview | Sequence[bytes | memoryview], transfer_syntax: str) -> Header:
+Pseudonym = Callable[[object, object], str]  # (PatientID, IssuerOfPatientID) -> pseudonym
+
+
+def parse_header(stream: bytes | memoryview | Sequence[bytes | memoryview], transfer_syntax: str,
+                 pseudonym: Pseudonym | None = None) -> Header:
     """Read and validate the top-level header of an encoded data set (pixel data untouched).
+
+    ``pseudonym`` (the node's :class:`dicomnode.pseudonym.Pseudonymizer`) names the patient in
+    ``Header.patient_hash``; without it that is None (the patient ID itself is never returned).
 
     ``stream`` may be the data set's P-DATA fragments: the header is read from the first one when
     it lies inside it (the usual case), else from all of them joined.
@@ -177,7 +184,7 @@ def parse_header(stream: bytes | memoryview | Sequence[bytes | memoryview], tran
             except _Unsupported:
                 pass
             else:
-                return _header({k: _text(v) for k, v in raw.items()}, dicomdir)
+                return _header({k: _text(v) for k, v in raw.items()}, dicomdir, pseudonym)
         stream = chunks[0] if len(chunks) == 1 else b"".join(chunks)  # one buffer: no copy
     data = stream
     if transfer_syntax == DEFLATED_LE:
@@ -194,10 +201,10 @@ def parse_header(stream: bytes | memoryview | Sequence[bytes | memoryview], tran
             values, dicomdir = _via_pydicom(data, implicit)
         except Exception as exc:  # pydicom raises many kinds on garbage; all mean "cannot understand"
             raise StoreRefused(STATUS_CANNOT_UNDERSTAND, f"unparsable data set: {type(exc).__name__}") from None
-    return _header(values, dicomdir)
+    return _header(values, dicomdir, pseudonym)
 
 
-def _header(values: dict[str, object], dicomdir: bool) -> Header:
+def _header(values: dict[str, object], dicomdir: bool, pseudonym: Pseudonym | None) -> Header:
     """Validate the scanned values (raises :class:`StoreRefused`)."""
     if dicomdir:
         raise StoreRefused(STATUS_DATASET_MISMATCH, "data set is a DICOMDIR (Media Storage Directory)")
@@ -213,5 +220,5 @@ def _header(values: dict[str, object], dicomdir: bool) -> Header:
         instance_number = int(str(values.get("InstanceNumber")).strip())
     except (TypeError, ValueError):
         instance_number = None
-    return Header(sop_class, sop_uid, study_uid, series_uid,
-                  patient_hash(values.get("PatientID"), values.get("IssuerOfPatientID")), modality, instance_number)
+    patient = None if pseudonym is None else pseudonym(values.get("PatientID"), values.get("IssuerOfPatientID"))
+    return Header(sop_class, sop_uid, study_uid, series_uid, patient, modality, instance_number)

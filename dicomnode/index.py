@@ -14,6 +14,7 @@ lost: the claim fails and the series becomes ready again after the next quiet pe
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -21,11 +22,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
+from .pseudonym import PSEUDONYM_HEX
 from .sqlitetx import immediate
 
-SCHEMA_VERSION = 2  # 2: instances.sha256 became instances.digest (dicomnode.digest)
+if TYPE_CHECKING:
+    from .pseudonym import Pseudonymizer
+
+LOG = logging.getLogger(__name__)
+
+# 2: instances.sha256 became instances.digest (dicomnode.digest)
+# 3: patients.patient_hash holds keyed pseudonyms (dicomnode.pseudonym); see migrate_pseudonyms
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -164,7 +173,14 @@ class Index:
             self._db.executescript(_SCHEMA)
             if "sha256" in {r[1] for r in self._db.execute("PRAGMA table_info(instances)")}:  # schema 1
                 self._db.execute("ALTER TABLE instances RENAME COLUMN sha256 TO digest")
-            self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version < 3 and self._db.execute("SELECT 1 FROM patients LIMIT 1").fetchone() is None:
+                version = SCHEMA_VERSION  # no patient to rename: a new index, or nothing received yet
+            # schema 3 needs the site key and the spool: migrate_pseudonyms, at the node's start
+            self.schema_version = max(2, min(version, SCHEMA_VERSION))
+            self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                             (str(self.schema_version),))
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -186,6 +202,48 @@ class Index:
     def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
+
+    # -- schema 3: keyed pseudonyms ---------------------------------------------------------------
+
+    def migrate_pseudonyms(self, spool_root: str | Path, pseudonym: Pseudonymizer) -> dict[str, int]:
+        """Schema 2 → 3: replace every unkeyed patient hash by the keyed pseudonym of the patient.
+
+        The patient ID is read again from the patient's oldest spool file that can still be read
+        (its header, as the SCP reads it, so the value matches what the SCP computes for the next
+        study of that patient). A patient whose files are all gone (retention) gets
+        ``pseudonym.unlinkable(old hash)``: it keeps its studies apart from other patients' but
+        can never pair with the patient's new studies, and the brute-forceable old hash is gone.
+        Rows already keyed (:data:`PSEUDONYM_HEX` digits) are left as they are, so running it
+        again, or after an older node wrote to the index, is harmless. Returns the counts
+        ``{"rekeyed": ..., "unlinked": ...}`` (empty when the index is at schema 3 already).
+        """
+        if self.schema_version >= 3:
+            return {}
+        root = Path(spool_root)
+        old = self._query("SELECT id, patient_hash FROM patients WHERE length(patient_hash) != ?", (PSEUDONYM_HEX,))
+        renamed: dict[int, str] = {}
+        counts = {"rekeyed": 0, "unlinked": 0}
+        for row in old:
+            paths = self._query(
+                "SELECT i.path FROM instances i JOIN series s ON s.id = i.series_id JOIN studies st ON st.id = s.study_id"
+                " WHERE st.patient_id = ? ORDER BY i.received_at, i.id", (row["id"],))
+            new = next((p for p in (_patient_of_file(root / r["path"], pseudonym) for r in paths) if p), None)
+            counts["rekeyed" if new else "unlinked"] += 1
+            renamed[row["id"]] = new or pseudonym.unlinkable(row["patient_hash"])
+        with self._tx() as db:
+            for pid, name in renamed.items():
+                same = db.execute("SELECT id FROM patients WHERE patient_hash = ?", (name,)).fetchone()
+                if same is not None and same["id"] != pid:  # two old rows of one patient: merge them
+                    db.execute("UPDATE studies SET patient_id = ? WHERE patient_id = ?", (same["id"], pid))
+                    db.execute("DELETE FROM patients WHERE id = ?", (pid,))
+                else:
+                    db.execute("UPDATE patients SET patient_hash = ? WHERE id = ?", (name, pid))
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self.schema_version = SCHEMA_VERSION
+        if old:
+            LOG.warning("index schema 3: %d patient hash(es) replaced by keyed pseudonyms, %d of them unlinkable "
+                        "(no readable spool file left)", len(old), counts["unlinked"])
+        return counts
 
     # -- writes from the SCP -----------------------------------------------------------------
 
@@ -437,3 +495,21 @@ class Index:
                 if db.execute("SELECT COUNT(*) FROM studies WHERE patient_id = ?", (pid,)).fetchone()[0] == 0:
                     db.execute("DELETE FROM patients WHERE id = ?", (pid,))
             return paths
+
+
+def _patient_of_file(path: Path, pseudonym: Pseudonymizer) -> str | None:
+    """The pseudonym of the patient in one of our spool files, or None if it cannot be read."""
+    import io
+
+    from pydicom.filereader import _read_file_meta_info
+
+    from .header import parse_header
+
+    try:
+        raw = path.read_bytes()
+        fp = io.BytesIO(raw)
+        fp.seek(132)
+        meta = _read_file_meta_info(fp)
+        return parse_header(memoryview(raw)[fp.tell():], str(meta.TransferSyntaxUID), pseudonym).patient_hash
+    except Exception:  # noqa: BLE001 - gone, truncated, not DICOM: the caller tries the next file
+        return None

@@ -42,6 +42,7 @@ from .header import DEFLATED_LE, EXPLICIT_LE, IMPLICIT_LE, STATUS_CANNOT_UNDERST
 from .header import StoreRefused, parse_header
 from .index import Index, InstanceInfo, InstanceRecord, StoreOutcome
 from .journal import Entry, Journal
+from .pseudonym import Pseudonymizer
 from .spool import Spool, SpoolFull
 from .uids import InvalidUID, validate_uid
 
@@ -180,11 +181,13 @@ class Receiver:
     Independent of the network so it can be unit-tested; :func:`start_scp` binds it to pynetdicom.
     """
 
-    def __init__(self, config: NodeConfig, index: Index, spool: Spool, journal: Journal | None = None) -> None:
+    def __init__(self, config: NodeConfig, index: Index, spool: Spool, journal: Journal | None = None,
+                 pseudonym: Pseudonymizer | None = None) -> None:
         self.config = config
         self.index = index
         self.spool = spool
         self.journal = journal
+        self.pseudonym = pseudonym or Pseudonymizer.ephemeral()  # the node passes its site key (start_scp)
         self.stats = ReceiveStats()
         self._listeners: list[Listener] = []
         # Same SOP Instance UID from two associations at once: serialise check → write → index.
@@ -222,7 +225,7 @@ class Receiver:
         size = sum(len(c) for c in chunks)
         if size == 0:
             raise StoreRefused(STATUS_CANNOT_UNDERSTAND, "empty data set")
-        hdr = parse_header(chunks, transfer_syntax)
+        hdr = parse_header(chunks, transfer_syntax, self.pseudonym)
         if hdr.sop_uid != sop_uid:
             raise StoreRefused(STATUS_DATASET_MISMATCH, "SOPInstanceUID differs from AffectedSOPInstanceUID")
         if hdr.sop_class != sop_class:
@@ -384,7 +387,7 @@ def _status(status: int, comment: str) -> Dataset:
     return ds
 
 
-def reconcile(index: Index, spool: Spool) -> int:
+def reconcile(index: Index, spool: Spool, pseudonym: Pseudonymizer) -> int:
     """Index every spool file the index does not know; returns how many were added.
 
     With ``synchronous=NORMAL`` a power loss may roll back the last index commits of instances
@@ -407,7 +410,7 @@ def reconcile(index: Index, spool: Spool) -> int:
             meta = _read_file_meta_info(fp)
             stream = memoryview(raw)[fp.tell():]
             ts = str(meta.TransferSyntaxUID)
-            hdr = parse_header(stream, ts)
+            hdr = parse_header(stream, ts, pseudonym)
             if spool.relpath(hdr.study_uid, hdr.series_uid, hdr.sop_uid) != rel:
                 raise StoreRefused(STATUS_DATASET_MISMATCH, "UIDs do not match the file's spool path")
             index.record_instance(InstanceRecord(
@@ -507,8 +510,11 @@ def build_ae(config: NodeConfig):
     return ae
 
 
-def start_scp(config: NodeConfig, index: Index, spool: Spool, on_stored: Listener | None = None) -> ReceiveServer:
-    """Start the Storage SCP in background threads and return at once (``server.stop()`` ends it)."""
+def start_scp(config: NodeConfig, index: Index, spool: Spool, on_stored: Listener | None = None,
+              pseudonym: Pseudonymizer | None = None) -> ReceiveServer:
+    """Start the Storage SCP in background threads and return at once (``server.stop()`` ends it).
+
+    ``pseudonym``: default, the site key under ``node.data_dir`` (created on the first start)."""
     from pynetdicom import evt
 
     pynetdicom_speed.apply()
@@ -526,11 +532,12 @@ def start_scp(config: NodeConfig, index: Index, spool: Spool, on_stored: Listene
         journal = Journal(Path(config.node.data_dir) / "journal" / "receive.wal", config.storage.journal_mb << 20,
                           sync_paths=[spool.root, Path(config.node.index_path).parent])
         pending = journal.open()
-    receiver = Receiver(config, index, spool, journal)
+    pseudonym = pseudonym or Pseudonymizer.for_data_dir(config.node.data_dir)
+    receiver = Receiver(config, index, spool, journal, pseudonym)
     if journal is not None:
         receiver.replay(pending)  # after an unclean stop: what was acknowledged but not yet flushed
         journal.checkpoint()
-    reconcile(index, spool)
+    reconcile(index, spool, pseudonym)
     if on_stored is not None:
         receiver.on_stored(on_stored)
     ae = build_ae(config)
@@ -582,11 +589,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=cfg.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     index = Index(cfg.node.index_path)
     spool = Spool(cfg.node.spool_dir, cfg.storage.min_free_bytes)
+    pseudonym = Pseudonymizer.for_data_dir(cfg.node.data_dir)
+    index.migrate_pseudonyms(spool.root, pseudonym)  # schema 2 → 3, before anything is received
     spool.remove_partials()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before "listening": a SIGTERM right after it stops cleanly
         signal.signal(sig, lambda *_: stop.set())
-    server = start_scp(cfg, index, spool)
+    server = start_scp(cfg, index, spool, pseudonym=pseudonym)
     print(f"listening {server.port}", flush=True)
     stop.wait()
     server.stop()

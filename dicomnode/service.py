@@ -29,6 +29,7 @@ from .destinations import build as build_destination
 from .destinations.dispatch import Dispatcher, Sender
 from .destinations.ledger import Ledger
 from .index import Index, SeriesInfo
+from .pseudonym import Pseudonymizer
 from .queue import Job, JobQueue, open_queue
 from .scheduler import Decision, Housekeeper, NodeScheduler, Sweeper
 from .spool import Spool
@@ -85,6 +86,7 @@ class Node:
         self.data_dir = Path(config.node.data_dir)
         self.prefix = owner_prefix(config)
         self.index: Index | None = None
+        self.pseudonymizer: Pseudonymizer | None = None  # the site key: one name per patient everywhere
         self.spool: Spool | None = None
         self.queue: JobQueue | None = None
         self.ledger: Ledger | None = None
@@ -104,8 +106,10 @@ class Node:
         cfg = self.config
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_data_dir()
+        self.pseudonymizer = Pseudonymizer.for_data_dir(self.data_dir)
         self.index = Index(cfg.node.index_path)
         self.spool = Spool(cfg.node.spool_dir, cfg.storage.min_free_bytes)
+        self.index.migrate_pseudonyms(self.spool.root, self.pseudonymizer)  # schema 2 → 3, before anything runs
         self.queue = open_queue(cfg)
         self.ledger = Ledger(ledger_path(cfg))
         self.recovered["partial_spool_files"] = self.spool.remove_partials()
@@ -274,13 +278,15 @@ class Node:
         """Tell the training dataset about the finished analysis (follow-up pairing); never fails the job."""
         try:
             from pipeline.result import AnalysisResult
+            from training.dataset import DatasetStore
             from training.labels import LabelPolicy, on_analysis
         except ImportError:
             return
         try:
             result = AnalysisResult.read(Path(job.result_dir))
             seg = [Path(job.result_dir) / p for p in result.outputs.get("seg", [])]
-            on_analysis(Path(self.config.node.data_dir) / "training", [Path(f) for f in job.payload.get("files", [])],
+            store = DatasetStore.for_data_dir(self.config.node.data_dir, pseudonym=self.pseudonymizer)
+            on_analysis(store, [Path(f) for f in job.payload.get("files", [])],
                         result, seg_files=seg, policy=LabelPolicy.from_mapping(self.config.training.model_dump()))
         except Exception:  # noqa: BLE001
             log.warning("job %s: dataset hook failed", job.id, exc_info=True)

@@ -1,8 +1,8 @@
-"""UID validation and the hashes that stand in for UIDs and patient IDs on disk and in logs.
+"""UID validation and the hashes that stand in for UIDs on disk and in logs.
 
 Why: a UID comes from the network and is attacker-controlled (``../../x`` is a valid string,
-not a valid UID). File names and log lines therefore use hashes of *validated* UIDs, and
-patient identifiers are only ever written hashed.
+not a valid UID). File names and log lines therefore use hashes of *validated* UIDs. Patient
+identifiers are only ever written as keyed pseudonyms (``dicomnode.pseudonym``).
 """
 
 from __future__ import annotations
@@ -52,10 +52,3 @@ def validate_uid(value: object, field: str = "UID") -> str:
 def uid_hash(uid: str) -> str:
     """Stable 32-hex-digit name for a validated UID (used for spool paths)."""
     return hashlib.sha256(uid.encode("ascii")).hexdigest()[:32]
-
-
-def patient_hash(patient_id: object, issuer: object = None) -> str:
-    """Pseudonym for a patient ID, safe for logs and the index (16 hex digits)."""
-    text = "" if patient_id is None else str(patient_id).strip()
-    iss = "" if issuer is None else str(issuer).strip()
-    return hashlib.sha256(f"ich-node|{iss}|{text}".encode("utf-8", "replace")).hexdigest()[:16]

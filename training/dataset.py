@@ -13,7 +13,11 @@ Two tables:
   6-72 h later, volumes compared by the seed's rule) or given (``'import'``). ``excluded`` cases stay in
   the table (reviewable, reversible) but never reach a cohort.
 
-Patient IDs never enter the store: callers pass ``patient_hash`` (see ``hash_patient_id``).
+Patient IDs never enter the store, only the node's keyed pseudonyms: whoever opens the store to add
+studies passes the node's pseudonymizer (``DatasetStore(root, pseudonym=...)``, dicomnode.pseudonym; the
+same site key names the patient in the node's index and logs). A store from before the site key has its
+own salt (``patient-salt``, see ``hash_patient_id``); its rows are renamed when the store is opened with
+the pseudonymizer (see ``DatasetStore.migrate_legacy``), and the salt file goes when no row needs it.
 """
 
 from __future__ import annotations
@@ -23,12 +27,10 @@ import csv
 import datetime as _dt
 import hashlib
 import json
-import os
-import secrets
 import sqlite3
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from dicomnode.sqlitetx import immediate
 
@@ -75,9 +77,14 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+Pseudonym = Callable[..., str]  # (patient_id, issuer=None) -> the node's keyed pseudonym
+LEGACY_SALT = "patient-salt"
+_LEGACY_HEX = 24  # length of hash_patient_id's values; the node's pseudonyms are longer
+
+
 def hash_patient_id(patient_id: str, salt: str) -> str:
-    """Stable pseudonym for pairing a patient's studies; the salt stays on the node."""
-    return hashlib.sha256(f"{salt}\x00{patient_id.strip()}".encode()).hexdigest()[:24]
+    """The legacy pseudonym (a store's own salt, before the node's site key); kept to migrate old rows."""
+    return hashlib.sha256(f"{salt}\x00{patient_id.strip()}".encode()).hexdigest()[:_LEGACY_HEX]
 
 
 def case_id_for(source: str, baseline_study_uid: str) -> str:
@@ -137,8 +144,10 @@ def _row_to(cls, row: sqlite3.Row):
 class DatasetStore:
     """The store under ``<data_dir>/training``; open it per use, it is just a SQLite file."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, pseudonym: Pseudonym | None = None) -> None:
+        """``pseudonym``: the node's pseudonymizer, needed only to add studies (``patient_hash``)."""
         self.root = Path(root)
+        self._pseudonym = pseudonym
         self.root.mkdir(parents=True, exist_ok=True)
         self.path = self.root / "dataset.sqlite3"
         db = sqlite3.connect(self.path, timeout=30)
@@ -147,10 +156,14 @@ class DatasetStore:
             db.executescript(SCHEMA)
         finally:
             db.close()
+        salt = self.root / LEGACY_SALT
+        self._legacy_salt = salt.read_text().strip() if pseudonym is not None and salt.is_file() else None
+        if self._legacy_salt is not None:
+            self.migrate_legacy()
 
     @classmethod
-    def for_data_dir(cls, data_dir: Path | str) -> "DatasetStore":
-        return cls(Path(data_dir) / "training")
+    def for_data_dir(cls, data_dir: Path | str, pseudonym: Pseudonym | None = None) -> "DatasetStore":
+        return cls(Path(data_dir) / "training", pseudonym)
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -164,17 +177,62 @@ class DatasetStore:
             db.close()
 
     # ------------------------------------------------------------------ node-side pseudonyms and files
-    def salt(self) -> str:
-        """Per-node secret for patient pseudonyms, created once (0600)."""
-        path = self.root / "patient-salt"
-        if not path.is_file():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_hex(16))
-        return path.read_text().strip()
+    def patient_hash(self, patient_id: str, issuer: str | None = None) -> str:
+        """The patient's pseudonym (the node's site key); renames the patient's legacy rows, if any."""
+        if self._pseudonym is None:
+            raise DatasetError("the dataset store was opened without the node's pseudonymizer "
+                               "(DatasetStore(root, pseudonym=...)): it cannot name patients")
+        name = self._pseudonym(patient_id, issuer)
+        if self._legacy_salt is not None:
+            self._rename(hash_patient_id(patient_id, self._legacy_salt), name)
+        return name
 
-    def patient_hash(self, patient_id: str) -> str:
-        return hash_patient_id(patient_id, self.salt())
+    def migrate_legacy(self) -> int:
+        """Rename rows named with the store's legacy salt to the node's pseudonyms; returns how many are left.
+
+        A legacy name is renamed when the store still holds images of one of its studies (the patient ID
+        is read from them, and checked against the legacy name), else when ``patient_hash`` next meets
+        its patient (a new study of the same patient pairs with the old ones as before). Rows that are
+        never renamed keep their legacy name: salted, so not reversible without the salt file, which is
+        deleted as soon as no row needs it (after that such rows can no longer pair).
+        """
+        from .labels import read_study_info
+
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT patient_hash, series_dir FROM studies WHERE length(patient_hash) = ?"
+                " UNION ALL SELECT patient_hash, baseline_dir FROM cases WHERE length(patient_hash) = ?",
+                (_LEGACY_HEX, _LEGACY_HEX)).fetchall()
+        done: set[str] = set()
+        for old, where in rows:
+            if old in done or not where or not Path(where).is_dir():
+                continue
+            try:
+                info = read_study_info(Path(where))
+            except ValueError:  # no readable file left
+                continue
+            if info.patient_id and hash_patient_id(info.patient_id, self._legacy_salt) == old:
+                self._rename(old, self._pseudonym(info.patient_id, info.issuer))
+                done.add(old)
+        return self._legacy_left()
+
+    def _rename(self, old: str, new: str) -> None:
+        with self._connect() as db:
+            renamed = db.execute("UPDATE studies SET patient_hash=? WHERE patient_hash=?", (new, old)).rowcount
+            renamed += db.execute("UPDATE cases SET patient_hash=? WHERE patient_hash=?", (new, old)).rowcount
+        if renamed:
+            self._legacy_left()
+
+    def _legacy_left(self) -> int:
+        """Rows still named with the legacy salt; the salt file is deleted when there are none."""
+        with self._connect() as db:
+            left = db.execute("SELECT (SELECT COUNT(*) FROM studies WHERE length(patient_hash) = ?)"
+                              " + (SELECT COUNT(*) FROM cases WHERE length(patient_hash) = ?)",
+                              (_LEGACY_HEX, _LEGACY_HEX)).fetchone()[0]
+        if not left:
+            (self.root / LEGACY_SALT).unlink(missing_ok=True)
+            self._legacy_salt = None
+        return left
 
     def files_dir(self, study_uid: str) -> Path:
         """Where the store keeps its copy of one study's files (named by hash, never by raw UID)."""

@@ -12,7 +12,8 @@ The node calls exactly one function, after every finished analysis (analysed or 
 
 Everything else (pseudonymising the patient, reading study times, pairing in either arrival order,
 keeping a copy of the baseline images) happens here, so the dependency dicomnode → training stays one
-call. Pairing uses a salted hash of PatientID and the study date/time from the DICOM headers.
+call. Pairing uses the node's keyed pseudonym of PatientID (the store is opened with the node's
+pseudonymizer) and the study date/time from the DICOM headers.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class StudyInfo:
     patient_id: str
     study_uid: str
     study_time: _dt.datetime | None
+    issuer: str | None = None  # IssuerOfPatientID: part of the pseudonym, as in the node's index
 
 
 def _parse_dt(date: str | None, time: str | None) -> _dt.datetime | None:
@@ -101,7 +103,7 @@ def _parse_dt(date: str | None, time: str | None) -> _dt.datetime | None:
 
 
 def read_study_info(series_files: Path | Sequence[Path]) -> StudyInfo:
-    """PatientID, StudyInstanceUID and the study's date/time from the first readable file.
+    """PatientID (and its issuer), StudyInstanceUID and the study's date/time from the first readable file.
 
     StudyDate/Time first (one value for the whole study), then Series, Acquisition, Content.
     """
@@ -122,7 +124,8 @@ def read_study_info(series_files: Path | Sequence[Path]) -> StudyInfo:
             when = _parse_dt(ds.get(d), ds.get(t))
             if when:
                 break
-        return StudyInfo(str(ds.get("PatientID", "") or ""), uid, when)
+        issuer = str(ds.get("IssuerOfPatientID", "") or "").strip() or None
+        return StudyInfo(str(ds.get("PatientID", "") or ""), uid, when, issuer)
     raise ValueError(f"no readable DICOM file with a StudyInstanceUID among {len(files)} file(s)")
 
 
@@ -150,7 +153,7 @@ def _link_files(files: Iterable[Path], dest: Path) -> Path:
 
 
 def on_analysis(
-    store: DatasetStore | Path | str,
+    store: DatasetStore,
     series_files: Path | Sequence[Path],
     result: AnalysisResult,
     *,
@@ -159,7 +162,7 @@ def on_analysis(
 ) -> Case | None:
     """Record one finished analysis; label a baseline when this study completes a pair.
 
-    ``store`` is a DatasetStore or its directory (``<data_dir>/training``); ``series_files`` is the
+    ``store`` is a DatasetStore opened with the node's pseudonymizer; ``series_files`` is the
     analysed series (a directory or its files); ``seg_files`` the model-1 SEG written for it. Returns
     the case created or updated, else None. Never raises: a failure here must not fail the delivery of
     a result, so it is logged (without PHI) and swallowed.
@@ -172,7 +175,7 @@ def on_analysis(
 
 
 def record_analysis(
-    store: DatasetStore | Path | str,
+    store: DatasetStore,
     series_files: Path | Sequence[Path],
     result: AnalysisResult,
     *,
@@ -181,12 +184,11 @@ def record_analysis(
     info: StudyInfo | None = None,
 ) -> Case | None:
     """``on_analysis`` without the safety net (raises); ``info`` skips reading the headers."""
-    store = store if isinstance(store, DatasetStore) else DatasetStore(store)
     info = info or read_study_info(series_files)
     if not info.patient_id:
         log.info("study without PatientID: not used for labels")
         return None
-    patient = store.patient_hash(info.patient_id)
+    patient = store.patient_hash(info.patient_id, info.issuer)
     analysed = result.status == Status.ANALYZED and result.volume_ml is not None
     series_dir = mask_path = None
     if analysed and policy.keep_images and result.volume_ml >= policy.min_baseline_ml:

@@ -25,10 +25,12 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         """Import labelled baseline studies; model 1 (served version) measures every baseline and follow-up."""
         from rich.console import Console
 
+        from dicomnode.pseudonym import Pseudonymizer
         from training.dataset import DatasetError, DatasetStore, import_cases
 
         where = resolve(config, data_dir)
-        store = DatasetStore.for_data_dir(where.data_dir)
+        # the node's site key: an imported patient has the pseudonym the node gives the same patient
+        store = DatasetStore.for_data_dir(where.data_dir, pseudonym=Pseudonymizer.for_data_dir(where.data_dir))
         console = Console(soft_wrap=True)
         try:
             outcome = import_cases(store, directory, labels, segmenter_dir=open_registry(where).current_paths().segmenter,

@@ -13,7 +13,9 @@ from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 
 from dicomnode import header as H
-from dicomnode.uids import patient_hash
+from dicomnode.pseudonym import Pseudonymizer
+
+PZ = Pseudonymizer.ephemeral()
 
 
 def encode(ds: Dataset, implicit: bool) -> bytes:
@@ -52,9 +54,10 @@ def test_scan_matches_values(implicit, undefined_length):
     raw = encode(ds, implicit)
     values, dicomdir = H._scan(raw, implicit)
     assert not dicomdir and values["SOPInstanceUID"].rstrip(b"\0") == b"1.2.3.4.5"
-    h = H.parse_header(raw, H.IMPLICIT_LE if implicit else H.EXPLICIT_LE)
+    h = H.parse_header(raw, H.IMPLICIT_LE if implicit else H.EXPLICIT_LE, PZ)
     assert (h.sop_uid, h.study_uid, h.series_uid, h.modality, h.instance_number) == ("1.2.3.4.5", "1.2.3", "1.2.3.4", "CT", 7)
-    assert h.patient_hash == patient_hash("ID123")
+    assert h.patient_hash == PZ("ID123")
+    assert H.parse_header(raw, H.IMPLICIT_LE if implicit else H.EXPLICIT_LE).patient_hash is None  # no key, no name
 
 
 def test_deflated():
@@ -76,11 +79,12 @@ def test_real_files_agree_with_pydicom(ct_data):
             fp = io.BytesIO(raw)
             fp.seek(132)
             meta = pydicom.filereader._read_file_meta_info(fp)
-            h = H.parse_header(raw[fp.tell():], str(meta.TransferSyntaxUID))
+            h = H.parse_header(raw[fp.tell():], str(meta.TransferSyntaxUID), PZ)
             ds = pydicom.dcmread(p, stop_before_pixels=True)
             assert (h.sop_uid, h.series_uid, h.study_uid, h.sop_class) == (
                 ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.SOPClassUID)
-            assert h.instance_number == int(ds.InstanceNumber) and h.patient_hash == patient_hash(ds.PatientID)
+            assert h.instance_number == int(ds.InstanceNumber)
+            assert h.patient_hash == PZ(ds.PatientID, ds.get("IssuerOfPatientID"))
 
 
 @pytest.mark.parametrize("implicit", [False, True])

@@ -88,9 +88,10 @@ def test_reconcile_restores_a_lost_index(tmp_path, phantom):
     for f in tmp_path.glob("index.sqlite3*"):
         f.unlink()
     ix2 = Index(tmp_path / "index.sqlite3")
-    assert reconcile(ix2, sp) == 4 and reconcile(ix2, sp) == 0
+    assert reconcile(ix2, sp, rx.pseudonym) == 4 and reconcile(ix2, sp, rx.pseudonym) == 0
     after = {i.sop_uid: i.digest for s in ix2.series_ready(0) for i in ix2.instances_of(s.series_uid)}
     assert after == before
+    assert {s.patient_hash for s in ix2.series_ready(0)} == {rx.pseudonym(pydicom.dcmread(phantom[0]).PatientID)}
 
 
 def test_file_meta_is_valid_for_any_uid_length():

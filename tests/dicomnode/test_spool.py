@@ -6,7 +6,7 @@ import pytest
 
 from dicomnode.digest import digest
 from dicomnode.spool import Spool, SpoolFull
-from dicomnode.uids import InvalidUID, patient_hash, validate_uid
+from dicomnode.uids import InvalidUID, validate_uid
 
 
 def test_paths_are_hashes_of_validated_uids(tmp_path):
@@ -21,10 +21,8 @@ def test_paths_are_hashes_of_validated_uids(tmp_path):
         sp.abspath("../outside.dcm")
 
 
-def test_uid_padding_and_patient_hash():
+def test_uid_padding():
     assert validate_uid("1.2.840.10008.1.2\x00") == "1.2.840.10008.1.2"
-    assert patient_hash("12345") == patient_hash("12345 ") != patient_hash("12346")
-    assert "12345" not in patient_hash("12345")
 
 
 def test_write_is_atomic_and_replaces(tmp_path):

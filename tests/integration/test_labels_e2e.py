@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import sqlite3
 import subprocess
 import sys
 import time
@@ -84,6 +85,8 @@ def test_followup_label_and_rollback_while_serving(tmp_path, free_port, orthanc,
         assert case.label == int(expander["expansion"]) == 1, (base.volume_ml, fu.volume_ml, expander["growth_ml"])
         assert case.followup_study_uid == expander["followup_study_uid"]
         assert (case.baseline_volume_ml, case.followup_volume_ml) == (base.volume_ml, fu.volume_ml)
+        with sqlite3.connect(node.data_dir / "index.sqlite3") as db:  # one site key: the index names the patient alike
+            assert case.patient_hash in {r[0] for r in db.execute("SELECT patient_hash FROM patients")}
 
         # promote B while the node runs: the next job uses it; roll back: the one after uses A again
         t0 = time.monotonic()

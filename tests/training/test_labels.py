@@ -10,11 +10,13 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from dicomnode.pseudonym import Pseudonymizer
 from pipeline.result import AnalysisResult, Status
 from training.dataset import DatasetStore
 from training.labels import ExpansionRule, LabelPolicy, on_analysis, read_study_info, record_analysis
 
 T0 = dt.datetime(2026, 3, 1, 8, 30, 0)
+SITE = Pseudonymizer.ephemeral()  # the node's site key, as the node passes it to the store
 
 
 def write_study(root: Path, patient_id: str, when: dt.datetime, n: int = 2) -> Path:
@@ -55,7 +57,7 @@ def test_rule_of_the_seed(base: float, fu: float, label: int) -> None:
 
 
 def test_followup_in_window_labels_the_baseline(tmp_path: Path) -> None:
-    store = DatasetStore(tmp_path / "training")
+    store = DatasetStore(tmp_path / "training", pseudonym=SITE)
     b = write_study(tmp_path / "in", "PAT-1", T0)
     f = write_study(tmp_path / "in", "PAT-1", T0 + dt.timedelta(hours=20))
     assert on_analysis(store, b, analysed(12.0)) is None  # nothing to pair yet
@@ -68,11 +70,11 @@ def test_followup_in_window_labels_the_baseline(tmp_path: Path) -> None:
     kept = sorted(Path(case.baseline_dir).iterdir())
     assert len(kept) == 2 and pydicom.dcmread(kept[0]).PatientID == "PAT-1"
     assert str(store.root) in case.baseline_dir and case.baseline_study_uid not in case.baseline_dir
-    assert "PAT-1" not in case.patient_hash
+    assert "PAT-1" not in case.patient_hash and case.patient_hash == SITE("PAT-1")  # the node's key names the patient
 
 
 def test_out_of_window_wrong_patient_and_cannot_assess_give_no_label(tmp_path: Path) -> None:
-    store = DatasetStore(tmp_path / "training")
+    store = DatasetStore(tmp_path / "training", pseudonym=SITE)
     on_analysis(store, write_study(tmp_path / "in", "PAT-2", T0), analysed(12.0))
     assert on_analysis(store, write_study(tmp_path / "in", "PAT-2", T0 + dt.timedelta(hours=3)), analysed(30.0)) is None
     assert on_analysis(store, write_study(tmp_path / "in", "PAT-3", T0 + dt.timedelta(hours=24)), analysed(30.0)) is None
@@ -85,7 +87,7 @@ def test_out_of_window_wrong_patient_and_cannot_assess_give_no_label(tmp_path: P
 
 
 def test_out_of_order_arrival_and_earliest_followup_wins(tmp_path: Path) -> None:
-    store = DatasetStore(tmp_path / "training")
+    store = DatasetStore(tmp_path / "training", pseudonym=SITE)
     b = write_study(tmp_path / "in", "PAT-5", T0)
     late = write_study(tmp_path / "in", "PAT-5", T0 + dt.timedelta(hours=48))
     early = write_study(tmp_path / "in", "PAT-5", T0 + dt.timedelta(hours=12))
@@ -98,7 +100,7 @@ def test_out_of_order_arrival_and_earliest_followup_wins(tmp_path: Path) -> None
 
 
 def test_window_is_configurable_and_validated(tmp_path: Path) -> None:
-    store = DatasetStore(tmp_path / "training")
+    store = DatasetStore(tmp_path / "training", pseudonym=SITE)
     policy = LabelPolicy(min_hours=1, max_hours=4)
     record_analysis(store, write_study(tmp_path / "in", "PAT-6", T0), analysed(10.0), policy=policy)
     case = record_analysis(store, write_study(tmp_path / "in", "PAT-6", T0 + dt.timedelta(hours=3)), analysed(10.5),
@@ -114,7 +116,7 @@ def test_window_is_configurable_and_validated(tmp_path: Path) -> None:
 def test_hook_never_raises_into_the_worker(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     garbage = tmp_path / "garbage.dcm"
     garbage.write_bytes(b"not dicom")
-    assert on_analysis(tmp_path / "training", [garbage], analysed(10.0)) is None
+    assert on_analysis(DatasetStore(tmp_path / "training", pseudonym=SITE), [garbage], analysed(10.0)) is None
     assert "label hook failed" in caplog.text and "Doe" not in caplog.text
 
 
@@ -153,7 +155,7 @@ def synthetic_pairs(tmp_path_factory) -> list[dict]:
 
 
 def test_synthetic_followup_gives_the_generators_label(synthetic_pairs: list[dict], tmp_path: Path) -> None:
-    store = DatasetStore(tmp_path / "training")
+    store = DatasetStore(tmp_path / "training", pseudonym=SITE)
     assert sorted(int(r["expansion"]) for r in synthetic_pairs) == [0, 1]
     for row in synthetic_pairs:
         out = tmp_path / "out" / row["case_id"]
@@ -175,7 +177,7 @@ def test_synthetic_followup_gives_the_generators_label(synthetic_pairs: list[dic
 
 
 def test_images_of_studies_without_followup_are_pruned(tmp_path: Path) -> None:
-    store = DatasetStore(tmp_path / "training")
+    store = DatasetStore(tmp_path / "training", pseudonym=SITE)
     lone = write_study(tmp_path / "in", "PAT-7", T0)
     b = write_study(tmp_path / "in", "PAT-8", T0)
     on_analysis(store, lone, analysed(10.0))

@@ -310,6 +310,7 @@ def test_dataset_import_list_exclude_then_retrain_from_node_data(tmp_path: Path,
     from typer.testing import CliRunner
 
     from dicomnode.cli import app
+    from dicomnode.pseudonym import Pseudonymizer
     from training.dataset import DatasetStore
 
     monkeypatch.setenv("ICH_NODE__NODE__DATA_DIR", str(tmp_path / "var"))
@@ -347,6 +348,8 @@ def test_dataset_import_list_exclude_then_retrain_from_node_data(tmp_path: Path,
     assert fu[-1].followup_volume_ml - fu[-1].baseline_volume_ml > 6
     assert sorted(c.label for c in by_source["import"]) == [0, 0, 1]
     assert all(Path(c.baseline_mask).is_file() and Path(c.baseline_dir).is_dir() for c in store.cases())
+    site_key = Pseudonymizer.for_data_dir(tmp_path / "var")  # imports are named with the node's site key
+    assert {c.patient_hash for c in store.cases()} == {site_key(p) for p in ("F0", "F1", "F2", "F3", "L0", "L1", "L2")}
 
     out = run(app, ["dataset", "list"])
     assert out.exit_code == 0 and "7 (3 expanders included, 0 excluded)" in out.output
