@@ -7,6 +7,10 @@
   with a timeout and returns the ``CompletedProcess`` (stdout/stderr as text, never raises on a
   non-zero exit so tests can assert refusals). Skips when dcmtk is not installed.
 - ``require_tool(name)``: skip the test unless an executable is on PATH.
+- hypothesis profiles (property-based fuzz tests, ``tests/**/test_*_fuzz.py``): ``ci`` (derandomized,
+  no example database: the same examples on every run) is loaded when ``CI`` is set, ``dev`` (random
+  examples, still no database file in the repo) otherwise. ``HYPOTHESIS_PROFILE=explore`` (random) makes
+  the fuzz tests run 20× their examples (each scales its own ``max_examples``) to hunt for new bugs.
 """
 
 from __future__ import annotations
@@ -38,6 +42,20 @@ def _small_test_journal() -> None:
 
 
 _small_test_journal()
+
+
+def _hypothesis_profiles() -> None:
+    from hypothesis import HealthCheck, settings
+
+    common = dict(database=None, deadline=None, print_blob=True,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.register_profile("ci", derandomize=True, **common)
+    settings.register_profile("dev", **common)
+    settings.register_profile("explore", **common)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+
+
+_hypothesis_profiles()
 
 
 def free_port() -> int:
