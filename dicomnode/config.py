@@ -110,14 +110,21 @@ class NodeSection(_Section):
     data_dir: Path = Path("./var")  # spool, index, queue, results, models registry (unless set)
     # Largest PDU we accept. Bigger PDUs mean fewer Python-level reads per image: the ingest
     # benchmark is noticeably faster at 256 KiB than at pynetdicom's 16 KiB default. 0 = unlimited.
-    max_pdu: int = Field(262144, ge=0)
-    # C-STORE data read straight from the PDUs (dicomnode.fast_store) instead of through pynetdicom's
-    # DIMSE layer: same checks, same durability, ≈ half the CPU per image. false = pynetdicom only.
+    # A P-DATA-TF PDU longer than this is refused with an A-ABORT (dicomnode.receive.guard).
+    max_pdu: int = Field(262144, ge=4096, le=16 << 20)
+    # C-STORE data read straight from the PDUs (dicomnode.receive.fast_store) instead of through
+    # pynetdicom's DIMSE layer: same checks, same durability, ≈ half the CPU per image. false = pynetdicom
+    # only (also what runs when the installed pynetdicom is not the one the fast path was written for).
     fast_store: bool = True
-    max_associations: int = Field(16, ge=1)
-    acse_timeout_s: float = Field(30, gt=0)  # association negotiation
+    max_associations: int = Field(16, ge=1)  # associations at once (more TCP connections are dropped)
+    max_associations_per_peer: int = Field(8, ge=1)  # from one address; more are refused (A-ASSOCIATE-RJ, transient)
+    # A data set is held in RAM up to this size; a larger one is streamed to a spool file as it arrives
+    # (fast path) or refused with an A-ABORT (pynetdicom's path, which cannot stream).
+    stream_over_mb: int = Field(64, ge=1, le=4096)
+    max_dataset_mb: int = Field(4096, ge=1)  # the largest data set accepted at all
+    acse_timeout_s: float = Field(30, gt=0)  # association negotiation (and the TLS handshake)
     dimse_timeout_s: float = Field(60, gt=0)  # waiting for the next DIMSE message
-    network_timeout_s: float = Field(120, gt=0)  # idle association is aborted after this
+    network_timeout_s: float = Field(120, gt=0)  # idle association, or a PDU stalled half way, is aborted after this
 
     @field_validator("ae_title")
     @classmethod

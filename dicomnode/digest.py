@@ -18,12 +18,25 @@ import xxhash
 PREFIX = "xxh3-128:"
 
 
+class Digester:
+    """:func:`digest` of bytes fed piecewise (a data set streamed to disk as it arrives)."""
+
+    def __init__(self) -> None:
+        self._h = xxhash.xxh3_128()
+
+    def update(self, chunk: bytes | memoryview) -> None:
+        self._h.update(chunk)
+
+    def hexdigest(self) -> str:
+        return PREFIX + self._h.hexdigest()
+
+
 def digest(chunks: Iterable[bytes | memoryview]) -> str:
     """Digest of the bytes of ``chunks`` joined (e.g. a data set's P-DATA fragments)."""
-    h = xxhash.xxh3_128()
+    h = Digester()
     for c in chunks:
         h.update(c)
-    return PREFIX + h.hexdigest()
+    return h.hexdigest()
 
 
 def matches(stored: str, chunks: Iterable[bytes | memoryview]) -> bool:

@@ -15,6 +15,12 @@ must be covered by a checkpoint first; a background thread checkpoints the half 
 as the writer leaves it, so the writer normally never waits. Entries larger than a half are not
 journaled (``append`` returns None; the caller makes that file durable the classic way).
 
+An entry whose spool file or index row could not be written after its answer stays in flight (no
+checkpoint passes it) and is read back with :meth:`Journal.read` to be stored again (the receiver
+retries it). Should the writer need its half before that succeeds, it waits at most ``stall_s`` and
+then raises :class:`JournalStalled`: the receiver answers "out of resources" (the peer sends again
+later) instead of hanging, and nothing acknowledged is lost.
+
 Entry: header (magic, version, seq, lengths, CRC-32 of the metadata, XXH3-64 of the data set) + the
 small metadata JSON + the data set bytes. A torn or stale entry fails its magic, sequence or checksum
 check and is ignored (its sender got no answer and sends again). The data set's checksum is on the
@@ -58,6 +64,10 @@ _HEADERS = {1: _HEADER_V1, 2: _HEADER}
 CHECKPOINT_FILE = "journal.checkpoint"
 
 
+class JournalStalled(OSError):
+    """The writer needs a half that still holds entries not yet stored elsewhere."""
+
+
 @dataclass(frozen=True)
 class Entry:
     """One journaled data set, as needed to store it again."""
@@ -69,6 +79,7 @@ class Entry:
     calling_ae: str
     received_at: float
     data: bytes
+    span: int = 0  # bytes it takes in the journal file
 
     @property
     def digest(self) -> str:
@@ -93,11 +104,12 @@ class Journal:
     """The data directory's write-ahead journal (see the module docstring). Thread-safe."""
 
     def __init__(self, path: str | Path, size: int = 256 << 20, checkpoint_every_s: float = 30.0,
-                 sync_paths: list[Path] | None = None) -> None:
+                 sync_paths: list[Path] | None = None, stall_s: float = 10.0) -> None:
         self.path = Path(path)
         self.sync_paths = [Path(p) for p in sync_paths or []]  # where the spool and index live (syncfs each)
         self.size = size - size % (2 * ALIGN)
         self.checkpoint_every_s = checkpoint_every_s
+        self.stall_s = stall_s
         self._fd = -1
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -106,12 +118,12 @@ class Journal:
         self._half = 0             # half being written
         self._pos = 0              # next offset within the journal file
         self._half_last = [0, 0]   # highest seq written into each half
-        self._inflight: set[int] = set()
+        self._inflight: dict[int, int] = {}  # seq -> offset of entries not yet stored elsewhere
         self._recovered = 0
         self._want_checkpoint = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.stats = {"journaled": 0, "bypassed": 0, "checkpoints": 0, "waits": 0}
+        self.stats = {"journaled": 0, "bypassed": 0, "checkpoints": 0, "waits": 0, "stalls": 0}
 
     # -- life cycle ----------------------------------------------------------------------------
     def open(self) -> list[Entry]:
@@ -170,7 +182,7 @@ class Journal:
             seq, at = self._seq, self._pos
             self._pos += span
             self._half_last[self._half] = seq
-            self._inflight.add(seq)
+            self._inflight[seq] = at
         check = xxhash.xxh3_64()
         for c in chunks:
             check.update(c)
@@ -188,16 +200,34 @@ class Journal:
         if seq is None:
             return
         with self._cond:
-            self._inflight.discard(seq)
+            self._inflight.pop(seq, None)
+
+    def read(self, seq: int) -> Entry:
+        """An entry still in flight, read back and checked (to store it again after a failure)."""
+        with self._cond:
+            at = self._inflight.get(seq)
+        if at is None:
+            raise KeyError(f"journal entry {seq} is not in flight")
+        with open(self.path, "rb") as f:
+            f.seek(at)
+            entry = _read_entry(f, at, at + self.size // 2, 0, 0)
+        if not isinstance(entry, Entry) or entry.seq != seq:
+            raise OSError(f"journal entry {seq} fails its checks")
+        return entry
 
     def _switch_half(self) -> None:
         """Move to the other half once a checkpoint covers what it holds (lock held)."""
         other = 1 - self._half
         self._want_checkpoint.set()  # covers the half we leave; normally done long before we return
+        deadline = time.monotonic() + self.stall_s
         while self._half_last[other] > self._checkpointed:
+            if time.monotonic() > deadline:
+                self.stats["stalls"] += 1
+                raise JournalStalled(f"{len(self._inflight)} journal entries not yet stored elsewhere after "
+                                     f"{self.stall_s:.0f} s (spool or index failing)")
             self.stats["waits"] += 1
             self._want_checkpoint.set()
-            self._cond.wait(1.0)
+            self._cond.wait(0.2)
         self._half, self._pos = other, other * (self.size // 2)
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -265,33 +295,46 @@ class Journal:
         with open(self.path, "rb") as f:
             for half in (0, 1):
                 pos, end, last = half * half_size, (half + 1) * half_size, 0
-                while pos + _HEADER_V1.size <= end:
+                while True:
                     f.seek(pos)
-                    head = f.read(_HEADER_V1.size)
-                    magic, version = struct.unpack_from("<4sH", head)
-                    fmt = _HEADERS.get(version)
-                    if magic != MAGIC or fmt is None:
+                    entry = _read_entry(f, pos, end, last, self._checkpointed)
+                    if entry is None:
                         break
-                    _, _, _, seq, mlen, dlen, crc, check = fmt.unpack_from(head)
-                    span = -(-(fmt.size + mlen + dlen) // ALIGN) * ALIGN
-                    if seq <= last or pos + span > end:
-                        break
-                    if seq <= self._checkpointed:  # flushed long ago: only the order matters
-                        last, pos = seq, pos + span
-                        continue
-                    f.seek(pos + fmt.size)
-                    payload = f.read(mlen + dlen)
-                    data = payload[mlen:]
-                    if version == 1:
-                        intact = hashlib.sha256(data).digest() == check
-                    else:
-                        intact = xxhash.xxh3_64_intdigest(data) == check
-                    if zlib.crc32(payload[:mlen]) != crc or not intact:
-                        break
-                    try:
-                        sop_class, sop_uid, ts, calling, received_at = json.loads(payload[:mlen])
-                    except ValueError:
-                        break
-                    out.append(Entry(seq, sop_class, sop_uid, ts, calling, float(received_at), data))
-                    last, pos = seq, pos + span
+                    if isinstance(entry, Entry):
+                        out.append(entry)
+                        last, pos = entry.seq, pos + entry.span
+                    else:  # (seq, span) of an entry flushed long ago: only its order matters
+                        last, pos = entry[0], pos + entry[1]
         return sorted(out, key=lambda e: e.seq)
+
+
+def _read_entry(f, pos: int, end: int, last: int, checkpointed: int) -> "Entry | tuple[int, int] | None":
+    """The entry at ``pos`` (file positioned there) if it is intact, newer than ``last`` and ends by
+    ``end``; only (seq, span), without reading its data, when it is not newer than ``checkpointed``."""
+    head = f.read(_HEADER_V1.size)
+    if len(head) < _HEADER_V1.size:
+        return None
+    magic, version = struct.unpack_from("<4sH", head)
+    fmt = _HEADERS.get(version)
+    if magic != MAGIC or fmt is None:
+        return None
+    _, _, _, seq, mlen, dlen, crc, check = fmt.unpack_from(head)
+    span = -(-(fmt.size + mlen + dlen) // ALIGN) * ALIGN
+    if seq <= last or pos + span > end:
+        return None
+    if seq <= checkpointed:
+        return seq, span
+    f.seek(pos + fmt.size)
+    payload = f.read(mlen + dlen)
+    data = payload[mlen:]
+    if version == 1:
+        intact = hashlib.sha256(data).digest() == check
+    else:
+        intact = xxhash.xxh3_64_intdigest(data) == check
+    if zlib.crc32(payload[:mlen]) != crc or not intact:
+        return None
+    try:
+        sop_class, sop_uid, ts, calling, received_at = json.loads(payload[:mlen])
+        return Entry(seq, sop_class, sop_uid, ts, calling, float(received_at), data, span)
+    except (ValueError, TypeError):
+        return None

@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import io
 import logging
-import socket
 import ssl
 import struct
 import threading
@@ -35,14 +34,18 @@ from typing import Callable, Iterable, Sequence
 
 from pydicom.dataset import Dataset
 
-from . import digest, pynetdicom_speed
+from . import digest
 from .config import NodeConfig
-from .fast_store import FastStore
 from .header import DEFLATED_LE, EXPLICIT_LE, IMPLICIT_LE, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH
 from .header import StoreRefused, parse_header
 from .index import Index, InstanceInfo, InstanceRecord, StoreOutcome
-from .journal import Entry, Journal
+from .journal import Entry, Journal, JournalStalled
 from .pseudonym import Pseudonymizer
+from .observe.logs import withhold_values_in_warnings
+from .receive import fastpath
+from .receive.admission import Admission, LazyHandshakeContext
+from .receive.fast_store import FastStore
+from .receive.guard import Limits
 from .spool import Spool, SpoolFull
 from .uids import InvalidUID, validate_uid
 
@@ -192,6 +195,11 @@ class Receiver:
         self._listeners: list[Listener] = []
         # Same SOP Instance UID from two associations at once: serialise check → write → index.
         self._stripes = [threading.Lock() for _ in range(64)]
+        self._owed: set[int] = set()  # journal entries answered but not yet written (retried)
+        self._owed_lock = threading.Lock()
+        self._retrier: threading.Thread | None = None
+        self._closing = threading.Event()
+        self.admission: Admission | None = None  # set by start_scp (per-peer limit at EVT_REQUESTED)
 
     def on_stored(self, listener: Listener) -> Listener:
         """Register ``listener(StoredInstance)``; called after the index commit — before the ack, or
@@ -214,22 +222,10 @@ class Receiver:
         as one call (returns None): the caller answers the peer first and runs it right after, while
         the peer prepares its next image. ``rewrite`` (journal replay) writes the file again even when
         the index already knows these bytes, and makes it durable directly."""
-        if sop_class == MEDIA_STORAGE_DIRECTORY:
-            raise StoreRefused(STATUS_REFUSED_SOP_CLASS, "DICOMDIR (Media Storage Directory) is not stored")
-        try:
-            sop_class = validate_uid(sop_class, "AffectedSOPClassUID")
-            sop_uid = validate_uid(sop_uid, "AffectedSOPInstanceUID")
-        except InvalidUID as exc:
-            raise StoreRefused(STATUS_CANNOT_UNDERSTAND, f"invalid {exc.field}: {exc.why}") from None
         chunks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
         size = sum(len(c) for c in chunks)
-        if size == 0:
-            raise StoreRefused(STATUS_CANNOT_UNDERSTAND, "empty data set")
-        hdr = parse_header(chunks, transfer_syntax, self.pseudonym)
-        if hdr.sop_uid != sop_uid:
-            raise StoreRefused(STATUS_DATASET_MISMATCH, "SOPInstanceUID differs from AffectedSOPInstanceUID")
-        if hdr.sop_class != sop_class:
-            raise StoreRefused(STATUS_DATASET_MISMATCH, "SOPClassUID differs from AffectedSOPClassUID")
+        hdr = self.check(sop_class, sop_uid, transfer_syntax, chunks)
+        sop_class, sop_uid = hdr.sop_class, hdr.sop_uid
         now = time.time() if received_at is None else received_at
         rel = self.spool.relpath(hdr.study_uid, hdr.series_uid, sop_uid)
         meta = file_meta_bytes(sop_class, sop_uid, transfer_syntax, calling_ae)
@@ -239,7 +235,11 @@ class Receiver:
         if journal is not None:
             if not self.spool.has_room(len(meta) + size):
                 raise StoreRefused(STATUS_OUT_OF_RESOURCES, "node disk is full (free space below threshold)")
-            seq = journal.append(sop_class, sop_uid, transfer_syntax, calling_ae, now, chunks)
+            try:
+                seq = journal.append(sop_class, sop_uid, transfer_syntax, calling_ae, now, chunks)
+            except JournalStalled as exc:
+                LOG.critical("C-STORE refused: %s", exc)
+                raise StoreRefused(STATUS_OUT_OF_RESOURCES, "node storage failing; send again later") from None
 
         def materialise(answered: bool = False) -> StoredInstance:
             try:
@@ -269,19 +269,90 @@ class Receiver:
             return self._stored(hdr, sop_uid, sop_class, rel, outcome, calling_ae, size, now)
 
         if later is not None and seq is not None:
-            later.append(lambda: self._after_answer(lambda: materialise(answered=True)))
+            later.append(lambda: self._after_answer(seq, lambda: materialise(answered=True)))
             return None
         return materialise()
 
-    def _after_answer(self, materialise: Callable[[], StoredInstance]) -> None:
+    def _after_answer(self, seq: int, materialise: Callable[[], StoredInstance]) -> None:
         """A journaled instance's spool file and index row, after its answer. A failure here cannot be
-        reported to the peer any more; the journal still holds the data set (replayed at the next start)."""
+        reported to the peer any more: the entry stays in the journal and is stored again from it by a
+        retry thread (and at the next start, should the node stop first)."""
         try:
             materialise()
         except Exception:  # noqa: BLE001
             self.stats.count(status=STATUS_PROCESSING_FAILURE)
             LOG.critical("instance acknowledged and journaled, but writing its spool file or index row failed; "
-                         "it is stored again from the journal at the next start", exc_info=True)
+                         "retrying from the journal", exc_info=True)
+            self._retry_later(seq)
+
+    def _retry_later(self, seq: int) -> None:
+        with self._owed_lock:
+            self._owed.add(seq)
+            if self._retrier is None or not self._retrier.is_alive():
+                self._retrier = threading.Thread(target=self._retry_owed, name="journal-retry", daemon=True)
+                self._retrier.start()
+
+    def _retry_owed(self) -> None:
+        """Store journaled-but-unwritten instances again (0.2 s, then backing off to 30 s) until none is owed."""
+        delay = 0.2
+        while not self._closing.wait(delay):
+            with self._owed_lock:
+                owed = sorted(self._owed)
+                if not owed:
+                    self._retrier = None
+                    return
+            for seq in owed:
+                try:
+                    e = self.journal.read(seq)
+                    self.store(e.sop_class, e.sop_uid, e.transfer_syntax, e.data, e.calling_ae,
+                               received_at=e.received_at, rewrite=True)
+                except StoreRefused as exc:  # cannot be stored at all: nothing to wait for
+                    LOG.error("journal entry %d cannot be stored (0x%04X: %s)", seq, exc.status, exc.comment)
+                except Exception as exc:  # noqa: BLE001 - still failing: later
+                    LOG.error("journal entry %d: storing it again failed (%s); next try in %.0f s", seq, exc,
+                              min(delay * 2, 30))
+                    continue
+                else:
+                    LOG.warning("journal entry %d stored on retry", seq)
+                self.journal.done(seq)
+                with self._owed_lock:
+                    self._owed.discard(seq)
+            delay = min(delay * 2, 30.0)
+
+    def close(self) -> None:
+        """Stop retrying; what is still owed stays in the journal for the next start."""
+        self._closing.set()
+        if self._retrier is not None:
+            self._retrier.join(5)
+
+    def open_stream(self, sop_class: str, sop_uid: str, transfer_syntax: str, calling_ae: str,
+                    head: list) -> "_Stream":
+        """A sink for a data set too large to hold in memory (fast_store.Sink): ``head`` is what arrived
+        so far (large enough to hold its header); the rest is written to a spool temp file as it comes."""
+        return _Stream(self, sop_class, sop_uid, transfer_syntax, calling_ae, head)
+
+    def check(self, sop_class: str, sop_uid: str, transfer_syntax: str, chunks: list):
+        """The data set's header, once its command and header agree (else :class:`StoreRefused`)."""
+        if sop_class == MEDIA_STORAGE_DIRECTORY:
+            raise StoreRefused(STATUS_REFUSED_SOP_CLASS, "DICOMDIR (Media Storage Directory) is not stored")
+        try:
+            sop_class = validate_uid(sop_class, "AffectedSOPClassUID")
+            sop_uid = validate_uid(sop_uid, "AffectedSOPInstanceUID")
+        except InvalidUID as exc:
+            raise StoreRefused(STATUS_CANNOT_UNDERSTAND, f"invalid {exc.field}: {exc.why}") from None
+        if not any(len(c) for c in chunks):
+            raise StoreRefused(STATUS_CANNOT_UNDERSTAND, "empty data set")
+        hdr = parse_header(chunks, transfer_syntax, self.pseudonym)
+        if hdr.sop_uid != sop_uid:
+            raise StoreRefused(STATUS_DATASET_MISMATCH, "SOPInstanceUID differs from AffectedSOPInstanceUID")
+        if hdr.sop_class != sop_class:
+            raise StoreRefused(STATUS_DATASET_MISMATCH, "SOPClassUID differs from AffectedSOPClassUID")
+        return hdr
+
+    def _refused(self, exc: StoreRefused, calling_ae: str) -> tuple[int, str]:
+        self.stats.count(status=exc.status)
+        LOG.warning("C-STORE from %s refused 0x%04X: %s", calling_ae, exc.status, exc.comment)
+        return exc.status, exc.comment
 
     def _stored(self, hdr, sop_uid: str, sop_class: str, rel: str, outcome: StoreOutcome, calling_ae: str, size: int,
                 now: float) -> StoredInstance:
@@ -337,9 +408,7 @@ class Receiver:
         try:
             self.store(sop_class, sop_uid, transfer_syntax, data, calling_ae, later=later)
         except StoreRefused as exc:
-            self.stats.count(status=exc.status)
-            LOG.warning("C-STORE from %s refused 0x%04X: %s", calling_ae, exc.status, exc.comment)
-            return exc.status, exc.comment
+            return self._refused(exc, calling_ae)
         except Exception:
             self.stats.count(status=STATUS_PROCESSING_FAILURE)
             LOG.exception("C-STORE from %s failed", calling_ae)
@@ -363,6 +432,14 @@ class Receiver:
         calling = _calling_ae(assoc)
         address = assoc.requestor.address
         if self.config.security.caller_allowed(calling, address):
+            if self.admission is not None and self.admission.over_peer_limit(assoc):
+                with self.stats._lock:
+                    self.stats.associations_rejected += 1
+                LOG.warning("association from %r at %s rejected: more than %d from that address", calling, address,
+                            self.admission.max_per_peer)
+                assoc.acse.send_reject(0x02, 0x03, 0x02)  # rejected-transient, service-provider (presentation), local limit exceeded
+                assoc.is_rejected = True
+                assoc.kill()
             return
         with self.stats._lock:
             self.stats.associations_rejected += 1
@@ -370,6 +447,86 @@ class Receiver:
         assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling AE not recognised
         assoc.is_rejected = True
         assoc.kill()
+
+
+class _Stream:
+    """A data set too large to hold in memory, written to a spool temp file as it arrives
+    (``Receiver.open_stream``; fast_store.Sink). Not journaled: made durable by its own fsyncs
+    before the answer. A data set refused early (bad UIDs, no room) is read to its end and dropped."""
+
+    _ROOM_EVERY = 64 << 20  # free space is checked again after this many bytes
+
+    def __init__(self, r: Receiver, sop_class: str, sop_uid: str, transfer_syntax: str, calling_ae: str,
+                 head: list) -> None:
+        self.r, self.transfer_syntax, self.calling_ae = r, transfer_syntax, calling_ae
+        self.received_at = time.time()
+        self.refused: StoreRefused | None = None
+        self.part = None
+        self.digest = digest.Digester()
+        self.size = 0
+        self._room_at = 0
+        try:
+            self.hdr = r.check(sop_class, sop_uid, transfer_syntax, head)
+            self.rel = r.spool.relpath(self.hdr.study_uid, self.hdr.series_uid, self.hdr.sop_uid)
+            self.part = r.spool.open_partial(self.rel)
+            self.part.write(file_meta_bytes(self.hdr.sop_class, self.hdr.sop_uid, transfer_syntax, calling_ae))
+        except StoreRefused as exc:
+            self.refused = exc
+        except OSError:
+            self._fail("cannot open a spool file")
+        for c in head:
+            self.write(c)
+
+    def _fail(self, why: str, status: int = STATUS_PROCESSING_FAILURE) -> None:
+        LOG.error("streamed C-STORE from %s: %s", self.calling_ae, why, exc_info=status == STATUS_PROCESSING_FAILURE)
+        self.refused = StoreRefused(status, why)
+        self.discard()
+
+    def write(self, chunk) -> None:
+        if self.refused is not None:
+            return
+        self.size += len(chunk)
+        if self.size >= self._room_at:
+            self._room_at = self.size + self._ROOM_EVERY
+            if not self.r.spool.has_room(self._ROOM_EVERY):
+                self._fail("node disk is full (free space below threshold)", STATUS_OUT_OF_RESOURCES)
+                return
+        self.digest.update(chunk)
+        try:
+            self.part.write(chunk)
+        except OSError:
+            self._fail("writing the spool file failed")
+
+    def finish(self) -> tuple[int, str]:
+        r, hdr = self.r, getattr(self, "hdr", None)
+        if self.refused is not None:
+            return r._refused(self.refused, self.calling_ae)
+        dataset_digest = self.digest.hexdigest()
+        try:
+            with r._stripes[hash(hdr.sop_uid) % len(r._stripes)]:
+                known = r.index.lookup_digest(hdr.sop_uid)
+                if known is not None and known == dataset_digest:
+                    self.discard()
+                    outcome = StoreOutcome.DUPLICATE
+                else:
+                    self.part.commit(durable=True)
+                    outcome = r.index.record_instance(InstanceRecord(
+                        sop_uid=hdr.sop_uid, sop_class=hdr.sop_class, transfer_syntax=self.transfer_syntax,
+                        study_uid=hdr.study_uid, series_uid=hdr.series_uid, patient_hash=hdr.patient_hash,
+                        modality=hdr.modality, path=self.rel, digest=dataset_digest, size=self.part.size,
+                        instance_number=hdr.instance_number, calling_ae=self.calling_ae,
+                    ), now=self.received_at)
+        except Exception:  # noqa: BLE001 - answered as a failure; the peer sends again
+            self.discard()
+            r.stats.count(status=STATUS_PROCESSING_FAILURE)
+            LOG.exception("streamed C-STORE from %s failed", self.calling_ae)
+            return STATUS_PROCESSING_FAILURE, "processing failure on the node"
+        r._stored(hdr, hdr.sop_uid, hdr.sop_class, self.rel, outcome, self.calling_ae, self.size, self.received_at)
+        return STATUS_SUCCESS, ""
+
+    def discard(self) -> None:
+        if self.part is not None:
+            self.part.discard()
 
 
 def _calling_ae(assoc) -> str:
@@ -436,7 +593,7 @@ def build_ssl_context(config: NodeConfig) -> ssl.SSLContext | None:
     tls = config.security.tls
     if not tls.enabled:
         return None
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = LazyHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(tls.cert), str(tls.key))
     if tls.ca is not None:
@@ -468,6 +625,7 @@ class ReceiveServer:
         self.server.shutdown()
         for assoc in list(self.ae.active_associations):
             assoc.abort()
+        self.receiver.close()
         if self.receiver.journal is not None:
             self.receiver.journal.close()  # a last checkpoint: a clean stop leaves nothing to replay
 
@@ -517,16 +675,11 @@ def start_scp(config: NodeConfig, index: Index, spool: Spool, on_stored: Listene
     ``pseudonym``: default, the site key under ``node.data_dir`` (created on the first start)."""
     from pynetdicom import evt
 
-    pynetdicom_speed.apply()
+    fastpath.memoise_uid_validator()
     if not config.logging.phi:
         # pynetdicom's DEBUG output dumps whole PDUs; keep it out of node logs.
         logging.getLogger("pynetdicom").setLevel(max(logging.getLogger("pynetdicom").level, logging.WARNING))
-        # pydicom's reading-validation warnings quote element values (names, IDs) into the log; the
-        # node checks the values it relies on itself (validate_uid, parse_header). Not validating
-        # also saves ≈ 3.5 ms of regex matching per association (every proposed UID, several times).
-        from pydicom import config as pydicom_config
-
-        pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+        withhold_values_in_warnings()
     journal = None
     if config.storage.journal_mb:
         journal = Journal(Path(config.node.data_dir) / "journal" / "receive.wal", config.storage.journal_mb << 20,
@@ -541,28 +694,40 @@ def start_scp(config: NodeConfig, index: Index, spool: Spool, on_stored: Listene
     if on_stored is not None:
         receiver.on_stored(on_stored)
     ae = build_ae(config)
-    if config.node.fast_store:
-        setattr(ae, pynetdicom_speed.FAST_STORE_ATTR,
-                lambda assoc: FastStore(receiver.answer, functools.partial(_calling_ae, assoc)))
+    receiver.admission = admission = _admission(config, ae, receiver)
     handlers = [
         (evt.EVT_C_STORE, receiver.handle_store),
         (evt.EVT_REQUESTED, receiver.handle_requested),
-        (evt.EVT_CONN_OPEN, _nodelay),
+        (evt.EVT_CONN_OPEN, admission.on_open),
     ]
     server = ae.start_server((config.node.host, config.node.port), block=False, evt_handlers=handlers,
-                             ssl_context=build_ssl_context(config))
+                             ssl_context=build_ssl_context(config),
+                             contexts=fastpath.shared_contexts(ae.supported_contexts))
     srv = ReceiveServer(ae, server, receiver)
     LOG.info("Storage SCP %s listening on %s:%d%s", config.node.ae_title, config.node.host, srv.port,
              " (TLS)" if config.security.tls.enabled else "")
     return srv
 
 
-def _nodelay(event) -> None:
-    """Small C-STORE-RSP PDUs must leave at once (Nagle + delayed ACK would add ~40 ms each)."""
-    try:
-        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (AttributeError, OSError):
-        pass
+def _admission(config: NodeConfig, ae, receiver: Receiver) -> Admission:
+    """Connection caps, limits and the fast C-STORE reader where it may run (dicomnode.receive)."""
+    node = config.node
+    stream_over = node.stream_over_mb << 20
+    fast = node.fast_store and fastpath.available()
+
+    def install_fast(assoc) -> bool:
+        if not (fast and fastpath.allowed_on(assoc, receiver.handle_store)):
+            return False
+        fastpath.install(assoc, FastStore(receiver.answer, functools.partial(_calling_ae, assoc), receiver.open_stream,
+                                          stream_over))
+        return True
+
+    return Admission(lambda: ae.active_associations, max_connections=node.max_associations,
+                     max_per_peer=node.max_associations_per_peer, handshake_s=node.acse_timeout_s,
+                     fast_limits=Limits(node.max_pdu, node.max_dataset_mb << 20, node.network_timeout_s),
+                     stock_limits=Limits(node.max_pdu, min(stream_over, node.max_dataset_mb << 20),
+                                         node.network_timeout_s),
+                     install_fast=install_fast)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -123,33 +123,29 @@ class Spool:
         size = sum(len(c) for c in chunks)
         if not self.has_room(size):
             raise SpoolFull(f"free space below {self.min_free_bytes} bytes")
+        digest = digest or digest_of(chunks)
+        part = self.open_partial(relpath)
+        try:
+            for c in chunks:
+                part.write(c)
+        except BaseException:
+            part.discard()
+            raise
+        part.commit(durable)
+        return Written(relpath, digest, size)
+
+    def open_partial(self, relpath: str) -> "Partial":
+        """A temp file beside ``relpath`` to write piecewise; :meth:`Partial.commit` renames it into place."""
         final = self.abspath(relpath)
         self._ensure_dir(final.parent)
         tmp = final.with_name(f".{final.name}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}")
-        digest = digest or digest_of(chunks)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         except FileNotFoundError:  # retention removed the directory since we made it
             self._known_dirs.discard(str(final.parent))
             self._ensure_dir(final.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        try:
-            for c in chunks:
-                view = memoryview(c)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-            if durable:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        os.replace(tmp, final)
-        if durable:
-            fsync_dir(final.parent)
-        return Written(relpath, digest, size)
+        return Partial(fd, tmp, final)
 
     def remove(self, relpath: str) -> None:
         """Remove one instance file (and its directories once empty)."""
@@ -169,3 +165,37 @@ class Spool:
             p.unlink(missing_ok=True)
             n += 1
         return n
+
+
+class Partial:
+    """A spool file being written: ``write`` pieces, then ``commit`` (fsync → rename → fsync dir) or ``discard``."""
+
+    def __init__(self, fd: int, tmp: Path, final: Path) -> None:
+        self.fd, self.tmp, self.final = fd, tmp, final
+        self.size = 0
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        view = memoryview(chunk)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+            self.size += n
+
+    def commit(self, durable: bool = True) -> None:
+        try:
+            if durable:
+                os.fsync(self.fd)
+        except BaseException:
+            self.discard()
+            raise
+        os.close(self.fd)
+        self.fd = -1
+        os.replace(self.tmp, self.final)
+        if durable:
+            fsync_dir(self.final.parent)
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.tmp.unlink(missing_ok=True)

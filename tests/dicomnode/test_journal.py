@@ -213,3 +213,58 @@ def test_a_spool_failure_after_the_answer_keeps_the_entry_for_the_next_start(tmp
     rx2 = receiver(tmp_path, again)
     assert rx2.replay(again.open()) == 1  # ... so the next start stores it
     assert rx2.index.instance(ds.SOPInstanceUID) is not None
+
+
+def test_the_writer_refuses_instead_of_hanging_when_an_entry_never_lands(tmp_path):
+    import time
+
+    from dicomnode.journal import JournalStalled
+
+    j = Journal(tmp_path / "j" / "receive.wal", 8 * ALIGN, stall_s=0.3)  # halves of 4 pages
+    j.open()
+    stuck = j.append(CT, "1.2.3.1", TS, "PACS", 1.0, [b"x" * 100])  # answered, never written elsewhere
+    for i in range(2, 9):  # fills both halves
+        put(j, i, size=100)
+    t0 = time.monotonic()
+    with pytest.raises(JournalStalled):
+        put(j, 9, size=100)
+    assert time.monotonic() - t0 < 3 and j.stats["stalls"] == 1
+    assert j.read(stuck).data == b"x" * 100  # still there to be stored again
+    j.done(stuck)
+    put(j, 10, size=100)  # and once it has landed, writing goes on
+    j.close()
+
+
+def test_a_failure_after_the_answer_is_retried_from_the_journal_and_ingest_goes_on(tmp_path, ct_data, monkeypatch):
+    """One index write fails after its answer; then more than the journal's size arrives: every instance lands."""
+    j = Journal(tmp_path / "journal" / "receive.wal", 4 << 20, stall_s=20)  # 2 MB halves: ≈ 3 slices each
+    j.open()
+    rx = receiver(tmp_path, j)
+    calls = []
+    record = rx.index.record_instance
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise sqlite3.OperationalError("database is locked")
+        return record(*a, **k)
+
+    monkeypatch.setattr(rx.index, "record_instance", flaky)
+    sent = []
+    for i in range(20):  # ≈ 10 MB through a 4 MB journal
+        ds, body = dataset(ct_data, i)
+        later: list = []
+        status, _ = rx.answer(str(ds.SOPClassUID), ds.SOPInstanceUID, TS, body, "PACS", later)
+        assert status == 0
+        for work in later:
+            work()
+        sent.append((ds.SOPInstanceUID, body))
+    deadline = __import__("time").monotonic() + 10
+    while rx._owed and __import__("time").monotonic() < deadline:
+        __import__("time").sleep(0.05)
+    for uid, body in sent:
+        info = rx.index.instance(uid)
+        assert info is not None and digest([body]) == info.digest and rx._intact(info)
+    assert j.stats["stalls"] == 0 and rx.stats.failures == {0x0110: 1}
+    rx.close()
+    j.close()

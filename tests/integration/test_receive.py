@@ -8,6 +8,7 @@ file's data set bytes as they are.
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -300,7 +301,7 @@ def test_idempotent_resend_and_changed_instance(node, dcmtk, ct_data, tmp_path):
 @pytest.fixture
 def fast_count(monkeypatch):
     """How many C-STOREs the fast path answered (vs pynetdicom's EVT_C_STORE path)."""
-    from dicomnode import fast_store
+    from dicomnode.receive import fast_store
 
     calls = []
     original = fast_store.FastStore._finish
@@ -356,7 +357,7 @@ def test_fragments_out_of_order_abort_and_store_nothing(node, dcmtk, ct_data):
     from pynetdicom.dsutils import encode
     from pynetdicom.sop_class import Verification
 
-    from dicomnode.fast_store import store_response
+    from dicomnode.receive.fast_store import store_response
 
     src = images(ct_data, "philips-phantom-5mm")[0]
     ds = pydicom.dcmread(src)
@@ -481,3 +482,188 @@ def test_kill_9_right_after_answers_loses_no_acknowledged_instance(tmp_path, ct_
             assert stored.SOPInstanceUID == uid and stored.PixelData == originals[uid].PixelData
     finally:
         index.close()
+
+
+# -- what any TCP client can make the node do (issue 13; dicomnode.receive.guard / admission) -------------
+
+
+def _abort_and_close(sock, timeout: float = 10.0) -> bytes:
+    """Everything the node sends until it closes the connection."""
+    import socket as _socket
+
+    sock.settimeout(timeout)
+    got = b""
+    while True:
+        try:
+            chunk = sock.recv(4096)
+        except (ConnectionResetError, _socket.timeout):
+            break
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def test_a_huge_declared_pdu_costs_no_memory_and_is_aborted(node):
+    """Four clients each declare a 1 GiB A-ASSOCIATE-RQ and wait: each gets an A-ABORT, the node's peak
+    memory does not move (it grew by 4 GiB when the reader allocated from the declared length)."""
+    import resource
+    import socket as _socket
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    clients = []
+    for _ in range(4):
+        s = _socket.create_connection(("127.0.0.1", node.port))
+        s.sendall(struct.pack(">BBL", 0x01, 0, 1 << 30) + b"\x00\x01\x00\x00")
+        clients.append(s)
+    answers = [_abort_and_close(s) for s in clients]
+    for s in clients:
+        s.close()
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert all(a[:1] == b"\x07" for a in answers), answers  # A-ABORT
+    assert grown_mb < 64
+    assert echoscu_ok(node.port)  # and the node still answers
+
+
+def echoscu_ok(port: int) -> bool:
+    from pynetdicom import AE
+
+    ae = AE(ae_title="ECHO")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="ICHNODE")
+    try:
+        return assoc.is_established and assoc.send_c_echo().Status == 0
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def test_a_p_data_pdu_longer_than_announced_is_aborted(node, ct_data):
+    """An established association that sends a P-DATA-TF over the node's maximum PDU length is aborted."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title="BIGPDU")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+    ae.maximum_pdu_size = 0
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="ICHNODE")
+    assert assoc.is_established
+    sock = assoc.dul.socket.socket
+    too_long = node.config.node.max_pdu + 1
+    sock.sendall(struct.pack(">BBL", 0x04, 0, too_long))
+    import time as _time
+
+    deadline = _time.monotonic() + 10
+    while assoc.is_established and _time.monotonic() < deadline:
+        _time.sleep(0.05)
+    assert assoc.is_aborted
+    assert node.index.counts()["instances"] == 0
+
+
+def test_a_peer_that_stops_half_way_through_a_pdu_is_dropped_after_the_network_timeout(node_factory):
+    import socket as _socket
+    import time as _time
+
+    n = node_factory(node={"network_timeout_s": 1})
+    s = _socket.create_connection(("127.0.0.1", n.port))
+    s.sendall(b"\x01\x00\x00")  # half a PDU header, then nothing
+    t0 = _time.monotonic()
+    _abort_and_close(s, timeout=15)
+    s.close()
+    assert _time.monotonic() - t0 < 8
+
+
+def test_associations_over_the_per_peer_limit_are_refused_transiently(node_factory):
+    from pynetdicom import AE
+
+    n = node_factory(node={"max_associations_per_peer": 2})
+    ae = AE(ae_title="MANY")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    held = [ae.associate("127.0.0.1", n.port, ae_title="ICHNODE") for _ in range(2)]
+    assert all(a.is_established for a in held)
+    third = ae.associate("127.0.0.1", n.port, ae_title="ICHNODE")
+    assert third.is_rejected and not third.is_established
+    for a in held:
+        a.release()
+    import time as _time
+
+    _time.sleep(0.5)
+    again = ae.associate("127.0.0.1", n.port, ae_title="ICHNODE")
+    assert again.is_established
+    again.release()
+
+
+def _big_slice(ct_data: Path, tmp_path: Path, side: int = 1024) -> Path:
+    """A CT slice with a 2 MB pixel matrix (random), as a file."""
+    import numpy as np
+
+    ds = pydicom.dcmread(images(ct_data, "philips-phantom-5mm")[0])
+    ds.Rows = ds.Columns = side
+    ds.PixelData = np.random.default_rng(1).integers(0, 2000, (side, side), dtype=np.uint16).tobytes()
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.10.1427.99.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    path = tmp_path / "big.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_data_set_over_the_memory_limit_is_streamed_to_disk_and_stored_intact(node_factory, ct_data, tmp_path,
+                                                                              fast_count):
+    n = node_factory(node={"stream_over_mb": 1, "max_pdu": 65536})
+    streams = []
+    original = n.server.receiver.open_stream
+    n.server.receiver.open_stream = lambda *a: streams.append(1) or original(*a)
+    src = _big_slice(ct_data, tmp_path)
+    assert send_raw(n.port, src) == 0x0000
+    info = n.index.instance("1.2.826.0.1.3680043.10.1427.99.1")
+    stored = n.spool.abspath(info.path).read_bytes()
+    assert streams == [1] and len(fast_count) == 1
+    assert dataset_bytes(n.spool.abspath(info.path)) == dataset_bytes(src) and info.size == len(stored)
+    assert n.server.receiver._intact(info)
+    assert send_raw(n.port, src) == 0x0000 and n.stored[-1].outcome.value == "duplicate"  # idempotent re-send
+    assert not list(n.spool.root.rglob("*.partial"))
+
+
+def test_a_streamed_data_set_with_a_bad_header_is_refused_and_leaves_nothing(node_factory, ct_data, tmp_path):
+    n = node_factory(node={"stream_over_mb": 1, "max_pdu": 65536})
+    src = _big_slice(ct_data, tmp_path)
+    ds = pydicom.dcmread(src)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # header disagrees with the command
+    from pynetdicom.dsutils import encode
+
+    body = encode(ds, False, True)
+    status = send_raw(n.port, write_with_meta(tmp_path / "bad.dcm", src, body), full=True)
+    assert status.Status == STATUS_DATASET_MISMATCH
+    assert n.index.counts()["instances"] == 0 and not list(n.spool.root.rglob("*.partial"))
+
+
+def test_with_a_changed_pynetdicom_the_node_runs_stock_and_still_stores(node_factory, dcmtk, ct_data, monkeypatch,
+                                                                       caplog, fast_count):
+    """The fallback: a fingerprint mismatch turns the fast reader off; C-STOREs go through pynetdicom."""
+    import logging
+
+    from dicomnode.receive import fastpath
+
+    monkeypatch.setitem(fastpath.FINGERPRINTS, "dul.DULServiceProvider._decode_pdu", "f" * 16)
+    monkeypatch.setattr(fastpath.available, "_warned", False, raising=False)
+    fastpath.mismatches.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING):
+            n = node_factory()
+            r = storescu(dcmtk, n.port, "-nh", images(ct_data, "philips-phantom-5mm")[:5])
+    finally:
+        fastpath.mismatches.cache_clear()
+    assert r.returncode == 0, r.stderr
+    assert n.index.counts()["instances"] == 5 and fast_count == []
+    assert "running stock pynetdicom" in caplog.text
+
+
+def test_handlers_bound_to_bypassed_events_fire_for_every_c_store(node, dcmtk, ct_data, fast_count):
+    """An audit handler on EVT_DIMSE_RECV sees every C-STORE-RQ: the fast path steps aside for it."""
+    from pynetdicom import evt
+
+    seen = []
+    node.server.server.bind(evt.EVT_DIMSE_RECV, lambda event: seen.append(type(event.message).__name__))
+    r = storescu(dcmtk, node.port, "-nh", images(ct_data, "philips-phantom-5mm")[:4])
+    assert r.returncode == 0, r.stderr
+    assert seen.count("C_STORE_RQ") == 4 and fast_count == []
+    assert node.index.counts()["instances"] == 4

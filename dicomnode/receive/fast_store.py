@@ -17,12 +17,16 @@ an accepted presentation context whose abstract syntax is the command's Affected
 otherwise :meth:`FastStore.take` returns False and pynetdicom decodes the PDU as usual. Once a
 C-STORE is taken, its data fragments must follow on the same context; anything else is a protocol
 violation and the association is aborted (as pynetdicom would).
+
+Memory: a data set is held as its PDU fragments until it is complete — up to ``memory_limit`` bytes;
+past that the fragments so far and every later one go to a :class:`Sink` (``Receiver.open_stream``:
+a spool temp file), so one association holds at most ``memory_limit`` + one PDU.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import Callable
+from typing import Callable, Protocol
 
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
@@ -31,6 +35,21 @@ NO_DATA_SET = 0x0101
 # Answer = (status, error comment) for one stored data set; Receiver.answer has this shape. Work it
 # appends to the last argument runs after the response has left (see Receiver.store's ``later``).
 Answer = Callable[[str, str, str, list, str, list], "tuple[int, str]"]  # data set as its fragments
+STREAM_OVER = 64 << 20  # default memory_limit: a CT slice is 0.5 MB, an enhanced multi-frame CT can be GBs
+
+
+class Sink(Protocol):
+    """Where a data set too large for memory goes as it arrives (see ``Receiver.open_stream``)."""
+
+    def write(self, chunk: memoryview) -> None: ...
+
+    def finish(self) -> tuple[int, str]: ...  # (status, error comment) to answer
+
+    def discard(self) -> None: ...
+
+
+# open_stream(sop_class, sop_uid, transfer_syntax, calling_ae, fragments so far) -> Sink
+OpenStream = Callable[[str, str, str, str, list], Sink]
 
 
 class ProtocolViolation(Exception):
@@ -64,12 +83,17 @@ def _element(elem: int, value: bytes) -> bytes:
     return struct.pack("<HHI", 0, elem, len(value)) + value
 
 
-def store_response(context_id: int, message_id: int, sop_class: str, sop_uid: str, status: int,
+def store_response(context_id: int, message_id: int, sop_class: str | bytes, sop_uid: str | bytes, status: int,
                    comment: str = "") -> bytes:
-    """A whole P-DATA-TF PDU carrying the C-STORE-RSP command (one last command fragment)."""
+    """A whole P-DATA-TF PDU carrying the C-STORE-RSP command (one last command fragment).
 
-    def ui(uid: str) -> bytes:
-        b = uid.encode("ascii")
+    UIDs are echoed as the request carried them (bytes), whatever they hold: a request with a
+    non-ASCII UID still gets its failure status, not an abort.
+    """
+
+    def ui(uid: str | bytes) -> bytes:
+        b = uid if isinstance(uid, bytes) else uid.encode("ascii", "replace")
+        b = b.rstrip(b"\0 ")[:64]
         return b + b"\0" if len(b) % 2 else b
 
     els = _element(0x0002, ui(sop_class)) + _element(0x0100, struct.pack("<H", C_STORE_RSP))
@@ -87,9 +111,14 @@ def store_response(context_id: int, message_id: int, sop_class: str, sop_uid: st
 class FastStore:
     """One association's C-STORE in progress on the fast path (lives in its DUL thread)."""
 
-    def __init__(self, answer: Answer, calling_ae: Callable[[], str]) -> None:
+    def __init__(self, answer: Answer, calling_ae: Callable[[], str], open_stream: OpenStream | None = None,
+                 memory_limit: int = STREAM_OVER) -> None:
         self.answer = answer
         self.calling_ae = calling_ae  # asked when a data set is complete (negotiation is over by then)
+        self.open_stream = open_stream
+        self.memory_limit = memory_limit
+        self._contexts: dict[int, object] | None = None  # accepted contexts by id, once established
+        self.sink: Sink | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -97,6 +126,8 @@ class FastStore:
         self.transfer_syntax = ""
         self.command: dict[int, bytes] = {}
         self.fragments: list[memoryview] = []
+        self.held = 0  # bytes in self.fragments
+        self.sink = None
 
     @property
     def busy(self) -> bool:
@@ -104,7 +135,14 @@ class FastStore:
 
     def abandon(self) -> None:
         """A non-P-DATA PDU arrived (release, abort): whatever was half-received is dropped."""
+        if self.sink is not None:
+            self.sink.discard()
         self._reset()
+
+    def _context(self, assoc, context_id: int):
+        if self._contexts is None:  # negotiation is over once a P-DATA arrives
+            self._contexts = {cx.context_id: cx for cx in assoc.accepted_contexts}
+        return self._contexts.get(context_id)
 
     def take(self, dul, body: bytearray) -> bool:
         """Handle this P-DATA-TF PDU body (after the 6-byte header) if it belongs here.
@@ -126,7 +164,7 @@ class FastStore:
                 return False
             if _us(command.get(0x0800)) in (None, NO_DATA_SET) or _us(command.get(0x0110)) is None:
                 return False
-            context = dul.assoc._accepted_cx.get(ctx)
+            context = self._context(dul.assoc, ctx)
             if context is None or str(context.abstract_syntax) != _uid(command.get(0x0002)):
                 return False
             if any(c != ctx or m & 0x01 for c, m, _, _ in items[1:]):
@@ -138,19 +176,37 @@ class FastStore:
         for ctx, mch, start, end in items:
             if ctx != self.context_id or mch & 0x01:
                 raise ProtocolViolation(f"unexpected PDV (context {ctx}, header 0x{mch:02X}) inside a C-STORE")
-            self.fragments.append(view[start:end])
+            fragment = view[start:end]
+            if self.sink is not None:
+                self.sink.write(fragment)
+            else:
+                self.fragments.append(fragment)
+                self.held += len(fragment)
+                if self.held > self.memory_limit and self.open_stream is not None:
+                    self._start_stream()
             if mch & 0x02:
                 self._finish(dul)
         return True
 
+    def _start_stream(self) -> None:
+        """Too large to hold: what arrived so far, and the rest as it comes, goes to a sink."""
+        command = self.command
+        self.sink = self.open_stream(_uid(command.get(0x0002)), _uid(command.get(0x1000)), self.transfer_syntax,
+                                     self.calling_ae(), self.fragments)
+        self.fragments, self.held = [], 0
+
     def _finish(self, dul) -> None:
-        command, context_id, data = self.command, self.context_id, self.fragments  # not joined: one copy less
+        command, context_id, data, sink = self.command, self.context_id, self.fragments, self.sink  # not joined
         sop_class, sop_uid = _uid(command.get(0x0002)), _uid(command.get(0x1000))
         transfer_syntax = self.transfer_syntax
         self._reset()
         later: list = []
-        status, comment = self.answer(sop_class, sop_uid, transfer_syntax, data, self.calling_ae(), later)
-        dul.socket.send(store_response(context_id, _us(command.get(0x0110)) or 0, sop_class, sop_uid, status, comment))
+        if sink is not None:
+            status, comment = sink.finish()
+        else:
+            status, comment = self.answer(sop_class, sop_uid, transfer_syntax, data, self.calling_ae(), later)
+        dul.socket.send(store_response(context_id, _us(command.get(0x0110)) or 0, command.get(0x0002, b""),
+                                       command.get(0x1000, b""), status, comment))
         for work in later:  # a journaled data set's spool file and index row, while the peer sends the next one
             work()
 

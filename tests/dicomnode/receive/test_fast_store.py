@@ -9,7 +9,7 @@ from pydicom.filereader import read_dataset
 from pynetdicom.dimse_messages import C_STORE_RQ as C_STORE_RQ_MSG
 from pynetdicom.dimse_primitives import C_STORE
 
-from dicomnode.fast_store import C_STORE_RSP, NO_DATA_SET, FastStore, _pdv_items, parse_command, store_response
+from dicomnode.receive.fast_store import C_STORE_RSP, NO_DATA_SET, FastStore, _pdv_items, parse_command, store_response
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 SOP = "1.2.826.0.1.3680043.10.1.2.3"
@@ -68,7 +68,7 @@ class _Recorder:
 def test_fragments_outside_a_taken_store_are_a_protocol_violation():
     import pytest
 
-    from dicomnode.fast_store import ProtocolViolation
+    from dicomnode.receive.fast_store import ProtocolViolation
 
     fast = FastStore(_Recorder(), lambda: "X")
     fast.context_id, fast.transfer_syntax = 1, "1.2.840.10008.1.2.1"  # as if a C-STORE-RQ had been taken

@@ -1,0 +1,1 @@
+"""Observe: what the node tells people about itself — logs, metrics, health, status."""
