@@ -56,11 +56,12 @@ from .spool import fsync_dir
 log = logging.getLogger(__name__)
 
 MAGIC = b"ICHJ"
-VERSION = 2
+VERSION = 3  # 3: the CRC-32 also covers the header's seq and lengths (2: metadata only; both still read)
 ALIGN = 4096
 _HEADER = struct.Struct("<4sHHQIIIQ")  # magic, version, reserved, seq, meta length, data length, crc32(meta), xxh3_64(data)
 _HEADER_V1 = struct.Struct("<4sHHQIII32s")  # … crc32(meta), sha256(data): read only
-_HEADERS = {1: _HEADER_V1, 2: _HEADER}
+_HEADERS = {1: _HEADER_V1, 2: _HEADER, 3: _HEADER}
+_COVERED = struct.Struct("<QII")  # seq, meta length, data length: what version 3's CRC covers besides the metadata
 CHECKPOINT_FILE = "journal.checkpoint"
 
 
@@ -120,6 +121,8 @@ class Journal:
         self._half_last = [0, 0]   # highest seq written into each half
         self._inflight: dict[int, int] = {}  # seq -> offset of entries not yet stored elsewhere
         self._recovered = 0
+        self._write_lock = threading.Lock()
+        self._written = 0  # the watermark last written to the checkpoint file
         self._want_checkpoint = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -135,12 +138,23 @@ class Journal:
         if self.size < 2 * ALIGN:
             raise ValueError(f"journal size {self.size} too small (at least {2 * ALIGN} bytes)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.path.is_file() or self.path.stat().st_size != self.size:
+        if self.path.is_file() and self.path.stat().st_size != self.size:
+            # cut short, or journal_mb changed after an unclean stop: keep it aside and read it below;
+            # it is removed once its entries are stored again (see checkpoint)
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.previous-{time.time_ns()}"))
+            fsync_dir(self.path.parent)
+            self._prewrite(keep_checkpoint=True)
+        elif not self.path.is_file():
             self._prewrite()
         self._checkpointed = self._read_checkpoint()
         entries = self._scan()
+        for old in self._previous():
+            known = {e.seq for e in entries}
+            entries += [e for e in _scan_any(old, self._checkpointed) if e.seq not in known]
+        entries.sort(key=lambda e: e.seq)
         self._seq = max([self._checkpointed] + [e.seq for e in entries])
         self._recovered = self._seq  # appends wait for a checkpoint past this (the caller's replay)
+        self._written = self._checkpointed
         self._fd = os.open(self.path, os.O_RDWR | os.O_DSYNC)
         self._half, self._pos = 0, 0
         self._thread = threading.Thread(target=self._checkpointer, name="journal-checkpoint", daemon=True)
@@ -186,7 +200,8 @@ class Journal:
         check = xxhash.xxh3_64()
         for c in chunks:
             check.update(c)
-        header = _HEADER.pack(MAGIC, VERSION, 0, seq, len(meta), size, zlib.crc32(meta), check.intdigest())
+        crc = zlib.crc32(meta, zlib.crc32(_COVERED.pack(seq, len(meta), size)))
+        header = _HEADER.pack(MAGIC, VERSION, 0, seq, len(meta), size, crc, check.intdigest())
         try:
             os.pwritev(self._fd, [header, meta, *chunks], at)
         except BaseException:
@@ -244,7 +259,13 @@ class Journal:
                 _syncfs(fd)
             finally:
                 os.close(fd)
-        atomic_write_text(self.path.with_name(CHECKPOINT_FILE), str(upto))
+        with self._write_lock:  # checkpoints may race (background thread, receiver): never write an older one
+            if upto > self._written:
+                atomic_write_text(self.path.with_name(CHECKPOINT_FILE), str(upto))
+                self._written = upto
+            if upto >= self._recovered:
+                for old in self._previous():  # its entries have been stored again and flushed
+                    old.unlink(missing_ok=True)
         with self._cond:
             self._checkpointed = max(self._checkpointed, upto)
             self._cond.notify_all()
@@ -265,7 +286,11 @@ class Journal:
                 self._want_checkpoint.set()
 
     # -- reading -------------------------------------------------------------------------------
-    def _prewrite(self) -> None:
+    def _previous(self) -> list[Path]:
+        """Journal files of another size kept aside until their entries are stored again."""
+        return sorted(self.path.parent.glob(f"{self.path.name}.previous-*"))
+
+    def _prewrite(self, keep_checkpoint: bool = False) -> None:
         """Write the whole file once (zeros) so later O_DSYNC writes only overwrite data blocks."""
         tmp = self.path.with_name(self.path.name + ".tmp")
         chunk = bytes(1 << 20)
@@ -279,13 +304,19 @@ class Journal:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
         fsync_dir(self.path.parent)
-        self.path.with_name(CHECKPOINT_FILE).unlink(missing_ok=True)
+        if not keep_checkpoint:
+            self.path.with_name(CHECKPOINT_FILE).unlink(missing_ok=True)
 
     def _read_checkpoint(self) -> int:
+        """The watermark; 0 (replay everything the journal holds: replay is idempotent) when unreadable."""
         try:
-            return int(self.path.with_name(CHECKPOINT_FILE).read_text().strip() or 0)
+            value = int(self.path.with_name(CHECKPOINT_FILE).read_text().strip() or 0)
         except (OSError, ValueError):
             return 0
+        if not 0 <= value < 1 << 63:
+            log.warning("journal checkpoint file holds %d: ignored, every entry in the journal is checked again", value)
+            return 0
+        return value
 
     def _scan(self) -> list[Entry]:
         """Valid entries of both halves, by sequence number (each half is read from its start until
@@ -306,6 +337,23 @@ class Journal:
                     else:  # (seq, span) of an entry flushed long ago: only its order matters
                         last, pos = entry[0], pos + entry[1]
         return sorted(out, key=lambda e: e.seq)
+
+
+def _scan_any(path: Path, checkpointed: int) -> list[Entry]:
+    """Entries past ``checkpointed`` anywhere in a journal file of unknown layout (every 4 KiB boundary)."""
+    out: list[Entry] = []
+    end = path.stat().st_size
+    with open(path, "rb") as f:
+        pos = 0
+        while pos < end:
+            f.seek(pos)
+            entry = _read_entry(f, pos, end, 0, checkpointed)
+            if isinstance(entry, Entry):
+                out.append(entry)
+                pos += entry.span
+            else:
+                pos += entry[1] if entry else ALIGN
+    return out
 
 
 def _read_entry(f, pos: int, end: int, last: int, checkpointed: int) -> "Entry | tuple[int, int] | None":
@@ -331,7 +379,8 @@ def _read_entry(f, pos: int, end: int, last: int, checkpointed: int) -> "Entry |
         intact = hashlib.sha256(data).digest() == check
     else:
         intact = xxhash.xxh3_64_intdigest(data) == check
-    if zlib.crc32(payload[:mlen]) != crc or not intact:
+    covered = zlib.crc32(_COVERED.pack(seq, mlen, dlen)) if version >= 3 else 0
+    if zlib.crc32(payload[:mlen], covered) != crc or not intact:
         return None
     try:
         sop_class, sop_uid, ts, calling, received_at = json.loads(payload[:mlen])
