@@ -85,13 +85,49 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 LAST_CPU: list[float] = []  # receiver CPU seconds (user + system) of the latest send()
+LAST_RSS: list[float] = []  # peak RSS (MB) of each receiver process after the latest send()
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (the node's receiver processes; storescp --fork children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+    return out
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads), from /proc; forked children not included."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU of a process tree (all threads; children that ended and were waited for
+    count through their parent's cutime/cstime), from /proc."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> list[float]:
+    """Peak resident memory (VmHWM) of each live process of the receiver's tree, MB."""
+    out = []
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                hwm = next(line for line in f if line.startswith("VmHWM:"))
+            out.append(int(hwm.split()[1]) / 1024)
+        except (OSError, StopIteration):
+            continue
+    return out
 
 
 def send(port: int, files: list[Path], associations: int, receiver_pid: int | None = None) -> float:
@@ -106,6 +142,7 @@ def send(port: int, files: list[Path], associations: int, receiver_pid: int | No
             raise RuntimeError(f"storescu failed ({p.returncode}): {err.decode()[-500:]}")
     dt = time.perf_counter() - t0
     LAST_CPU[:] = [cpu_seconds(receiver_pid) - c0] if receiver_pid else []
+    LAST_RSS[:] = peak_rss_mb(receiver_pid) if receiver_pid else []
     return dt
 
 
@@ -177,7 +214,11 @@ def main() -> None:
     ap.add_argument("--ceiling", action="store_true",
                     help="also time benchmarks/minimal_scp.py: the least a durable Python receiver can do")
     ap.add_argument("--workdir", type=Path, default=None, help="where received files go (default: a temp dir under the repo's var/)")
+    ap.add_argument("--receivers", type=int, default=1, help="the node's receiver processes (node.receivers)")
+    ap.add_argument("--json", type=Path, default=None, help="write the raw figures here (benchmarks/results/…)")
     args = ap.parse_args()
+    os.environ["ICH_NODE__NODE__RECEIVERS"] = str(args.receivers)
+    ENV["ICH_NODE__NODE__RECEIVERS"] = str(args.receivers)
     for tool in ("storescu", "storescp", "echoscu"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: install dcmtk")
@@ -187,13 +228,14 @@ def main() -> None:
     root = args.workdir or (REPO / "var" / "bench")
     root.mkdir(parents=True, exist_ok=True)
     print(f"{len(files)} images, {size_mb:.1f} MB from {args.data}; {args.associations} association(s); "
-          f"{args.repeats} repeats; receivers write under {root}")
+          f"{args.repeats} repeats; node receiver processes: {args.receivers}; receivers write under {root}")
     peers = ["storescp", "node"] + (["node-nosync"] if args.diagnose else []) + (["minimal"] if args.ceiling else [])
     runners = {"storescp": run_storescp, "node": run_node,
                "node-nosync": lambda w, f, a: run_node(w, f, a, durable=False), "minimal": run_minimal}
     times: dict[str, list[float]] = {p: [] for p in peers}
     ratios, floor, minimal = [], [], []
     cpu: dict[str, list[float]] = {p: [] for p in peers}
+    rss: dict[str, list[float]] = {p: [] for p in peers}
     for r in range(args.repeats):
         order = peers if r % 2 == 0 else peers[::-1]
         this = {}
@@ -202,8 +244,10 @@ def main() -> None:
             work = Path(tempfile.mkdtemp(prefix=f"{peer}-", dir=root))
             try:
                 this[peer] = runners[peer](work, files, args.associations)
-                if LAST_CPU and args.associations == 1:
+                if LAST_CPU:
                     cpu[peer].append(LAST_CPU[0] / len(files) * 1e3)
+                if LAST_RSS:
+                    rss[peer].append(max(LAST_RSS))
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             times[peer].append(this[peer])
@@ -230,9 +274,22 @@ def main() -> None:
     if any(cpu.values()):
         print("receiver CPU per image (user + system, median; load-independent, unlike wall time): "
               + ", ".join(f"{p} {statistics.median(v):.2f} ms" for p, v in cpu.items() if v))
+    if any(rss.values()):
+        print("peak RSS per receiver process (largest, median over repeats): "
+              + ", ".join(f"{p} {statistics.median(v):.0f} MB" for p, v in rss.items() if v))
     if args.ceiling:
         print(f"minimal:  {len(files) / med['minimal']:.1f} images/s; ratio to storescp {statistics.median(minimal):.2f}x "
               "= hand-written upper layer + one O_DSYNC journal write per image, nothing else")
+    if args.json:
+        import json
+
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "command": " ".join(sys.argv), "images": len(files), "megabytes": round(size_mb, 1),
+            "associations": args.associations, "receivers": args.receivers, "repeats": args.repeats,
+            "seconds": times, "ratio_per_repeat": ratios, "ratio_median": statistics.median(ratios),
+            "cpu_ms_per_image": cpu, "peak_rss_mb": rss, "load_average": os.getloadavg(),
+        }, indent=1))
 
 
 if __name__ == "__main__":

@@ -117,6 +117,9 @@ class NodeSection(_Section):
     # only (also what runs when the installed pynetdicom is not the one the fast path was written for).
     fast_store: bool = True
     max_associations: int = Field(16, ge=1)  # associations at once (more TCP connections are dropped)
+    # Receiver processes sharing the port (SO_REUSEPORT; each with its own journal): several scanners at
+    # once use several cores. 1 = the SCP runs inside the node's own process.
+    receivers: int = Field(1, ge=1, le=16)
     max_associations_per_peer: int = Field(8, ge=1)  # from one address; more are refused (A-ASSOCIATE-RJ, transient)
     # A data set is held in RAM up to this size; a larger one is streamed to a spool file as it arrives
     # (fast path) or refused with an A-ABORT (pynetdicom's path, which cannot stream).

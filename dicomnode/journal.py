@@ -48,10 +48,9 @@ from typing import Sequence
 
 import xxhash
 
-from training.registry import atomic_write_text
+from ichutil.files import atomic_write_text, fsync_dir
 
 from .digest import digest
-from .spool import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Why a registry per node (not prometheus-client's global one): tests and benchmarks run several
 nodes in one interpreter, and a scrape must describe exactly one node.
 
-Counters and histograms are fed by the node's existing hooks (the SCP's ``on_stored`` listener, the
+Counters and histograms are fed by the node's existing hooks (the receivers' counters, read at scrape time, the
 sender's ``on_sent``, the dispatcher's errors); gauges that describe state (jobs by state, disk,
 model versions, heartbeat) are read at scrape time, so they are right even after a restart.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
     from dicomnode.config import NodeConfig
@@ -65,8 +65,6 @@ class NodeMetrics:
         self.target_s = config.metrics.time_to_result_target_s
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.instances = Counter("ichnode_instances_received", "Instances stored by the SCP (new, duplicate, replaced)",
-                                 ["outcome"], registry=r)
         self.stage_seconds = Histogram("ichnode_stage_seconds", "Latency of each stage of a delivered study",
                                        ["stage"], buckets=BUCKETS, registry=r)
         self.delivered = Counter("ichnode_studies_delivered", "Studies whose results reached every destination",
@@ -85,10 +83,6 @@ class NodeMetrics:
         return self
 
     # -- hooks --------------------------------------------------------------------------------
-    def on_stored(self, item: Any) -> None:
-        """SCP ``on_stored`` listener."""
-        self.instances.labels(outcome=getattr(item.outcome, "value", str(item.outcome))).inc()
-
     def on_delivered(self, job: "Job", now: float | None = None) -> dict[str, float]:
         """Sender ``on_sent``: observe the stage latencies; warn and count when the target is missed."""
         times = stage_times(job, now)
@@ -173,6 +167,14 @@ class _StateCollector:
             up = 0
         yield jobs
         yield GaugeMetricFamily("ichnode_queue_up", "1 when the job queue answers", value=up)
+        totals = node.receiver.totals() if hasattr(node.receiver, "totals") else None
+        if totals is not None:  # every receiver process of the node, added up
+            received = CounterMetricFamily("ichnode_instances_received",
+                                           "Instances stored by the SCP (new, duplicate, replaced)", labels=["outcome"])
+            received.add_metric(["new"], totals["stored"] - totals["replaced"])
+            received.add_metric(["duplicate"], totals["duplicates"])
+            received.add_metric(["replaced"], totals["replaced"])
+            yield received
         usage = shutil.disk_usage(node.data_dir)
         yield GaugeMetricFamily("ichnode_disk_free_bytes", "Free bytes on the data directory's filesystem",
                                 value=usage.free)

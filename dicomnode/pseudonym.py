@@ -22,7 +22,7 @@ import secrets
 import tempfile
 from pathlib import Path
 
-from .spool import fsync_dir
+from ichutil.files import fsync_dir
 
 LOG = logging.getLogger(__name__)
 

@@ -22,6 +22,8 @@ Statuses answered (PS3.4 B.2.3):
 from __future__ import annotations
 
 import functools
+import socket
+import socketserver
 import io
 import logging
 import ssl
@@ -42,7 +44,7 @@ from .index import Index, InstanceInfo, InstanceRecord, StoreOutcome
 from .journal import Entry, Journal, JournalStalled
 from .pseudonym import Pseudonymizer
 from .observe.logs import withhold_values_in_warnings
-from .receive import fastpath
+from .receive import fastpath, processes
 from .receive.admission import Admission, LazyHandshakeContext
 from .receive.fast_store import FastStore
 from .receive.guard import Limits
@@ -105,6 +107,14 @@ class ReceiveStats:
     associations_rejected: int = 0
     bytes: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def snapshot(self) -> dict[str, int]:
+        """The counters as plain numbers (failures as ``failed_0xNNNN``)."""
+        with self._lock:
+            out = {"stored": self.stored, "duplicates": self.duplicates, "replaced": self.replaced,
+                   "associations_rejected": self.associations_rejected, "bytes": self.bytes}
+            out.update({f"failed_0x{k:04X}": v for k, v in self.failures.items()})
+        return out
 
     def count(self, outcome: StoreOutcome | None = None, status: int | None = None, size: int = 0) -> None:
         with self._lock:
@@ -602,6 +612,26 @@ def build_ssl_context(config: NodeConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+def _server_class(reuse_port: bool):
+    from pynetdicom.transport import ThreadedAssociationServer
+
+    class Server(ThreadedAssociationServer):
+        """pynetdicom's threaded server, bound with ``SO_REUSEPORT`` when several receiver processes
+        share the port (the kernel spreads connections over them), and stopped with the standard
+        library's shutdown (the AE does not list it among its own servers)."""
+
+        def server_bind(self) -> None:
+            if reuse_port:
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            super().server_bind()
+
+        def shutdown(self) -> None:
+            socketserver.BaseServer.shutdown(self)
+            self.server_close()
+
+    return Server
+
+
 class ReceiveServer:
     """A running Storage SCP. ``port`` is the bound port (useful with port 0); ``stop()`` ends it."""
 
@@ -609,6 +639,7 @@ class ReceiveServer:
         self.ae = ae
         self.server = server
         self.receiver = receiver
+        self.children: list = []  # receiver processes 1 … node.receivers - 1 (dicomnode.receive.processes)
 
     @property
     def port(self) -> int:
@@ -621,7 +652,16 @@ class ReceiveServer:
     def on_stored(self, listener: Listener) -> Listener:
         return self.receiver.on_stored(listener)
 
+    def totals(self) -> dict[str, int]:
+        """This process's counters plus what the child receivers last published."""
+        out = self.stats.snapshot()
+        for other in processes.children_stats(self.receiver.config.node.data_dir) if self.children else []:
+            for key, value in other.items():
+                out[key] = out.get(key, 0) + int(value)
+        return out
+
     def stop(self) -> None:
+        processes.stop_children(self.children)
         self.server.shutdown()
         for assoc in list(self.ae.active_associations):
             assoc.abort()
@@ -669,10 +709,12 @@ def build_ae(config: NodeConfig):
 
 
 def start_scp(config: NodeConfig, index: Index, spool: Spool, on_stored: Listener | None = None,
-              pseudonym: Pseudonymizer | None = None) -> ReceiveServer:
+              pseudonym: Pseudonymizer | None = None, instance: int = 0) -> ReceiveServer:
     """Start the Storage SCP in background threads and return at once (``server.stop()`` ends it).
 
-    ``pseudonym``: default, the site key under ``node.data_dir`` (created on the first start)."""
+    ``pseudonym``: default, the site key under ``node.data_dir`` (created on the first start).
+    ``instance``: which of ``node.receivers`` processes this is (its own journal; the port is shared
+    with ``SO_REUSEPORT`` when there are several)."""
     from pynetdicom import evt
 
     fastpath.memoise_uid_validator()
@@ -682,7 +724,8 @@ def start_scp(config: NodeConfig, index: Index, spool: Spool, on_stored: Listene
         withhold_values_in_warnings()
     journal = None
     if config.storage.journal_mb:
-        journal = Journal(Path(config.node.data_dir) / "journal" / "receive.wal", config.storage.journal_mb << 20,
+        name = "receive.wal" if instance == 0 else f"receive-{instance}.wal"
+        journal = Journal(Path(config.node.data_dir) / "journal" / name, config.storage.journal_mb << 20,
                           sync_paths=[spool.root, Path(config.node.index_path).parent])
         pending = journal.open()
     pseudonym = pseudonym or Pseudonymizer.for_data_dir(config.node.data_dir)
@@ -690,7 +733,8 @@ def start_scp(config: NodeConfig, index: Index, spool: Spool, on_stored: Listene
     if journal is not None:
         receiver.replay(pending)  # after an unclean stop: what was acknowledged but not yet flushed
         journal.checkpoint()
-    reconcile(index, spool, pseudonym)
+    if instance == 0:  # one scan of the spool is enough
+        reconcile(index, spool, pseudonym)
     if on_stored is not None:
         receiver.on_stored(on_stored)
     ae = build_ae(config)
@@ -700,10 +744,18 @@ def start_scp(config: NodeConfig, index: Index, spool: Spool, on_stored: Listene
         (evt.EVT_REQUESTED, receiver.handle_requested),
         (evt.EVT_CONN_OPEN, admission.on_open),
     ]
-    server = ae.start_server((config.node.host, config.node.port), block=False, evt_handlers=handlers,
-                             ssl_context=build_ssl_context(config),
-                             contexts=fastpath.shared_contexts(ae.supported_contexts))
+    server = ae.make_server((config.node.host, config.node.port), evt_handlers=handlers,
+                            ssl_context=build_ssl_context(config), server_class=_server_class(config.node.receivers > 1),
+                            contexts=fastpath.shared_contexts(ae.supported_contexts))
     srv = ReceiveServer(ae, server, receiver)
+    if instance == 0:  # bound already: connections wait in the backlog until every receiver listens
+        try:
+            srv.children = processes.start_children(config, srv.port)
+        except Exception:
+            server.server_close()
+            receiver.close()
+            raise
+    threading.Thread(target=server.serve_forever, name=f"scp-accept-{instance}", daemon=True).start()
     LOG.info("Storage SCP %s listening on %s:%d%s", config.node.ae_title, config.node.host, srv.port,
              " (TLS)" if config.security.tls.enabled else "")
     return srv
@@ -733,7 +785,8 @@ def _admission(config: NodeConfig, ae, receiver: Receiver) -> Admission:
 def main(argv: list[str] | None = None) -> None:
     """``python -m dicomnode.scp --data-dir D --port P``: the bare Storage SCP (benchmarks, tests).
 
-    Runs until SIGTERM/SIGINT; the full node (queue, worker, senders) is ``ich-node serve``.
+    Runs until SIGTERM/SIGINT; the full node (queue, worker, senders) is ``ich-node serve``. With
+    ``node.receivers`` > 1 this process is receiver 0 and starts the others on the same port.
     """
     import argparse
     import signal
@@ -742,12 +795,14 @@ def main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--config", help="TOML file (ICH_NODE__* overrides apply)")
+    p.add_argument("--config-json", help=argparse.SUPPRESS)  # a whole NodeConfig (how the node starts its receivers)
     p.add_argument("--data-dir")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--ae-title")
+    p.add_argument("--instance", type=int, default=0, help=argparse.SUPPRESS)  # set for the receivers it starts
     args = p.parse_args(argv)
-    cfg = load_config(args.config)
+    cfg = NodeConfig.model_validate_json(Path(args.config_json).read_text()) if args.config_json else load_config(args.config)
     for key, value in (("data_dir", args.data_dir), ("host", args.host), ("port", args.port), ("ae_title", args.ae_title)):
         if value is not None:
             setattr(cfg.node, key, value)
@@ -760,10 +815,14 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before "listening": a SIGTERM right after it stops cleanly
         signal.signal(sig, lambda *_: stop.set())
-    server = start_scp(cfg, index, spool, pseudonym=pseudonym)
+    server = start_scp(cfg, index, spool, pseudonym=pseudonym, instance=args.instance)
     print(f"listening {server.port}", flush=True)
+    if args.instance:  # a child receiver: the node adds its counters up from a file
+        publisher = processes.publish_stats(cfg.node.data_dir, args.instance, server.stats.snapshot, stop)
     stop.wait()
     server.stop()
+    if args.instance:
+        publisher.join(5)
     index.close()
     LOG.info("stopped: %s", server.stats)
 

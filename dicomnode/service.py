@@ -144,8 +144,6 @@ class Node:
 
         if self._receiver_factory is not None:
             self.receiver = self._receiver_factory(cfg, self.index, self.spool)
-            if self.metrics is not None and hasattr(self.receiver, "on_stored"):  # metrics hook: instances received
-                self.receiver.on_stored(self.metrics.on_stored)
         for w in self.workers:
             w.start()
         self.sender.start()

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from ichutil.files import fsync_dir
+
 from .digest import digest as digest_of
 from .uids import uid_hash, validate_uid
 
@@ -38,15 +40,6 @@ class Written:
     path: str  # relative to the spool root
     digest: str  # dicomnode.digest of the bytes that matter
     size: int
-
-
-def fsync_dir(path: Path) -> None:
-    """Make the entries of directory ``path`` durable (a new or renamed name needs its parent fsynced)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:

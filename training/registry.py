@@ -30,6 +30,8 @@ from typing import Iterator
 
 from pipeline.models import BUNDLED_ROOT, KINDS, ModelMetadata, ModelPaths
 
+from ichutil.files import atomic_write_text  # noqa: F401 - training's writers use it from here
+
 PROMOTED = "promoted.json"
 HISTORY = "history.jsonl"
 
@@ -61,27 +63,6 @@ def check_version(version: str | int) -> str:
     if not text.isdigit() or int(text) < 1:
         raise RegistryError(f"model version must be a positive integer, got {version!r}")
     return str(int(text))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """temp → fsync → rename → fsync(dir): readers see the old or the new file, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class Registry:

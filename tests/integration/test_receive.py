@@ -667,3 +667,32 @@ def test_handlers_bound_to_bypassed_events_fire_for_every_c_store(node, dcmtk, c
     assert r.returncode == 0, r.stderr
     assert seen.count("C_STORE_RQ") == 4 and fast_count == []
     assert node.index.counts()["instances"] == 4
+
+
+def test_several_receiver_processes_share_the_port_and_their_counters(node_factory, ct_data):
+    """node.receivers = 2: a child process binds the same port (SO_REUSEPORT) with its own journal; eight
+    concurrent associations all land in the one index; the node's totals add the child's counters up."""
+    import time as _time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dicomnode.receive import processes
+
+    n = node_factory(node={"receivers": 2})
+    assert len(n.server.children) == 1 and n.server.children[0].poll() is None
+    files = images(ct_data, "philips-phantom-5mm")[:24]
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda k: [send_raw(n.port, f) for f in files[k::8]], range(8)))
+    assert all(s == 0 for batch in statuses for s in batch)
+    assert n.index.counts()["instances"] == 24
+    journal_dir = Path(n.config.node.data_dir) / "journal"
+    assert (journal_dir / "receive.wal").is_file() and (journal_dir / "receive-1.wal").is_file()
+    deadline = _time.monotonic() + 10
+    while n.server.totals()["stored"] < 24 and _time.monotonic() < deadline:
+        _time.sleep(0.2)
+    assert n.server.totals()["stored"] == 24
+    child_share = sum(s.get("stored", 0) for s in processes.children_stats(n.config.node.data_dir))
+    assert n.server.stats.stored + child_share == 24
+    child = n.server.children[0]
+    n.server.stop()
+    n.server.stop = lambda: None  # stopped here; the fixture's stop must not run it twice
+    assert child.poll() is not None
