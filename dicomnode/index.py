@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from .pseudonym import PSEUDONYM_HEX
-from .sqlitetx import immediate
+from ichutil.sqlitetx import immediate
 
 if TYPE_CHECKING:
     from .pseudonym import Pseudonymizer

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterator
 
-from dicomnode.sqlitetx import immediate
+from ichutil.sqlitetx import immediate
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..sqlitetx import immediate
+from ichutil.sqlitetx import immediate
 from .base import Backoff, Job, JobQueue, JobState, QueueError, Stage
 
 _SCHEMA = """

@@ -1,0 +1,33 @@
+"""The layers hold: import-linter's contracts in pyproject.toml ([tool.importlinter])."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_no_layer_imports_a_layer_above_it():
+    exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
+    assert exe, "import-linter is a test dependency (pyproject [test])"
+    r = subprocess.run([exe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "0 broken" in r.stdout
+
+
+def test_a_back_edge_would_be_caught(tmp_path):
+    """The contract is not vacuous: a pipeline module importing the node breaks it."""
+    cfg = tmp_path / "contracts.toml"
+    cfg.write_text((REPO / "pyproject.toml").read_text())
+    probe = REPO / "pipeline" / "_layer_probe.py"
+    probe.write_text("import dicomnode.config  # noqa: F401\n")
+    try:
+        exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
+        r = subprocess.run([exe, "--config", str(cfg), "--no-cache"], cwd=REPO, capture_output=True, text=True,
+                           timeout=300)
+    finally:
+        probe.unlink()
+    assert r.returncode != 0 and "pipeline._layer_probe -> dicomnode.config" in r.stdout
