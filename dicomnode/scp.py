@@ -768,6 +768,8 @@ def _admission(config: NodeConfig, ae, receiver: Receiver) -> Admission:
     fast = node.fast_store and fastpath.available()
 
     def install_fast(assoc) -> bool:
+        if fast:
+            fastpath.install_waits(assoc)
         if not (fast and fastpath.allowed_on(assoc, receiver.handle_store)):
             return False
         fastpath.install(assoc, FastStore(receiver.answer, functools.partial(_calling_ae, assoc), receiver.open_stream,
