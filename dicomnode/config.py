@@ -317,6 +317,10 @@ class Destination(_Section):
     tls: TLSClient = Field(default_factory=TLSClient)
     url: str | None = None  # stowrs: base URL of the DICOMweb service
     send_overlay: bool = True  # also send the secondary-capture overlay images
+    # Which SR encoding this peer gets (pipeline.encode.sr.profile): "ohif" (default) displays in
+    # OHIF 3.13 (planar outline on the key slice; text report when there is no hematoma);
+    # "tid1411" is the strict TID 1500 volumetric report referencing the SEG segment.
+    sr_profile: Literal["ohif", "tid1411"] = "ohif"
 
     @model_validator(mode="after")
     def _by_type(self) -> "Destination":

@@ -5,7 +5,11 @@
 ``Analyzer`` loads the models once (a worker keeps it for many studies); ``analyze()`` is the
 one-shot convenience. A series that cannot be analysed yields ``status = cannot_assess`` with a
 coded reason (and an SR saying so whenever the slices identify a patient and study); programming
-errors are not disguised as "cannot assess" and propagate to the caller.
+errors are not disguised as "cannot assess" and propagate to the caller. A series without a
+hematoma gets no SEG (an empty segment reads as NaN statistics in viewers), only its SR.
+
+One SR per profile in ``OutputOptions.sr_profiles`` ("ohif" → sr.dcm, "tid1411" → sr_tid1411.dcm;
+see ``pipeline.encode.sr.profile``): the node sends each destination the one it asked for.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from pipeline.brain import extract_brain
-from pipeline.encode.common import DeviceInfo
+from pipeline.encode.common import DeviceInfo, version_tag
+from pipeline.encode.outline import key_outline
 from pipeline.encode.sc import build_overlays, summary_line
 from pipeline.encode.seg import SegmenterInfo, build_seg
-from pipeline.encode.sr import Findings, build_sr
+from pipeline.encode.sr import FILE_NAME, OUTPUT_KIND, PROFILES, Findings, build_sr
 from pipeline.models import ModelPaths
 from pipeline.result import AnalysisResult, CannotAssess, Risk, Status
 from pipeline.segment import load_segmenter
@@ -38,15 +43,20 @@ Source = Path | str | Sequence[Path | str] | Sequence[Dataset]
 
 @dataclass(frozen=True)
 class OutputOptions:
-    """Optional outputs. SEG and SR are always written (the SR measures the SEG); the overlay
-    series is for viewers that show neither and can be switched off per destination."""
+    """Optional outputs. The SEG (when there is a hematoma) and one SR per profile in
+    ``sr_profiles`` are always written; the overlay series is for viewers that show neither and can
+    be switched off per destination."""
 
     overlay: bool = True
     overlay_slices: int = 3
+    sr_profiles: tuple[str, ...] = PROFILES
 
     def __post_init__(self) -> None:
         if self.overlay_slices < 1:
             raise ValueError(f"overlay_slices must be ≥ 1 (use overlay=False for none), got {self.overlay_slices}")
+        unknown = [p for p in self.sr_profiles if p not in PROFILES]
+        if unknown or not self.sr_profiles:
+            raise ValueError(f"sr_profiles must be a non-empty subset of {PROFILES}, got {self.sr_profiles!r}")
 
 
 class Analyzer:
@@ -58,6 +68,8 @@ class Analyzer:
         outputs: OutputOptions | None = None,
         device: DeviceInfo | None = None,
     ) -> None:
+        """``device``: who made the outputs; the node passes ``DeviceInfo(installation_id=...)`` so
+        its SRs share one Device Observer UID."""
         self.models = models or ModelPaths()
         self.outputs = outputs or OutputOptions()
         self.device = device or DeviceInfo()
@@ -119,10 +131,13 @@ class Analyzer:
                         f"segmenter {self.segmenter.name} returned shape {mask.shape}, expected {series.volume.shape}"
                     )
                 mask &= brain                      # the hematoma search never leaves the brain
-                volume_ml = float(mask.sum() * series.volume.voxel_volume_ml)
+                source_mask = series.mask_to_source(mask)
+                # What the reader gets is the source mask: none there means no hematoma (and no SEG).
+                detected = bool(source_mask.any())
+                volume_ml = float(mask.sum() * series.volume.voxel_volume_ml) if detected else 0.0
             probability, risk = None, None
             # No hematoma found: expansion is not applicable, so model 2 is not asked (it needs a lesion).
-            if self.classifier is not None and mask.any():
+            if self.classifier is not None and detected:
                 with _timed(timings, "classification"):
                     prediction = self.classifier.predict(series.volume, mask)
                     probability, risk = float(prediction.probability), Risk(prediction.risk)
@@ -138,23 +153,27 @@ class Analyzer:
             model_versions=self.model_versions,
             timings_s=timings,
         )
+        tag = version_tag(self.model_versions)
         with _timed(timings, "encoding"):
-            source_mask = series.mask_to_source(mask)
-            seg = build_seg(
-                datasets, source_mask, SegmenterInfo(self.segmenter.name, str(self.segmenter.version)), self.device
-            )
-            result.outputs["seg"] = [_save(seg, out, "seg.dcm")]
+            seg = None
+            if detected:
+                segmenter = SegmenterInfo(self.segmenter.name, str(self.segmenter.version))
+                seg = build_seg(datasets, source_mask, segmenter, self.device, version_tag=tag)
+                result.outputs["seg"] = [_save(seg, out, "seg.dcm")]
             findings = Findings(
                 volume_ml=volume_ml,
                 expansion_probability=probability,
                 risk=risk.value if risk else None,
                 model_versions=self._model_names(),
             )
-            sr = build_sr(datasets, findings, seg=seg, predecessors=previous, device=self.device)
-            result.outputs["sr"] = [_save(sr, out, "sr.dcm")]
+            spacing = tuple(float(v) for v in datasets[0].PixelSpacing)
+            outline = key_outline(source_mask, spacing)
+            self._write_srs(findings, datasets, out, result, previous, seg=seg, outline=outline)
             if self.outputs.overlay:
                 text = summary_line(volume_ml, findings.risk, probability)
-                overlays = build_overlays(datasets, source_mask, text, self.outputs.overlay_slices, self.device)
+                overlays = build_overlays(
+                    datasets, source_mask, text, self.outputs.overlay_slices, self.device, version_tag=tag
+                )
                 result.outputs["sc"] = [_save(sc, out, f"sc/sc_{i + 1:03d}.dcm") for i, sc in enumerate(overlays)]
         result.timings_s = {k: round(v, 3) for k, v in timings.items()}
         result.write(out)
@@ -171,12 +190,24 @@ class Analyzer:
         study = _one_study(datasets)
         if study:
             with _timed(timings, "encoding"):
-                findings = Findings(reason_code=exc.code, model_versions=self._model_names())
-                sr = build_sr(study, findings, predecessors=previous, device=self.device)
-                result.outputs["sr"] = [_save(sr, out, "sr.dcm")]
+                findings = Findings(reason_code=exc.code, reason_text=exc.message, model_versions=self._model_names())
+                self._write_srs(findings, study, out, result, previous)
         result.timings_s = {k: round(v, 3) for k, v in timings.items()}
         result.write(out)
         return result
+
+
+    def _write_srs(
+        self, findings: Findings, datasets: list[Dataset], out: Path, result: AnalysisResult,
+        previous: list[Dataset], **content,
+    ) -> None:
+        """One SR per configured profile, each under its own output kind and file name."""
+        tag = version_tag(self.model_versions)
+        for profile in self.outputs.sr_profiles:
+            sr = build_sr(
+                datasets, findings, predecessors=previous, device=self.device, profile=profile, version_tag=tag, **content
+            )
+            result.outputs[OUTPUT_KIND[profile]] = [_save(sr, out, FILE_NAME[profile])]
 
 
 def analyze(
@@ -210,7 +241,7 @@ def _save(ds: Dataset, out: Path, relative: str) -> str:
 
 def _clear_previous(out: Path) -> None:
     """Remove outputs an earlier run left in ``out`` (only our own names), so nothing stale is sent."""
-    for name in ("result.json", "seg.dcm", "sr.dcm"):
+    for name in ("result.json", "seg.dcm", *FILE_NAME.values()):
         (out / name).unlink(missing_ok=True)
     if (out / "sc").is_dir():
         for p in (out / "sc").glob("sc_*.dcm"):

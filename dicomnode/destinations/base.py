@@ -26,6 +26,9 @@ class DeliveryError(Exception):
 
 OnDelivered = Callable[[Path], None]
 
+# result.json output kind of each SR profile's report (pipeline.encode.sr.profile.OUTPUT_KIND).
+SR_KINDS = {"sr": "ohif", "sr_tid1411": "tid1411"}
+
 
 class Destination(abc.ABC):
     """One configured peer. Subclasses are registered by config ``type`` in ``dicomnode.destinations``."""
@@ -38,6 +41,18 @@ class Destination(abc.ABC):
     @property
     def send_overlay(self) -> bool:
         return self.config.send_overlay
+
+    @property
+    def sr_profile(self) -> str:
+        return self.config.sr_profile
+
+    def wants(self, kind: str) -> bool:
+        """Whether this peer gets the outputs of ``kind`` (a key of result.json "outputs")."""
+        if kind == "sc":
+            return self.send_overlay
+        if kind in SR_KINDS:
+            return SR_KINDS[kind] == self.sr_profile
+        return True
 
     @abc.abstractmethod
     def send(self, files: Sequence[Path], on_delivered: OnDelivered) -> None:

@@ -1,9 +1,10 @@
 """From an encoded job to its destinations: which objects go where, exactly once.
 
 ``Dispatcher.deliver`` is idempotent per (job, destination, object): it asks the ledger what each
-destination already confirmed and sends only the rest, SEG first, then SR (which references it),
-then the overlay images to destinations with ``send_overlay``. ``Sender`` is the loop that claims
-encoded jobs from the queue (SEND stage) and records sent / failed-with-backoff / dead.
+destination already confirmed and sends only the rest, SEG first, then the SR of the destination's
+``sr_profile`` (which references it), then the overlay images to destinations with ``send_overlay``.
+``Sender`` is the loop that claims encoded jobs from the queue (SEND stage) and records sent /
+failed-with-backoff / dead.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from .ledger import Ledger
 
 log = logging.getLogger(__name__)
 
-ORDER = ("seg", "sr", "sc")
+ORDER = ("seg", "sr", "sr_tid1411", "sc")
+REQUIRED = ("seg", "sr", "sr_tid1411")   # listed in result.json but missing on disk: a broken result
 
 
 def result_objects(result_dir: str | Path) -> list[tuple[str, Path]]:
@@ -29,7 +31,9 @@ def result_objects(result_dir: str | Path) -> list[tuple[str, Path]]:
     try:
         outputs = json.loads((root / "result.json").read_text()).get("outputs") or {}
     except FileNotFoundError:
-        outputs = {"seg": ["seg.dcm"], "sr": ["sr.dcm"], "sc": sorted(str(p.relative_to(root)) for p in root.glob("sc/*.dcm"))}
+        named = (("seg", "seg.dcm"), ("sr", "sr.dcm"), ("sr_tid1411", "sr_tid1411.dcm"))
+        outputs = {kind: [name] for kind, name in named if (root / name).is_file()}
+        outputs["sc"] = sorted(str(p.relative_to(root)) for p in root.glob("sc/*.dcm"))
     objects = []
     for kind in ORDER + tuple(k for k in outputs if k not in ORDER):
         for rel in outputs.get(kind) or []:
@@ -38,7 +42,7 @@ def result_objects(result_dir: str | Path) -> list[tuple[str, Path]]:
                 raise DeliveryError("-", f"result.json lists {rel!r} outside the result directory", retryable=False)
             if path.is_file():
                 objects.append((kind, path))
-            elif kind in ("seg", "sr"):
+            elif kind in REQUIRED:
                 raise DeliveryError("-", f"result.json lists {rel!r} but the file is missing", retryable=False)
     return objects
 
@@ -59,7 +63,7 @@ class Dispatcher:
             return [exc]
         errors: list[DeliveryError] = []
         for dest in self.destinations:
-            wanted = [p for kind, p in objects if kind != "sc" or dest.send_overlay]
+            wanted = [p for kind, p in objects if dest.wants(kind)]
             done = self.ledger.delivered(job_id, dest.name)
             todo = [p for p in wanted if str(p.relative_to(root)) not in done]
             if not todo:

@@ -10,6 +10,8 @@ from importlib import metadata
 
 from pydicom.dataset import Dataset
 
+from pipeline.encode.uids import device_observer_uid
+
 # Patient / study attributes of type 2: they must be present, and may be empty. Anonymised or
 # incomplete sources (the GE head lacks birth date and sex) must not make our objects invalid.
 TYPE2_PATIENT_STUDY = (
@@ -34,11 +36,40 @@ def _version() -> str:
 
 @dataclass(frozen=True)
 class DeviceInfo:
+    """Who made the objects. ``installation_id``: a value only this installation has (the node
+    passes its own); it makes the SR's Device Observer UID stable per installation."""
+
     manufacturer: str = "ich-node"
     model_name: str = "ICH expansion node"
     software_version: str = _version()
     serial_number: str = "1"
     institution_name: str | None = None
+    installation_id: str | None = None
+
+    @property
+    def observer_uid(self) -> str:
+        """Device Observer UID: from ``installation_id``, else from manufacturer/model/serial."""
+        fallback = f"{self.manufacturer}/{self.model_name}/{self.serial_number}"
+        return device_observer_uid(self.installation_id or fallback)
+
+
+SERIES_DESCRIPTION_HEAD = 20   # what OHIF's study browser shows of a series description
+DISCLAIMER = "research use only, not for diagnostic use"
+
+
+def version_tag(model_versions: dict[str, str]) -> str:
+    """Short model versions for a series description: "v1" (segmenter), "v1/2" (+ classifier)."""
+    order = [model_versions[k] for k in ("segmenter", "classifier") if model_versions.get(k)]
+    return "v" + "/".join(order) if order else ""
+
+
+def series_description(what: str, tag: str = "") -> str:
+    """ "ICH <what> <tag> - <disclaimer>": the part a viewer shows first fits 20 characters; the tag
+    is dropped when it would not fit."""
+    head = f"ICH {what}"
+    if tag and len(f"{head} {tag}") <= SERIES_DESCRIPTION_HEAD:
+        head = f"{head} {tag}"
+    return f"{head} - {DISCLAIMER}"[:64]
 
 
 def new_series_number(source: list[Dataset], offset: int) -> int:

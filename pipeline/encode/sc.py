@@ -1,8 +1,9 @@
 """Overlay series (Secondary Capture) for viewers that show neither SEG nor SR.
 
 Key axial slices (largest hematoma cross-sections) rendered in a brain window, the hematoma contour
-burned in, and one text line: volume, risk, "NOT FOR DIAGNOSTIC USE". Pixels are burned in on
-purpose: this is the lowest common denominator every PACS displays.
+burned in, and the result in a few short lines at the bottom centre: viewers draw their own text in
+the four corners (OHIF's top-left patient block hid a top banner). Pixels are burned in on purpose:
+this is the lowest common denominator every PACS displays.
 """
 
 from __future__ import annotations
@@ -14,35 +15,28 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from scipy import ndimage
 
-from pipeline.encode.common import quiet_names, DeviceInfo, header_copy, new_series_number
+from pipeline.encode.common import DeviceInfo, header_copy, new_series_number, quiet_names, series_description
+from pipeline.encode.outline import key_slices
 
 WINDOW_CENTER, WINDOW_WIDTH = 40.0, 80.0
 CONTOUR_RGB = (255, 40, 40)
+TEXT_RGB = (255, 255, 0)
 DISCLAIMER = "NOT FOR DIAGNOSTIC USE"
 
 
 def summary_line(volume_ml: float | None, risk: str | None, probability: float | None, reason: str | None = None) -> str:
-    """The one text line burned into every overlay."""
+    """The result as " | "-separated parts; each part is one burned-in line (and ImageComments)."""
     if volume_ml is None:
         return f"ICH: cannot assess ({reason or 'unknown reason'}) | {DISCLAIMER}"
+    if volume_ml == 0:
+        return f"No intracerebral hematoma detected | {DISCLAIMER}"
     parts = [f"ICH volume {volume_ml:.1f} mL"]
     if risk is not None:
-        parts.append(f"expansion risk {risk.upper()}" + (f" (p={probability:.2f})" if probability is not None else ""))
+        parts.append(f"expansion risk {risk.upper()}" + (f" ({probability * 100:.0f} %)" if probability is not None else ""))
     else:
         parts.append("expansion risk n/a")
     parts.append(DISCLAIMER)
     return " | ".join(parts)
-
-
-def key_slices(source_mask: np.ndarray, max_slices: int) -> list[int]:
-    """Indices of the slices with the largest hematoma area, in spatial order; the middle slice if none."""
-    if max_slices < 1:
-        raise ValueError(f"max_slices must be ≥ 1, got {max_slices}")
-    area = np.asarray(source_mask, dtype=bool).reshape(len(source_mask), -1).sum(axis=1)
-    if not area.any():
-        return [len(source_mask) // 2]
-    ranked = [int(k) for k in np.argsort(-area, kind="stable") if area[k] > 0][:max_slices]
-    return sorted(ranked)
 
 
 def build_overlays(
@@ -52,6 +46,7 @@ def build_overlays(
     max_slices: int = 3,
     device: DeviceInfo | None = None,
     series_number: int | None = None,
+    version_tag: str = "",
 ) -> list[Dataset]:
     """One RGB Secondary Capture image per key slice, all in one new series."""
     device = device or DeviceInfo()
@@ -80,7 +75,7 @@ def build_overlays(
                 patient_orientation=patient_orientation(ds),
                 pixel_spacing=tuple(float(v) for v in ds.PixelSpacing),
             )
-        sc.SeriesDescription = "ICH overlay - not for diagnostic use"
+        sc.SeriesDescription = series_description("overlay", version_tag)
         sc.BurnedInAnnotation = "YES"
         if "Laterality" not in sc:
             sc.Laterality = ""   # type 2C; dciodvfy wants it present for SC (head: unpaired, so empty)
@@ -95,7 +90,8 @@ def build_overlays(
 
 
 def render(hu: np.ndarray, mask: np.ndarray, text: str) -> np.ndarray:
-    """Brain-window grayscale → RGB with the mask's outline and a text banner (uint8, rows×cols×3)."""
+    """Brain-window grayscale → RGB with the mask's outline and ``text`` (" | " = new line) centred
+    at the bottom on a black box (uint8, rows×cols×3)."""
     lo = WINDOW_CENTER - WINDOW_WIDTH / 2
     gray = np.clip((hu - lo) / WINDOW_WIDTH * 255.0, 0, 255).astype(np.uint8)
     rgb = np.repeat(gray[..., None], 3, axis=2)
@@ -105,11 +101,16 @@ def render(hu: np.ndarray, mask: np.ndarray, text: str) -> np.ndarray:
         rgb[edge] = CONTOUR_RGB
     img = Image.fromarray(rgb)
     draw = ImageDraw.Draw(img)
-    size = max(10, img.width // 40)
-    font = ImageFont.load_default(size=size)
-    box = draw.textbbox((4, 4), text, font=font)
-    draw.rectangle((0, 0, img.width, box[3] + 4), fill=(0, 0, 0))
-    draw.text((4, 4), text, fill=(255, 255, 0), font=font)
+    font = ImageFont.load_default(size=max(10, img.width // 40))
+    lines = text.split(" | ")
+    boxes = [draw.textbbox((0, 0), line, font=font) for line in lines]
+    step = max(b[3] for b in boxes) + 2
+    top = img.height - 4 - step * len(lines)
+    widest = max(b[2] for b in boxes)
+    left = (img.width - widest) // 2
+    draw.rectangle((left - 4, top - 2, left + widest + 4, img.height - 2), fill=(0, 0, 0))
+    for i, (line, box) in enumerate(zip(lines, boxes)):
+        draw.text(((img.width - box[2]) // 2, top + i * step), line, fill=TEXT_RGB, font=font)
     return np.asarray(img)
 
 

@@ -2,7 +2,9 @@
 
 Frames follow the source slices exactly (not the analysis grid), because viewers place a SEG frame
 on the image it references; empty frames are kept because several viewers misplace segments when
-frames are omitted.
+frames are omitted. There is no SEG without a hematoma: an empty segment shows as NaN statistics
+(OHIF), which a reader can misread. The segment has a display colour (OHIF warns on every load
+without one) and the finding's stable tracking UID, shared with the SR.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from pipeline.encode import codes
-from pipeline.encode.common import quiet_names, DeviceInfo, header_copy, new_series_number
+from pipeline.encode.common import DeviceInfo, header_copy, new_series_number, quiet_names, series_description
+from pipeline.encode.uids import FINDING_ID, tracking_uid
 
 SEGMENT_NUMBER = 1
 SEGMENT_LABEL = "Intracerebral hematoma"
+DISPLAY_RGB = (255, 64, 32)   # red-orange: blood, and apart from viewers' yellow/green SR outlines
 
 
 @dataclass(frozen=True)
@@ -33,8 +37,12 @@ def build_seg(
     segmenter: SegmenterInfo,
     device: DeviceInfo | None = None,
     series_number: int | None = None,
+    version_tag: str = "",
 ) -> Dataset:
-    """A SEG whose frame k is ``source_mask[k]`` on ``source_datasets[k]`` (sorted spatially)."""
+    """A SEG whose frame k is ``source_mask[k]`` on ``source_datasets[k]`` (sorted spatially).
+
+    ``version_tag``: short model versions for the series description (``common.version_tag``).
+    """
     device = device or DeviceInfo()
     if not source_datasets:
         raise ValueError("build_seg needs the source CT slices")
@@ -42,6 +50,8 @@ def build_seg(
     expected = (len(source_datasets), int(source_datasets[0].Rows), int(source_datasets[0].Columns))
     if mask.shape != expected:
         raise ValueError(f"source mask shape {mask.shape} does not match the source slices {expected}")
+    if not mask.any():
+        raise ValueError("no hematoma in the mask: a negative result has no SEG")
     frames = {str(ds.get("FrameOfReferenceUID", "")) for ds in source_datasets}
     if len(frames) != 1 or "" in frames:
         raise ValueError("source slices must share one FrameOfReferenceUID")
@@ -55,9 +65,10 @@ def build_seg(
         segmented_property_type=codes.HEMORRHAGE,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm,
-        tracking_uid=hd.UID(),
-        tracking_id="ICH-1",
+        tracking_uid=tracking_uid(source_datasets[0].StudyInstanceUID),
+        tracking_id=FINDING_ID,
         anatomic_regions=[codes.BRAIN],
+        display_color=hd.color.CIELabColor.from_rgb(*DISPLAY_RGB),
     )
     with quiet_names():
         seg = hd.seg.Segmentation(
@@ -73,7 +84,7 @@ def build_seg(
             manufacturer_model_name=device.model_name,
             software_versions=device.software_version,
             device_serial_number=device.serial_number,
-            series_description=f"ICH segmentation ({segmenter.name} v{segmenter.version}) - research use",
+            series_description=series_description("SEG", version_tag or f"v{segmenter.version}"),
             content_label="ICH",
             content_description="Intracerebral hematoma - not for diagnostic use",
             omit_empty_frames=False,

@@ -116,6 +116,23 @@ def test_result_objects_order_and_containment(results):
         result_objects(results)
 
 
+def test_each_destination_gets_the_sr_of_its_profile(tmp_path, results, scp):
+    """Analyses write one SR per profile (sr.dcm "ohif", sr_tid1411.dcm "tid1411"); a peer gets one."""
+    src = sorted(p for p in CT.iterdir() if p.name != "DIRFILE")[3]
+    shutil.copy(src, results / "sr_tid1411.dcm")
+    outputs = {"seg": ["seg.dcm"], "sr": ["sr.dcm"], "sr_tid1411": ["sr_tid1411.dcm"], "sc": ["sc/001.dcm"]}
+    (results / "result.json").write_text(json.dumps({"outputs": outputs}))
+    assert [k for k, _ in result_objects(results)] == ["seg", "sr", "sr_tid1411", "sc"]
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    viewer = build(dimse(scp.port, name="viewer"))
+    strict = build(dimse(scp.port, name="strict", sr_profile="tid1411", send_overlay=False))
+    assert Dispatcher([viewer, strict], ledger).deliver("1", results) == []
+    sent = {s.destination: sorted(s.delivered) for s in ledger.states("1")}
+    assert sent == {"viewer": ["sc/001.dcm", "seg.dcm", "sr.dcm"], "strict": ["seg.dcm", "sr_tid1411.dcm"]}
+    with pytest.raises(ValueError, match="sr_profile"):
+        dimse(scp.port, sr_profile="dicom")
+
+
 def test_dimse_delivers_once_and_respects_overlay_flag(tmp_path, results, scp):
     ledger = Ledger(tmp_path / "ledger.sqlite3")
     with_overlay = build(dimse(scp.port, name="a"))

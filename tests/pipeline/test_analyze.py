@@ -56,6 +56,7 @@ def test_inserted_hematoma_end_to_end(lesioned, lesioned_result):
     assert result.model_versions == {"segmenter": "1"}
     assert result.risk is None and result.expansion_probability is None
     assert result.outputs["seg"] == ["seg.dcm"] and result.outputs["sr"] == ["sr.dcm"]
+    assert result.outputs["sr_tid1411"] == ["sr_tid1411.dcm"]
     assert result.outputs["sc"] and all((out / p).is_file() for p in result.outputs["sc"])
     assert AnalysisResult.read(out).volume_ml == result.volume_ml
 
@@ -65,25 +66,26 @@ def test_inserted_hematoma_end_to_end(lesioned, lesioned_result):
     assert mask.sum() * series.volume.voxel_volume_ml == pytest.approx(result.volume_ml, abs=1e-3)
     seg_mask = read_seg_mask(pydicom.dcmread(out / "seg.dcm"), series.datasets)
     assert np.array_equal(seg_mask, series.mask_to_source(mask))
-    sr = pydicom.dcmread(out / "sr.dcm")
-    assert read_sr_volume_ml(sr) == pytest.approx(result.volume_ml, abs=1e-3)
+    for name in ("sr.dcm", "sr_tid1411.dcm"):
+        assert read_sr_volume_ml(pydicom.dcmread(out / name)) == pytest.approx(result.volume_ml, abs=1e-3)
 
 
 def test_outputs_pass_dciodvfy(lesioned, lesioned_result, new_dciodvfy_errors):
     folder, _, _ = lesioned
     result, out = lesioned_result
     source = sorted(folder.iterdir())[0]
-    for rel in result.outputs["seg"] + result.outputs["sr"] + result.outputs["sc"]:
+    for rel in result.outputs["seg"] + result.outputs["sr"] + result.outputs["sr_tid1411"] + result.outputs["sc"]:
         assert new_dciodvfy_errors(out / rel, source) == set(), rel
 
 
-def test_normal_head_is_near_zero(analyzer: Analyzer, ct_data: Path, tmp_path: Path):
+def test_normal_head_has_no_seg_and_says_so(analyzer: Analyzer, ct_data: Path, tmp_path: Path):
     result = analyzer.analyze(ct_data / "ge-human-head-tilted", tmp_path)
     assert result.status is Status.ANALYZED
-    assert result.volume_ml < 0.5
-    seg = pydicom.dcmread(tmp_path / "seg.dcm")
-    assert int(seg.NumberOfFrames) == 28                       # every frame, even empty
-    assert read_sr_volume_ml(pydicom.dcmread(tmp_path / "sr.dcm")) == pytest.approx(result.volume_ml, abs=1e-3)
+    assert result.volume_ml == 0.0
+    assert "seg" not in result.outputs and not (tmp_path / "seg.dcm").exists()   # no empty segment (NaN in OHIF)
+    assert result.outputs["sr"] == ["sr.dcm"] and result.outputs["sr_tid1411"] == ["sr_tid1411.dcm"]
+    for name in ("sr.dcm", "sr_tid1411.dcm"):
+        assert read_sr_volume_ml(pydicom.dcmread(tmp_path / name)) == 0.0
 
 
 def test_reanalysis_references_predecessors(analyzer: Analyzer, lesioned, lesioned_result, tmp_path: Path):
@@ -198,7 +200,7 @@ def test_callers_cannot_assess_verdict_gives_coded_sr_only(analyzer: Analyzer, p
     verdict = CannotAssess("slice_too_thick", "slices of 7 mm exceed the 5 mm limit")
     result = analyzer.analyze(phantom_dir, tmp_path / "out", cannot_assess=verdict)
     assert result.status is Status.CANNOT_ASSESS and result.reason.startswith("slice_too_thick:")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_file()) == ["result.json", "sr.dcm"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_file()) == ["result.json", "sr.dcm", "sr_tid1411.dcm"]
     assert read_sr_reason(pydicom.dcmread(tmp_path / "out" / "sr.dcm")) == "CA-THICKSLICE"
 
 

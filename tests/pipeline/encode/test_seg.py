@@ -9,7 +9,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipeline.encode.seg import SegmenterInfo, build_seg, read_seg_mask
+from pipeline.encode.seg import DISPLAY_RGB, SegmenterInfo, build_seg, read_seg_mask
+from pipeline.encode.uids import tracking_uid
 from pipeline.volume import load_series
 
 
@@ -65,7 +66,29 @@ def test_seg_rejects_wrong_shape(ge):
         build_seg(ge.datasets, np.zeros((3, 512, 512), bool), SegmenterInfo("x", "1"))
 
 
-def test_seg_of_empty_mask_keeps_all_frames(ge):
-    seg = build_seg(ge.datasets, np.zeros(ge.source_shape, bool), SegmenterInfo("x", "1"))
+def test_no_seg_without_hematoma(ge):
+    """An empty segment shows as NaN statistics in OHIF: a negative result has no SEG at all."""
+    with pytest.raises(ValueError, match="no hematoma"):
+        build_seg(ge.datasets, np.zeros(ge.source_shape, bool), SegmenterInfo("x", "1"))
+
+
+def test_small_hematoma_keeps_all_frames(ge):
+    mask = np.zeros(ge.source_shape, bool)
+    mask[3, 10, 10] = True
+    seg = build_seg(ge.datasets, mask, SegmenterInfo("x", "1"))
     assert int(seg.NumberOfFrames) == len(ge.datasets)
     assert hd.seg.Segmentation.from_dataset(seg).number_of_segments == 1
+
+
+def test_segment_colour_tracking_and_description_for_viewers(ge):
+    seg = build_seg(ge.datasets, _blob(ge.source_shape), SegmenterInfo("ich-unet3d", "2"), version_tag="v2/1")
+    (segment,) = seg.SegmentSequence
+    lab = hd.color.CIELabColor.from_dicom_value(segment.RecommendedDisplayCIELabValue)
+    assert lab.to_rgb() == pytest.approx(DISPLAY_RGB, abs=2)            # OHIF warns without one
+    assert segment.TrackingUID == tracking_uid(ge.datasets[0].StudyInstanceUID)
+    assert segment.TrackingID == "ICH-1"
+    assert seg.SeriesDescription.startswith("ICH SEG v2/1 - ")           # what OHIF shows: ≤ 20 characters
+    assert len(seg.SeriesDescription.split(" - ")[0]) <= 20
+    assert "not for diagnostic use" in seg.SeriesDescription
+    default = build_seg(ge.datasets, _blob(ge.source_shape), SegmenterInfo("ich-unet3d", "2"))
+    assert default.SeriesDescription.startswith("ICH SEG v2 - ")
