@@ -463,6 +463,16 @@ class NodeConfig(_Section):
     def models_dir(self) -> Path:
         return self.models.registry_dir or (self.node.data_dir / "models")
 
+    @property
+    def results_dir(self) -> Path:
+        """Where the analysis of each job writes its SEG, SR, SC and result.json."""
+        return Path(self.node.data_dir) / "results"
+
+    @property
+    def ledger_path(self) -> Path:
+        """The delivery ledger (which result went to which destination)."""
+        return Path(self.node.data_dir) / "deliveries.sqlite3"
+
 
 # --------------------------------------------------------------------------------------------
 # loading

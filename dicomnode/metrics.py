@@ -203,9 +203,9 @@ def _model_versions(config: "NodeConfig") -> dict:
     """What ``ich-node status`` shows under models (same function), cached for 60 s."""
     if time.monotonic() - _MODELS_CACHE["at"] > 60:
         try:
-            from dicomnode.cli.status import _models
+            from dicomnode.observe.status import model_versions
 
-            _MODELS_CACHE["value"] = _models(config)
+            _MODELS_CACHE["value"] = model_versions(config)
         except Exception:  # noqa: BLE001
             _MODELS_CACHE["value"] = {}
         _MODELS_CACHE["at"] = time.monotonic()

@@ -44,14 +44,6 @@ def owner_prefix(config: NodeConfig) -> str:
     return f"{socket.gethostname()}:{where}/"
 
 
-def results_root(config: NodeConfig) -> Path:
-    return Path(config.node.data_dir) / "results"
-
-
-def ledger_path(config: NodeConfig) -> Path:
-    return Path(config.node.data_dir) / "deliveries.sqlite3"
-
-
 # -- adapters to the receive side (dicomnode.scp, dicomnode.selection) -----------------------------
 
 def selection_decider(config: NodeConfig, index: Index, spool: Spool) -> Callable[[str, list[SeriesInfo]], Decision]:
@@ -111,7 +103,7 @@ class Node:
         self.spool = Spool(cfg.node.spool_dir, cfg.storage.min_free_bytes)
         self.index.migrate_pseudonyms(self.spool.root, self.pseudonymizer)  # schema 2 → 3, before anything runs
         self.queue = open_queue(cfg)
-        self.ledger = Ledger(ledger_path(cfg))
+        self.ledger = Ledger(cfg.ledger_path)
         self.recovered["partial_spool_files"] = self.spool.remove_partials()
         self.recovered["leases"] = self.queue.recover(self.prefix)
 
@@ -120,7 +112,7 @@ class Node:
                                quiet_seconds=cfg.selection.quiet_seconds, on_enqueued=self.kick)
         self.recovered["held_jobs"] = self.sweeper.recover()
         self.housekeeper = Housekeeper(self.index, self.spool.remove, self.data_dir, cfg.storage.retention_days,
-                                       cfg.storage.min_free_bytes, queue=self.queue, results_root=results_root(cfg))
+                                       cfg.storage.min_free_bytes, queue=self.queue, results_root=cfg.results_dir)
         self.housekeeper.disk_check()
         if any(self.recovered.values()):
             log.info("crash recovery: %s", self.recovered)
@@ -139,7 +131,7 @@ class Node:
             for i in range(cfg.worker.processes):
                 process = AnalysisProcess(cfg.worker.analyzer, models, max_jobs=cfg.worker.max_jobs_per_process,
                                           threads=cfg.worker.threads)
-                self.workers.append(Worker(self.queue, process, results_root(cfg), owner=f"{self.prefix}w{i}-{os.getpid()}",
+                self.workers.append(Worker(self.queue, process, cfg.results_dir, owner=f"{self.prefix}w{i}-{os.getpid()}",
                                            timeout_s=cfg.queue.job_timeout_s, on_encoded=self._on_encoded))
 
         if self._receiver_factory is not None:

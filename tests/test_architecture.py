@@ -31,3 +31,14 @@ def test_a_back_edge_would_be_caught(tmp_path):
     finally:
         probe.unlink()
     assert r.returncode != 0 and "pipeline._layer_probe -> dicomnode.config" in r.stdout
+
+
+def test_no_module_is_in_an_import_cycle():
+    """No two modules reach each other, function-level imports included (grimp is import-linter's graph)."""
+    import grimp
+
+    graph = grimp.build_graph("dicomnode", "training", "pipeline", "ichutil", include_external_packages=False)
+    cycles = sorted({tuple(sorted((m, imported))) for m in graph.modules
+                     for imported in graph.find_modules_directly_imported_by(m)
+                     if graph.chain_exists(importer=imported, imported=m)})
+    assert cycles == []

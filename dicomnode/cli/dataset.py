@@ -7,7 +7,9 @@ from typing import Optional
 
 import typer
 
-from .models import CONFIG_OPT, DATA_DIR_OPT, fail, open_registry, resolve
+from .models import fail, open_registry, resolve
+from .options import CONFIG as CONFIG_OPT
+from .options import DATA_DIR as DATA_DIR_OPT
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
@@ -26,7 +28,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         from rich.console import Console
 
         from dicomnode.pseudonym import Pseudonymizer
-        from training.dataset import DatasetError, DatasetStore, import_cases
+        from training.dataset import DatasetError, DatasetStore
+        from training.site_import import import_cases
 
         where = resolve(config, data_dir)
         # the node's site key: an imported patient has the pseudonym the node gives the same patient

@@ -2,55 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-CONFIG = typer.Option(None, "--config", "-c", help="TOML config of the node (default: embedded defaults / $ICH_NODE_CONFIG).")
-DATA_DIR = typer.Option(None, "--data-dir", help="The node's data directory (overrides the config).")
-
-STATE_STYLE = {"received": "cyan", "queued": "blue", "running": "magenta", "encoded": "yellow", "sent": "green",
-               "failed": "red", "dead": "bold red"}
-
-
-def load(config: Optional[Path], data_dir: Optional[Path]):
-    """The node's config with ``--data-dir`` applied; exits 2 with the problems on a bad config."""
-    from dicomnode.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(config)
-    except ConfigError as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(2) from None
-    if data_dir is not None:
-        cfg.node.data_dir = data_dir
-    return cfg
-
-
-def open_queue_or_exit(cfg):
-    from dicomnode.queue import QueueError, open_queue, queue_path
-
-    if cfg.queue.backend == "sqlite" and not queue_path(cfg).exists():
-        typer.secho(f"no queue at {queue_path(cfg)} (has the node run with this data directory?)", fg="yellow", err=True)
-        raise typer.Exit(1)
-    try:
-        return open_queue(cfg)
-    except QueueError as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(1) from None
-
-
-def when(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def state_text(state: str) -> str:
-    return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
+from .options import CONFIG, DATA_DIR, load, open_queue_or_exit, state_text, when
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
@@ -93,7 +51,6 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
         from dicomnode.destinations.ledger import Ledger
         from dicomnode.queue import QueueError
-        from dicomnode.service import ledger_path
 
         cfg = load(config, data_dir)
         q = open_queue_or_exit(cfg)
@@ -102,7 +59,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         except QueueError as exc:
             typer.secho(str(exc), fg="red", err=True)
             raise typer.Exit(1) from None
-        deliveries = Ledger(ledger_path(cfg)).states(job.id) if ledger_path(cfg).exists() else []
+        deliveries = Ledger(cfg.ledger_path).states(job.id) if cfg.ledger_path.exists() else []
         if as_json:
             typer.echo(json.dumps({**_public(job), "deliveries": [d.__dict__ for d in deliveries]}, indent=2, default=list))
             return

@@ -8,9 +8,11 @@ from typing import Optional
 
 import typer
 
+from .options import CONFIG as CONFIG_OPT
+from .options import DATA_DIR as DATA_DIR_OPT
+from .options import load
+
 KIND_HELP = "segmenter (model 1) or classifier (model 2)."
-CONFIG_OPT = typer.Option(None, "--config", "-c", help="Node configuration (TOML); default: $ICH_NODE_CONFIG or built-in.")
-DATA_DIR_OPT = typer.Option(None, "--data-dir", help="Override node.data_dir.")
 
 
 @dataclass(frozen=True)
@@ -24,17 +26,7 @@ class Where:
 
 def resolve(config: Optional[Path], data_dir: Optional[Path]) -> Where:
     """Load the node config (exit 2 with every problem listed when invalid) and apply ``--data-dir``."""
-    from rich.console import Console
-
-    from dicomnode.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(config)
-    except ConfigError as exc:
-        Console(stderr=True).print(f"[red]{exc}[/]", highlight=False)
-        raise typer.Exit(2)
-    if data_dir is not None:
-        cfg.node.data_dir = data_dir
+    cfg = load(config, data_dir)
     return Where(cfg.node.data_dir, cfg.models_dir, cfg)
 
 

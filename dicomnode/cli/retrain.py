@@ -7,7 +7,9 @@ from typing import Optional
 
 import typer
 
-from .models import CONFIG_OPT, DATA_DIR_OPT, fail, open_registry, resolve
+from .models import fail, open_registry, resolve
+from .options import CONFIG as CONFIG_OPT
+from .options import DATA_DIR as DATA_DIR_OPT
 
 
 def policies(cfg, **cli) -> tuple:

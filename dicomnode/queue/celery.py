@@ -613,7 +613,6 @@ class WorkerRuntime:
     used only for its ``run_job`` (same outputs, failure handling and lease rules as the embedded queue)."""
 
     def __init__(self, config: "NodeConfig", queue: CeleryQueue) -> None:
-        from dicomnode.service import results_root
         from dicomnode.plugins import load_target
         from dicomnode.worker import ModelSource, Worker, _model_paths
 
@@ -625,7 +624,7 @@ class WorkerRuntime:
         lease_s = config.queue.worker_lease_s
         self.process = InProcessAnalysis(load_target(config.worker.analyzer), paths, watcher,
                                          tick_every_s=max(0.5, lease_s / 4))
-        self.worker = Worker(queue, self.process, results_root(config), owner=self.owner,
+        self.worker = Worker(queue, self.process, config.results_dir, owner=self.owner,
                              timeout_s=config.queue.job_timeout_s, lease_s=lease_s)
         log.info("celery worker process %s ready (models %s)", os.getpid(), self.process.model_info)
 

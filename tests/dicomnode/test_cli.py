@@ -13,7 +13,6 @@ from dicomnode.cli import app
 from dicomnode.config import NodeConfig
 from dicomnode.destinations.ledger import Ledger
 from dicomnode.queue import JobState, open_queue
-from dicomnode.service import ledger_path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_destinations import StoreSCP  # noqa: E402
@@ -35,7 +34,7 @@ def data_dir(tmp_path) -> Path:
     dead = q.enqueue("b" * 32, {"files": []})
     q.claim("w")
     q.fail(dead.id, "w", "analysis process died (exit code -9)")
-    Ledger(ledger_path(cfg)).record_delivered(sent.id, "pacs", "seg.dcm")
+    Ledger(cfg.ledger_path).record_delivered(sent.id, "pacs", "seg.dcm")
     return tmp_path / "var"
 
 

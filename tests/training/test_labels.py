@@ -13,7 +13,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from dicomnode.pseudonym import Pseudonymizer
 from pipeline.result import AnalysisResult, Status
 from training.dataset import DatasetStore
-from training.labels import ExpansionRule, LabelPolicy, on_analysis, read_study_info, record_analysis
+from training.labels import ExpansionRule, LabelPolicy, on_analysis, record_analysis
+from training.studies import read_study_info
 
 T0 = dt.datetime(2026, 3, 1, 8, 30, 0)
 SITE = Pseudonymizer.ephemeral()  # the node's site key, as the node passes it to the store
