@@ -123,7 +123,7 @@ class NodeSection(_Section):
     max_associations_per_peer: int = Field(8, ge=1)  # from one address; more are refused (A-ASSOCIATE-RJ, transient)
     # A data set is held in RAM up to this size; a larger one is streamed to a spool file as it arrives
     # (fast path) or refused with an A-ABORT (pynetdicom's path, which cannot stream).
-    stream_over_mb: int = Field(64, ge=1, le=4096)
+    stream_over_mb: int = Field(32, ge=1, le=4096)
     max_dataset_mb: int = Field(4096, ge=1)  # the largest data set accepted at all
     acse_timeout_s: float = Field(30, gt=0)  # association negotiation (and the TLS handshake)
     dimse_timeout_s: float = Field(60, gt=0)  # waiting for the next DIMSE message

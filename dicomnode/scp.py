@@ -39,7 +39,7 @@ from pydicom.dataset import Dataset
 from . import digest
 from .config import NodeConfig
 from .header import DEFLATED_LE, EXPLICIT_LE, IMPLICIT_LE, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH
-from .header import StoreRefused, parse_header
+from .header import StoreRefused, check_complete, parse_header
 from .index import Index, InstanceInfo, InstanceRecord, StoreOutcome
 from .journal import Entry, Journal, JournalStalled
 from .pseudonym import Pseudonymizer
@@ -235,6 +235,7 @@ class Receiver:
         chunks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
         size = sum(len(c) for c in chunks)
         hdr = self.check(sop_class, sop_uid, transfer_syntax, chunks)
+        check_complete(chunks, transfer_syntax)  # (a streamed data set is too large for this walk)
         sop_class, sop_uid = hdr.sop_class, hdr.sop_uid
         now = time.time() if received_at is None else received_at
         rel = self.spool.relpath(hdr.study_uid, hdr.series_uid, sop_uid)

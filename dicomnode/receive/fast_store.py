@@ -35,7 +35,7 @@ NO_DATA_SET = 0x0101
 # Answer = (status, error comment) for one stored data set; Receiver.answer has this shape. Work it
 # appends to the last argument runs after the response has left (see Receiver.store's ``later``).
 Answer = Callable[[str, str, str, list, str, list], "tuple[int, str]"]  # data set as its fragments
-STREAM_OVER = 64 << 20  # default memory_limit: a CT slice is 0.5 MB, an enhanced multi-frame CT can be GBs
+STREAM_OVER = 32 << 20  # default memory_limit: a CT slice is 0.5 MB, an enhanced multi-frame CT can be GBs
 
 
 class Sink(Protocol):
