@@ -17,7 +17,7 @@ from pipeline.encode.outline import KeyOutline
 from pipeline.encode.sr import groups, narrative
 from pipeline.encode.sr.findings import Findings, model_text
 from pipeline.encode.sr.library import insert_image_library
-from pipeline.encode.sr.profile import DEFAULT_PROFILE, check_profile, profile_of
+from pipeline.encode.sr.profile import DEFAULT_PROFILE, SERIES_OFFSET, check_profile, profile_of
 
 
 def build_sr(
@@ -64,7 +64,7 @@ def build_sr(
             evidence=evidence,
             content=content,
             series_instance_uid=hd.UID(),
-            series_number=series_number or new_series_number(source_datasets, offset=2),
+            series_number=series_number or new_series_number(source_datasets, offset=SERIES_OFFSET[profile]),
             sop_instance_uid=hd.UID(),
             instance_number=1,
             manufacturer=device.manufacturer,

@@ -24,6 +24,10 @@ COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SOP_CLASS: dict[Profile, str] = {"ohif": COMPREHENSIVE_SR, "tid1411": COMPREHENSIVE_3D_SR}
 
+# Series number = source's + 1000 + offset (SEG 1, overlay 3): distinct, so that where both SRs end
+# up in one archive they sort apart, the "ohif" one first.
+SERIES_OFFSET: dict[Profile, int] = {"ohif": 2, "tid1411": 4}
+
 # The key in AnalysisResult.outputs (result.json) and the file name of each profile's SR.
 OUTPUT_KIND: dict[Profile, str] = {"ohif": "sr", "tid1411": "sr_tid1411"}
 FILE_NAME: dict[Profile, str] = {"ohif": "sr.dcm", "tid1411": "sr_tid1411.dcm"}

@@ -139,6 +139,7 @@ def test_reports_are_valid_rendered_and_read_back(phantom, tmp_path: Path, new_d
     assert "<html" in _tool("dsr2html", path).lower()
     assert sr.SOPClassUID == (COMPREHENSIVE_SR if profile == "ohif" else COMPREHENSIVE_3D_SR)
     assert sr.SeriesDescription.startswith("ICH report")
+    assert int(sr.SeriesNumber) == (int(s.datasets[0].SeriesNumber) % 1000) + 1000 + (2 if profile == "ohif" else 4)
     document = (hd.sr.ComprehensiveSR if profile == "ohif" else hd.sr.Comprehensive3DSR).from_dataset(sr)
     assert read_sr_volume_ml(sr) == (None if case == "cannot" else findings.volume_ml)
     assert read_sr_reason(sr) == ("CA-MISSINGSLICES" if case == "cannot" else None)
