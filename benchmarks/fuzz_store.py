@@ -10,7 +10,9 @@ sends ``--count`` mutated data sets (plus a few unmutated controls and some prot
 over ``--associations`` associations, ``--parallel`` at a time, with pynetdicom as SCU. The C-STORE
 command and the P-DATA-TF PDUs are written by hand on the association's socket, so hostile bytes reach
 the node as they are (pynetdicom would validate or re-encode them); pynetdicom negotiates, releases and
-reads the responses.
+reads the responses (its association reactor stays paused for the whole association: when it pauses
+per request, as ``send_c_store`` does, it now and then takes a response off the queue itself, which
+looked like a node that never answers).
 
 Mutation classes (each data set: a real CT slice of ../shared/data/ct, or a synthetic one, with fresh
 UIDs, in explicit, implicit or deflated little endian; ``MUTATORS`` below):
@@ -18,7 +20,9 @@ UIDs, in explicit, implicit or deflated little endian; ``MUTATORS`` below):
     truncation, byte_flip, huge_length, nested_sequences, hostile_uid, non_numeric_geometry,
     text_300k, out_of_order, pixel_mismatch       (data sets: an abort is a failure, a status is expected)
     control                                       (unmutated: must be stored, 0x0000)
-    protocol_garbage                              (not DICOM at the PDU level: an abort is acceptable)
+    protocol_garbage                              (broken PDUs, PDVs or command sets, a C-STORE-RQ whose
+                                                  SOP class is neither its context's nor valid: an abort
+                                                  is acceptable)
 
 Checks, afterwards (the run fails if any fails):
 
@@ -26,9 +30,10 @@ Checks, afterwards (the run fails if any fails):
     no_abort              no association carrying a data set was aborted by the node, none went unanswered
     expectations          controls stored (0x0000); no hostile UID ever stored
     nothing_outside       no file appeared outside the data dir: the run folder, the node's cwd, HOME and
-                          TMPDIR are snapshot before and after; hostile UIDs carry a marker that is searched
-                          for under the run folder and /tmp; the node's (and its children's) files open for
-                          writing are sampled every 0.2 s and must all lie in the data dir
+                          TMPDIR are snapshot before the fuzzing, after it and after the analyses; hostile UIDs
+                          carry a marker that is searched for under the run folder and /tmp; the node's (and
+                          its children's) files open for writing are sampled every 0.2 s and must all lie in
+                          the data dir
     indexed               every instance answered 0x0000 is in the index (SQLite) with a digest that
                           matches its spool file (dicomnode.digest.matches), and the spool file holds the
                           bytes that were sent; every spool file lies inside the spool
@@ -589,6 +594,14 @@ class Sender:
         with self._lock:
             n = next(self._ids)
         assoc = self.ae.associate("127.0.0.1", self.port, ae_title=NODE_AE, max_pdu=65536)
+        if assoc.is_established:
+            # pynetdicom's association reactor takes any DIMSE message off the queue unless paused, and its
+            # pause flag is also set for an instant in every turn (send_c_store races with it). Paused once
+            # here, for the whole association, after at least one full turn of its loop: our responses are ours.
+            assoc._reactor_checkpoint.clear()
+            time.sleep(0.02)
+            while not assoc._is_paused and assoc.is_established:
+                time.sleep(0.001)
         return n, assoc
 
     @staticmethod
@@ -606,33 +619,33 @@ class Sender:
             return res
         ctx = self.context(assoc, case.transfer_syntax, case.context_sop_class)
         limit = (assoc.acceptor.maximum_length or 65536) - 6  # a PDV item's header is 6 bytes
-        assoc._reactor_checkpoint.clear()  # as send_c_store: the reactor must not take our response
-        while not assoc._is_paused and assoc.is_established:
-            time.sleep(0.0001)
-        try:
-            try:
-                if case.garbage is not None:
-                    sock.sendall(case.garbage)
-                else:
-                    pdus = [p_data(ctx, 0x03, c_store_rq(message_id, case.sop_class, case.sop_uid))]
-                    view = memoryview(case.data)
-                    offsets = list(range(0, len(view), limit)) or [0]
-                    for k, at in enumerate(offsets):
-                        pdus.append(p_data(ctx, 0x02 if k == len(offsets) - 1 else 0x00, view[at:at + limit]))
-                    for pdu in pdus:
-                        sock.sendall(pdu)
-            except OSError:
-                pass  # the node closed the connection: its abort is read below
-            rsp = None if case.garbage is not None else assoc.dimse.get_msg(block=True)[1]
-        finally:
-            assoc._reactor_checkpoint.set()
+        try:  # the reactor is paused (see associate)
+            if case.garbage is not None:
+                sock.sendall(case.garbage)
+            else:
+                pdus = [p_data(ctx, 0x03, c_store_rq(message_id, case.sop_class, case.sop_uid))]
+                view = memoryview(case.data)
+                offsets = list(range(0, len(view), limit)) or [0]
+                for k, at in enumerate(offsets):
+                    pdus.append(p_data(ctx, 0x02 if k == len(offsets) - 1 else 0x00, view[at:at + limit]))
+                for pdu in pdus:
+                    sock.sendall(pdu)
+        except OSError:
+            pass  # the node closed the connection: its abort is read below
         if case.garbage is not None:
+            assoc._reactor_checkpoint.set()  # the reactor notices an abort
             return self._after_garbage(assoc, res)
+        t_wait = time.monotonic()
+        rsp = assoc.dimse.get_msg(block=True)[1]
+        waited = time.monotonic() - t_wait
         if rsp is None:
+            assoc._reactor_checkpoint.set()
             deadline = time.monotonic() + 5
             while assoc.is_established and not assoc.is_aborted and time.monotonic() < deadline:
                 time.sleep(0.01)
             res.outcome = "abort" if assoc.is_aborted or not assoc.is_established else "no response"
+            res.comment = (f"after {waited:.2f} s; requestor: aborted={assoc.is_aborted} "
+                           f"released={assoc.is_released} dul alive={assoc.dul.is_alive()}")
             if res.outcome == "no response":
                 assoc.abort()
             return res
@@ -754,6 +767,22 @@ def fuzz(sender: Sender, gen: Generator, classes: list[str], associations: int, 
 
 # ------------------------------------------------------------------------------------------------
 # the node, Orthanc and the watchers
+
+
+class ScuLog(logging.Handler):
+    """Collects pynetdicom's warnings and errors in the harness process (with the time they happened)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.records) < 1000:
+            at = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
+            self.records.append(f"{at} {record.levelname} {record.name}: {record.getMessage()[:300]}")
+
+    def summary(self) -> dict:
+        return {"count": len(self.records), "first": self.records[:40]}
 
 
 def free_port() -> int:
@@ -1031,7 +1060,11 @@ def run(count: int = 1000, associations: int = 40, parallel: int = 2, seed: int 
         keep_failed: bool = False) -> dict:
     """The whole harness; returns the report (``report["ok"]``: every check passed). The run folder (node
     log, data dir) is removed at the end unless ``keep``, or ``keep_failed`` and a check failed."""
-    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    scu_log = ScuLog()  # what pynetdicom says on our side (the SCU): reported, not printed
+    pyn = logging.getLogger("pynetdicom")
+    pyn.addHandler(scu_log)
+    pyn.propagate = False
+    pyn.setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")  # responses echo the hostile UIDs we sent
     for tool in ("Orthanc",):
         if shutil.which(tool) is None and not Path("/usr/sbin/Orthanc").exists():
@@ -1083,7 +1116,8 @@ def run(count: int = 1000, associations: int = 40, parallel: int = 2, seed: int 
                            "running": node.alive(), "c_echo": status}
         bad = [r for r in results if r.klass != "protocol_garbage" and r.outcome != "status"]
         checks["no_abort"] = {"ok": not bad, "data_set_cases_without_status": len(bad),
-                              "cases": [f"case {r.index} {r.klass}: {r.outcome} ({r.detail})" for r in bad][:50]}
+                              "cases": [f"case {r.index} {r.klass}: {r.outcome} {r.comment} ({r.detail})"
+                                        for r in bad][:50]}
         wrong = [r for r in results if (r.expect == "store" and r.status != 0x0000)
                  or (r.expect == "refuse" and r.outcome == "status" and r.status == 0x0000)]
         checks["expectations"] = {"ok": not wrong, "cases": [f"case {r.index} {r.klass}: {r.outcome} "
@@ -1120,15 +1154,23 @@ def run(count: int = 1000, associations: int = 40, parallel: int = 2, seed: int 
                                  "seconds": round(time.monotonic() - t0, 1)}
         checks["alive_at_end"] = {"ok": node.alive() and node.proc.pid == pid, "pid": pid}
         watch.halt.set()
-        # informational: what the analysis of the valid study wrote outside (library caches, temp files)
-        checks["nothing_outside"]["during_valid_study"] = {
-            "new_files": sorted(tree(root, skip) - after)[:50],
-            "open_for_writing_outside": sorted(watch.outside - set(outside))[:50]}
+        watch.sample()
+        # the analyses (of the fuzzed studies and the valid one) ran meanwhile: still nothing outside
+        later = sorted(tree(root, skip) - after)
+        later_hits = sorted(set(find_marker(marker, [root, Path("/tmp")])) - set(hits))
+        later_open = sorted(watch.outside - set(outside))
+        checks["nothing_outside"]["after_the_analyses"] = {"new_files": later[:50], "marker_hits": later_hits[:50],
+                                                           "open_for_writing_outside": later_open[:50]}
+        checks["nothing_outside"]["ok"] = checks["nothing_outside"]["ok"] and not later and not later_hits and not later_open
         log_text = node.log.read_text(errors="replace")
+        failures = re.findall(r"dicomnode\.worker: job \d+ \(study \w+\) failed: ([\w.]+)", log_text)
         report["node_log"] = {"tracebacks": log_text.count("Traceback (most recent call last)"),
                               "errors": len(re.findall(r" (?:ERROR|CRITICAL) ", log_text)),
-                              "refusal_warnings": log_text.count(" refused 0x")}
+                              "refusal_warnings": log_text.count(" refused 0x"),
+                              "analysis_attempts_failed": dict(Counter(failures)),
+                              "jobs_delivered": len(re.findall(r"dicomnode\.service: job \d+ delivered", log_text))}
         report["checks"] = checks
+        report["scu_log"] = scu_log.summary()
         report["ok"] = all(c["ok"] for c in checks.values())
         report["accepted_although_mutated"] = {
             k: v["statuses"].get("0x0000", 0) for k, v in report["per_class"].items() if k not in ("control",)}
@@ -1179,13 +1221,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ct-data", type=Path, default=CT_DATA)
     ap.add_argument("--workdir", type=Path, help="where the run folder is made (default: the system temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the run folder (node log, data dir)")
+    ap.add_argument("--keep-failed", action="store_true", help="keep the run folder when a check fails")
     ap.add_argument("--valid-timeout", type=float, default=600, help="seconds for the valid study's SEG + SR")
     ap.add_argument("--quiet", type=float, default=2.0, help="selection.quiet_seconds of the node")
     ap.add_argument("--json", type=Path, help="write the report here")
     opts = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the node and Orthanc on the way out
     report = run(opts.count, opts.associations, opts.parallel, opts.seed, opts.controls, opts.garbage, opts.ct_data,
-                 opts.workdir, opts.keep, opts.valid_timeout, opts.quiet)
+                 opts.workdir, opts.keep, opts.valid_timeout, opts.quiet, keep_failed=opts.keep_failed)
     print_summary(report)
     if opts.json:
         opts.json.parent.mkdir(parents=True, exist_ok=True)
