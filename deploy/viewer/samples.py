@@ -88,14 +88,14 @@ def write_missing_slice_ct(source: Path, folder: Path, missing: int = MISSING_SL
 def prepare(workdir: Path, names: tuple[str, ...] = ("hematoma", "negative", "cannot_assess"),
             progress=print) -> dict[str, Sample]:
     """Make and analyse the sample studies under ``workdir``; returns them by name."""
-    from pipeline.analyze import Analyzer
+    from pipeline.analyze import Analyzer, OutputOptions
     from pipeline.models import ModelPaths
 
     workdir = Path(workdir)
     ct = ct_data_dir()
     if ct is None and names != ("hematoma",):
         raise FileNotFoundError("real CT data (../shared/data/ct or $ICH_CT_DATA) not found")
-    analyzer = Analyzer(ModelPaths.bundled())
+    analyzer = Analyzer(ModelPaths.bundled(), OutputOptions(sr_profiles=("ohif",)))  # what an "ohif" destination gets
     samples: dict[str, Sample] = {}
     for name in names:
         base = workdir / name

@@ -152,7 +152,8 @@ class OhifPage:
 
     def svg_text(self) -> str:
         """Text drawn on the images (cornerstone's SVG annotation layer)."""
-        return self.js("return [...document.querySelectorAll('svg text')].map(t => t.textContent).join('\\n');")
+        return self.js("return [...document.querySelectorAll('svg text')].map(t => { const l = t.querySelectorAll('tspan');"
+                       " return l.length ? [...l].map(x => x.textContent).join('\\n') : t.textContent; }).join('\\n');")
 
     def page_text(self) -> str:
         return self.js("return document.body.innerText;") + "\n" + self.svg_text()

@@ -22,7 +22,6 @@ from ohif_page import OhifPage, sop_of, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SR_ENCODING = pytest.mark.xfail(strict=False, reason="issue 14: SR encoding for OHIF in progress")
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -66,8 +65,8 @@ def numbers_before(unit_regex: str, text: str) -> list[float]:
 
 
 def _result_modalities(sample) -> set[str]:
-    kinds = {"seg": "SEG", "sr": "SR", "sc": "OT"}
-    return {"CT"} | {kinds.get(k, "?") for k, v in sample.result["outputs"].items() if v}
+    kinds = {"seg": "SEG", "sr": "SR", "sc": "OT"}  # what an "ohif" destination receives (no sr_tid1411)
+    return {"CT"} | {kinds[k] for k, v in sample.result["outputs"].items() if v and k in kinds}
 
 
 def _view(ohif_page, viewer_stack, sample: str, view: str, scenario) -> dict:
@@ -163,6 +162,11 @@ def _open_and_load_sr(p: OhifPage, sample, f: dict, view: str) -> None:
     f["current_sop"] = p.current_sop() if p.js(
         "const e = window.cornerstone.getEnabledElements(); return e.length > 0 && !!e[0].viewport.getCurrentImageId"
         " && !!e[0].viewport.getCurrentImageId();") else None
+    try:  # software rendering: the measurement text or the text report appears some seconds after loading
+        wait_until(lambda: p.svg_text().strip() or re.search(r"hematoma|cannot assess", p.page_text(), re.I), 30,
+                   "SR text on the page")
+    except TimeoutError:
+        pass  # recorded as what the page shows; the tests say what was expected
     f["svg_text"] = p.svg_text()
     f["page_text"] = p.page_text()
     f["problems"] = p.problems("SR|structured|measurement|ReferencedSOP")
@@ -269,7 +273,6 @@ def _overlay_pixels(facts: dict, mask: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return diff, valid & interior[row, col], valid & near[row, col]
 
 
-@SR_ENCODING
 def test_seg_loads_in_its_own_colour_without_warning(hematoma_seg, viewer_stack):
     _ok(hematoma_seg)
     assert hematoma_seg["seg_problems"] == []
@@ -280,7 +283,6 @@ def test_seg_loads_in_its_own_colour_without_warning(hematoma_seg, viewer_stack)
     assert np.abs(np.array(shown["color"]) - cielab_to_rgb(lab)).max() <= 3, (shown, cielab_to_rgb(lab))
 
 
-@SR_ENCODING
 def test_sr_opens_on_the_key_slice_with_outline_volume_probability_and_risk(hematoma_sr, viewer_stack):
     _ok(hematoma_sr)
     s = viewer_stack.samples["hematoma"]
@@ -338,21 +340,18 @@ def test_overlay_sc_displays(hematoma_sc, viewer_stack):
     assert hematoma_sc["problems"] == []
 
 
-@SR_ENCODING
 def test_negative_study_has_no_empty_segment(negative, viewer_stack):
     _ok(negative)
     assert viewer_stack.samples["negative"].result["volume_ml"] == 0
     assert all(seg["all_finite"] and seg["volume_mm3"] for seg in negative["segments"]), negative["segments"]
 
 
-@SR_ENCODING
 def test_negative_study_sr_says_no_hematoma_detected(negative):
     _ok(negative)
     assert negative["problems"] == []
     assert re.search(r"no (intracerebral )?hematoma", negative["page_text"], re.I), negative["page_text"][-2000:]
 
 
-@SR_ENCODING
 def test_cannot_assess_study_shows_the_reason(cannot_assess, viewer_stack):
     _ok(cannot_assess)
     s = viewer_stack.samples["cannot_assess"]
@@ -362,7 +361,6 @@ def test_cannot_assess_study_shows_the_reason(cannot_assess, viewer_stack):
     assert re.search(r"missing slices", cannot_assess["page_text"], re.I), cannot_assess["page_text"][-2000:]
 
 
-@SR_ENCODING
 def test_series_descriptions_lead_with_what_the_radiologist_scans_for(hematoma_seg):
     _ok(hematoma_seg)
     lead = {"SEG": "ICH SEG", "SR": "ICH report", "OT": "ICH overlay"}
