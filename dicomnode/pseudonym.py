@@ -34,6 +34,7 @@ KEY_BYTES = 32
 PSEUDONYM_HEX = 32
 _PATIENT = b"ich-node/patient/v1\x00"
 _UNLINKED = b"ich-node/unlinked/v1\x00"
+_INSTALLATION = b"ich-node/installation/v1\x00"  # domain of installation_id()
 
 
 class SiteKeyError(RuntimeError):
@@ -101,6 +102,13 @@ class Pseudonymizer:
         iss = "" if issuer is None else str(issuer).strip()
         mac = self._mac.copy()
         mac.update(_PATIENT + f"{len(iss)}:{iss}|{pid}".encode("utf-8", "surrogatepass"))
+        return mac.hexdigest()[:PSEUDONYM_HEX]
+
+    def installation_id(self) -> str:
+        """A stable value only this installation has (keyed, in its own domain; reveals nothing of the
+        key): names the node as the Device Observer of its SRs across re-analyses and restarts."""
+        mac = self._mac.copy()
+        mac.update(_INSTALLATION)
         return mac.hexdigest()[:PSEUDONYM_HEX]
 
     def unlinkable(self, old_pseudonym: str) -> str:

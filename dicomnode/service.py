@@ -130,6 +130,7 @@ class Node:
             models = ModelSource(registry_dir=str(cfg.models_dir), bundled_fallback=cfg.models.bundled_fallback)
             for i in range(cfg.worker.processes):
                 process = AnalysisProcess(cfg.worker.analyzer, models, max_jobs=cfg.worker.max_jobs_per_process,
+                                          installation_id=self.pseudonymizer.installation_id(),
                                           threads=cfg.worker.threads)
                 self.workers.append(Worker(self.queue, process, cfg.results_dir, owner=f"{self.prefix}w{i}-{os.getpid()}",
                                            timeout_s=cfg.queue.job_timeout_s, on_encoded=self._on_encoded))

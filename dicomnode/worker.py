@@ -79,7 +79,8 @@ def predecessor_files(result_dir: str | Path) -> list[str]:
         outputs = json.loads((root / "result.json").read_text()).get("outputs") or {}
     except (OSError, ValueError):
         return []
-    files = [root / rel for kind in ("sr", "seg", "sc") for rel in outputs.get(kind) or []]
+    kinds = sorted(outputs, key=lambda k: (not k.startswith("sr"), k != "seg", k))  # SRs (every profile), SEG, rest
+    files = [root / rel for kind in kinds for rel in outputs[kind] or [] if str(rel).endswith(".dcm")]
     return [str(f) for f in files if f.is_file()]
 
 
@@ -98,6 +99,21 @@ def _analyze_kwargs(analyzer: Any, request: dict) -> dict:
     return kwargs
 
 
+def _with_device(build: Callable, installation_id: str | None) -> Callable:
+    """``build(paths)``, naming this installation as the outputs' device when the analyzer accepts one."""
+    import inspect
+
+    try:
+        accepts = "device" in inspect.signature(build).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    if installation_id is None or not accepts:
+        return build
+    from pipeline.encode.common import DeviceInfo
+
+    return lambda paths: build(paths, device=DeviceInfo(installation_id=installation_id))
+
+
 def _die_with_parent() -> None:
     """Linux: SIGKILL this child when the node dies (kill -9), so no orphan keeps writing outputs."""
     try:
@@ -109,7 +125,8 @@ def _die_with_parent() -> None:
         pass
 
 
-def _child_main(conn, analyzer_target: str, source: ModelSource, threads: int, parent_pid: int | None = None) -> None:
+def _child_main(conn, analyzer_target: str, source: ModelSource, threads: int, parent_pid: int | None = None,
+                installation_id: str | None = None) -> None:
     """Child process: load the models once, then answer requests until told to stop (``None``)."""
     _die_with_parent()
     if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl took effect
@@ -119,7 +136,7 @@ def _child_main(conn, analyzer_target: str, source: ModelSource, threads: int, p
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        build = load_target(analyzer_target)
+        build = _with_device(load_target(analyzer_target), installation_id)
         paths, watcher = _model_paths(source)
         analyzer = build(paths)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which logs it
@@ -149,8 +166,10 @@ class AnalysisProcess:
     """Parent-side handle on one long-lived analysis child."""
 
     def __init__(self, analyzer: str = DEFAULT_ANALYZER, models: ModelSource | None = None, *,
-                 max_jobs: int = 50, start_timeout_s: float = 600.0, threads: int = 2) -> None:
+                 max_jobs: int = 50, start_timeout_s: float = 600.0, threads: int = 2,
+                 installation_id: str | None = None) -> None:
         self.analyzer = analyzer
+        self.installation_id = installation_id  # the SRs' Device Observer (Pseudonymizer.installation_id)
         self.models = models or ModelSource()
         self.max_jobs = max_jobs
         self.start_timeout_s = start_timeout_s
@@ -170,7 +189,7 @@ class AnalysisProcess:
             return
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_child_main, args=(child, self.analyzer, self.models, self.threads, os.getpid()),
+        proc = ctx.Process(target=_child_main, args=(child, self.analyzer, self.models, self.threads, os.getpid(), self.installation_id),
                            name="ich-analysis", daemon=True)
         proc.start()
         child.close()

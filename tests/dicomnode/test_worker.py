@@ -202,3 +202,36 @@ def test_selection_cannot_assess_reaches_an_analyzer_that_accepts_it(tmp_path, f
         assert json.loads(Path(job.result_dir, "result.json").read_text())["reason"] == "too_thick: 7 mm slices"
     finally:
         proc.stop()
+
+
+def test_every_sr_profile_of_an_earlier_result_is_a_predecessor(tmp_path):
+    import json
+
+    from dicomnode.worker import predecessor_files
+
+    for name in ("sr.dcm", "sr_tid1411.dcm", "seg.dcm", "sc/1.dcm"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "result.json").write_text(json.dumps({"outputs": {
+        "seg": ["seg.dcm"], "sc": ["sc/1.dcm"], "sr_tid1411": ["sr_tid1411.dcm"], "sr": ["sr.dcm"]}}))
+    assert [Path(f).relative_to(tmp_path).as_posix() for f in predecessor_files(tmp_path)] == [
+        "sr.dcm", "sr_tid1411.dcm", "seg.dcm", "sc/1.dcm"]
+
+
+def test_the_node_names_its_installation_as_the_device_observer(tmp_path):
+    """The analyzer built in the child gets DeviceInfo(installation_id=...) when it accepts a device."""
+    from dicomnode.pseudonym import Pseudonymizer
+    from dicomnode.worker import _with_device
+    from pipeline.encode.common import DeviceInfo
+
+    seen = []
+
+    def build(paths, device=None):
+        seen.append(device)
+
+    pz = Pseudonymizer.load_or_create(tmp_path / "site.key")
+    _with_device(build, pz.installation_id())("paths")
+    assert seen[0].installation_id == pz.installation_id() == Pseudonymizer.load_or_create(tmp_path / "site.key").installation_id()
+    assert seen[0].observer_uid != DeviceInfo().observer_uid  # not the shared fallback
+    assert pz.installation_id() != Pseudonymizer.ephemeral().installation_id()
+    assert _with_device(lambda paths: "old-style", "x")("p") == "old-style"  # an analyzer without device
