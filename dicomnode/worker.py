@@ -99,7 +99,7 @@ def _analyze_kwargs(analyzer: Any, request: dict) -> dict:
     return kwargs
 
 
-def _with_device(build: Callable, installation_id: str | None) -> Callable:
+def with_device(build: Callable, installation_id: str | None) -> Callable:
     """``build(paths)``, naming this installation as the outputs' device when the analyzer accepts one."""
     import inspect
 
@@ -136,7 +136,7 @@ def _child_main(conn, analyzer_target: str, source: ModelSource, threads: int, p
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        build = _with_device(load_target(analyzer_target), installation_id)
+        build = with_device(load_target(analyzer_target), installation_id)
         paths, watcher = _model_paths(source)
         analyzer = build(paths)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which logs it

@@ -614,7 +614,8 @@ class WorkerRuntime:
 
     def __init__(self, config: "NodeConfig", queue: CeleryQueue) -> None:
         from dicomnode.plugins import load_target
-        from dicomnode.worker import ModelSource, Worker, _model_paths
+        from dicomnode.pseudonym import Pseudonymizer
+        from dicomnode.worker import ModelSource, Worker, _model_paths, with_device
 
         self.config = config
         self.queue = queue
@@ -622,7 +623,9 @@ class WorkerRuntime:
         paths, watcher = _model_paths(ModelSource(registry_dir=str(config.models_dir),
                                                   bundled_fallback=config.models.bundled_fallback))
         lease_s = config.queue.worker_lease_s
-        self.process = InProcessAnalysis(load_target(config.worker.analyzer), paths, watcher,
+        build = with_device(load_target(config.worker.analyzer),  # the site key lives on the shared data dir
+                             Pseudonymizer.for_data_dir(config.node.data_dir).installation_id())
+        self.process = InProcessAnalysis(build, paths, watcher,
                                          tick_every_s=max(0.5, lease_s / 4))
         self.worker = Worker(queue, self.process, config.results_dir, owner=self.owner,
                              timeout_s=config.queue.job_timeout_s, lease_s=lease_s)

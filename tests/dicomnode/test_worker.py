@@ -221,7 +221,7 @@ def test_every_sr_profile_of_an_earlier_result_is_a_predecessor(tmp_path):
 def test_the_node_names_its_installation_as_the_device_observer(tmp_path):
     """The analyzer built in the child gets DeviceInfo(installation_id=...) when it accepts a device."""
     from dicomnode.pseudonym import Pseudonymizer
-    from dicomnode.worker import _with_device
+    from dicomnode.worker import with_device
     from pipeline.encode.common import DeviceInfo
 
     seen = []
@@ -230,8 +230,8 @@ def test_the_node_names_its_installation_as_the_device_observer(tmp_path):
         seen.append(device)
 
     pz = Pseudonymizer.load_or_create(tmp_path / "site.key")
-    _with_device(build, pz.installation_id())("paths")
+    with_device(build, pz.installation_id())("paths")
     assert seen[0].installation_id == pz.installation_id() == Pseudonymizer.load_or_create(tmp_path / "site.key").installation_id()
     assert seen[0].observer_uid != DeviceInfo().observer_uid  # not the shared fallback
     assert pz.installation_id() != Pseudonymizer.ephemeral().installation_id()
-    assert _with_device(lambda paths: "old-style", "x")("p") == "old-style"  # an analyzer without device
+    assert with_device(lambda paths: "old-style", "x")("p") == "old-style"  # an analyzer without device
