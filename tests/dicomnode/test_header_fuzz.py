@@ -14,6 +14,10 @@ Properties:
 * An unmutated data set split anywhere gives the header pydicom reads from it.
 * Where both the fast scanner and the pydicom fallback read a mutated data set, they agree on the
   four UIDs (and so on the status).
+* ``check_complete`` (the whole structure, walked before the receiver answers): every unmutated source
+  is complete; any mutation is complete or refused 0xC000, however it is fragmented; a cut anywhere but
+  between two top-level elements is refused. Strict xfail: a deflate bomb sent in several fragments
+  inflates up to the cap per fragment, not per data set.
 
 ``HYPOTHESIS_PROFILE=explore`` runs 20× the examples (random); ``CI`` set: derandomized (tests/conftest.py).
 """
