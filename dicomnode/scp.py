@@ -235,7 +235,7 @@ class Receiver:
         chunks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
         size = sum(len(c) for c in chunks)
         hdr = self.check(sop_class, sop_uid, transfer_syntax, chunks)
-        check_complete(chunks, transfer_syntax)  # (a streamed data set is too large for this walk)
+        check_complete(chunks, transfer_syntax)  # (a streamed data set is checked on its spool file: _Stream)
         sop_class, sop_uid = hdr.sop_class, hdr.sop_uid
         now = time.time() if received_at is None else received_at
         rel = self.spool.relpath(hdr.study_uid, hdr.series_uid, sop_uid)
@@ -480,7 +480,9 @@ class _Stream:
             self.hdr = r.check(sop_class, sop_uid, transfer_syntax, head)
             self.rel = r.spool.relpath(self.hdr.study_uid, self.hdr.series_uid, self.hdr.sop_uid)
             self.part = r.spool.open_partial(self.rel)
-            self.part.write(file_meta_bytes(self.hdr.sop_class, self.hdr.sop_uid, transfer_syntax, calling_ae))
+            meta = file_meta_bytes(self.hdr.sop_class, self.hdr.sop_uid, transfer_syntax, calling_ae)
+            self.part.write(meta)
+            self.meta_len = len(meta)
         except StoreRefused as exc:
             self.refused = exc
         except OSError:
@@ -510,7 +512,10 @@ class _Stream:
 
     def finish(self) -> tuple[int, str]:
         r, hdr = self.r, getattr(self, "hdr", None)
+        if self.refused is None:
+            self.refused = self._check_structure()
         if self.refused is not None:
+            self.discard()
             return r._refused(self.refused, self.calling_ae)
         dataset_digest = self.digest.hexdigest()
         try:
@@ -538,6 +543,27 @@ class _Stream:
     def discard(self) -> None:
         if self.part is not None:
             self.part.discard()
+
+    def _check_structure(self) -> StoreRefused | None:
+        """``check_complete`` on the written file (mapped, not read into memory)."""
+        import mmap
+
+        try:
+            with open(self.part.tmp, "rb") as f:
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError:
+            LOG.exception("streamed C-STORE from %s: cannot read back its spool file", self.calling_ae)
+            return StoreRefused(STATUS_PROCESSING_FAILURE, "processing failure on the node")
+        refused = None
+        view = memoryview(mapped)[self.meta_len:]
+        try:
+            check_complete(view, self.transfer_syntax)
+        except StoreRefused as exc:
+            refused = StoreRefused(exc.status, exc.comment)
+        finally:
+            view.release()
+            mapped.close()
+        return refused
 
 
 def _calling_ae(assoc) -> str:
