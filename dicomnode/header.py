@@ -131,10 +131,18 @@ def check_complete(stream: bytes | memoryview | Sequence[bytes | memoryview], tr
     chunks = [stream] if isinstance(stream, (bytes, bytearray, memoryview)) else list(stream)
     if transfer_syntax == DEFLATED_LE:
         d = zlib.decompressobj(-zlib.MAX_WBITS)
+        pieces, budget = [], MAX_INFLATED + 1  # for the whole data set, not per fragment
         try:
-            buf = b"".join(d.decompress(bytes(c), MAX_INFLATED) for c in chunks)
+            for c in chunks:
+                pieces.append(d.decompress(bytes(c), budget))
+                budget -= len(pieces[-1])
+                if budget <= 0 or d.unconsumed_tail:
+                    raise StoreRefused(STATUS_CANNOT_UNDERSTAND,
+                                       f"deflated data set inflates beyond {MAX_INFLATED >> 20} MiB")
         except zlib.error as exc:
             raise StoreRefused(STATUS_CANNOT_UNDERSTAND, f"deflated data set does not inflate: {exc}") from None
+        buf = b"".join(pieces)
+        del pieces
         if not d.eof:
             raise StoreRefused(STATUS_CANNOT_UNDERSTAND, "deflated data set is cut short (or inflates beyond "
                                                          f"{MAX_INFLATED >> 20} MiB)")

@@ -239,13 +239,17 @@ def assess_series(series_uid: str, headers: Sequence[Dataset], cfg: SelectionSec
     iops = np.array([_floats(ds.get("ImageOrientationPatient"), 6) or [np.nan] * 6 for ds in images])
     if np.isnan(iops).any() or np.abs(iops - iops[0]).max() > 1e-3:
         return out(Verdict.CANNOT_ASSESS, "mixed_orientation", "slices have different orientations", n_slices=n_slices)
-    geo = {(tuple(np.round(_floats(ds.get("PixelSpacing"), 2) or [0, 0], 4)), ds.get("Rows"), ds.get("Columns")) for ds in images}
+    spacings = [_floats(ds.get("PixelSpacing"), 2) for ds in images]
+    pos = _positions(images)
+    if pos is None or not np.isfinite(pos).all() or any(s is None or not min(s) > 0 for s in spacings):
+        return out(Verdict.CANNOT_ASSESS, "invalid_geometry", "a slice's position, orientation or pixel spacing is "
+                   "not a usable number", n_slices=n_slices)
+    geo = {(tuple(np.round(s, 4)), ds.get("Rows"), ds.get("Columns")) for s, ds in zip(spacings, images)}
     if len(geo) > 1:
         return out(Verdict.CANNOT_ASSESS, "mixed_geometry", "slices have different pixel spacing or matrix size",
                    n_slices=n_slices)
     thick = [t[0] for t in (_floats(ds.get("SliceThickness")) for ds in images) if t]
     thickness = max(thick) if thick else None
-    pos = _positions(images)
     gaps = np.diff(pos)
     if thickness is None:
         thickness = float(np.median(gaps)) if len(gaps) else None

@@ -168,10 +168,14 @@ def load_series(source: Path | str | Sequence[Path | str] | Sequence[Dataset]) -
     """
     datasets = read_images(source)
     _check_series(datasets)
-    _check_consistency(datasets)
-    datasets, positions = _sort_spatially(datasets)
-    _check_spacing(positions)
-    return _build(datasets, positions)
+    try:
+        _check_consistency(datasets)
+        datasets, positions = _sort_spatially(datasets)
+        _check_spacing(positions)
+        return _build(datasets, positions)
+    except (ValueError, TypeError, OverflowError) as exc:  # a header value that is not a (finite) number
+        raise CannotAssess("invalid_geometry", "a slice's position, orientation, spacing or rescale value is not "
+                                               f"a usable number ({type(exc).__name__})") from None
 
 
 def _read(source: Path | str | Sequence[Path | str] | Sequence[Dataset]) -> list[Dataset]:

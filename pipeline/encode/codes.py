@@ -56,6 +56,7 @@ _REASONS: dict[str, tuple[str, str]] = {
     "unsupported_multiframe": ("CA-MULTIFRAME", "Multi-frame CT not supported"),
     "single_slice": ("CA-SINGLESLICE", "Single slice"),
     "missing_geometry": ("CA-NOGEOMETRY", "Missing image geometry"),
+    "invalid_geometry": ("CA-BADGEOMETRY", "Image geometry not a number"),
     "no_frame_of_reference": ("CA-NOFOR", "No frame of reference"),
     "mixed_frame_of_reference": ("CA-MIXFOR", "Mixed frames of reference"),
     "mixed_orientation": ("CA-MIXORIENT", "Mixed slice orientations"),

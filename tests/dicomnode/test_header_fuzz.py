@@ -16,8 +16,8 @@ Properties:
   four UIDs (and so on the status).
 * ``check_complete`` (the whole structure, walked before the receiver answers): every unmutated source
   is complete; any mutation is complete or refused 0xC000, however it is fragmented; a cut anywhere but
-  between two top-level elements is refused. Strict xfail: a deflate bomb sent in several fragments
-  inflates up to the cap per fragment, not per data set.
+  between two top-level elements is refused; a deflate bomb sent in several fragments is refused within
+  one cap for the whole data set (it was one cap per fragment).
 
 ``HYPOTHESIS_PROFILE=explore`` runs 20× the examples (random); ``CI`` set: derandomized (tests/conftest.py).
 """
@@ -398,9 +398,6 @@ def test_check_complete_refuses_a_cut_anywhere_but_between_elements(sources, dat
         assert got[0] == "refused", cut
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: check_complete caps each fragment's inflation at MAX_INFLATED, not "
-                                       "the data set's: a deflate bomb sent as N P-DATA fragments makes the node "
-                                       "hold N x 256 MiB plus their joined copy")
 def test_a_deflate_bomb_in_several_fragments_is_refused_within_the_cap():
     import tracemalloc
 

@@ -62,9 +62,6 @@ def test_the_unmutated_phantom_loads(phantom_files):
     assert len(load_series([read(raw) for raw in phantom_files]).datasets) == 28
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: load_series raises ValueError/TypeError (not CannotAssess) on "
-                                       "non-numeric geometry or rescale values: the analysis job fails on every "
-                                       "attempt and the study gets no SR")
 @settings(max_examples=25 * _SCALE)
 @given(field=st.sampled_from(sorted(FIELDS)), value=VALUES,
        slices=st.one_of(st.just("all"), st.sets(st.integers(0, 27), min_size=1, max_size=5)))
