@@ -31,8 +31,8 @@ def orthanc(tmp_path_factory, free_port):
 
 def test_orthanc_accepts_seg_sr_and_overlays(orthanc, dcmtk, phantom_dir: Path, tmp_path: Path):
     result = Analyzer().analyze(phantom_dir, tmp_path)
-    files = [tmp_path / p for key in ("seg", "sr", "sc") for p in result.outputs[key]]
-    assert len(files) >= 3
+    files = [tmp_path / p for key in ("seg", "sr", "sr_tid1411", "sc") for p in result.outputs[key]]
+    assert len(files) >= 4
     proc = dcmtk("storescu", "-R", "-aec", orthanc.aet,  # -R: propose exactly the files' SOP classes
                   orthanc.host, orthanc.dicom_port, *map(str, files))
     assert proc.returncode == 0, proc.stderr
@@ -41,5 +41,6 @@ def test_orthanc_accepts_seg_sr_and_overlays(orthanc, dcmtk, phantom_dir: Path, 
     assert stored == {pydicom.dcmread(f).SOPInstanceUID for f in files}
     classes = {orthanc.get(f"/instances/{i}/simplified-tags")["SOPClassUID"] for i in ids}
     assert "1.2.840.10008.5.1.4.1.1.66.4" in classes        # Segmentation Storage
-    assert "1.2.840.10008.5.1.4.1.1.88.34" in classes       # Comprehensive 3D SR
+    assert "1.2.840.10008.5.1.4.1.1.88.33" in classes       # Comprehensive SR (the "ohif" profile)
+    assert "1.2.840.10008.5.1.4.1.1.88.34" in classes       # Comprehensive 3D SR (the "tid1411" profile)
     assert "1.2.840.10008.5.1.4.1.1.7" in classes           # Secondary Capture
