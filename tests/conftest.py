@@ -1,6 +1,8 @@
 """Shared pytest fixtures for every test package (generic; reuse them, don't copy them).
 
 - ``free_port()`` / ``free_port`` fixture: a TCP port free on 127.0.0.1 right now.
+- ``phantom_files`` fixture: the 5 mm phantom's files as bytes (for mutating tests; ``tests/hostile_geometry.py``
+  has the hostile values).
 - ``ct_data`` fixture: the real CT series folder (``../shared/data/ct`` beside the repo, or
   ``$ICH_CT_DATA``); tests that need it are skipped when it is absent.
 - ``dcmtk`` fixture: ``dcmtk("storescu", "-aec", "NODE", "127.0.0.1", port, path)`` runs a dcmtk tool
@@ -105,3 +107,9 @@ def run_dcmtk(tool: str, *args: object, timeout: float = 120, env: dict | None =
 @pytest.fixture
 def dcmtk() -> Callable[..., subprocess.CompletedProcess]:
     return run_dcmtk
+
+
+@pytest.fixture(scope="module")
+def phantom_files(ct_data) -> list[bytes]:
+    """The 5 mm phantom series as stored files' bytes (DIRFILE left out), for tests that mutate them."""
+    return [p.read_bytes() for p in sorted((ct_data / "philips-phantom-5mm").iterdir()) if p.name != "DIRFILE"]

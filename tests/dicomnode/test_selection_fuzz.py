@@ -15,38 +15,16 @@ SliceThickness, Rows/Columns, RescaleSlope/Intercept (the bytes as a sender woul
 from __future__ import annotations
 
 import io
-import os
-import struct
 import warnings
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from hostile_geometry import FIELDS, SCALE, VALUES, with_value
+
 from dicomnode.config import SelectionSection
 from dicomnode.selection import HEADER_TAGS, SeriesAssessment, assess_series
-
-_SCALE = 20 if os.environ.get("HYPOTHESIS_PROFILE") == "explore" else 1
-FIELDS = {"ImagePositionPatient": (0x00200032, b"DS"), "ImageOrientationPatient": (0x00200037, b"DS"),
-          "PixelSpacing": (0x00280030, b"DS"), "SliceThickness": (0x00180050, b"DS"),
-          "RescaleSlope": (0x00281053, b"DS"), "RescaleIntercept": (0x00281052, b"DS"),
-          "Rows": (0x00280010, b"US"), "Columns": (0x00280011, b"US")}
-HOSTILE = [b"abc\\def\\ghi", b"NaN\\NaN\\NaN", b"inf\\-inf\\1e999", b"", b"1,5\\2,5\\3,5", b"1\\2", b"-0\\-0\\-0",
-           b"1e308\\1e308\\1e308", b"\x00\x01\x02\x03", b"1\\2\\3\\4\\5\\6\\7\\8\\9\\10", b" \\ \\ ", b"0\\0\\0\\0\\0\\0"]
-VALUES = st.one_of(st.sampled_from(HOSTILE),
-                   st.text(alphabet="0123456789.-+eE \\,naifNI", max_size=40).map(lambda t: t.encode()))
-
-
-def with_value(raw: bytes, tag: int, vr: bytes, value: bytes) -> bytes:
-    """A Part 10 file (explicit VR little endian) with the top-level element ``tag`` holding ``value``."""
-    head = struct.pack("<HH2s", tag >> 16, tag & 0xFFFF, vr)
-    at = raw.index(head, 132)
-    (length,) = struct.unpack_from("<H", raw, at + 6)
-    if vr == b"US" and len(value) != 2:
-        value = (value + b"\0\0")[:2]  # an unsigned short is two bytes, whatever they say
-    value += b" " * (len(value) % 2)
-    return raw[:at] + head + struct.pack("<H", len(value)) + value + raw[at + 8 + length:]
-
 
 def read_header(raw: bytes):
     import pydicom
@@ -55,10 +33,6 @@ def read_header(raw: bytes):
         warnings.simplefilter("ignore")
         return pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True, specific_tags=HEADER_TAGS)
 
-
-@pytest.fixture(scope="module")
-def phantom_files(ct_data) -> list[bytes]:
-    return [p.read_bytes() for p in sorted((ct_data / "philips-phantom-5mm").iterdir()) if p.name != "DIRFILE"]
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +44,7 @@ def test_the_unmutated_phantom_qualifies(phantom_headers):
     assert assess_series("1.2.3", phantom_headers, SelectionSection()).verdict.value == "qualifies"
 
 
-@settings(max_examples=60 * _SCALE)
+@settings(max_examples=60 * SCALE)
 @given(field=st.sampled_from(sorted(FIELDS)), value=VALUES,
        slices=st.one_of(st.just("all"), st.sets(st.integers(0, 27), min_size=1, max_size=5)))
 @example(field="ImagePositionPatient", value=b"abc\\def\\ghi", slices={10})

@@ -14,38 +14,15 @@ RescaleSlope/Intercept.
 from __future__ import annotations
 
 import io
-import os
-import struct
 import warnings
 
-import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from hostile_geometry import FIELDS, SCALE, VALUES, with_value
+
 from pipeline.result import CannotAssess
 from pipeline.volume import load_series
-
-_SCALE = 20 if os.environ.get("HYPOTHESIS_PROFILE") == "explore" else 1
-FIELDS = {"ImagePositionPatient": (0x00200032, b"DS"), "ImageOrientationPatient": (0x00200037, b"DS"),
-          "PixelSpacing": (0x00280030, b"DS"), "SliceThickness": (0x00180050, b"DS"),
-          "RescaleSlope": (0x00281053, b"DS"), "RescaleIntercept": (0x00281052, b"DS"),
-          "Rows": (0x00280010, b"US"), "Columns": (0x00280011, b"US")}
-HOSTILE = [b"abc\\def\\ghi", b"NaN\\NaN\\NaN", b"inf\\-inf\\1e999", b"", b"1,5\\2,5\\3,5", b"1\\2", b"-0\\-0\\-0",
-           b"1e308\\1e308\\1e308", b"\x00\x01\x02\x03", b"1\\2\\3\\4\\5\\6\\7\\8\\9\\10", b" \\ \\ ", b"0\\0\\0\\0\\0\\0"]
-VALUES = st.one_of(st.sampled_from(HOSTILE),
-                   st.text(alphabet="0123456789.-+eE \\,naifNI", max_size=40).map(lambda t: t.encode()))
-
-
-def with_value(raw: bytes, tag: int, vr: bytes, value: bytes) -> bytes:
-    """A Part 10 file (explicit VR little endian) with the top-level element ``tag`` holding ``value``."""
-    head = struct.pack("<HH2s", tag >> 16, tag & 0xFFFF, vr)
-    at = raw.index(head, 132)
-    (length,) = struct.unpack_from("<H", raw, at + 6)
-    if vr == b"US" and len(value) != 2:
-        value = (value + b"\0\0")[:2]
-    value += b" " * (len(value) % 2)
-    return raw[:at] + head + struct.pack("<H", len(value)) + value + raw[at + 8 + length:]
-
 
 def read(raw: bytes):
     import pydicom
@@ -53,16 +30,12 @@ def read(raw: bytes):
     return pydicom.dcmread(io.BytesIO(raw))
 
 
-@pytest.fixture(scope="module")
-def phantom_files(ct_data) -> list[bytes]:
-    return [p.read_bytes() for p in sorted((ct_data / "philips-phantom-5mm").iterdir()) if p.name != "DIRFILE"]
-
 
 def test_the_unmutated_phantom_loads(phantom_files):
     assert len(load_series([read(raw) for raw in phantom_files]).datasets) == 28
 
 
-@settings(max_examples=25 * _SCALE)
+@settings(max_examples=25 * SCALE)
 @given(field=st.sampled_from(sorted(FIELDS)), value=VALUES,
        slices=st.one_of(st.just("all"), st.sets(st.integers(0, 27), min_size=1, max_size=5)))
 @example(field="ImagePositionPatient", value=b"abc\\def\\ghi", slices={10})
