@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBS := dcmtk orthanc dicom3tools redis-server
+DEBS := dcmtk orthanc dicom3tools redis-server libpixelmed-java
 # the viewer tests (tests/viewer) and `make viewer`: Orthanc's DICOMweb plugin, headless Chromium + its driver
 VIEWER_DEBS := orthanc-dicomweb chromium chromium-driver
 # OHIF Viewer's built dist/ from npm, pinned (sha-256 checked in deploy/viewer/stack.py)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -42,3 +44,15 @@ def test_no_module_is_in_an_import_cycle():
                      for imported in graph.find_modules_directly_imported_by(m)
                      if graph.chain_exists(importer=imported, imported=m)})
     assert cycles == []
+
+
+def test_a_missing_tool_fails_under_ci_and_skips_on_a_developers_machine(monkeypatch):
+    """CI (``CI`` set) must not go green on tests that did not run for want of a tool or data set."""
+    from tests.conftest import require_tool
+
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI: no-such-tool-ich not installed"):
+        require_tool("no-such-tool-ich")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        require_tool("no-such-tool-ich")

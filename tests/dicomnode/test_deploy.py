@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.conftest import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -17,7 +18,7 @@ EXE = Path(sys.executable).with_name("ich-node")
 
 
 def test_compose_parses_and_references_exist():
-    yaml = pytest.importorskip("yaml")
+    import yaml
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     services = compose["services"]
     assert {"node", "worker", "redis", "orthanc"} <= set(services)
@@ -68,7 +69,7 @@ def test_systemd_units_verify(unit, tmp_path):
     assert {c[1] for c in commands} <= {"serve", "worker", "config"}
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        pytest.skip("systemd-analyze not installed")
+        unavailable("systemd-analyze not installed")
     local = tmp_path / unit.replace("@.", "@0.")
     local.write_text(text.replace("/opt/ich-node/.venv/bin/ich-node", str(EXE)))
     r = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True, timeout=60)

@@ -93,8 +93,6 @@ def test_heartbeat_through_the_real_path_reaches_orthanc(tmp_path, free_port, dc
     cfg.destinations = [Destination.from_address(orthanc.address)]
     cfg.metrics.enabled, cfg.metrics.port = True, free_port()
     cfg.heartbeat.enabled, cfg.heartbeat.interval_s, cfg.heartbeat.timeout_s = True, 3600, 120
-    if importlib.util.find_spec("pipeline.analyze") is None:
-        pytest.skip("pipeline.analyze (the real analysis) is not in the tree yet")
     cfg.worker.analyzer = "pipeline.analyze:Analyzer"  # the synthetic blob gives a SEG and an SR
     node = Node(cfg).start()  # the node's own selection decides, as for a scanner's study
     try:

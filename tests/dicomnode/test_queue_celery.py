@@ -16,6 +16,7 @@ import pytest
 
 from dicomnode.queue import JobState, QueueError, Stage, backend_class
 from dicomnode.queue.base import Backoff
+from tests.conftest import unavailable
 
 # The embedded queue's contract, run unchanged against this backend through the ``q`` fixture below.
 from test_queue_sqlite import (  # noqa: F401
@@ -36,7 +37,7 @@ class RedisServer:
 
     def __init__(self, workdir: Path, port: int) -> None:
         if not Path(REDIS).exists():
-            pytest.skip("redis-server not installed (make test installs it)")
+            unavailable("redis-server not installed (make test installs it)")
         self.workdir, self.port = Path(workdir), port
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen | None = None

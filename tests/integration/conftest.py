@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from tests.conftest import unavailable
 
 
 
@@ -37,7 +38,7 @@ class OrthancServer:
                  modalities: dict[str, list] | None = None) -> None:
         self.exe = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
         if not Path(self.exe).exists():
-            pytest.skip("Orthanc not installed (make test installs it)")
+            unavailable("Orthanc not installed (make test installs it)")
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.aet = aet

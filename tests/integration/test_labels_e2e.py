@@ -8,7 +8,6 @@ Real parts: `ich-node serve` (subprocess), dcmtk storescu/echoscu, Orthanc as th
 from __future__ import annotations
 
 import csv
-import importlib.util
 import sqlite3
 import subprocess
 import sys
@@ -22,8 +21,6 @@ from test_node_e2e import NodeProcess, wait_for  # the node-as-subprocess helper
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("pipeline.analyze") is None,
-                       reason="pipeline.analyze (the real analysis) is not in the tree yet"),
 ]
 
 

@@ -7,7 +7,6 @@ one; kill -9 of the node during analysis → restart → each result in Orthanc 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import signal
@@ -22,8 +21,6 @@ import pytest
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("pipeline.analyze") is None,
-                       reason="pipeline.analyze (the real analysis) is not in the tree yet"),
 ]
 
 SR_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.34",

@@ -25,6 +25,7 @@ from dicomnode.scp import (
     start_scp,
 )
 from dicomnode.spool import Spool
+from tests.conftest import unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -189,7 +190,7 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 def make_pki(d: Path) -> dict[str, Path]:
     """A CA, a server cert for 127.0.0.1 and a client cert (plus a rogue client from another CA)."""
-    shutil.which("openssl") or pytest.skip("openssl not installed")
+    shutil.which("openssl") or unavailable("openssl not installed")
     d.mkdir(parents=True, exist_ok=True)
     for ca in ("ca", "rogueca"):
         _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.pem",

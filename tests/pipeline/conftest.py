@@ -9,6 +9,7 @@ import pydicom
 import pytest
 
 from pipeline.volume import read_images
+from tests.conftest import unavailable
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +41,7 @@ def new_dciodvfy_errors():
     import shutil
 
     if shutil.which("dciodvfy") is None:
-        pytest.skip("dciodvfy (dicom3tools) not installed")
+        unavailable("dciodvfy (dicom3tools) not installed")
 
     def check(output: Path, source: Path) -> set[str]:
         return dciodvfy_errors(output) - dciodvfy_errors(source)

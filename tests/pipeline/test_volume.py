@@ -14,6 +14,7 @@ from pydicom.uid import RLELossless
 
 from pipeline.result import CannotAssess
 from pipeline.volume import Volume, load_series, read_images
+from tests.conftest import unavailable
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +204,7 @@ def test_rle_compressed_series_loads_identically(phantom_dir: Path, tmp_path: Pa
 
 def test_jpeg_lossless_series_from_dcmcjpeg_loads_identically(ge_dir: Path, tmp_path: Path):
     if shutil.which("dcmcjpeg") is None:
-        pytest.skip("dcmtk dcmcjpeg not installed")
+        unavailable("dcmtk dcmcjpeg not installed")
     reference = load_series(ge_dir)
     for p in sorted(ge_dir.glob("*.dcm")):
         subprocess.run(["dcmcjpeg", "+e1", str(p), str(tmp_path / p.name)], check=True, timeout=60)  # JPEG lossless SV1

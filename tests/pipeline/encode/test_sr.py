@@ -29,6 +29,7 @@ from pipeline.encode.sr.read import walk
 from pipeline.volume import load_series
 
 from .ohif_view import OhifBreaks, ohif_view
+from tests.conftest import unavailable
 
 MODELS = {"segmenter": "classical-threshold v1", "classifier": "fusion v2"}
 COMPREHENSIVE_SR, COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.34"
@@ -65,7 +66,7 @@ def _saved(sr: pydicom.Dataset, path: Path) -> pydicom.Dataset:
 
 def _tool(name: str, *args: object) -> str:
     if shutil.which(name) is None:
-        pytest.skip(f"dcmtk {name} not installed")
+        unavailable(f"dcmtk {name} not installed")
     proc = subprocess.run([name, *map(str, args)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
@@ -224,7 +225,7 @@ def test_inputs_are_validated(phantom):
 def test_pixelmed_sr_validator_finds_no_error(phantom, tmp_path: Path):
     jar = Path("/usr/share/java/pixelmed.jar")
     if shutil.which("java") is None or not jar.is_file():
-        pytest.skip("PixelMed (Debian libpixelmed-java) not installed")
+        unavailable("PixelMed (Debian libpixelmed-java) not installed")
     # JDK 17+ caps XPath size; PixelMed's compiled templates exceed it
     limits = [f"-Djdk.xml.{k}=0" for k in ("xpathExprOpLimit", "xpathExprGrpLimit", "xpathTotalOpLimit")]
     for name, findings, profile in (("pos", POSITIVE, "ohif"), ("neg", NEGATIVE, "ohif"), ("vol", POSITIVE, "tid1411")):

@@ -14,7 +14,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from tests.conftest import require_tool
+from tests.conftest import require_tool, unavailable
 from training.synth import MANIFEST_COLUMNS, SynthOptions, write_cohort
 
 OPTS = SynthOptions(matrix=128, thickness_mm=(5.0,), tilt_fraction=0.5)
@@ -134,7 +134,7 @@ def test_refuses_non_empty_output(cohort):
 def test_cli_synth(tmp_path):
     exe = REPO / ".venv" / "bin" / "ich-node"
     if not exe.exists():
-        pytest.skip("ich-node entry point not installed")
+        unavailable("ich-node entry point not installed")
     out = tmp_path / "cli"
     res = subprocess.run([str(exe), "synth", "--cases", "1", "--out", str(out), "--seed", "3", "--matrix", "64",
                           "--thickness", "5", "--previews", "1"], capture_output=True, text=True, timeout=300)
@@ -166,7 +166,7 @@ def test_rle_output_is_lossless_and_valid(tmp_path, cohort):
 def test_cli_stats_only_writes_nothing(tmp_path):
     exe = REPO / ".venv" / "bin" / "ich-node"
     if not exe.exists():
-        pytest.skip("ich-node entry point not installed")
+        unavailable("ich-node entry point not installed")
     res = subprocess.run([str(exe), "synth", "--cases", "30", "--stats-only", "--prevalence", "0.5"],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
