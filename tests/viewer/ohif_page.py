@@ -21,6 +21,10 @@ HOOKS = Path(__file__).with_name("page_hooks.js")
 THUMBNAILS = '[data-cy="study-browser-thumbnail"], [data-cy="study-browser-thumbnail-no-image"]'
 # OHIF's own noise, not about our objects: the data source logs itself on the first query
 BENIGN = ("dataSource=",)
+# true when OHIF's cache holds every CT image the loaded segmentations reference
+CT_CACHED = """return window.services.segmentationService.getSegmentations().every(g => {
+    const ids = (g.representationData.Labelmap || {}).referencedImageIds || [];
+    return ids.length && ids.every(id => window.cornerstone.cache.getImage(id));});"""
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.25) -> Any:
@@ -39,6 +43,7 @@ class OhifPage:
 
     def __init__(self, driver, base_url: str, artifacts: Path) -> None:
         self.d, self.base, self.artifacts = driver, base_url, artifacts
+        self.stats_retriggered = False          # OHIF's statistics needed a second pass (see load_segmentation)
         shutil.rmtree(artifacts, ignore_errors=True)
         artifacts.mkdir(parents=True)
 
@@ -95,10 +100,22 @@ class OhifPage:
             Object.values(g.segments).every(x => x.cachedStats && x.cachedStats.namedStats &&
                                                  x.cachedStats.namedStats.volume));"""
         try:
-            wait_until(lambda: self.js(stats), 30 if need_stats else 8, "OHIF's segment statistics")
+            wait_until(lambda: self.js(stats), 10 if need_stats else 8, "OHIF's segment statistics")
         except TimeoutError:
-            if need_stats:
-                raise
+            if not need_stats:
+                return self._segments()
+            # OHIF computes the statistics once, a second after the labelmap lands, from the CT images in
+            # its cache; on a slow link some are not there yet, it gets nothing and waits for the next edit
+            # (seen in CI). Wait until OHIF has every referenced CT image, then do what an edit does.
+            wait_until(lambda: self.js(CT_CACHED), 120, "every CT image the SEG references, in OHIF's cache")
+            self.js("""window.services.segmentationService.getSegmentations().forEach(g =>
+                window.cornerstoneTools.segmentation.triggerSegmentationEvents
+                      .triggerSegmentationDataModified(g.segmentationId));""")
+            self.stats_retriggered = True
+            wait_until(lambda: self.js(stats), 60, "OHIF's segment statistics (after the CT was cached)")
+        return self._segments()
+
+    def _segments(self) -> list[dict]:
         return self.js("""
             return window.services.segmentationService.getSegmentations().map(g => ({id: g.segmentationId,
               label: g.label, segments: Object.values(g.segments).map(x => {
@@ -176,6 +193,7 @@ class OhifPage:
             rec["browser_log"] = self.d.get_log("browser")
         except Exception as exc:  # the page may be gone; the record is a by-product
             rec = {"error": repr(exc)}
+        rec["stats_retriggered"] = self.stats_retriggered
         (self.artifacts / "page-record.json").write_text(json.dumps(rec, indent=1, default=str))
 
 
