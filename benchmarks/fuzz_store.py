@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import logging
 import os
@@ -56,7 +55,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import struct
 import subprocess
@@ -66,21 +64,21 @@ import threading
 import time
 import warnings
 import zlib
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
-EXE = Path(sys.executable).with_name("ich-node")
-CT_DATA = REPO.parent / "shared" / "data" / "ct"
+if str(REPO) not in sys.path:  # run as a script
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.peers import (CT_DATA, EXE, NODE_AE, SEG_CLASS, SR_PREFIX, OrthancServer, copy_study,  # noqa: E402
+                              free_port, process_tree, stop)
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 VERIFICATION = "1.2.840.10008.1.1"
 EXPLICIT, IMPLICIT, DEFLATED = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99"
-SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 UID_ROOT = "1.2.826.0.1.3680043.10.1427.77"  # ich-node's root + a branch for fuzz data
-NODE_AE = "ICHNODE"
 
 DATASET_CLASSES = ("truncation", "byte_flip", "huge_length", "nested_sequences", "hostile_uid",
                    "non_numeric_geometry", "text_300k", "out_of_order", "pixel_mismatch")
@@ -785,19 +783,6 @@ class ScuLog(logging.Handler):
         return {"count": len(self.records), "first": self.records[:40]}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def orthanc_class():
-    spec = importlib.util.spec_from_file_location("integration_conftest", REPO / "tests" / "integration" / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.OrthancServer
-
-
 def tree(root: Path, skip: tuple[Path, ...] = ()) -> set[str]:
     """Every file and directory under ``root`` (relative), except ``skip`` and what lies under them."""
     out = set()
@@ -821,18 +806,7 @@ class WriteWatch(threading.Thread):
         self.halt = threading.Event()
 
     def pids(self) -> list[int]:
-        out, todo = [], [self.pid]
-        children: dict[int, list[int]] = defaultdict(list)
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                children[int(stat.read_text().rsplit(")", 1)[1].split()[1])].append(int(stat.parent.name))
-            except (OSError, ValueError, IndexError):
-                continue
-        while todo:
-            p = todo.pop()
-            out.append(p)
-            todo += children.get(p, [])
-        return out
+        return process_tree(self.pid)
 
     def sample(self) -> None:
         for pid in self.pids():
@@ -906,12 +880,7 @@ class Node:
 
     def stop(self) -> None:
         if self.alive():
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+            stop(self.proc)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -982,21 +951,7 @@ def find_marker(marker: str, roots: list[Path]) -> list[str]:
 
 
 def make_valid_study(ct_data: Path, out: Path) -> tuple[str, list[Path]]:
-    import pydicom
-    from pydicom.uid import generate_uid
-
-    out.mkdir(parents=True, exist_ok=True)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    files = []
-    for p in sorted((ct_data / "philips-phantom-5mm").iterdir()):
-        if p.name == "DIRFILE":
-            continue
-        ds = pydicom.dcmread(p)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.save_as(out / p.name)
-        files.append(out / p.name)
-    return study, files
+    return copy_study(ct_data / "philips-phantom-5mm", out)
 
 
 def send_valid_study(port: int, files: list[Path]) -> list[int]:
@@ -1016,17 +971,6 @@ def send_valid_study(port: int, files: list[Path]) -> list[int]:
         return statuses
     finally:
         assoc.release()
-
-
-def orthanc_results(orthanc, study_uid: str) -> list[str]:
-    """SOP classes of what Orthanc holds for ``study_uid``."""
-    import urllib.request
-
-    req = urllib.request.Request(f"{orthanc.url}/tools/find", method="POST", headers={"Content-Type": "application/json"},
-                                 data=json.dumps({"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}}).encode())
-    with urllib.request.urlopen(req, timeout=30) as r:
-        ids = json.loads(r.read())
-    return [orthanc.get(f"/instances/{i}/metadata/SopClassUid", raw=True).decode() for i in ids]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1079,7 +1023,7 @@ def run(count: int = 1000, associations: int = 40, parallel: int = 2, seed: int 
                                "associations": associations, "parallel": parallel, "seed": seed,
                                "quiet_s": quiet_s, "marker": marker}}
     t_start = time.monotonic()
-    orthanc = orthanc_class()(root / "orthanc", free_port)
+    orthanc = OrthancServer(root / "orthanc", free_port)
     node = None
     watch = None
     try:
@@ -1140,7 +1084,7 @@ def run(count: int = 1000, associations: int = 40, parallel: int = 2, seed: int 
         delivered: list[str] = []
         deadline = time.monotonic() + valid_timeout
         while time.monotonic() < deadline:
-            delivered = orthanc_results(orthanc, study_uid)
+            delivered = orthanc.study_sop_classes(study_uid)
             if SEG_CLASS in delivered and any(c.startswith(SR_PREFIX) for c in delivered):
                 break
             if not node.alive():

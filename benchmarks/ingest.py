@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,72 +40,24 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.peers import dicom_files, free_port, hwm_mib, process_tree, stop, wait_echo  # noqa: E402
+
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "ct" / "philips-phantom-thin"
 ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def dicom_files(folder: Path) -> list[Path]:
-    out = []
-    for p in sorted(folder.iterdir()):
-        with open(p, "rb") as f:
-            f.seek(128)
-            if f.read(4) == b"DICM" and p.name.upper() not in ("DIRFILE", "DICOMDIR"):
-                out.append(p)
-    return out
-
-
-def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"receiver exited with {proc.returncode}")
-        r = subprocess.run(["echoscu", "-aec", "ICHNODE", "127.0.0.1", str(port)], capture_output=True, env=ENV)
-        if r.returncode == 0:
-            return
-        time.sleep(0.2)
-    raise RuntimeError("receiver did not answer C-ECHO")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 LAST_CPU: list[float] = []  # receiver CPU seconds (user + system) of the latest send()
 LAST_RSS: list[float] = []  # peak RSS (MB) of each receiver process after the latest send()
 
 
-def _tree(pid: int) -> list[int]:
-    """``pid`` and its live descendants (the node's receiver processes; storescp --fork children)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
-        except OSError:
-            continue
-    return out
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process tree (all threads; children that ended and were waited for
     count through their parent's cutime/cstime), from /proc."""
     total = 0
-    for p in _tree(pid):
+    for p in process_tree(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
@@ -119,15 +69,7 @@ def cpu_seconds(pid: int) -> float:
 
 def peak_rss_mb(pid: int) -> list[float]:
     """Peak resident memory (VmHWM) of each live process of the receiver's tree, MB."""
-    out = []
-    for p in _tree(pid):
-        try:
-            with open(f"/proc/{p}/status") as f:
-                hwm = next(line for line in f if line.startswith("VmHWM:"))
-            out.append(int(hwm.split()[1]) / 1024)
-        except (OSError, StopIteration):
-            continue
-    return out
+    return [m for m in map(hwm_mib, process_tree(pid)) if m]
 
 
 def send(port: int, files: list[Path], associations: int, receiver_pid: int | None = None) -> float:
@@ -152,10 +94,10 @@ def timed(cmd: list[str], port: int, files: list[Path], associations: int, env: 
     proc = subprocess.Popen(cmd, env=env or ENV, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
-        wait_ready(port, proc)
+        wait_echo(port, proc, 60, env=ENV)
         dt = send(port, files, associations, proc.pid)
     finally:
-        stop(proc)
+        stop(proc, 20, group=True)
     return dt, proc
 
 

@@ -19,45 +19,26 @@ pixels) with new UIDs; ``heartbeat`` = the node's synthetic 24 × 128² head CT.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-EXE = Path(sys.executable).with_name("ich-node")
-PHANTOM = REPO.parent / "shared" / "data" / "ct" / "philips-phantom-5mm"
-SEG = "1.2.840.10008.5.1.4.1.1.66.4"
-SR = "1.2.840.10008.5.1.4.1.1.88."
+if str(REPO) not in sys.path:  # run as a script
+    sys.path.insert(0, str(REPO))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def orthanc_class():
-    spec = importlib.util.spec_from_file_location("integration_conftest", REPO / "tests" / "integration" / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.OrthancServer
+from benchmarks.peers import (PHANTOM_5MM as PHANTOM, SEG_CLASS as SEG, SR_PREFIX as SR, OrthancServer, PeakRSS,  # noqa: E402
+                              copy_study, free_port, start_node as start, stop, storescu, wait_echo)
 
 
 def make_studies(root: Path, n: int, source: str) -> list[tuple[str, Path]]:
-    import pydicom
-    from pydicom.uid import generate_uid
-
     from dicomnode.heartbeat import synthetic_head_ct
 
     out = []
@@ -66,102 +47,14 @@ def make_studies(root: Path, n: int, source: str) -> list[tuple[str, Path]]:
         if source == "heartbeat":
             uid, _ = synthetic_head_ct(d, seed=i)
         else:
-            d.mkdir(parents=True)
-            uid, series, frame = generate_uid(), generate_uid(), generate_uid()
-            for p in sorted(PHANTOM.iterdir()):
-                if p.name == "DIRFILE":
-                    continue
-                ds = pydicom.dcmread(p)
-                ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = uid, series, frame
-                ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-                ds.save_as(d / p.name)
+            uid, _ = copy_study(PHANTOM, d)
         out.append((uid, d))
     return out
 
 
-class PeakRSS(threading.Thread):
-    """Samples VmHWM of a process tree every 0.5 s; keeps the peak per role."""
-
-    def __init__(self, roots: dict[str, int]) -> None:
-        super().__init__(daemon=True)
-        self.roots = roots
-        self.peak: dict[str, float] = {}
-        self.halt = threading.Event()
-
-    @staticmethod
-    def _tree(pid: int) -> list[int]:
-        kids = {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                kids.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-            except (OSError, ValueError, IndexError):
-                continue
-        out, todo = [], [pid]
-        while todo:
-            p = todo.pop()
-            out.append(p)
-            todo += kids.get(p, [])
-        return out
-
-    @staticmethod
-    def _hwm_mib(pid: int) -> float:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return 0.0
-
-    def sample(self) -> None:
-        for role, pid in self.roots.items():
-            tree = self._tree(pid)
-            self.peak[role] = max(self.peak.get(role, 0.0), self._hwm_mib(pid))
-            children = [self._hwm_mib(c) for c in tree[1:]]
-            if children:
-                key = f"{role} (largest child)"
-                self.peak[key] = max(self.peak.get(key, 0.0), max(children))
-
-    def run(self) -> None:
-        while not self.halt.wait(0.5):
-            self.sample()
-
-
-def start(args: list[str], log: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([str(EXE), *args], stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
-def sop_classes(orthanc, study_uid: str) -> list[str]:
-    import requests
-
-    found = requests.post(f"{orthanc.url}/tools/find", timeout=30, json={
-        "Level": "Instance", "Query": {"StudyInstanceUID": study_uid}, "Expand": False}).json()
-    return [requests.get(f"{orthanc.url}/instances/{i}/metadata/SopClassUid", timeout=30).text for i in found]
-
-
-def has_sr(orthanc, study_uid: str) -> bool:
-    import requests
-
-    series = requests.post(f"{orthanc.url}/tools/find", timeout=30, json={
-        "Level": "Series", "Query": {"StudyInstanceUID": study_uid, "Modality": "SR"}}).json()
-    return bool(series)
-
-
 def run_mode(mode: str, studies: list[tuple[str, Path]], work: Path, opts) -> dict:
     work.mkdir(parents=True)
-    orthanc = orthanc_class()(work / "orthanc", free_port)
+    orthanc = OrthancServer(work / "orthanc", free_port)
     orthanc.start()
     redis = None
     procs: list[subprocess.Popen] = []
@@ -190,10 +83,10 @@ def run_mode(mode: str, studies: list[tuple[str, Path]], work: Path, opts) -> di
                 procs.append(w)
                 roles[f"worker{i}"] = w.pid
         deadline = time.monotonic() + 300
-        while subprocess.run(["echoscu", "-aec", "ICHNODE", "127.0.0.1", str(port)], capture_output=True).returncode:
-            if time.monotonic() > deadline or node.poll() is not None:
-                raise RuntimeError(f"node did not start: {(work / 'node.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+        try:
+            wait_echo(port, node, timeout=300, period=0.5)
+        except RuntimeError:
+            raise RuntimeError(f"node did not start: {(work / 'node.log').read_text()[-2000:]}") from None
         # both modes: every analysis process has loaded its models before the first push
         logs = [work / f"worker{i}.log" for i in range(opts.processes)] if mode == "celery" else [work / "node.log"]
         while sum(log.read_text().count("ready (models") for log in logs) < opts.processes:
@@ -205,17 +98,14 @@ def run_mode(mode: str, studies: list[tuple[str, Path]], work: Path, opts) -> di
         pushed: dict[str, float] = {}
         t0 = time.time()
         for uid, folder in studies:
-            r = subprocess.run(["storescu", "-aec", "ICHNODE", "+sd", "127.0.0.1", str(port), str(folder)],
-                               capture_output=True, text=True, env=env)
-            if r.returncode != 0:
-                raise RuntimeError(f"storescu failed: {r.stderr[-500:]}")
+            storescu(port, [folder], env=env)
             pushed[uid] = time.time()
         push_s = time.time() - t0
         done: dict[str, float] = {}
         deadline = time.monotonic() + opts.timeout
         while len(done) < len(studies) and time.monotonic() < deadline:
             for uid, _ in studies:
-                if uid not in done and has_sr(orthanc, uid):
+                if uid not in done and "SR" in orthanc.study_modalities(uid):
                     done[uid] = time.time()
             time.sleep(0.25)
         rss.halt.set()
@@ -223,7 +113,7 @@ def run_mode(mode: str, studies: list[tuple[str, Path]], work: Path, opts) -> di
         time.sleep(2)  # anything sent twice would arrive now
         losses = []
         for uid, _ in studies:
-            classes = sop_classes(orthanc, uid)
+            classes = orthanc.study_sop_classes(uid)
             if classes.count(SEG) != 1 or sum(c.startswith(SR) for c in classes) != 1:
                 losses.append((uid[-12:], classes.count(SEG), sum(c.startswith(SR) for c in classes)))
         analysed = [float(m) for log in logs for m in re.findall(r"analysed in ([0-9.]+) s", log.read_text())]
