@@ -267,6 +267,9 @@ class SelectionSection(_Section):
     """Which series are analysed, and when a series counts as complete."""
 
     quiet_seconds: float = Field(10, ge=0)  # series is complete after this long without a new instance
+    # ... or earlier: when the association(s) that sent it were released and its geometry is complete
+    complete_on_release: bool = True
+    release_grace_s: float = Field(1.0, ge=0, le=60)  # after the release: the sender's next association may follow
     max_slice_thickness_mm: float = Field(5.0, gt=0)
     min_slices: int = Field(10, ge=2)  # fewer slices cannot cover a brain at ≤5 mm
     min_coverage_mm: float = Field(80.0, gt=0)  # cranio-caudal extent needed to cover the supratentorial brain

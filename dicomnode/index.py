@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS series (
     analyzed_at REAL,
     analyzed_generation INTEGER,
     state TEXT NOT NULL DEFAULT 'receiving',
-    note TEXT
+    note TEXT,
+    released_at REAL
 );
 CREATE INDEX IF NOT EXISTS series_ready_ix ON series(changed_since_analysis, last_received_at);
 CREATE INDEX IF NOT EXISTS series_study_ix ON series(study_id);
@@ -173,6 +174,8 @@ class Index:
             self._db.executescript(_SCHEMA)
             if "sha256" in {r[1] for r in self._db.execute("PRAGMA table_info(instances)")}:  # schema 1
                 self._db.execute("ALTER TABLE instances RENAME COLUMN sha256 TO digest")
+            if "released_at" not in {r[1] for r in self._db.execute("PRAGMA table_info(series)")}:  # before 2026-12
+                self._db.execute("ALTER TABLE series ADD COLUMN released_at REAL")
             row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             version = int(row[0]) if row else 0
             if version < 3 and self._db.execute("SELECT 1 FROM patients LIMIT 1").fetchone() is None:
@@ -343,6 +346,42 @@ class Index:
             ORDER BY last
             """,
             (now - quiet_seconds,),
+        )
+        return [
+            StudyReady(r["study_uid"], r["patient_hash"], r["last"], r["analysis_generation"], tuple(sorted((r["changed"] or "").split(","))))
+            for r in rows
+        ]
+
+    def mark_released(self, calling_ae: str | None, since: float, now: float | None = None) -> int:
+        """An association from ``calling_ae`` opened at ``since`` was released normally: the changed
+        series it delivered whole (first instance at or after ``since``) are complete as far as the
+        sender is concerned. A series begun by an earlier association is not marked (the quiet period
+        decides it). Returns how many series were marked."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE series SET released_at = ? WHERE changed_since_analysis = 1 AND calling_ae IS ?"
+                " AND first_received_at >= ? AND last_received_at <= ?",
+                (now, calling_ae, since, now))
+            return cur.rowcount
+
+    def studies_released(self, grace_s: float, now: float | None = None) -> list[StudyReady]:
+        """Studies whose every changed series was released (:meth:`mark_released`) after its last
+        instance, the last release at least ``grace_s`` ago (a sender's next association may follow)."""
+        now = time.time() if now is None else now
+        rows = self._query(
+            """
+            SELECT st.study_uid, p.patient_hash, st.analysis_generation, MAX(s.last_received_at) AS last,
+                   GROUP_CONCAT(CASE WHEN s.changed_since_analysis = 1 THEN s.series_uid END) AS changed
+            FROM studies st JOIN series s ON s.study_id = st.id JOIN patients p ON p.id = st.patient_id
+            GROUP BY st.id
+            HAVING SUM(s.changed_since_analysis) > 0
+               AND SUM(CASE WHEN s.changed_since_analysis = 1
+                             AND (s.released_at IS NULL OR s.released_at < s.last_received_at) THEN 1 ELSE 0 END) = 0
+               AND MAX(CASE WHEN s.changed_since_analysis = 1 THEN s.released_at END) <= ?
+            ORDER BY last
+            """,
+            (now - grace_s,),
         )
         return [
             StudyReady(r["study_uid"], r["patient_hash"], r["last"], r["analysis_generation"], tuple(sorted((r["changed"] or "").split(","))))

@@ -1,15 +1,9 @@
 """The node's periodic work on an APScheduler ``BackgroundScheduler``.
 
-Jobs: the completion sweep (quiet studies → selection → queue), retries (wake the worker and
+Jobs: the completion sweep (:mod:`dicomnode.select.completion`), retries (wake the worker and
 sender loops when backoffs expire), spool retention and the disk check. Every job runs with
 ``max_instances=1`` and ``coalesce=True``: a slow sweep is never overlapped by the next one, and
 missed runs collapse into one instead of piling up.
-
-Why the sweep enqueues *before* it claims the study in the index: the job is created held
-(``received``) first, then the index's compare-and-set claim clears the study's "changed" flag,
-then the job is released (``queued``). A crash between any two steps leaves either a study still
-marked changed (the next sweep coalesces into the same held job) or a held job whose study is
-claimed (``recover`` releases it at the next start); an acknowledged study is never dropped.
 """
 
 from __future__ import annotations
@@ -19,109 +13,12 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
-from .index import Index, SeriesInfo, StudyReady
+from .index import Index
 from .queue import JobQueue, JobState
-from .uids import uid_hash
 
 log = logging.getLogger(__name__)
-
-#: a held job waits at most this long for the sweep to release it (only after a crash or a lost race)
-HOLD_S = 3600.0
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What to do with one quiet study (the selection's answer, in the node's terms)."""
-
-    action: Literal["analyze", "cannot_assess", "ignore"]
-    series_uid: str | None = None            # the series to analyse (or to report on)
-    code: str | None = None                  # cannot_assess: CannotAssess.code
-    reason: str = ""                         # why (logged; shown in `ich-node status`)
-
-
-Decide = Callable[[str, list[SeriesInfo]], Decision]
-
-
-def study_key(study_uid: str) -> str:
-    """Queue key of a study: a hash, safe for file names and logs."""
-    return uid_hash(study_uid)
-
-
-@dataclass
-class Sweeper:
-    """Completion sweep: turns quiet studies into queue jobs (or ignores them, with a reason)."""
-
-    index: Index
-    queue: JobQueue
-    spool_abspath: Callable[[str], Path]
-    decide: Decide
-    quiet_seconds: float = 10.0
-    on_enqueued: Callable[[], None] | None = None
-    stats: dict = field(default_factory=lambda: {"enqueued": 0, "ignored": 0, "cannot_assess": 0, "lost_race": 0})
-
-    def payload(self, study: StudyReady, series: list[SeriesInfo], decision: Decision) -> dict:
-        files: list[str] = []
-        if decision.series_uid:
-            files = [str(self.spool_abspath(i.path)) for i in self.index.instances_of(decision.series_uid)]
-        body = {
-            "study_uid": study.study_uid,
-            "series_uid": decision.series_uid,
-            "series_uids": [s.series_uid for s in series],
-            "files": files,
-            "last_received_at": study.last_received_at,
-            "patient": study.patient_hash,
-        }
-        if decision.action == "cannot_assess":
-            body["cannot_assess"] = {"code": decision.code or "cannot_assess", "message": decision.reason}
-        return body
-
-    def sweep(self, now: float | None = None) -> int:
-        """One pass; returns how many jobs were queued."""
-        queued = 0
-        for study in self.index.studies_ready(self.quiet_seconds, now=now):
-            series = self.index.series_of_study(study.study_uid)
-            try:
-                decision = self.decide(study.study_uid, series)
-            except Exception as exc:  # noqa: BLE001 - one odd study must not stop the sweep
-                log.exception("study %s: selection failed", study_key(study.study_uid)[:12])
-                decision = Decision("ignore", reason=f"selection failed: {type(exc).__name__}: {exc}")
-            key = study_key(study.study_uid)
-            if decision.action == "ignore":
-                if self.index.claim_study(study.study_uid, study.last_received_at) is not None:
-                    for s in series:
-                        self.index.mark_series_ignored(s.series_uid, decision.reason)
-                    self.stats["ignored"] += 1
-                    log.info("study %s ignored: %s", key[:12], decision.reason)
-                continue
-            job = self.queue.enqueue(key, self.payload(study, series, decision), delay_s=HOLD_S)
-            if self.index.claim_study(study.study_uid, study.last_received_at) is None:
-                self.stats["lost_race"] += 1  # new instances meanwhile: stays held, next quiet sweep updates it
-                continue
-            job = self.queue.enqueue(key, job.payload)  # coalesces: held → queued
-            queued += 1
-            self.stats["enqueued"] += 1
-            if decision.action == "cannot_assess":
-                self.stats["cannot_assess"] += 1
-            log.info("study %s → job %s (%s%s)", key[:12], job.id, decision.action,
-                     f": {decision.reason}" if decision.reason else "")
-        if queued and self.on_enqueued is not None:
-            self.on_enqueued()
-        return queued
-
-    def recover(self) -> int:
-        """At start: release held jobs whose study the index already claimed (crash in between)."""
-        released = 0
-        for job in self.queue.list(states=(JobState.RECEIVED,), limit=10000):
-            study_uid = job.payload.get("study_uid")
-            if not study_uid:
-                continue
-            series = self.index.series_of_study(study_uid)
-            if series and not any(s.changed_since_analysis for s in series):
-                self.queue.enqueue(job.key, job.payload)
-                released += 1
-        return released
 
 
 @dataclass
@@ -226,6 +123,15 @@ class NodeScheduler:
     def run_now(self, job_id: str) -> None:
         """Run a job at the next tick (e.g. a sweep right after start)."""
         self.scheduler.modify_job(job_id, next_run_time=_now())
+
+    def run_soon(self, job_id: str, delay_s: float) -> None:
+        """Run a job in ``delay_s`` (or at its next regular time, if that comes first)."""
+        import datetime as dt
+
+        job = self.scheduler.get_job(job_id)
+        when = _now() + dt.timedelta(seconds=delay_s)
+        if job is not None and (job.next_run_time is None or when < job.next_run_time):
+            self.scheduler.modify_job(job_id, next_run_time=when)
 
     def jobs(self) -> list[str]:
         return [j.id for j in self.scheduler.get_jobs()]

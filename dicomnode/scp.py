@@ -48,6 +48,7 @@ from .receive import fastpath, processes
 from .receive.admission import Admission, LazyHandshakeContext
 from .receive.fast_store import FastStore
 from .receive.guard import Limits
+from .receive.release import ReleaseHints
 from .spool import Spool, SpoolFull
 from .uids import InvalidUID, validate_uid
 
@@ -736,12 +737,14 @@ def build_ae(config: NodeConfig):
 
 
 def start_scp(config: NodeConfig, index: Index, spool: Spool, on_stored: Listener | None = None,
-              pseudonym: Pseudonymizer | None = None, instance: int = 0) -> ReceiveServer:
+              pseudonym: Pseudonymizer | None = None, instance: int = 0,
+              on_released: Callable[[], None] | None = None) -> ReceiveServer:
     """Start the Storage SCP in background threads and return at once (``server.stop()`` ends it).
 
     ``pseudonym``: default, the site key under ``node.data_dir`` (created on the first start).
     ``instance``: which of ``node.receivers`` processes this is (its own journal; the port is shared
-    with ``SO_REUSEPORT`` when there are several)."""
+    with ``SO_REUSEPORT`` when there are several). ``on_released``: called when a released association
+    marked series complete (:mod:`dicomnode.receive.release`; the node wakes its sweep)."""
     from pynetdicom import evt
 
     fastpath.memoise_uid_validator()
@@ -771,6 +774,9 @@ def start_scp(config: NodeConfig, index: Index, spool: Spool, on_stored: Listene
         (evt.EVT_REQUESTED, receiver.handle_requested),
         (evt.EVT_CONN_OPEN, admission.on_open),
     ]
+    if config.selection.complete_on_release:
+        hints = ReleaseHints(index.mark_released, lambda: ae.active_associations, _calling_ae, on_released)
+        handlers += [(evt.EVT_ESTABLISHED, hints.on_established), (evt.EVT_RELEASED, hints.on_released)]
     server = ae.make_server((config.node.host, config.node.port), evt_handlers=handlers,
                             ssl_context=build_ssl_context(config), server_class=_server_class(config.node.receivers > 1),
                             contexts=fastpath.shared_contexts(ae.supported_contexts))

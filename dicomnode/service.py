@@ -31,7 +31,8 @@ from .destinations.ledger import Ledger
 from .index import Index, SeriesInfo
 from .pseudonym import Pseudonymizer
 from .queue import Job, JobQueue, open_queue
-from .scheduler import Decision, Housekeeper, NodeScheduler, Sweeper
+from .scheduler import Housekeeper, NodeScheduler
+from .select import Decision, Sweeper
 from .spool import Spool
 from .worker import AnalysisProcess, ModelSource, Worker
 
@@ -44,25 +45,27 @@ def owner_prefix(config: NodeConfig) -> str:
     return f"{socket.gethostname()}:{where}/"
 
 
-# -- adapters to the receive side (dicomnode.scp, dicomnode.selection) -----------------------------
+# -- adapters to the receive side (dicomnode.scp, dicomnode.select) --------------------------------
 
 def selection_decider(config: NodeConfig, index: Index, spool: Spool) -> Callable[[str, list[SeriesInfo]], Decision]:
-    """``dicomnode.selection``'s verdict on a study, in the sweep's terms."""
-    from . import selection
+    """``dicomnode.select``'s verdict on a study, in the sweep's terms."""
+    from .select import select_study
 
     def decide(study_uid: str, series: list[SeriesInfo]) -> Decision:
-        verdict = selection.select_study(study_uid, index, spool, config.selection)
+        verdict = select_study(study_uid, index, spool, config.selection)
         return Decision(action=verdict.action, series_uid=verdict.series_uid, code=verdict.code,
-                        reason=verdict.reason or "")
+                        reason=verdict.reason or "", complete=verdict.complete)
 
     return decide
 
 
-def start_receiver(config: NodeConfig, index: Index, spool: Spool) -> Any:
-    """Start the Storage SCP without blocking; returns a handle with ``stop()``."""
+def start_receiver(config: NodeConfig, index: Index, spool: Spool,
+                   on_released: Callable[[], None] | None = None) -> Any:
+    """Start the Storage SCP without blocking; returns a handle with ``stop()``. ``on_released``: a
+    released association completed series (the node sweeps after ``selection.release_grace_s``)."""
     from . import scp
 
-    return scp.start_scp(config, index, spool)
+    return scp.start_scp(config, index, spool, on_released=on_released)
 
 
 # -- the node ----------------------------------------------------------------------------------------
@@ -71,7 +74,7 @@ class Node:
     """A running node. ``Node(config).start()``; ``stop()``; or ``serve_forever()`` until SIGTERM/SIGINT."""
 
     def __init__(self, config: NodeConfig, *, decide: Callable[[str, list[SeriesInfo]], Decision] | None = None,
-                 receiver: Callable[[NodeConfig, Index, Spool], Any] | None = start_receiver) -> None:
+                 receiver: Callable[..., Any] | None = start_receiver) -> None:
         self.config = config
         self._decide = decide
         self._receiver_factory = receiver
@@ -109,7 +112,8 @@ class Node:
 
         decide = self._decide or selection_decider(cfg, self.index, self.spool)
         self.sweeper = Sweeper(self.index, self.queue, self.spool.abspath, decide,
-                               quiet_seconds=cfg.selection.quiet_seconds, on_enqueued=self.kick)
+                               quiet_seconds=cfg.selection.quiet_seconds, on_enqueued=self.kick,
+                               release_grace_s=cfg.selection.release_grace_s if cfg.selection.complete_on_release else None)
         self.recovered["held_jobs"] = self.sweeper.recover()
         self.housekeeper = Housekeeper(self.index, self.spool.remove, self.data_dir, cfg.storage.retention_days,
                                        cfg.storage.min_free_bytes, queue=self.queue, results_root=cfg.results_dir)
@@ -136,7 +140,7 @@ class Node:
                                            timeout_s=cfg.queue.job_timeout_s, on_encoded=self._on_encoded))
 
         if self._receiver_factory is not None:
-            self.receiver = self._receiver_factory(cfg, self.index, self.spool)
+            self.receiver = self._receiver_factory(cfg, self.index, self.spool, on_released=self._released)
         for w in self.workers:
             w.start()
         self.sender.start()
@@ -239,6 +243,11 @@ class Node:
         """Retry tick: backend upkeep (Celery re-publishes lost tokens), then wake workers and sender."""
         self.queue.maintain()
         self.kick()
+
+    def _released(self) -> None:
+        """A sender released its association with whole series: sweep once the grace has passed."""
+        if self.scheduler is not None:
+            self.scheduler.run_soon("sweep", self.config.selection.release_grace_s + 0.05)
 
     def kick(self) -> None:
         """Wake the workers and the sender (new jobs, due retries)."""

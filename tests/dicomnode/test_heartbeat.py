@@ -30,7 +30,7 @@ OrthancServer = _integration.OrthancServer
 
 
 def test_synthetic_study_is_valid_and_qualifies(tmp_path):
-    from dicomnode import selection
+    from dicomnode import select as selection
     from dicomnode.config import SelectionSection
 
     study, files = synthetic_head_ct(tmp_path, seed=3)

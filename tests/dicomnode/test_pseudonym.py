@@ -210,7 +210,7 @@ def test_a_new_index_starts_at_schema_3(tmp_path):
 def test_the_nodes_dataset_store_names_patients_with_the_index_pseudonym(tmp_path, monkeypatch):
     """Node start loads the site key (and migrates the index); its dataset hook pairs with the same name."""
     from dicomnode.queue.base import Job, JobState
-    from dicomnode.scheduler import Decision
+    from dicomnode.select import Decision
     from dicomnode.service import Node
     from pipeline.result import AnalysisResult, Status
     from training.dataset import DatasetStore

@@ -22,7 +22,7 @@ import pytest
 
 from dicomnode.config import Destination, NodeConfig
 from dicomnode.queue import JobState, open_queue
-from dicomnode.scheduler import Decision
+from dicomnode.select import Decision
 from dicomnode.service import Node
 
 sys.path.insert(0, str(Path(__file__).parent))

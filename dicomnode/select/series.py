@@ -17,24 +17,16 @@ Reason codes match :class:`pipeline.result.CannotAssess` codes used by ``pipelin
 
 from __future__ import annotations
 
-import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from .config import SelectionSection
-
-if TYPE_CHECKING:
-    from .index import Index
-    from .spool import Spool
-
-LOG = logging.getLogger("dicomnode.selection")
+from ..config import SelectionSection
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -47,6 +39,7 @@ HEADER_TAGS = [
     "FilterType", "SliceThickness", "ContrastBolusAgent", "ContrastBolusRoute", "PixelSpacing", "Rows", "Columns",
     "ReconstructionDiameter", "ImageOrientationPatient", "ImagePositionPatient", "FrameOfReferenceUID",
     "PatientPosition", "NumberOfFrames", "StudyInstanceUID", "SeriesInstanceUID", "InstanceNumber",
+    "ImagesInAcquisition",
 ]
 
 _HEAD_WORDS = re.compile(r"HEAD|BRAIN|SKULL|CRAN|CEREB|NEURO|STROKE|\bICH\b|KOPF|SCH[AÄ]E?DEL|CR[AÂ]NE|ENCEPH|HIRN", re.I)
@@ -77,18 +70,7 @@ class SeriesAssessment:
     slice_thickness_mm: float | None = None
     n_slices: int = 0
     coverage_mm: float | None = None
-
-
-@dataclass(frozen=True)
-class SelectionDecision:
-    """The verdict on one study; ``action`` is what the node does."""
-
-    study_uid: str
-    action: Literal["analyze", "cannot_assess", "ignore"]
-    series_uid: str | None = None
-    code: str | None = None
-    reason: str = ""
-    assessments: tuple[SeriesAssessment, ...] = field(default_factory=tuple)
+    complete: bool = False  # QUALIFIES and nothing looks missing (see geometrically_complete)
 
 
 # ------------------------------------------------------------------------------------------
@@ -270,51 +252,24 @@ def assess_series(series_uid: str, headers: Sequence[Dataset], cfg: SelectionSec
     if coverage < cfg.min_coverage_mm:
         return out(Verdict.CANNOT_ASSESS, "insufficient_coverage",
                    f"{coverage:.0f} mm cranio-caudal coverage (at least {cfg.min_coverage_mm:g} mm needed)", **kw)
-    return out(Verdict.QUALIFIES, None, f"head NCCT ({why}), {n_slices} slices of {thickness:g} mm", **kw)
+    return out(Verdict.QUALIFIES, None, f"head NCCT ({why}), {n_slices} slices of {thickness:g} mm",
+               complete=geometrically_complete(images, gaps), **kw)
 
 
-# ------------------------------------------------------------------------------------------
-# one study
-
-
-def choose(study_uid: str, assessments: Iterable[SeriesAssessment]) -> SelectionDecision:
-    """The study's decision from its series' assessments: thinnest qualifying series wins."""
-    assessments = tuple(assessments)
-    ok = [a for a in assessments if a.verdict is Verdict.QUALIFIES]
-    if ok:
-        best = min(ok, key=lambda a: (a.slice_thickness_mm or 99.0, -a.n_slices, -(a.coverage_mm or 0.0)))
-        return SelectionDecision(study_uid, "analyze", best.series_uid, None, best.reason, assessments)
-    bad = [a for a in assessments if a.verdict is Verdict.CANNOT_ASSESS]
-    if bad:
-        worst = max(bad, key=lambda a: (a.n_slices, -(a.slice_thickness_mm or 99.0)))
-        return SelectionDecision(study_uid, "cannot_assess", worst.series_uid, worst.code, worst.reason, assessments)
-    why = "; ".join(f"{a.code}: {a.reason}" for a in assessments) or "no series"
-    return SelectionDecision(study_uid, "ignore", None, None, f"no head NCCT series ({why})"[:500], assessments)
-
-
-def read_headers(paths: Iterable[Path]) -> list[Dataset]:
-    """Header-only reads; unreadable files are skipped (they were validated on receipt)."""
-    from pydicom import dcmread
-
-    out = []
-    for p in paths:
+def geometrically_complete(images: Sequence[Dataset], gaps: np.ndarray, tolerance: float = 0.1) -> bool:
+    """Nothing missing as far as the headers can tell: evenly spaced (every gap within ``tolerance`` of
+    the median, so the count matches extent / spacing + 1) and, where every slice states it, as many
+    slices as ``ImagesInAcquisition``. Stricter than "analysable": a series that passes may start before
+    the quiet period; one that doesn't still gets analysed, after it."""
+    if len(gaps) == 0:
+        return False
+    med = float(np.median(gaps))
+    if med <= 0 or float(np.max(np.abs(gaps - med))) > tolerance * med:
+        return False
+    stated = {ds.get("ImagesInAcquisition") for ds in images}
+    if len(stated) == 1 and None not in stated:
         try:
-            out.append(dcmread(p, stop_before_pixels=True, specific_tags=HEADER_TAGS))
-        except Exception as exc:  # noqa: BLE001 - one bad file must not hide the rest of the series
-            LOG.warning("header of %s unreadable: %s", Path(p).name, type(exc).__name__)
-    return out
-
-
-def select_study(study_uid: str, index: "Index", spool: "Spool", cfg: SelectionSection) -> SelectionDecision:
-    """Assess every series of ``study_uid`` in the index and decide what to analyse."""
-    assessments = []
-    for s in index.series_of_study(study_uid):
-        if s.modality and s.modality != "CT":
-            assessments.append(SeriesAssessment(s.series_uid, Verdict.NOT_HEAD_CT, "not_ct", f"modality {s.modality}"))
-            continue
-        headers = read_headers(spool.abspath(i.path) for i in index.instances_of(s.series_uid))
-        assessments.append(assess_series(s.series_uid, headers, cfg))
-    decision = choose(study_uid, assessments)
-    LOG.info("selection: %s%s%s", decision.action, f" [{decision.code}]" if decision.code else "",
-             f" — {decision.reason}" if decision.reason else "")
-    return decision
+            return int(next(iter(stated))) == len(images)
+        except (TypeError, ValueError):
+            return False
+    return True

@@ -8,7 +8,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicomnode.config import SelectionSection
-from dicomnode.selection import CT_IMAGE, Verdict, assess_series, choose, read_headers
+from dicomnode.select.series import CT_IMAGE, Verdict, assess_series
+from dicomnode.select.study import choose, read_headers
 
 CFG = SelectionSection()
 
@@ -46,6 +47,28 @@ def verdict(hdrs, cfg=CFG):
 def test_qualifying_head_ncct():
     a = verdict(series())
     assert a.verdict is Verdict.QUALIFIES and a.n_slices == 30 and a.coverage_mm == pytest.approx(150)
+    assert a.complete  # evenly spaced, nothing says a slice is missing: may start on release
+
+
+def test_images_in_acquisition_tells_a_series_cut_short():
+    assert verdict(series(ImagesInAcquisition=30)).complete
+    short = verdict(series(ImagesInAcquisition=34))  # the last 4 slices are still on their way
+    assert short.verdict is Verdict.QUALIFIES and not short.complete
+
+
+def test_uneven_spacing_is_analysable_but_not_complete_on_release():
+    """4 mm posterior fossa, then 6 mm: not a missing slice (analysed), but not evenly spaced either,
+    so the count cannot confirm completeness and the quiet period decides."""
+    hdrs = series(n=30, dz=4.0)
+    for i, ds in enumerate(hdrs[10:], start=1):
+        ds.ImagePositionPatient = [-115, -115, 36 + i * 6.0]
+    a = verdict(hdrs)
+    assert a.verdict is Verdict.QUALIFIES and not a.complete
+
+
+def test_choose_carries_completeness():
+    assert choose("1.2", [verdict(series())]).complete
+    assert not choose("1.2", [verdict(series(ImagesInAcquisition=31))]).complete
 
 
 @pytest.mark.parametrize("over,code", [

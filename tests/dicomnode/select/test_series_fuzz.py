@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from hostile_geometry import FIELDS, SCALE, VALUES, with_value
 
 from dicomnode.config import SelectionSection
-from dicomnode.selection import HEADER_TAGS, SeriesAssessment, assess_series
+from dicomnode.select.series import HEADER_TAGS, SeriesAssessment, assess_series
 
 def read_header(raw: bytes):
     import pydicom
