@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable
 
 REPO = Path(__file__).resolve().parents[1]
 EXE = Path(sys.executable).with_name("ich-node")
-CT_DATA = REPO.parent / "shared" / "data" / "ct"
+CT_DATA = Path(os.environ.get("ICH_CT_DATA") or REPO.parent / "shared" / "data" / "ct")  # as tests/conftest.py
 PHANTOM_5MM = CT_DATA / "philips-phantom-5mm"
 NODE_AE = "ICHNODE"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
