@@ -139,10 +139,11 @@ def _child_main(conn, analyzer_target: str, source: ModelSource, threads: int, p
         build = with_device(load_target(analyzer_target), installation_id)
         paths, watcher = _model_paths(source)
         analyzer = build(paths)
+        warmed = _warm(analyzer)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which logs it
         conn.send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
         return
-    conn.send({"ready": True, "models": {k: str(v) if v else None for k, v in vars(paths).items()}})
+    conn.send({"ready": True, "models": {k: str(v) if v else None for k, v in vars(paths).items()}, "warm_s": warmed})
     while True:
         try:
             request = conn.recv()
@@ -150,8 +151,14 @@ def _child_main(conn, analyzer_target: str, source: ModelSource, threads: int, p
             return
         if request is None:
             return
+        reloaded = False
         if watcher is not None and watcher.poll():  # a promotion: reload between jobs, never during one
             analyzer = build(watcher.paths)
+            _warm(analyzer)
+            reloaded = True
+        if request.get("refresh"):  # the parent, idle: load a promoted model now, not with the next study
+            conn.send({"ok": True, "reloaded": reloaded})
+            continue
         try:
             result = analyzer.analyze(request["files"], request["out_dir"], **_analyze_kwargs(analyzer, request))
             conn.send({"ok": True, "result": result.to_json()})
@@ -160,6 +167,12 @@ def _child_main(conn, analyzer_target: str, source: ModelSource, threads: int, p
             conn.send({"ok": False, "error": f"{type(exc).__name__}: {exc}", "retryable": retryable})
         finally:
             gc.collect()
+
+
+def _warm(analyzer: Any) -> dict[str, float] | None:
+    """One inference on a synthetic head (``Analyzer.warm``) so no study pays for lazy set-up."""
+    warm = getattr(analyzer, "warm", None)
+    return warm() if callable(warm) else None
 
 
 class AnalysisProcess:
@@ -206,7 +219,29 @@ class AnalysisProcess:
             raise AnalysisFailed(f"analysis process cannot load its models: {hello.get('error')}", retryable=False)
         self._proc, self._conn, self._jobs = proc, parent, 0
         self.model_info = hello.get("models", {})
-        log.info("analysis process %s ready (models %s)", proc.pid, self.model_info)
+        log.info("analysis process %s ready (models %s, warmed in %s)", proc.pid, self.model_info, hello.get("warm_s"))
+
+    @property
+    def ready(self) -> bool:
+        """Models loaded and warmed: the next study starts at once."""
+        return self.pid is not None
+
+    def refresh(self, timeout_s: float = 600.0) -> bool:
+        """Between jobs: let the child load (and warm) a promoted model now; True when it did."""
+        if self._proc is None or not self._proc.is_alive():
+            return False
+        try:
+            self._conn.send({"refresh": True})
+            if not self._conn.poll(timeout_s):
+                self.kill()
+                raise AnalysisFailed(f"analysis process did not answer a refresh within {timeout_s:.0f} s")
+            reply = self._conn.recv()
+        except (OSError, EOFError, ValueError) as exc:
+            self.kill()
+            raise AnalysisFailed(f"analysis process unreachable: {exc}") from exc
+        if reply.get("reloaded"):
+            log.info("analysis process %s loaded and warmed a promoted model", self._proc.pid)
+        return bool(reply.get("reloaded"))
 
     def kill(self) -> None:
         """Hard stop (timeout, lost lease): SIGKILL, nothing of the child survives."""
@@ -300,8 +335,10 @@ class Worker(threading.Thread):
 
     def __init__(self, queue: JobQueue, process: AnalysisProcess, results_root: Path, *, owner: str,
                  timeout_s: float = 600.0, lease_s: float | None = None, poll_s: float = 1.0,
-                 on_encoded: Callable[[Job], None] | None = None) -> None:
+                 on_encoded: Callable[[Job], None] | None = None, refresh_s: float = 30.0) -> None:
         super().__init__(name=f"worker-{owner}", daemon=True)
+        self.refresh_s = refresh_s
+        self._last_refresh = time.monotonic()
         self.queue = queue
         self.process = process
         self.results_root = Path(results_root)
@@ -349,10 +386,20 @@ class Worker(threading.Thread):
                 self._halt.wait(self.poll_s)
                 continue
             if job is None:
-                self._wake.wait(self.poll_s)
-                self._wake.clear()
+                self._idle()
                 continue
             self.run_job(job)
+
+    def _idle(self) -> None:
+        """Nothing to do: wait for a kick; every ``refresh_s`` have the child pick up a promoted model."""
+        if time.monotonic() - self._last_refresh >= self.refresh_s:
+            self._last_refresh = time.monotonic()
+            try:
+                self.process.refresh()
+            except AnalysisFailed as exc:
+                log.error("worker %s: %s", self.owner, exc)
+        self._wake.wait(self.poll_s)
+        self._wake.clear()
 
     def run_job(self, job: Job) -> Job:
         """Analyse one claimed job and record the outcome in the queue."""

@@ -14,7 +14,8 @@ import pytest
 
 from dicomnode.queue import JobState
 from dicomnode.queue.sqlite import SQLiteQueue
-from dicomnode.worker import AnalysisFailed, AnalysisProcess, Worker, job_dir
+from dicomnode.worker import AnalysisFailed, AnalysisProcess, ModelSource, Worker, job_dir
+from model_dirs import make_model
 
 FAKE = textwrap.dedent('''
     """Test double with the shape of pipeline.analyze.Analyzer."""
@@ -43,6 +44,19 @@ FAKE = textwrap.dedent('''
             r = AnalysisResult(status=Status.ANALYZED, outputs={"seg": ["seg.dcm"], "sr": ["sr.dcm"]})
             r.write(out)
             return r
+
+    class WarmAnalyzer(FakeAnalyzer):
+        """Logs which models it loaded and when it was warmed (as pipeline.analyze.Analyzer.warm)."""
+
+        def __init__(self, models):
+            self.models = models
+            with open(os.environ["FAKE_LOG"], "a") as fh:
+                fh.write(f"load {models.classifier}\\n")
+
+        def warm(self):
+            with open(os.environ["FAKE_LOG"], "a") as fh:
+                fh.write(f"warm {self.models.classifier}\\n")
+            return {"segmentation": 0.0}
 
     class CodedAnalyzer(FakeAnalyzer):
         """Accepts the selection's verdict, as pipeline.analyze may."""
@@ -235,3 +249,38 @@ def test_the_node_names_its_installation_as_the_device_observer(tmp_path):
     assert seen[0].observer_uid != DeviceInfo().observer_uid  # not the shared fallback
     assert pz.installation_id() != Pseudonymizer.ephemeral().installation_id()
     assert with_device(lambda paths: "old-style", "x")("p") == "old-style"  # an analyzer without device
+
+
+def test_models_are_warmed_before_the_first_study(tmp_path, fake):
+    proc = AnalysisProcess("fake_analyzer_mod:WarmAnalyzer", start_timeout_s=60)
+    try:
+        assert not proc.ready
+        proc.start()
+        assert proc.ready and fake.read_text().splitlines()[-1].startswith("warm ")
+    finally:
+        proc.stop()
+
+
+def test_an_idle_worker_loads_and_warms_a_promoted_model_before_the_next_study(tmp_path, fake):
+    """Issue 15: no cold start in the path, after a promotion too (not when the next study arrives)."""
+    from pipeline.models import ModelMetadata
+    from training.registry import Registry
+
+    bundled = tmp_path / "bundled"
+    for kind in ("segmenter", "classifier"):
+        make_model(bundled / kind / "1", kind, "1")
+    registry = Registry(tmp_path / "registry", bundled_root=bundled)
+    proc = AnalysisProcess("fake_analyzer_mod:WarmAnalyzer", ModelSource(registry_dir=str(registry.root)),
+                           start_timeout_s=60)
+    q = SQLiteQueue(tmp_path / "q.sqlite3")
+    w = Worker(q, proc, tmp_path / "results", owner="node/w0", poll_s=0.1, refresh_s=0.2)
+    w.start()
+    try:
+        wait = lambda pred: any(pred() or time.sleep(0.1) for _ in range(200))  # noqa: E731
+        assert wait(lambda: proc.ready)
+        v2 = registry.add("classifier", make_model(tmp_path / "new", "classifier"), parent_version="1")
+        registry.promote("classifier", v2.version, reason="test")
+        assert wait(lambda: f"warm {registry.root / 'classifier' / v2.version}" in fake.read_text()), fake.read_text()
+        assert ModelMetadata.read(registry.root / "classifier" / v2.version).version == v2.version
+    finally:
+        w.stop()
