@@ -31,6 +31,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dicomnode.deliver.policy import RetryPolicy
 from training.labels import LabelPolicy
 from training.retrain import DataPolicy, GatePolicy
 
@@ -324,6 +325,10 @@ class Destination(_Section):
     # OHIF 3.13 (planar outline on the key slice; text report when there is no hematoma);
     # "tid1411" is the strict TID 1500 volumetric report referencing the SEG segment.
     sr_profile: Literal["ohif", "tid1411"] = "ohif"
+    # Delivery retries, apart from the analysis' queue.max_attempts: backoff capped at a few minutes, a
+    # down destination probed (C-ECHO / HTTP) instead of re-sent to, dead letter only after 24 h
+    # ([destinations.retry]; dicomnode.deliver.policy).
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
 
     @model_validator(mode="after")
     def _by_type(self) -> "Destination":

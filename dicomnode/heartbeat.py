@@ -138,7 +138,7 @@ def cfind_series(dest: "Destination", study_uid: str, *, calling_ae_title: str, 
     from pynetdicom import AE
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-    from dicomnode.destinations.dimse import tls_context
+    from dicomnode.deliver.dimse import tls_context
 
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
@@ -228,7 +228,7 @@ class Heartbeat:
     def _send_to_node(self, files: list[Path]) -> None:
         """C-STORE to our own SCP (the same way a scanner does), as ``heartbeat.calling_ae_title``."""
         from dicomnode.config import Destination, TLSClient
-        from dicomnode.destinations.dimse import DimseDestination
+        from dicomnode.deliver.dimse import DimseDestination
 
         node, tls = self.config.node, self.config.security.tls
         host = "127.0.0.1" if node.host in ("0.0.0.0", "", "::") else node.host

@@ -103,7 +103,8 @@ class NodeMetrics:
         def counted(job_id: str, result_dir: Any) -> list:
             errors = deliver(job_id, result_dir)
             for err in errors:
-                self.send_failures.labels(destination=getattr(err, "destination", "-")).inc()
+                if not getattr(err, "waiting", False):  # waiting for a down destination: nothing was sent
+                    self.send_failures.labels(destination=getattr(err, "destination", "-")).inc()
             return errors
 
         dispatcher.deliver = counted
@@ -129,11 +130,20 @@ class NodeMetrics:
         if hb is not None:
             checks["heartbeat"] = hb.get("state", "unknown")
         healthy = all(v == "ok" for k, v in checks.items() if k != "heartbeat")
+        dests = _destination_health(node)
+        if dests:  # shown, but a down PACS does not make the node unhealthy: its deliveries wait
+            checks["destinations"] = {h.name: "up" if h.up else f"down for {h.down_for():.0f} s" for h in dests}
         return healthy, checks
 
     # -- HTTP ---------------------------------------------------------------------------------
     def serve(self, host: str, port: int) -> "MetricsServer":
         return MetricsServer(self, host, port)
+
+
+def _destination_health(node: Any) -> list:
+    """``dicomnode.deliver.policy.DestinationHealth`` of each destination, as the node's sender sees it."""
+    dispatcher = getattr(getattr(node, "sender", None), "dispatcher", None)
+    return list(getattr(dispatcher, "health", {}).values())
 
 
 def _heartbeat_state(node: Any) -> dict | None:
@@ -185,6 +195,27 @@ class _StateCollector:
         for kind, m in _model_versions(self.metrics.config).items():
             info.add_metric([kind, str(m["version"]) if m else "none", str(m["name"]) if m else "none"], 1)
         yield info
+        dests = _destination_health(node)
+        if dests:
+            up = GaugeMetricFamily("ichnode_destination_up", "1 when the destination answered its last send or probe",
+                                   labels=["destination"])
+            down = GaugeMetricFamily("ichnode_destination_down_seconds",
+                                     "How long the destination has not answered (0 when up); alert on it",
+                                     labels=["destination"])
+            waiting = GaugeMetricFamily("ichnode_destination_waiting_jobs",
+                                        "Delivery jobs waiting for the destination to answer", labels=["destination"])
+            dead = CounterMetricFamily("ichnode_delivery_dead_letters",
+                                       "Deliveries given up (retry policy exhausted or refused for good) since start",
+                                       labels=["destination"])
+            counts = node.sender.dispatcher.dead_letters
+            for h in dests:
+                up.add_metric([h.name], 1 if h.up else 0)
+                down.add_metric([h.name], h.down_for())
+                waiting.add_metric([h.name], len(h.waiting))
+                dead.add_metric([h.name], counts.get(h.name, 0))
+            if counts.get("-"):
+                dead.add_metric(["-"], counts["-"])
+            yield from (up, down, waiting, dead)
         hb = _heartbeat_state(node)
         if hb is not None:
             yield GaugeMetricFamily("ichnode_heartbeat_last_success_timestamp_seconds",

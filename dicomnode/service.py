@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import NodeConfig
-from .destinations import build as build_destination
-from .destinations.dispatch import Dispatcher, Sender
-from .destinations.ledger import Ledger
+from .deliver import build as build_destination
+from .deliver.dispatch import Dispatcher, Sender
+from .deliver.ledger import Ledger
 from .index import Index, SeriesInfo
 from .pseudonym import Pseudonymizer
 from .queue import Job, JobQueue, open_queue

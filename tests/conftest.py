@@ -9,6 +9,8 @@
   with a timeout and returns the ``CompletedProcess`` (stdout/stderr as text, never raises on a
   non-zero exit so tests can assert refusals). Skips when dcmtk is not installed.
 - ``require_tool(name)``: skip the test unless an executable is on PATH.
+- ``StoreSCP(tmp).start()``: dcmtk ``storescp`` (AE ``DEST``) on a loopback port, as a destination to send to;
+  ``wait_port(port)`` waits until something listens.
 - hypothesis profiles (property-based fuzz tests, ``tests/**/test_*_fuzz.py``): ``ci`` (derandomized,
   no example database: the same examples on every run) is loaded when ``CI`` is set, ``dev`` (random
   examples, still no database file in the repo) otherwise. ``HYPOTHESIS_PROFILE=explore`` (random) makes
@@ -19,8 +21,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Callable, NoReturn
 
@@ -121,3 +125,51 @@ def dcmtk() -> Callable[..., subprocess.CompletedProcess]:
 def phantom_files(ct_data) -> list[bytes]:
     """The 5 mm phantom series as stored files' bytes (DIRFILE left out), for tests that mutate them."""
     return [p.read_bytes() for p in sorted((ct_data / "philips-phantom-5mm").iterdir()) if p.name != "DIRFILE"]
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    """Return once something accepts TCP connections on 127.0.0.1:``port``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+class StoreSCP:
+    """dcmtk storescp on a free loopback port; counts the C-STORE requests it received."""
+
+    def __init__(self, tmp: Path, extra: list[str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.dir = tmp / f"scp-{self.port}"
+        self.dir.mkdir(exist_ok=True)
+        self.log = tmp / f"scp-{self.port}.log"
+        self.extra = extra or []
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "StoreSCP":
+        fh = open(self.log, "a")
+        self.proc = subprocess.Popen([require_tool("storescp"), "-v", "-aet", "DEST", "-od", str(self.dir), *self.extra,
+                                      str(self.port)], stdout=fh, stderr=subprocess.STDOUT)
+        wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.proc = None
+
+    def stores(self) -> int:
+        return self.log.read_text().count("Received Store Request") if self.log.exists() else 0
+
+    def received_sops(self) -> set[str]:
+        import pydicom
+
+        return {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in self.dir.iterdir()}

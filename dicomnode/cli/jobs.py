@@ -49,7 +49,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from dicomnode.destinations.ledger import Ledger
+        from dicomnode.deliver.ledger import Ledger
         from dicomnode.queue import QueueError
 
         cfg = load(config, data_dir)
@@ -96,7 +96,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         """
         from dicomnode.queue import JobState, QueueError
 
-        q = open_queue_or_exit(load(config, data_dir))
+        cfg = load(config, data_dir)
+        q = open_queue_or_exit(cfg)
         ids = list(job_ids or [])
         if all_dead:
             ids += [j.id for j in q.list(states=(JobState.DEAD,), limit=100000)]
@@ -107,6 +108,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         for job_id in ids:
             try:
                 job = q.retry(job_id)
+                if cfg.ledger_path.exists():  # the deliveries' give-up clock starts again
+                    from dicomnode.deliver.ledger import Ledger
+
+                    Ledger(cfg.ledger_path).clear_failures(job.id)
                 typer.secho(f"job {job.id}: {job.state.value}", fg="green")
             except QueueError as exc:
                 failed += 1

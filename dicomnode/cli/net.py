@@ -11,7 +11,7 @@ MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 
 def _destination(address: str, calling_ae: str, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None):
     from dicomnode.config import Destination, TLSClient
-    from dicomnode.destinations import build
+    from dicomnode.deliver import build
 
     d = Destination.from_address(address)
     if tls_ca or tls_cert:
@@ -29,7 +29,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     def echo(address: str = typer.Argument(..., help="AE@HOST:PORT"), calling_ae: str = calling,
              tls_ca: Path = ca, tls_cert: Path = cert, tls_key: Path = key) -> None:
         """C-ECHO a peer (is the PACS, or the node, reachable and does it accept us?)."""
-        from dicomnode.destinations import DeliveryError
+        from dicomnode.deliver import DeliveryError
 
         try:
             dest = _destination(address, calling_ae, tls_ca, tls_cert, tls_key)
@@ -47,7 +47,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         import pydicom
         from pydicom.errors import InvalidDicomError
 
-        from dicomnode.destinations import DeliveryError
+        from dicomnode.deliver import DeliveryError
 
         paths = [directory] if directory.is_file() else sorted(p for p in directory.rglob("*") if p.is_file())
         files, skipped = [], []

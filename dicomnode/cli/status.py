@@ -50,6 +50,12 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             ix = info["index"]
             console.print(f"index: {ix['studies']} studies, {ix['series']} series, {ix['instances']} instances "
                           f"({ix['bytes'] / 2**20:.1f} MiB), {ix['series_pending']} series waiting for analysis")
+        for name, st in (info.get("destinations") or {}).items():
+            if st["state"] == "up":
+                console.print(f"destination {name}: [green]up[/]")
+            else:
+                console.print(f"destination {name}: [red]down[/] since {when(st['down_since'])}"
+                              f"; deliveries wait and it is probed ({st['last_error'] or '-'})")
         m = Table(title="models")
         for col in ("kind", "version", "name", "path"):
             m.add_column(col)

@@ -36,12 +36,33 @@ def gather(cfg) -> dict:
                    "state": "ok" if usage.free >= 2 * cfg.storage.min_free_bytes
                    else "low" if usage.free >= cfg.storage.min_free_bytes else "full (refusing C-STORE)"}
     out["models"] = model_versions(cfg)
+    out["destinations"] = destination_states(cfg)
     from dicomnode.heartbeat import read_state  # the scheduled synthetic study (issue 7), None if never run
 
     out["heartbeat"] = read_state(data_dir)
     from training.retrain import read_status  # the last or running retrain (issue 6)
 
     out["retrain"] = read_status(data_dir)
+    return out
+
+
+def destination_states(cfg) -> dict:
+    """Each configured destination: up, or down since when (as the node's sender last recorded it in
+    the delivery ledger; a destination never found down is "up")."""
+    known: dict = {}
+    if cfg.ledger_path.exists():
+        from dicomnode.deliver.ledger import Ledger
+
+        ledger = Ledger(cfg.ledger_path)
+        try:
+            known = ledger.destination_states()
+        finally:
+            ledger.close()
+    out = {}
+    for d in cfg.destinations:
+        k = known.get(d.name) or {}
+        out[d.name] = {"state": "down" if k.get("down_since") else "up", "down_since": k.get("down_since"),
+                       "last_error": k.get("last_error")}
     return out
 
 

@@ -10,6 +10,13 @@ its results. It walks one way through the states
 the outputs are on disk and wait for delivery; ``failed`` carries the reason and the next-try time
 of an exponential backoff; ``dead`` needs a person (``ich-node jobs retry``).
 
+Analysis and delivery retry apart: ``fail`` counts the queue's ``max_attempts`` with its backoff (the
+analysis); a delivery that must wait is ``defer``-red by the sender with the delay its destination's
+retry policy chose (``dicomnode.deliver.policy``), counting no attempt, and ``wake`` makes every
+waiting delivery due at once when a destination answers again. ``mark_encoded`` resets the attempts,
+so a delivery never consumes the analysis' attempts, and an analysis is never repeated for a PACS
+that was down.
+
 Why an ABC and not duck typing: the SCP, the scheduler and the CLI only ever see ``JobQueue``, so a
 new backend is one new file registered in ``dicomnode.queue`` and nothing else changes.
 """
@@ -138,6 +145,16 @@ class JobQueue(abc.ABC):
     def fail(self, job_id: str, owner: str | None, reason: str, *, retryable: bool = True) -> Job:
         """Record a failure: ``failed`` with a backoff next-try time, or ``dead`` when
         ``retryable`` is False or the attempts are used up."""
+
+    @abc.abstractmethod
+    def defer(self, job_id: str, owner: str | None, reason: str, *, delay_s: float) -> Job:
+        """A delivery that did not get through waits ``delay_s`` (its destination's retry policy):
+        ``failed`` in the SEND stage with ``reason``, attempts unchanged; only for encoded jobs."""
+
+    @abc.abstractmethod
+    def wake(self) -> int:
+        """Every delivery waiting in ``defer`` becomes due now, oldest job first (its next-try time is set
+        to its creation time, which orders the SEND claim); returns how many."""
 
     @abc.abstractmethod
     def release(self, job_id: str, owner: str, *, delay_s: float = 0.0) -> Job:

@@ -374,6 +374,29 @@ class CeleryQueue(JobQueue):
 
         return self._atomic(decide)
 
+    def defer(self, job_id: str, owner: str | None, reason: str, *, delay_s: float) -> Job:
+        def decide(tx: _Tx) -> Job:  # no token: deliveries stay on the node (its Sender claims them)
+            job = tx.job(job_id)
+            self._check_owner(job, owner)
+            if job.state not in (JobState.ENCODED, JobState.FAILED) or job.stage is not Stage.SEND:
+                raise QueueError(f"job {job_id}: only a delivery can be deferred, not a {job.state.value} job")
+            return tx.save(job, job.state, state=JobState.FAILED, last_error=reason, lease_owner=None,
+                           lease_until=None, next_try_at=time.time() + max(0.0, delay_s))
+
+        return self._atomic(decide)
+
+    def wake(self) -> int:
+        def decide(tx: _Tx) -> int:
+            n = 0
+            for job_id in tx.ids(JobState.FAILED):
+                job = tx.job(job_id)
+                if job.stage is Stage.SEND:
+                    tx.save(job, job.state, next_try_at=job.created_at)
+                    n += 1
+            return n
+
+        return self._atomic(decide)
+
     def release(self, job_id: str, owner: str, *, delay_s: float = 0.0) -> Job:
         def decide(tx: _Tx) -> Job:
             job = tx.job(job_id)

@@ -217,6 +217,21 @@ class SQLiteQueue(JobQueue):
                           lease_owner=None, lease_until=None, next_try_at=time.time() + self.backoff.delay(attempts))
             return self._fetch(db, job_id)
 
+    def defer(self, job_id: str, owner: str | None, reason: str, *, delay_s: float) -> Job:
+        with self._tx() as db:
+            job = self._fetch(db, job_id)
+            self._check_owner(job, owner)
+            if job.state not in (JobState.ENCODED, JobState.FAILED) or job.stage is not Stage.SEND:
+                raise QueueError(f"job {job_id}: only a delivery can be deferred, not a {job.state.value} job")
+            self._set(db, job_id, state=JobState.FAILED.value, last_error=reason, lease_owner=None, lease_until=None,
+                      next_try_at=time.time() + max(0.0, delay_s))
+            return self._fetch(db, job_id)
+
+    def wake(self) -> int:
+        with self._tx() as db:
+            return db.execute("UPDATE jobs SET next_try_at = created_at, updated_at = ? "
+                              "WHERE state = 'failed' AND stage = 'send'", (time.time(),)).rowcount
+
     def release(self, job_id: str, owner: str, *, delay_s: float = 0.0) -> Job:
         with self._tx() as db:
             job = self._fetch(db, job_id)

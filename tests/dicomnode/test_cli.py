@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,11 @@ from typer.testing import CliRunner
 
 from dicomnode.cli import app
 from dicomnode.config import NodeConfig
-from dicomnode.destinations.ledger import Ledger
+from dicomnode.deliver.ledger import Ledger
 from dicomnode.queue import JobState, open_queue
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_destinations import StoreSCP  # noqa: E402
+from tests.conftest import StoreSCP  # noqa: E402
 
 runner = CliRunner()
 
@@ -71,6 +72,24 @@ def test_jobs_list_show_retry(data_dir):
     assert r.exit_code == 1 and "no job 99" in r.output
     r = runner.invoke(app, ["jobs", "list", "--state", "lost", "--data-dir", str(data_dir)])
     assert r.exit_code == 2 and "unknown state" in r.output
+
+
+def test_status_shows_a_down_destination_and_retry_restarts_the_give_up_clock(data_dir, tmp_path):
+    cfg_file = tmp_path / "node.toml"
+    cfg_file.write_text(f'[node]\ndata_dir = "{data_dir}"\n[[destinations]]\nname = "pacs"\nae_title = "PACS"\n'
+                        'host = "127.0.0.1"\nport = 104\n[[destinations]]\nname = "web"\ntype = "stowrs"\n'
+                        'url = "http://127.0.0.1:1/dicomweb"\n')
+    ledger = Ledger(data_dir / "deliveries.sqlite3")
+    ledger.set_destination_state("pacs", time.time() - 600, "pacs: association aborted")
+    ledger.record_failure("2", "pacs")
+    r = runner.invoke(app, ["status", "--config", str(cfg_file), "--json"])
+    dests = json.loads(r.output)["destinations"]
+    assert dests["pacs"]["state"] == "down" and dests["pacs"]["down_since"] < time.time() - 599
+    assert dests["web"] == {"state": "up", "down_since": None, "last_error": None}
+    r = runner.invoke(app, ["status", "--config", str(cfg_file)])
+    assert r.exit_code == 0 and "destination pacs: down" in r.output and "destination web: up" in r.output
+    assert runner.invoke(app, ["jobs", "retry", "2", "--config", str(cfg_file)]).exit_code == 0
+    assert ledger.record_failure("2", "pacs", sent=False)[0] == 0  # a fresh clock: no failed send counted
 
 
 def test_jobs_without_a_queue_says_so(tmp_path):

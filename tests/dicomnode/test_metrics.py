@@ -16,7 +16,7 @@ from dicomnode.config import Destination
 from dicomnode.queue import JobState
 from dicomnode.service import Node
 
-from test_destinations import StoreSCP
+from tests.conftest import StoreSCP
 from test_service import fake_module, node_config, series_dir, take_ct_series, wait_for  # noqa: F401 - fixtures
 
 
@@ -83,23 +83,33 @@ def test_metrics_after_a_delivered_study(metrics_node, series_dir, dcmtk, caplog
     status, body = scrape(cfg.metrics.port, "/healthz")
     health = json.loads(body)
     assert status == 200 and health["status"] == "ok"
-    assert health["checks"] == {"receiver": "ok", "scheduler": "ok", "queue": "ok", "disk": "ok"}
+    assert health["checks"] == {"receiver": "ok", "scheduler": "ok", "queue": "ok", "disk": "ok",
+                                "destinations": {"pacs": "up"}}
+    assert value(text, "ichnode_destination_up", destination="pacs") == 1
+    assert value(text, "ichnode_destination_down_seconds", destination="pacs") == 0
+    assert value(text, "ichnode_delivery_dead_letters_total", destination="pacs") == 0
     assert scrape(cfg.metrics.port, "/nope")[0] == 404
 
 
 def test_send_failures_and_unhealthy_disk(tmp_path, free_port, fake_module, series_dir, dcmtk):  # noqa: F811
     series, _late = series_dir
     cfg = node_config(tmp_path, free_port(), free_port())  # nobody listens at the destination
-    cfg.destinations = [Destination(name="down", ae_title="DEST", host="127.0.0.1", port=free_port())]
+    cfg.destinations = [Destination(name="down", ae_title="DEST", host="127.0.0.1", port=free_port(),
+                                    retry={"probe_interval_s": 0.2})]
     cfg.metrics.enabled, cfg.metrics.port = True, free_port()
     node = Node(cfg, decide=take_ct_series).start()
     try:
         dcmtk("storescu", "-aec", "ICHNODE", "+sd", "127.0.0.1", cfg.node.port, series)
-        wait_for(lambda: (value(scrape(cfg.metrics.port)[1], "ichnode_send_failures_total", destination="down")
-                          or 0) >= 2, 120)
+        wait_for(lambda: (value(scrape(cfg.metrics.port)[1], "ichnode_destination_down_seconds", destination="down")
+                          or 0) >= 1, 120)
         text = scrape(cfg.metrics.port)[1]
+        assert value(text, "ichnode_send_failures_total", destination="down") == 1  # then probes, no re-sends
+        assert value(text, "ichnode_destination_up", destination="down") == 0
+        assert value(text, "ichnode_destination_waiting_jobs", destination="down") == 1
         assert value(text, "ichnode_jobs", state="failed") == 1
         assert value(text, "ichnode_studies_delivered_total") == 0
+        health = json.loads(scrape(cfg.metrics.port, "/healthz")[1])
+        assert health["status"] == "ok" and health["checks"]["destinations"]["down"].startswith("down for")
         node.config.storage.min_free_bytes = 1 << 62  # no disk is that big: refusing C-STORE
         status, body = scrape(cfg.metrics.port, "/healthz")
         assert status == 503 and json.loads(body)["checks"]["disk"] == "full"

@@ -107,6 +107,37 @@ def test_send_failures_retry_from_encoded(q):
     assert q.retry(job.id).state is JobState.ENCODED  # outputs exist: resend, no re-analysis
 
 
+def test_deferred_deliveries_count_no_attempt_and_wake_oldest_first(q):
+    """A delivery waits as its destination's retry policy says (``defer``), never using the analysis'
+    attempts however often it waits; ``wake`` (the destination answers again) makes every waiting
+    delivery due at once, oldest job first, whatever their next-try times were."""
+    ids = []
+    for key in ("a", "b", "c"):
+        job = q.enqueue(key, {})
+        q.claim("w")
+        ids.append(q.mark_encoded(job.id, "w", f"/r/{key}").id)
+    for _round in range(q.max_attempts + 2):  # more rounds than the analysis may fail
+        claimed = [q.claim("s", stage=Stage.SEND) for _ in ids]
+        assert [j.id for j in claimed] == ids  # oldest first
+        for j, delay in zip(claimed, (300, 200, 100)):  # the newest would be due first
+            d = q.defer(j.id, "s", "pacs: down", delay_s=delay)
+            assert d.state is JobState.FAILED and d.stage is Stage.SEND and d.attempts == 0
+            assert d.last_error == "pacs: down" and d.lease_owner is None
+        assert q.claim("s", stage=Stage.SEND) is None and q.claim("w") is None  # waiting; never re-analysed
+        assert q.wake() == 3
+    for job_id, delay in zip(ids, (0.2, 300, 300)):  # a short wait is due without a wake
+        assert q.claim("s", stage=Stage.SEND).id == job_id
+        q.defer(job_id, "s", "busy", delay_s=delay)
+    assert q.claim("s", stage=Stage.SEND) is None
+    time.sleep(0.25)
+    assert (short := q.claim("s", stage=Stage.SEND)).id == ids[0]
+    dead = q.fail(short.id, "s", "gave up after 24 h", retryable=False)  # the policy gave up
+    assert dead.state is JobState.DEAD
+    other = q.enqueue("d", {})
+    with pytest.raises(QueueError):  # only a delivery waits this way
+        q.defer(other.id, None, "x", delay_s=1)
+
+
 def test_lost_lease_is_refused(q, tmp_path):
     short = SQLiteQueue(tmp_path / "q.sqlite3", lease_s=0.1)
     job = short.enqueue("k", {})

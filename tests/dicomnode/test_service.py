@@ -26,7 +26,7 @@ from dicomnode.select import Decision
 from dicomnode.service import Node
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_destinations import StoreSCP  # noqa: E402
+from tests.conftest import StoreSCP  # noqa: E402
 
 FAKE = textwrap.dedent('''
     """Test double of pipeline.analyze.Analyzer writing real (tiny) DICOM objects with fresh UIDs."""
@@ -160,14 +160,17 @@ def test_one_node_per_data_dir(tmp_path, free_port, fake_module):
 def test_destination_down_then_up_is_delivered(tmp_path, free_port, fake_module, series_dir, dcmtk):
     series, _ = series_dir
     dest_port = free_port()
-    cfg = node_config(tmp_path, free_port(), dest_port, max_attempts=50)
+    cfg = node_config(tmp_path, free_port(), dest_port, max_attempts=2)  # deliveries do not use these
+    cfg.destinations[0].retry.probe_interval_s = 0.3
     node = Node(cfg, decide=take_ct_series).start()
     peer = StoreSCP(tmp_path, port=dest_port)
     try:
         dcmtk("storescu", "-aec", "ICHNODE", "+sd", "127.0.0.1", cfg.node.port, series)
         job = wait_for(lambda: [j for j in node.queue.list() if j.state is JobState.FAILED and j.stage.value == "send"])[0]
         assert "aborted" in job.last_error
-        wait_for(lambda: node.queue.get(job.id).attempts >= 2)  # backing off and trying again
+        wait_for(lambda: node.sender.dispatcher.health["pacs"].probes >= 3)  # probed (C-ECHO), not re-sent
+        assert node.queue.get(job.id).state in (JobState.FAILED, JobState.ENCODED)  # waiting, not dead
+        assert node.queue.get(job.id).attempts == 0
         peer.start()
         wait_for(lambda: node.queue.get(job.id).state is JobState.SENT)
         assert peer.stores() == 2

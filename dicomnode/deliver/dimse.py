@@ -31,12 +31,12 @@ class DimseDestination(Destination):
         super().__init__(config, calling_ae_title=calling_ae_title)
         self.timeout_s = timeout_s
 
-    def _associate(self, contexts: dict[str, set[str]]):
+    def _associate(self, contexts: dict[str, set[str]], timeout_s: float | None = None):
         from pynetdicom import AE, build_context
 
         ae = AE(ae_title=self.calling_ae_title)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
-        ae.connection_timeout = self.timeout_s
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s or self.timeout_s
+        ae.connection_timeout = timeout_s or self.timeout_s
         for sop_class, syntaxes in contexts.items():
             ae.requested_contexts.append(build_context(sop_class, sorted(syntaxes)))
         tls_args = None
@@ -45,22 +45,26 @@ class DimseDestination(Destination):
         try:
             assoc = ae.associate(self.config.host, self.config.port, ae_title=self.config.ae_title, tls_args=tls_args)
         except (OSError, ssl.SSLError) as exc:
-            raise DeliveryError(self.name, f"cannot connect to {self.config.address}: {exc}") from exc
+            raise DeliveryError(self.name, f"cannot connect to {self.config.address}: {exc}", unreachable=True) from exc
         if not assoc.is_established:
             why = ("rejected" if assoc.is_rejected
                    else "aborted (peer unreachable or it dropped the connection)" if assoc.is_aborted
                    else "not established")
-            raise DeliveryError(self.name, f"association with {self.config.address} {why}")
+            # rejected: the peer answers, but refuses us now (a permanent rejection is a config error a
+            # person fixes; retrying it with backoff is right). Aborted / not established: nobody answers.
+            raise DeliveryError(self.name, f"association with {self.config.address} {why}",
+                                unreachable=not assoc.is_rejected)
         return assoc
 
-    def check(self) -> None:
+    def check(self, timeout_s: float | None = None) -> None:
+        """C-ECHO: the probe of a down PACS (one small association, no data sent)."""
         from pynetdicom.sop_class import Verification
 
-        assoc = self._associate({Verification: {"1.2.840.10008.1.2"}})
+        assoc = self._associate({Verification: {"1.2.840.10008.1.2"}}, timeout_s)
         try:
             status = assoc.send_c_echo()
             if not status or status.Status != 0x0000:
-                raise DeliveryError(self.name, "C-ECHO failed")
+                raise DeliveryError(self.name, "C-ECHO failed", unreachable=True)
         finally:
             assoc.release()
 
@@ -92,7 +96,7 @@ class DimseDestination(Destination):
                 except (ValueError, RuntimeError) as exc:  # no accepted context for this SOP class
                     raise DeliveryError(self.name, f"{path.name}: {exc}", retryable=False) from exc
                 if not status:  # timeout / abort: no status dataset
-                    raise DeliveryError(self.name, f"{path.name}: no response (association lost)")
+                    raise DeliveryError(self.name, f"{path.name}: no response (association lost)", unreachable=True)
                 code = int(status.Status)
                 if code == 0x0000 or (code & 0xF000) == 0xB000:
                     on_delivered(path)

@@ -11,17 +11,27 @@ import abc
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from .policy import RetryPolicy
+
 if TYPE_CHECKING:
     from dicomnode.config import Destination as DestinationConfig
 
 
 class DeliveryError(Exception):
-    """A send that did not go through; ``retryable`` False means retrying cannot help."""
+    """A send that did not go through; ``retryable`` False means retrying cannot help.
 
-    def __init__(self, destination: str, message: str, *, retryable: bool = True) -> None:
+    ``unreachable``: the peer did not answer at all (no association, connection refused, HTTP 502-504):
+    the destination is marked down and probed instead of re-sent to. ``waiting``: no send was tried
+    because the destination is down.
+    """
+
+    def __init__(self, destination: str, message: str, *, retryable: bool = True, unreachable: bool = False,
+                 waiting: bool = False) -> None:
         super().__init__(f"{destination}: {message}")
         self.destination = destination
         self.retryable = retryable
+        self.unreachable = unreachable
+        self.waiting = waiting
 
 
 OnDelivered = Callable[[Path], None]
@@ -31,7 +41,7 @@ SR_KINDS = {"sr": "ohif", "sr_tid1411": "tid1411"}
 
 
 class Destination(abc.ABC):
-    """One configured peer. Subclasses are registered by config ``type`` in ``dicomnode.destinations``."""
+    """One configured peer. Subclasses are registered by config ``type`` in ``dicomnode.deliver``."""
 
     def __init__(self, config: "DestinationConfig", *, calling_ae_title: str = "ICHNODE") -> None:
         self.config = config
@@ -61,8 +71,14 @@ class Destination(abc.ABC):
         Raises ``DeliveryError`` at the first file the peer did not take.
         """
 
-    def check(self) -> None:
-        """Cheap reachability check (C-ECHO, HTTP); raises ``DeliveryError``. Default: nothing."""
+    @property
+    def retry(self) -> RetryPolicy:
+        """This destination's delivery retry policy (``[destinations.retry]``)."""
+        return getattr(self.config, "retry", None) or RetryPolicy()
+
+    def check(self, timeout_s: float | None = None) -> None:
+        """Cheap reachability check (C-ECHO, HTTP), the probe of a down destination; raises
+        ``DeliveryError``. Default: nothing."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

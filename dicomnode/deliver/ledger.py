@@ -28,6 +28,21 @@ CREATE TABLE IF NOT EXISTS attempts (
     updated_at   REAL NOT NULL,
     PRIMARY KEY (job_id, destination)
 );
+-- a delivery that has not got through yet: the retry policy's backoff and give-up clock
+CREATE TABLE IF NOT EXISTS pending (
+    job_id          TEXT NOT NULL,
+    destination     TEXT NOT NULL,
+    failures        INTEGER NOT NULL DEFAULT 0,   -- consecutive failed sends (waits while down: none)
+    first_failed_at REAL NOT NULL,                -- since when it has not got through
+    PRIMARY KEY (job_id, destination)
+);
+-- each destination as the sender last saw it (for `ich-node status`, which runs in another process)
+CREATE TABLE IF NOT EXISTS destinations (
+    name        TEXT PRIMARY KEY,
+    down_since  REAL,                             -- NULL: up
+    last_error  TEXT,
+    updated_at  REAL NOT NULL
+);
 """
 
 
@@ -70,6 +85,33 @@ class Ledger:
             "INSERT INTO attempts (job_id, destination, attempts, last_error, updated_at) VALUES (?, ?, 1, ?, ?) "
             "ON CONFLICT(job_id, destination) DO UPDATE SET attempts = attempts + 1, last_error = excluded.last_error, "
             "updated_at = excluded.updated_at", (job_id, destination, error, time.time()))
+
+    def record_failure(self, job_id: str, destination: str, *, sent: bool = True) -> tuple[int, float]:
+        """A delivery did not get through (``sent`` False: it waited for a down destination, no send
+        was tried). Returns ``(consecutive failed sends, since when it has not got through)``."""
+        db = self._db()
+        db.execute("INSERT INTO pending (job_id, destination, failures, first_failed_at) VALUES (?, ?, ?, ?) "
+                   "ON CONFLICT(job_id, destination) DO UPDATE SET failures = failures + excluded.failures",
+                   (job_id, destination, int(sent), time.time()))
+        row = db.execute("SELECT failures, first_failed_at FROM pending WHERE job_id = ? AND destination = ?",
+                         (job_id, destination)).fetchone()
+        return int(row[0]), float(row[1])
+
+    def clear_failures(self, job_id: str, destination: str | None = None) -> None:
+        """The delivery got through (or a person retries it: the give-up clock starts again)."""
+        if destination is None:
+            self._db().execute("DELETE FROM pending WHERE job_id = ?", (job_id,))
+        else:
+            self._db().execute("DELETE FROM pending WHERE job_id = ? AND destination = ?", (job_id, destination))
+
+    def set_destination_state(self, name: str, down_since: float | None, last_error: str | None) -> None:
+        self._db().execute("INSERT OR REPLACE INTO destinations VALUES (?, ?, ?, ?)",
+                           (name, down_since, last_error, time.time()))
+
+    def destination_states(self) -> dict[str, dict]:
+        """``name → {down_since, last_error, updated_at}`` as the sender last recorded it."""
+        rows = self._db().execute("SELECT name, down_since, last_error, updated_at FROM destinations ORDER BY name")
+        return {r[0]: {"down_since": r[1], "last_error": r[2], "updated_at": r[3]} for r in rows}
 
     def states(self, job_id: str) -> list[DeliveryState]:
         db = self._db()

@@ -7,6 +7,8 @@ from typing import Sequence
 
 from .base import DeliveryError, Destination, OnDelivered
 
+_DOWN = (0, 502, 503, 504)  # no answer, or a gateway saying the archive behind it does not answer
+
 
 class StowRsDestination(Destination):
     """One ``POST {url}/studies`` per object, so each confirmed object is recorded on its own."""
@@ -15,9 +17,8 @@ class StowRsDestination(Destination):
         super().__init__(config, calling_ae_title=calling_ae_title)
         self.timeout_s = timeout_s
 
-    def _client(self):
+    def _session(self):
         import requests
-        from dicomweb_client.api import DICOMwebClient
         from dicomweb_client.session_utils import create_session
 
         session = create_session()
@@ -27,8 +28,13 @@ class StowRsDestination(Destination):
             if tls.cert:
                 session.cert = (str(tls.cert), str(tls.key))
         self._requests = requests
-        client = DICOMwebClient(url=self.config.url, session=session, timeout=self.timeout_s)
-        client.set_http_retry_params(retry=False)  # the queue's backoff retries, not the client
+        return session
+
+    def _client(self):
+        from dicomweb_client.api import DICOMwebClient
+
+        client = DICOMwebClient(url=self.config.url, session=self._session(), timeout=self.timeout_s)
+        client.set_http_retry_params(retry=False)  # the destination's retry policy retries, not the client
         return client
 
     def send(self, files: Sequence[Path], on_delivered: OnDelivered) -> None:
@@ -45,8 +51,22 @@ class StowRsDestination(Destination):
                 code = exc.response.status_code if exc.response is not None else 0
                 # 4xx (but 408/429) = the archive refuses this object; 5xx = try again later.
                 retryable = code >= 500 or code in (0, 408, 429)
-                raise DeliveryError(self.name, f"{path.name}: HTTP {code}", retryable=retryable) from exc
+                raise DeliveryError(self.name, f"{path.name}: HTTP {code}", retryable=retryable,
+                                    unreachable=code in _DOWN) from exc
             except self._requests.exceptions.RequestException as exc:
-                raise DeliveryError(self.name, f"{path.name}: {type(exc).__name__}: {exc}") from exc
+                raise DeliveryError(self.name, f"{path.name}: {type(exc).__name__}: {exc}", unreachable=True) from exc
             on_delivered(path)
+
+    def check(self, timeout_s: float | None = None) -> None:
+        """One ``HEAD`` on the service URL, the probe of a down archive: any answer but 502-504 (404, 405
+        and 501 included: many servers allow only GET/POST there) means the server is back; no data sent."""
+        session = self._session()
+        try:
+            status = session.head(self.config.url, timeout=timeout_s or self.timeout_s, allow_redirects=False).status_code
+        except self._requests.exceptions.RequestException as exc:
+            raise DeliveryError(self.name, f"probe: {type(exc).__name__}", unreachable=True) from exc
+        finally:
+            session.close()
+        if status in _DOWN:
+            raise DeliveryError(self.name, f"probe: HTTP {status}", unreachable=True)
 

@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 __all__ = ["DeliveryError", "Destination", "OnDelivered", "TYPES", "register", "build"]
 
 TYPES = Registry("destination type", {
-    "dimse": "dicomnode.destinations.dimse:DimseDestination",
-    "stowrs": "dicomnode.destinations.stowrs:StowRsDestination",
+    "dimse": "dicomnode.deliver.dimse:DimseDestination",
+    "stowrs": "dicomnode.deliver.stowrs:StowRsDestination",
 })
 register = TYPES.register
 

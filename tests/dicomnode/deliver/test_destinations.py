@@ -7,10 +7,7 @@ import email.policy
 import http.server
 import io
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import threading
 import time
@@ -21,81 +18,14 @@ import pytest
 
 from dicomnode.config import Destination as DestinationConfig
 from dicomnode.config import TLSClient
-from dicomnode.destinations import DeliveryError, build
-from dicomnode.destinations.dispatch import Dispatcher, Sender, result_objects
-from dicomnode.destinations.ledger import Ledger
+from dicomnode.deliver import DeliveryError, build
+from dicomnode.deliver.dispatch import Dispatcher, Sender, result_objects
+from dicomnode.deliver.ledger import Ledger
+from dicomnode.deliver.policy import RetryPolicy
 from dicomnode.queue import JobState
 from dicomnode.queue.base import Backoff
 from dicomnode.queue.sqlite import SQLiteQueue
-
-CT = Path("/work/shared/data/ct/philips-phantom-5mm")
-if not CT.is_dir():
-    CT = Path(__file__).resolve().parents[3] / "shared" / "data" / "ct" / "philips-phantom-5mm"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
-
-
-@pytest.fixture
-def results(tmp_path) -> Path:
-    """A result directory shaped like pipeline.analyze's (real DICOM files stand in for SEG/SR/SC)."""
-    root = tmp_path / "job-1"
-    (root / "sc").mkdir(parents=True)
-    src = sorted(p for p in CT.iterdir() if p.name != "DIRFILE")[:3]
-    shutil.copy(src[0], root / "seg.dcm")
-    shutil.copy(src[1], root / "sr.dcm")
-    shutil.copy(src[2], root / "sc" / "001.dcm")
-    (root / "result.json").write_text(json.dumps({"outputs": {"seg": ["seg.dcm"], "sr": ["sr.dcm"], "sc": ["sc/001.dcm"]}}))
-    return root
-
-
-class StoreSCP:
-    """dcmtk storescp on a free loopback port; counts the C-STORE requests it received."""
-
-    def __init__(self, tmp: Path, extra: list[str] | None = None, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.dir = tmp / f"scp-{self.port}"
-        self.dir.mkdir(exist_ok=True)
-        self.log = tmp / f"scp-{self.port}.log"
-        self.extra = extra or []
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "StoreSCP":
-        fh = open(self.log, "a")
-        self.proc = subprocess.Popen(["storescp", "-v", "-aet", "DEST", "-od", str(self.dir), *self.extra, str(self.port)],
-                                     stdout=fh, stderr=subprocess.STDOUT)
-        wait_port(self.port)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self.proc = None
-
-    def stores(self) -> int:
-        return self.log.read_text().count("Received Store Request") if self.log.exists() else 0
-
-    def received_sops(self) -> set[str]:
-        return {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in self.dir.iterdir()}
-
+from tests.conftest import StoreSCP, free_port
 
 @pytest.fixture
 def scp(tmp_path):
@@ -116,9 +46,9 @@ def test_result_objects_order_and_containment(results):
         result_objects(results)
 
 
-def test_each_destination_gets_the_sr_of_its_profile(tmp_path, results, scp):
+def test_each_destination_gets_the_sr_of_its_profile(tmp_path, results, scp, ct_data):
     """Analyses write one SR per profile (sr.dcm "ohif", sr_tid1411.dcm "tid1411"); a peer gets one."""
-    src = sorted(p for p in CT.iterdir() if p.name != "DIRFILE")[3]
+    src = sorted(p for p in (ct_data / "philips-phantom-5mm").iterdir() if p.name != "DIRFILE")[3]
     shutil.copy(src, results / "sr_tid1411.dcm")
     outputs = {"seg": ["seg.dcm"], "sr": ["sr.dcm"], "sr_tid1411": ["sr_tid1411.dcm"], "sc": ["sc/001.dcm"]}
     (results / "result.json").write_text(json.dumps({"outputs": outputs}))
@@ -165,24 +95,29 @@ def test_interrupted_send_resumes_with_the_rest(tmp_path, results, scp):
     assert scp.stores() == 3  # 1 + the 2 that were not confirmed; nothing twice
 
 
-def test_peer_down_backoff_then_delivered_and_dead_letter_retry(tmp_path, results):
+def test_peer_down_past_give_up_is_dead_then_retry_sends_the_rest(tmp_path, results):
+    """The retry policy's give-up (tiny here) dead-letters; `ich-node jobs retry` (queue retry + the
+    ledger's give-up clock reset) sends it, with nothing twice."""
     port = free_port()
     q = SQLiteQueue(tmp_path / "q.sqlite3", max_attempts=3, backoff=Backoff(base_s=0.2, max_s=0.5))
     ledger = Ledger(tmp_path / "ledger.sqlite3")
-    sender = Sender(q, Dispatcher([build(dimse(port))], ledger), owner="s")
+    retry = RetryPolicy(backoff_base_s=0.05, backoff_max_s=0.1, give_up_after_s=0.3, probe_interval_s=0.05)
+    sender = Sender(q, Dispatcher([build(dimse(port, retry=retry))], ledger), owner="s")
     job = q.enqueue("k", {})
     q.claim("w")
     q.mark_encoded(job.id, "w", str(results))
     j = sender.deliver(q.claim("s", stage="send"))
     assert j.state is JobState.FAILED and "aborted" in j.last_error and j.next_try_at > time.time()
-    time.sleep(0.25)
-    sender.deliver(q.claim("s", stage="send"))
-    time.sleep(0.45)
+    assert j.attempts == 0  # the analysis' attempts are not used by deliveries
+    time.sleep(0.35)
     dead = sender.deliver(q.claim("s", stage="send"))
-    assert dead.state is JobState.DEAD and dead.attempts == 3
+    assert dead.state is JobState.DEAD and "gave up" in dead.last_error
+    assert sender.dispatcher.dead_letters["pacs"] == 1
     peer = StoreSCP(tmp_path, port=port).start()
     try:
         q.retry(job.id)  # what `ich-node jobs retry` does
+        ledger.clear_failures(job.id)
+        assert sender.dispatcher.probe(now=time.time() + 1) == ["pacs"]  # its C-ECHO answers
         assert sender.drain()
         assert q.get(job.id).state is JobState.SENT
         assert peer.stores() == 3
@@ -228,8 +163,10 @@ def test_dimse_mutual_tls(tmp_path, results, pki):
 class _StowHandler(http.server.BaseHTTPRequestHandler):
     received: list[str] = []
     status = 200
+    posts = 0
 
     def do_POST(self):  # noqa: N802
+        type(self).posts += 1
         body = self.rfile.read(int(self.headers["Content-Length"]))
         if type(self).status != 200:
             self.send_response(type(self).status)
@@ -248,6 +185,10 @@ class _StowHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(out)
 
+    def do_HEAD(self):  # noqa: N802 - the probe of a down archive
+        self.send_response(type(self).status if type(self).status in (502, 503, 504) else 405)
+        self.end_headers()
+
     def log_message(self, *args):
         pass
 
@@ -256,6 +197,7 @@ class _StowHandler(http.server.BaseHTTPRequestHandler):
 def stow():
     _StowHandler.received = []
     _StowHandler.status = 200
+    _StowHandler.posts = 0
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StowHandler)
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
@@ -270,11 +212,17 @@ def test_stowrs_delivers_and_classifies_http_errors(tmp_path, results, stow):
                             send_overlay=False)
     ledger = Ledger(tmp_path / "ledger.sqlite3")
     handler.status = 503
-    errs = Dispatcher([build(cfg)], ledger).deliver("1", results)
-    assert len(errs) == 1 and errs[0].retryable and "HTTP 503" in str(errs[0])
+    d = Dispatcher([build(cfg)], ledger)
+    errs = d.deliver("1", results)
+    assert len(errs) == 1 and errs[0].retryable and errs[0].unreachable and "HTTP 503" in str(errs[0])
+    assert handler.posts == 1
+    assert d.deliver("1", results)[0].waiting  # down: no POST until a probe answers
+    assert Dispatcher([build(cfg)], ledger).deliver("1", results)[0].waiting  # a restart remembers it
+    assert d.probe(now=time.time() + 60) == [] and handler.posts == 1  # HEAD → 503: still down
     handler.status = 400
-    errs = Dispatcher([build(cfg)], ledger).deliver("1", results)
-    assert len(errs) == 1 and not errs[0].retryable
+    assert d.probe(now=time.time() + 60) == ["web"]  # HEAD → 405: the server answers
+    errs = d.deliver("1", results)
+    assert len(errs) == 1 and not errs[0].retryable and not errs[0].unreachable
     handler.status = 200
     assert Dispatcher([build(cfg)], ledger).deliver("1", results) == []
     assert handler.received == [pydicom.dcmread(results / n).SOPInstanceUID for n in ("seg.dcm", "sr.dcm")]
