@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -109,10 +110,36 @@ def _starts(size: int, patch: int) -> list[int]:
     return sorted(set(starts))
 
 
+#: tiles per model call: one call per tile spends most of its time in Keras' eager dispatch
+#: (measured: 72 tiles of 48³, 14.4 s per call each vs 4.9 s of TensorFlow kernels)
+TILE_BATCH = 8
+_compiled: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _infer(model):
+    """The model's forward pass as one compiled TensorFlow function (traced once per tile shape)."""
+    fn = _compiled.get(model)
+    if fn is None:
+        import tensorflow as tf
+
+        fn = _compiled[model] = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return fn
+
+
 def _run(model, x: np.ndarray) -> np.ndarray:
-    out = model(x[None, ..., None], training=False)
-    out = out.numpy() if hasattr(out, "numpy") else np.array(out)
-    return np.array(out[0, ..., 0], dtype=np.float32)  # writable copy
+    return _run_batch(model, [x])[0]
+
+
+def _run_batch(model, tiles: list[np.ndarray]) -> list[np.ndarray]:
+    """Probabilities for equally shaped tiles, ``TILE_BATCH`` per call. Each tile is computed on its
+    own (the network normalises per sample), so batching changes speed, not results (float32 noise)."""
+    out: list[np.ndarray] = []
+    for i in range(0, len(tiles), TILE_BATCH):
+        x = np.stack(tiles[i:i + TILE_BATCH])[..., None]
+        y = _infer(model)(x)
+        y = y.numpy() if hasattr(y, "numpy") else np.asarray(y)
+        out.extend(np.array(y[k, ..., 0], dtype=np.float32) for k in range(len(x)))  # writable copies
+    return out
 
 
 def predict_grid(model, image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
@@ -133,17 +160,16 @@ def _predict_once(model, image: np.ndarray, config: PreprocessConfig) -> np.ndar
     weights = _gaussian_weights(patch)
     acc = np.zeros(image.shape, np.float32)
     norm = np.zeros(image.shape, np.float32)
+    todo: list[tuple[slice, ...]] = []
     for z in _starts(image.shape[0], patch[0]):
         for y in _starts(image.shape[1], patch[1]):
             for x in _starts(image.shape[2], patch[2]):
                 sl = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
-                tile = image[sl]
-                if not tile.any():  # all outside the brain
-                    norm[sl] += weights
-                    continue
-                prob = _run(model, tile)
-                acc[sl] += prob * weights
                 norm[sl] += weights
+                if image[sl].any():  # tiles all outside the brain are 0 and need no inference
+                    todo.append(sl)
+    for sl, prob in zip(todo, _run_batch(model, [image[sl] for sl in todo])):
+        acc[sl] += prob * weights
     return acc / np.maximum(norm, 1e-6)
 
 
