@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,10 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from dicomnode.deliver.policy import RetryPolicy
+from dicomnode.aetitle import AEAddress, validate_ae_title  # noqa: F401 - AEAddress re-exported
+# [[destinations]]: one config class per type, owned by its sender (dicomnode.deliver), assembled here
+from dicomnode.deliver import AnyDestination, TLSClient  # noqa: F401 - TLSClient re-exported
+from dicomnode.deliver import DestinationEntry as Destination  # noqa: F401 - the [[destinations]] entry
 from training.labels import LabelPolicy
 from training.retrain import DataPolicy, GatePolicy
 
@@ -42,44 +44,6 @@ ENV_CONFIG_FILE = "ICH_NODE_CONFIG"
 
 # --------------------------------------------------------------------------------------------
 # small value types
-
-
-def validate_ae_title(value: str) -> str:
-    """An AE title as DICOM PS3.5 allows it: 1-16 chars of the default repertoire, no backslash."""
-    if not isinstance(value, str):
-        raise ValueError("AE title must be a string")
-    stripped = value.strip(" ")
-    if not stripped:
-        raise ValueError("AE title is empty")
-    if len(stripped) > 16:
-        raise ValueError(f"AE title {stripped!r} is longer than 16 characters")
-    if "\\" in stripped or any(ord(c) < 0x20 or ord(c) > 0x7E for c in stripped):
-        raise ValueError(f"AE title {stripped!r} contains a backslash or a non-printable/non-ASCII character")
-    return stripped
-
-
-@dataclass(frozen=True)
-class AEAddress:
-    """A remote application entity, written ``AE@HOST:PORT`` on the command line."""
-
-    ae_title: str
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> "AEAddress":
-        """Parse ``AE@HOST:PORT`` (IPv6 hosts in brackets: ``AE@[::1]:104``)."""
-        m = re.fullmatch(r"(?P<ae>[^@]+)@(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:@\[\]]+)):(?P<port>\d+)", text.strip())
-        if not m:
-            raise ValueError(f"{text!r} is not AE@HOST:PORT (example: PACS@10.0.0.5:104)")
-        port = int(m["port"])
-        if not 1 <= port <= 65535:
-            raise ValueError(f"port {port} in {text!r} is outside 1-65535")
-        return cls(validate_ae_title(m["ae"]), m["v6"] or m["host"], port)
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.ae_title}@{host}:{self.port}"
 
 
 def parse_ae_address(text: str) -> AEAddress:
@@ -218,22 +182,6 @@ class TLSServer(_Section):
         return self
 
 
-class TLSClient(_Section):
-    """TLS for an outgoing association (a destination)."""
-
-    enabled: bool = False
-    ca: Path | None = None  # verify the peer with this CA bundle (None = system store)
-    cert: Path | None = None  # our client certificate for mutual TLS
-    key: Path | None = None
-    check_hostname: bool = True
-
-    @model_validator(mode="after")
-    def _complete(self) -> "TLSClient":
-        if self.enabled and (self.cert is None) != (self.key is None):
-            raise ValueError("client TLS needs both cert and key, or neither")
-        return self
-
-
 class SecuritySection(_Section):
     """Who may talk to the node."""
 
@@ -307,49 +255,6 @@ class WorkerSection(_Section):
     analyzer: str = Field("pipeline.analyze:Analyzer", pattern=r"^[\w.]+:\w+$")
     max_jobs_per_process: int = Field(50, ge=1)  # then the child restarts: leaked/fragmented memory goes back
     threads: int = Field(2, ge=1)  # BLAS/TF threads inside one analysis process
-
-
-class Destination(_Section):
-    """Where results go: a DIMSE C-STORE SCP or a DICOMweb STOW-RS endpoint."""
-
-    name: str = Field(min_length=1)
-    type: Literal["dimse", "stowrs"] = "dimse"
-    ae_title: str | None = None  # dimse
-    host: str | None = None  # dimse
-    port: int | None = Field(None, ge=1, le=65535)  # dimse
-    calling_ae_title: str | None = None  # dimse: our AE title towards this peer (default node.ae_title)
-    tls: TLSClient = Field(default_factory=TLSClient)
-    url: str | None = None  # stowrs: base URL of the DICOMweb service
-    send_overlay: bool = True  # also send the secondary-capture overlay images
-    # Which SR encoding this peer gets (pipeline.encode.sr.profile): "ohif" (default) displays in
-    # OHIF 3.13 (planar outline on the key slice; text report when there is no hematoma);
-    # "tid1411" is the strict TID 1500 volumetric report referencing the SEG segment.
-    sr_profile: Literal["ohif", "tid1411"] = "ohif"
-    # Delivery retries, apart from the analysis' queue.max_attempts: backoff capped at a few minutes, a
-    # down destination probed (C-ECHO / HTTP) instead of re-sent to, dead letter only after 24 h
-    # ([destinations.retry]; dicomnode.deliver.policy).
-    retry: RetryPolicy = Field(default_factory=RetryPolicy)
-
-    @model_validator(mode="after")
-    def _by_type(self) -> "Destination":
-        if self.type == "dimse":
-            missing = [n for n in ("ae_title", "host", "port") if getattr(self, n) in (None, "")]
-            if missing:
-                raise ValueError(f"dimse destination {self.name!r} needs {', '.join(missing)}")
-            validate_ae_title(self.ae_title)
-        elif not self.url or not re.match(r"https?://", self.url):
-            raise ValueError(f"stowrs destination {self.name!r} needs url = 'http(s)://...'")
-        return self
-
-    @classmethod
-    def from_address(cls, text: str, name: str | None = None) -> "Destination":
-        """A DIMSE destination from ``AE@HOST:PORT`` (``--destination`` on the command line)."""
-        a = AEAddress.parse(text)
-        return cls(name=name or a.ae_title, type="dimse", ae_title=a.ae_title, host=a.host, port=a.port)
-
-    @property
-    def address(self) -> AEAddress | None:
-        return AEAddress(self.ae_title, self.host, self.port) if self.type == "dimse" else None
 
 
 def _check_cron(v: str | None) -> str | None:
@@ -451,7 +356,7 @@ class NodeConfig(_Section):
     selection: SelectionSection = Field(default_factory=SelectionSection)
     queue: QueueSection = Field(default_factory=QueueSection)
     worker: WorkerSection = Field(default_factory=WorkerSection)
-    destinations: list[Destination] = Field(default_factory=list)
+    destinations: list[AnyDestination] = Field(default_factory=list)  # dicomnode.deliver: one class per type
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
     models: ModelsSection = Field(default_factory=ModelsSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)

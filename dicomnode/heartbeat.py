@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 if TYPE_CHECKING:
-    from dicomnode.config import Destination, NodeConfig
+    from dicomnode.config import NodeConfig
+    from dicomnode.deliver import DestinationConfig as Destination
 
 log = logging.getLogger(__name__)
 

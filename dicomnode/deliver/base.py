@@ -9,12 +9,55 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, ClassVar, Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .policy import RetryPolicy
 
-if TYPE_CHECKING:
-    from dicomnode.config import Destination as DestinationConfig
+
+class _Section(BaseModel):
+    # as dicomnode.config's sections: a misspelt key is an error, not a silently ignored setting
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TLSClient(_Section):
+    """TLS for an outgoing association (a destination)."""
+
+    enabled: bool = False
+    ca: Path | None = None  # verify the peer with this CA bundle (None = system store)
+    cert: Path | None = None  # our client certificate for mutual TLS
+    key: Path | None = None
+    check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _complete(self) -> "TLSClient":
+        if self.enabled and (self.cert is None) != (self.key is None):
+            raise ValueError("client TLS needs both cert and key, or neither")
+        return self
+
+
+class DestinationConfig(_Section):
+    """What every ``[[destinations]]`` entry has; each type's sender module adds its own fields in a
+    subclass (``dimse.DimseConfig``, ``stowrs.StowRsConfig``), chosen by ``type``."""
+
+    name: str = Field(min_length=1)
+    type: str
+    tls: TLSClient = Field(default_factory=TLSClient)
+    send_overlay: bool = True  # also send the secondary-capture overlay images
+    # Which SR encoding this peer gets (pipeline.encode.sr.profile): "ohif" (default) displays in
+    # OHIF 3.13 (planar outline on the key slice; text report when there is no hematoma);
+    # "tid1411" is the strict TID 1500 volumetric report referencing the SEG segment.
+    sr_profile: Literal["ohif", "tid1411"] = "ohif"
+    # Delivery retries, apart from the analysis' queue.max_attempts: backoff capped at a few minutes, a
+    # down destination probed (C-ECHO / HTTP) instead of re-sent to, dead letter only after 24 h
+    # ([destinations.retry]; dicomnode.deliver.policy).
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+    @property
+    def address(self):
+        """``AE@HOST:PORT`` of a DIMSE peer; None for other types."""
+        return None
 
 
 class DeliveryError(Exception):
@@ -41,12 +84,15 @@ SR_KINDS = {"sr": "ohif", "sr_tid1411": "tid1411"}
 
 
 class Destination(abc.ABC):
-    """One configured peer. Subclasses are registered by config ``type`` in ``dicomnode.deliver``."""
+    """One configured peer. Subclasses are registered by config ``type`` in ``dicomnode.deliver``, each
+    with its config class as ``Config``."""
 
-    def __init__(self, config: "DestinationConfig", *, calling_ae_title: str = "ICHNODE") -> None:
+    Config: ClassVar[type[DestinationConfig]] = DestinationConfig
+
+    def __init__(self, config: DestinationConfig, *, calling_ae_title: str = "ICHNODE") -> None:
         self.config = config
         self.name = config.name
-        self.calling_ae_title = config.calling_ae_title or calling_ae_title
+        self.calling_ae_title = getattr(config, "calling_ae_title", None) or calling_ae_title
 
     @property
     def send_overlay(self) -> bool:
@@ -74,7 +120,7 @@ class Destination(abc.ABC):
     @property
     def retry(self) -> RetryPolicy:
         """This destination's delivery retry policy (``[destinations.retry]``)."""
-        return getattr(self.config, "retry", None) or RetryPolicy()
+        return self.config.retry
 
     def check(self, timeout_s: float | None = None) -> None:
         """Cheap reachability check (C-ECHO, HTTP), the probe of a down destination; raises

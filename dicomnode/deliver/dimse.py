@@ -5,9 +5,13 @@ from __future__ import annotations
 import logging
 import ssl
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
-from .base import DeliveryError, Destination, OnDelivered
+from pydantic import Field, field_validator
+
+from dicomnode.aetitle import AEAddress, validate_ae_title
+
+from .base import DeliveryError, Destination, DestinationConfig, OnDelivered
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +28,35 @@ def tls_context(tls) -> ssl.SSLContext:
     return ctx
 
 
+class DimseConfig(DestinationConfig):
+    """``type = "dimse"``: a DICOM peer (PACS, archive) reached by C-STORE, optionally over TLS."""
+
+    type: Literal["dimse"] = "dimse"
+    ae_title: str
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    calling_ae_title: str | None = None  # our AE title towards this peer (default node.ae_title)
+
+    @field_validator("ae_title", "calling_ae_title")
+    @classmethod
+    def _ae(cls, v: str | None) -> str | None:
+        return None if v is None else validate_ae_title(v)
+
+    @classmethod
+    def from_address(cls, text: str, name: str | None = None) -> "DimseConfig":
+        """From ``AE@HOST:PORT`` (``--destination`` on the command line)."""
+        a = AEAddress.parse(text)
+        return cls(name=name or a.ae_title, ae_title=a.ae_title, host=a.host, port=a.port)
+
+    @property
+    def address(self) -> AEAddress:
+        return AEAddress(self.ae_title, self.host, self.port)
+
+
 class DimseDestination(Destination):
     """A DICOM peer reached by association + C-STORE per object."""
+
+    Config = DimseConfig
 
     def __init__(self, config, *, calling_ae_title: str = "ICHNODE", timeout_s: float = 30.0) -> None:
         super().__init__(config, calling_ae_title=calling_ae_title)

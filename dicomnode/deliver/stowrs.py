@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
-from .base import DeliveryError, Destination, OnDelivered
+from pydantic import Field
+
+from .base import DeliveryError, Destination, DestinationConfig, OnDelivered
 
 _DOWN = (0, 502, 503, 504)  # no answer, or a gateway saying the archive behind it does not answer
 
 
+class StowRsConfig(DestinationConfig):
+    """``type = "stowrs"``: a DICOMweb service (base URL; TLS settings apply to HTTPS)."""
+
+    type: Literal["stowrs"]
+    url: str = Field(pattern=r"^https?://")  # base URL of the DICOMweb service
+
+
 class StowRsDestination(Destination):
     """One ``POST {url}/studies`` per object, so each confirmed object is recorded on its own."""
+
+    Config = StowRsConfig
 
     def __init__(self, config, *, calling_ae_title: str = "ICHNODE", timeout_s: float = 30.0) -> None:
         super().__init__(config, calling_ae_title=calling_ae_title)

@@ -233,3 +233,31 @@ def test_unknown_destination_type_is_a_clear_error():
     object.__setattr__(cfg, "type", "carrier-pigeon")
     with pytest.raises(ValueError, match="unknown destination type .carrier-pigeon."):
         build(cfg)
+
+
+def test_each_type_owns_its_config_class():
+    """[[destinations]] entries are validated as the config class of their type (registered sender's
+    ``Config``): DIMSE fields on a DIMSE peer only, a URL on a STOW-RS one only."""
+    from dicomnode.config import ConfigError, NodeConfig, load_config
+    from dicomnode.deliver.dimse import DimseConfig, DimseDestination
+    from dicomnode.deliver.stowrs import StowRsConfig, StowRsDestination
+
+    cfg = NodeConfig.model_validate({"destinations": [
+        {"name": "pacs", "ae_title": "PACS", "host": "h", "port": 104},  # type left out: dimse
+        {"name": "web", "type": "stowrs", "url": "https://h/dicom-web", "send_overlay": False}]})
+    pacs, web = cfg.destinations
+    assert isinstance(pacs, DimseConfig) and isinstance(web, StowRsConfig)
+    assert DimseDestination.Config is DimseConfig and StowRsDestination.Config is StowRsConfig
+    assert isinstance(build(pacs), DimseDestination) and isinstance(build(web), StowRsDestination)
+    assert str(pacs.address) == "PACS@h:104" and web.address is None
+    assert DestinationConfig.from_address("ORTHANC@127.0.0.1:4242") == DimseConfig(
+        name="ORTHANC", ae_title="ORTHANC", host="127.0.0.1", port=4242)
+    for entry, problem in [({"name": "p", "host": "h", "port": 1}, "destinations.0.dimse.ae_title"),
+                           ({"name": "p", "ae_title": "P", "host": "h", "port": 1, "url": "http://x"},
+                            "destinations.0.dimse.url"),
+                           ({"name": "w", "type": "stowrs", "url": "ftp://x"}, "destinations.0.stowrs.url"),
+                           ({"name": "w", "type": "stowrs", "url": "http://x", "port": 1}, "destinations.0.stowrs.port"),
+                           ({"name": "c", "type": "carrier-pigeon"}, "carrier-pigeon")]:
+        with pytest.raises(ConfigError, match=problem.replace(".", r"\.")):
+            load_config(None, env={"ICH_NODE__DESTINATIONS": "[" + ", ".join(
+                f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in entry.items()).join("{}") + "]"})
