@@ -154,8 +154,8 @@ class Dispatcher:
             down_s, waiting = health.down_for(), len(health.waiting)
             health.mark_up()
             self.ledger.set_destination_state(dest.name, None, None)
-            log.warning("destination %s answers again after %.0f s down; %d waiting delivery job(s) go out now, "
-                        "oldest first", dest.name, down_s, waiting)
+            log.info("destination %s answers again after %.0f s down; %d waiting delivery job(s) go out now, "
+                     "oldest first", dest.name, down_s, waiting)
             back.append(dest.name)
         return back
 
