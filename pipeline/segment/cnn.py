@@ -116,13 +116,16 @@ TILE_BATCH = 8
 _compiled: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _infer(model):
-    """The model's forward pass as one compiled TensorFlow function (traced once per tile shape)."""
-    fn = _compiled.get(model)
+def _infer(model, tile_shape: tuple[int, ...]):
+    """The model's forward pass as one compiled TensorFlow function per tile shape, any batch size
+    (traced once: the warm-up at start pays for it, not the first study)."""
+    per_model = _compiled.setdefault(model, {})
+    fn = per_model.get(tile_shape)
     if fn is None:
         import tensorflow as tf
 
-        fn = _compiled[model] = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        spec = tf.TensorSpec((None, *tile_shape, 1), tf.float32)
+        fn = per_model[tile_shape] = tf.function(lambda x: model(x, training=False), input_signature=[spec])
     return fn
 
 
@@ -136,7 +139,7 @@ def _run_batch(model, tiles: list[np.ndarray]) -> list[np.ndarray]:
     out: list[np.ndarray] = []
     for i in range(0, len(tiles), TILE_BATCH):
         x = np.stack(tiles[i:i + TILE_BATCH])[..., None]
-        y = _infer(model)(x)
+        y = _infer(model, tuple(x.shape[1:-1]))(x)
         y = y.numpy() if hasattr(y, "numpy") else np.asarray(y)
         out.extend(np.array(y[k, ..., 0], dtype=np.float32) for k in range(len(x)))  # writable copies
     return out
