@@ -111,7 +111,8 @@ class NodeMetrics:
 
     # -- health -------------------------------------------------------------------------------
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """``(healthy, checks)``: SCP up, scheduler running, queue reachable, disk not full."""
+        """``(healthy, checks)``: SCP up, scheduler running, queue reachable, disk not full, analysis
+        processes warmed (``/healthz`` answers 503 "warming" until then: C-STOREs are taken meanwhile)."""
         node = self._node
         checks: dict[str, Any] = {}
         if node is None:
@@ -126,6 +127,9 @@ class NodeMetrics:
             checks["queue"] = f"unreachable: {exc}"
         free = shutil.disk_usage(node.data_dir).free
         checks["disk"] = "full" if free < self.config.storage.min_free_bytes else "ok"
+        workers = getattr(node, "workers", [])
+        if workers:  # models loaded and warmed in every analysis process (or the first study pays for it)
+            checks["analysis"] = "ok" if all(w.process.ready for w in workers) else "warming"
         hb = _heartbeat_state(node)
         if hb is not None:
             checks["heartbeat"] = hb.get("state", "unknown")
@@ -272,7 +276,10 @@ def _handler(metrics: NodeMetrics) -> Callable[..., BaseHTTPRequestHandler]:
                 body, code, ctype = generate_latest(metrics.registry), 200, CONTENT_TYPE_LATEST
             elif path == "/healthz":
                 ok, checks = metrics.health()
-                body = json.dumps({"status": "ok" if ok else "unhealthy", "checks": checks}).encode()
+                failing = [k for k, v in checks.items() if v != "ok" and k not in ("heartbeat", "destinations")]
+                warming = not ok and failing == ["analysis"]
+                status = "ok" if ok else "warming" if warming else "unhealthy"
+                body = json.dumps({"status": status, "checks": checks}).encode()
                 code, ctype = (200 if ok else 503), "application/json"
             else:
                 body, code, ctype = b"not found: try /metrics or /healthz\n", 404, "text/plain"

@@ -83,7 +83,7 @@ def test_metrics_after_a_delivered_study(metrics_node, series_dir, dcmtk, caplog
     status, body = scrape(cfg.metrics.port, "/healthz")
     health = json.loads(body)
     assert status == 200 and health["status"] == "ok"
-    assert health["checks"] == {"receiver": "ok", "scheduler": "ok", "queue": "ok", "disk": "ok",
+    assert health["checks"] == {"receiver": "ok", "scheduler": "ok", "queue": "ok", "disk": "ok", "analysis": "ok",
                                 "destinations": {"pacs": "up"}}
     assert value(text, "ichnode_destination_up", destination="pacs") == 1
     assert value(text, "ichnode_destination_down_seconds", destination="pacs") == 0
@@ -130,3 +130,40 @@ def test_taken_metrics_port_does_not_stop_the_node(tmp_path, free_port, fake_mod
             assert node.metrics is not None and node.metrics_server is None
         finally:
             node.stop()
+
+
+def test_healthz_says_warming_until_the_analysis_process_is_warm(tmp_path, free_port, fake_module):  # noqa: F811
+    """Issue 15: the node takes C-STOREs at once, but /healthz is 503 "warming" until its models are
+    loaded and warmed, so a load balancer or the benchmark knows when a study will start at once."""
+    gate = tmp_path / "warm-now"
+    (fake_module / "gated_analyzer.py").write_text(
+        "import os, time\n"
+        "class Gated:\n"
+        "    def __init__(self, models):\n"
+        "        pass\n"
+        "    def warm(self):\n"
+        f"        while not os.path.exists({str(gate)!r}):\n"
+        "            time.sleep(0.05)\n"
+        "        return {}\n")
+    cfg = node_config(tmp_path, free_port(), free_port())
+    cfg.worker.analyzer = "gated_analyzer:Gated"
+    cfg.metrics.enabled, cfg.metrics.port = True, free_port()
+    node = Node(cfg, decide=take_ct_series).start()
+    try:
+        status, body = wait_for(lambda: _answered(cfg.metrics.port), 30)
+        health = json.loads(body)
+        assert status == 503 and health["status"] == "warming" and health["checks"]["analysis"] == "warming"
+        assert health["checks"]["receiver"] == "ok"
+        gate.touch()
+        wait_for(lambda: scrape(cfg.metrics.port, "/healthz")[0] == 200, 30)
+        assert json.loads(scrape(cfg.metrics.port, "/healthz")[1])["checks"]["analysis"] == "ok"
+    finally:
+        gate.touch()
+        node.stop()
+
+
+def _answered(port):
+    try:
+        return scrape(port, "/healthz")
+    except OSError:
+        return None
