@@ -3,7 +3,8 @@
 Stock ``RadiomicsFeatureExtractor.execute`` filters the *whole* CT (wavelet of a 512x512xN volume
 costs seconds) and then computes one image type after another. Here each filter runs on the
 smallest region that still gives bit-identical values inside the hematoma's bounding box, and the
-feature classes of the filtered images run in a small process pool:
+feature classes of the filtered images run in a small process pool (threads in a daemonic process,
+such as the node's analysis child, which may not have children):
 
 - Original, Gradient (1-voxel support) and Wavelet (coif1, 6 taps, periodic) run on the bounding box
   plus ``MARGIN`` voxels; on an axis where that margin would touch the volume's edge the full axis
@@ -22,8 +23,9 @@ import atexit
 import logging
 import multiprocessing as mp
 import os
+import threading
 from collections import OrderedDict
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,13 +76,15 @@ def stock_extractor(params: Path | str = DEFAULT_PARAMS):
 
 # --- worker side (top-level so the process pool can pickle them) -----------------------------------
 
-_WORKER_EXTRACTORS: dict[str, object] = {}
+_WORKER_EXTRACTORS: dict[tuple[str, int], object] = {}
 
 
 def _worker_extractor(params: str):
-    ex = _WORKER_EXTRACTORS.get(params)
+    """The stock extractor of this process, or of this thread where threads share a process."""
+    key = (params, threading.get_ident())
+    ex = _WORKER_EXTRACTORS.get(key)
     if ex is None:
-        ex = _WORKER_EXTRACTORS[params] = stock_extractor(params)
+        ex = _WORKER_EXTRACTORS[key] = stock_extractor(params)
     return ex
 
 
@@ -105,19 +109,21 @@ class _InlineExecutor(Executor):
         return fut
 
 
-_POOLS: dict[int, ProcessPoolExecutor] = {}
+_POOLS: dict[int, Executor] = {}  # by worker count; negative: threads (in a daemonic process)
 
 
 def _pool(workers: int) -> Executor:
     """One process pool per worker count, created once per process (spawn: safe next to TensorFlow)."""
     if workers <= 1:
         return _InlineExecutor()
-    if mp.current_process().daemon:  # daemonic processes may not have children: run inline, still cropped
-        if not _POOLS.get(-1):
-            logging.getLogger(__name__).warning(
-                "radiomics: running inline (this is a daemonic process, which cannot start a process pool)")
-            _POOLS[-1] = True  # type: ignore[assignment]
-        return _InlineExecutor()
+    if mp.current_process().daemon:
+        # daemonic processes (the node's analysis child) may not have children: threads instead. The
+        # feature classes spend most of their time in numpy and pyradiomics' C code, which let other
+        # threads run (5 mm phantom clot: 4.6 s inline, 3.0 s with 2 threads; same values).
+        pool = _POOLS.get(-workers)
+        if pool is None:
+            pool = _POOLS[-workers] = ThreadPoolExecutor(workers, thread_name_prefix="radiomics")
+        return pool
     pool = _POOLS.get(workers)
     if pool is None:
         pool = _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
@@ -204,6 +210,7 @@ class RadiomicsExtractor:
         self._stock = stock_extractor(self.params)
         self.image_types: dict[str, dict] = dict(self._stock.enabledImagetypes)
         self.workers = workers if workers is not None else max(1, min(2, os.cpu_count() or 1))
+        self._threads_warm = False
 
     def warm_up(self) -> None:
         """Start the worker processes now (imports cost ~1 s each), not on the first case."""
@@ -231,6 +238,9 @@ class RadiomicsExtractor:
         witness = _largest_magnitude(image)
 
         pool = _pool(self.workers)
+        if isinstance(pool, ThreadPoolExecutor) and not self._threads_warm:
+            _warm(self.params)  # first imports here, in one thread, before the pool's threads share them
+            self._threads_warm = True
         futures: dict[str, list[Future]] = {}
         shape: Future | None = None
         if "shape" in self._stock.enabledFeatures:

@@ -65,20 +65,26 @@ def test_mask_off_grid_and_empty_mask_are_refused():
         ex.extract(image, empty)
 
 
-def _count_in_daemon(q):
+def _features_in_daemon(q):
     ex = R.RadiomicsExtractor(workers=2)
-    q.put(len(ex.extract(*phantom(seed=2))))
+    feats = ex.extract(*phantom(seed=2))
+    q.put((type(R._pool(2)).__name__, list(feats.items())))
 
 
-def test_daemonic_worker_process_falls_back_to_inline():
-    """The node's analysis child is daemonic and may not start a pool: same features, inline."""
+def test_daemonic_worker_process_uses_threads_and_stock_values():
+    """The node's analysis child is daemonic and may not start a process pool: the feature classes run
+    on threads there (issue 15: 1.5 s less per study), values still exactly stock's."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    proc = ctx.Process(target=_count_in_daemon, args=(q,), daemon=True)
+    proc = ctx.Process(target=_features_in_daemon, args=(q,), daemon=True)
     proc.start()
     try:
-        assert q.get(timeout=120) == len(R.stock_features(*phantom(seed=2)))
+        executor, items = q.get(timeout=180)
     finally:
         proc.join(10)
+    stock = R.stock_features(*phantom(seed=2))
+    assert executor == "ThreadPoolExecutor"
+    assert [k for k, _ in items] == list(stock)
+    np.testing.assert_array_equal(np.array([v for _, v in items]), np.array(list(stock.values())))
