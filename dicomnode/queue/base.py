@@ -202,3 +202,10 @@ class JobQueue(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional
         """Release connections."""
+
+
+def analysis_last(job: Job) -> bool:
+    """Claim order: analyses first, then "cannot assess" reports (cheap, but they go through the same
+    analysis process; a PACS re-sending a day of single-slice head series must not hold a real head CT
+    behind hundreds of them). Within each, oldest due first."""
+    return bool(job.payload.get("cannot_assess"))

@@ -34,7 +34,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from .base import Backoff, Job, JobQueue, JobState, QueueError, Stage
+from .base import Backoff, Job, JobQueue, JobState, QueueError, Stage, analysis_last
 
 if TYPE_CHECKING:
     from dicomnode.config import NodeConfig
@@ -291,7 +291,7 @@ class CeleryQueue(JobQueue):
                 jobs = [j for j in map(tx.job, ids)
                         if (j.state is JobState.ENCODED and (j.lease_until or 0) < now)
                         or (j.state is JobState.FAILED and j.stage is Stage.SEND and (j.next_try_at or 0) <= now)]
-            jobs.sort(key=lambda j: (j.next_try_at or j.created_at, int(j.id)))
+            jobs.sort(key=lambda j: (stage is Stage.ANALYZE and analysis_last(j), j.next_try_at or j.created_at, int(j.id)))
             for job in jobs:
                 taken = self._take(tx, job, owner, stage, lease_s, now)
                 if taken is not None:

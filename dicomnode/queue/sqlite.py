@@ -154,7 +154,9 @@ class SQLiteQueue(JobQueue):
                     "  OR (state = 'running' AND lease_until < :now)) "
                     "AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.key = j.key AND o.id < j.id "
                     "  AND o.state = 'running' AND o.lease_until >= :now) "
-                    "ORDER BY COALESCE(next_try_at, created_at), id LIMIT 1", {"now": now}).fetchone()
+                    # analyses before "cannot assess" reports: a burst of junk does not hold a head CT back
+                    "ORDER BY json_extract(payload, '$.cannot_assess') IS NOT NULL, "
+                    "COALESCE(next_try_at, created_at), id LIMIT 1", {"now": now}).fetchone()
             else:
                 row = db.execute(
                     f"{_SELECT} WHERE (state = 'encoded' AND (lease_until IS NULL OR lease_until < :now)) "

@@ -20,6 +20,7 @@ from tests.conftest import unavailable
 
 # The embedded queue's contract, run unchanged against this backend through the ``q`` fixture below.
 from test_queue_sqlite import (  # noqa: F401
+    test_analyses_are_claimed_before_cannot_assess_reports,
     test_backoff_then_dead_after_max_attempts,
     test_deferred_deliveries_count_no_attempt_and_wake_oldest_first,
     test_delay_holds_job_received,

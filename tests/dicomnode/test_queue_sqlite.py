@@ -138,6 +138,15 @@ def test_deferred_deliveries_count_no_attempt_and_wake_oldest_first(q):
         q.defer(other.id, None, "x", delay_s=1)
 
 
+def test_analyses_are_claimed_before_cannot_assess_reports(q):
+    """Issue 15: a PACS re-sending a day of single-slice head series queues hundreds of cheap "cannot
+    assess" reports; a real head CT queued after them is analysed first, and the reports keep their order."""
+    junk = [q.enqueue(f"junk{i}", {"cannot_assess": {"code": "single_slice", "message": "x"}}).id for i in range(30)]
+    head = [q.enqueue(f"head{i}", {"files": ["a"]}).id for i in range(2)]
+    assert [q.claim("w").id for _ in range(2)] == head
+    assert [q.claim("w").id for _ in range(30)] == junk
+
+
 def test_lost_lease_is_refused(q, tmp_path):
     short = SQLiteQueue(tmp_path / "q.sqlite3", lease_s=0.1)
     job = short.enqueue("k", {})
