@@ -56,3 +56,20 @@ def test_a_missing_tool_fails_under_ci_and_skips_on_a_developers_machine(monkeyp
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception):
         require_tool("no-such-tool-ich")
+
+
+def test_docs_architecture_names_every_room_and_the_enforced_layers():
+    """docs/architecture.md cannot drift: its layer line is the import-linter contract, and its table
+    names exactly the packages (and dicomnode's top-level modules) that exist."""
+    import re
+    import tomllib
+
+    doc = (REPO / "docs" / "architecture.md").read_text()
+    contract = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
+    assert f"layers: {' -> '.join(contract['layers'])}" in doc
+    rows = dict(re.findall(r"^\| `([\w/.]+)` \| (.+?) \|$", doc, re.M))
+    on_disk = {f"{p.parent.relative_to(REPO).as_posix()}/" for root in ("dicomnode", "training", "pipeline", "ichutil")
+               for p in (REPO / root).rglob("__init__.py")}
+    on_disk |= {f"dicomnode/{p.name}" for p in (REPO / "dicomnode").glob("*.py") if p.name != "__init__.py"}
+    assert set(rows) == on_disk, f"missing: {sorted(on_disk - set(rows))}; gone: {sorted(set(rows) - on_disk)}"
+    assert all(len(job.split()) >= 4 for job in rows.values())
