@@ -39,15 +39,14 @@ TEST_JOURNAL_MB = 16
 os.environ.setdefault("ICH_NODE__STORAGE__JOURNAL_MB", str(TEST_JOURNAL_MB))
 
 
-def _small_test_journal() -> None:
-    from dicomnode.config import NodeConfig, StorageSection
+def small_config():
+    """``NodeConfig()`` with the tests' small journal (the production default stays 256 MB: a test
+    that checks defaults sees the real ones)."""
+    from dicomnode.config import NodeConfig
 
-    StorageSection.model_fields["journal_mb"].default = TEST_JOURNAL_MB
-    StorageSection.model_rebuild(force=True)
-    NodeConfig.model_rebuild(force=True)
-
-
-_small_test_journal()
+    cfg = NodeConfig()
+    cfg.storage.journal_mb = TEST_JOURNAL_MB
+    return cfg
 
 
 def _hypothesis_profiles() -> None:

@@ -11,19 +11,18 @@ import pytest
 from typer.testing import CliRunner
 
 from dicomnode.cli import app
-from dicomnode.config import NodeConfig
 from dicomnode.deliver.ledger import Ledger
 from dicomnode.queue import JobState, open_queue
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tests.conftest import StoreSCP  # noqa: E402
+from tests.conftest import StoreSCP, small_config  # noqa: E402
 
 runner = CliRunner()
 
 
 @pytest.fixture
 def data_dir(tmp_path) -> Path:
-    cfg = NodeConfig()
+    cfg = small_config()
     cfg.node.data_dir = tmp_path / "var"
     cfg.queue.max_attempts = 1
     q = open_queue(cfg)
@@ -65,7 +64,7 @@ def test_jobs_list_show_retry(data_dir):
     assert r.exit_code == 1 and "only failed or dead" in r.output
     r = runner.invoke(app, ["jobs", "retry", "--all-dead", "--data-dir", str(data_dir)])
     assert r.exit_code == 0 and "job 2: queued" in r.output
-    cfg = NodeConfig()
+    cfg = small_config()
     cfg.node.data_dir = data_dir
     assert open_queue(cfg).get("2").state is JobState.QUEUED
     r = runner.invoke(app, ["jobs", "show", "99", "--data-dir", str(data_dir)])

@@ -18,6 +18,7 @@ import pytest
 from dicomnode.config import Destination
 from dicomnode.heartbeat import PATIENT_ID, Heartbeat, orthanc_series, read_state, synthetic_head_ct
 from dicomnode.service import Node
+from tests.conftest import small_config
 
 from test_metrics import scrape, value
 from test_service import node_config, wait_for
@@ -49,9 +50,7 @@ def test_synthetic_study_is_valid_and_qualifies(tmp_path):
 
 
 def test_tick_sends_when_due_then_checks_until_found_or_timeout(tmp_path):
-    from dicomnode.config import NodeConfig
-
-    cfg = NodeConfig()
+    cfg = small_config()
     cfg.node.data_dir = tmp_path
     cfg.heartbeat.enabled, cfg.heartbeat.interval_s, cfg.heartbeat.timeout_s = True, 60, 30
     sent, found = [], {}
@@ -77,9 +76,7 @@ def test_tick_sends_when_due_then_checks_until_found_or_timeout(tmp_path):
 
 
 def test_unknown_heartbeat_destination_is_a_clear_error(tmp_path):
-    from dicomnode.config import NodeConfig
-
-    cfg = NodeConfig()
+    cfg = small_config()
     cfg.heartbeat.destination = "nope"
     with pytest.raises(ValueError, match="heartbeat.destination 'nope' is not a configured destination"):
         Heartbeat(cfg)

@@ -21,6 +21,7 @@ from dicomnode.index import Index
 from dicomnode.pseudonym import PSEUDONYM_HEX, Pseudonymizer, SiteKeyError, site_key_path
 from dicomnode.scp import Receiver
 from dicomnode.spool import Spool
+from tests.conftest import small_config
 
 MRN = "00012345"
 
@@ -127,7 +128,7 @@ def test_received_instance_is_indexed_and_logged_under_the_site_keys_pseudonym(t
     from dicomnode.scp import start_scp
 
     caplog.set_level(logging.DEBUG)
-    cfg = NodeConfig()
+    cfg = small_config()
     cfg.node.data_dir, cfg.node.port, cfg.node.host = tmp_path / "var", 0, "127.0.0.1"
     index = Index(tmp_path / "var" / "index.sqlite3")
     server = start_scp(cfg, index, Spool(tmp_path / "var" / "spool"))  # creates the site key
@@ -217,7 +218,7 @@ def test_the_nodes_dataset_store_names_patients_with_the_index_pseudonym(tmp_pat
 
     data = tmp_path / "var"
     schema_2_index(data)[0].close()
-    cfg = NodeConfig()
+    cfg = small_config()
     cfg.node.data_dir, cfg.metrics.enabled, cfg.storage.min_free_bytes = data, False, 0
     (tmp_path / "idle_analyzer.py").write_text("class Idle:\n    def __init__(self, models):\n        pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -7,7 +7,6 @@ import io
 import pydicom
 import pytest
 
-from dicomnode.config import NodeConfig
 from dicomnode.index import Index, StoreOutcome
 from dicomnode.scp import (
     MEDIA_STORAGE_DIRECTORY,
@@ -20,6 +19,7 @@ from dicomnode.scp import (
     reconcile,
 )
 from dicomnode.spool import Spool
+from tests.conftest import small_config
 
 
 def dataset_of(path):
@@ -36,7 +36,7 @@ def phantom(ct_data):
 
 
 def make(tmp_path, min_free=0):
-    cfg = NodeConfig()
+    cfg = small_config()
     ix = Index(tmp_path / "index.sqlite3")
     sp = Spool(tmp_path / "spool", min_free)
     return Receiver(cfg, ix, sp), ix, sp
@@ -115,7 +115,7 @@ def test_the_scp_keeps_element_values_out_of_the_log_but_pydicom_still_validates
     from dicomnode.scp import start_scp
 
     mode = pydicom_config.settings.reading_validation_mode
-    cfg = NodeConfig()
+    cfg = small_config()
     cfg.node.data_dir, cfg.node.port = str(tmp_path / "node"), 0
     ds = pydicom.dcmread(phantom[0])
     ds.ReferencedSOPInstanceUID = "1.2.Doe^Jane"  # not a UID: pydicom warns with the value

@@ -26,7 +26,7 @@ from dicomnode.select import Decision
 from dicomnode.service import Node
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tests.conftest import StoreSCP  # noqa: E402
+from tests.conftest import StoreSCP, small_config  # noqa: E402
 
 FAKE = textwrap.dedent('''
     """Test double of pipeline.analyze.Analyzer writing real (tiny) DICOM objects with fresh UIDs."""
@@ -89,7 +89,7 @@ def series_dir(ct_data, tmp_path):
 
 
 def node_config(tmp_path, port, dest_port, **kw) -> NodeConfig:
-    cfg = NodeConfig()
+    cfg = small_config()
     cfg.node.data_dir = tmp_path / "var"
     cfg.node.host = "127.0.0.1"
     cfg.node.port = port

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.config import NodeConfig
 from dicomnode.service import Node
+from tests.conftest import small_config
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,7 @@ def node(tmp_path, free_port, monkeypatch):
     mods.mkdir()
     (mods / "refuse_analyzer.py").write_text(REFUSE)
     monkeypatch.syspath_prepend(str(mods))
-    cfg = NodeConfig()
+    cfg = small_config()
     cfg.node.data_dir = tmp_path / "var"
     cfg.node.host = "127.0.0.1"
     cfg.node.port = free_port()

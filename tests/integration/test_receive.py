@@ -25,7 +25,7 @@ from dicomnode.scp import (
     start_scp,
 )
 from dicomnode.spool import Spool
-from tests.conftest import unavailable
+from tests.conftest import TEST_JOURNAL_MB, unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ class Node:
 
     def __init__(self, root: Path, **sections) -> None:
         data = {"node": {"ae_title": "ICHNODE", "host": "127.0.0.1", "port": 0, "data_dir": str(root / "var")},
-                "storage": {"min_free_bytes": 0}}
+                "storage": {"min_free_bytes": 0, "journal_mb": TEST_JOURNAL_MB}}
         for k, v in sections.items():
             data.setdefault(k, {}).update(v)
         self.config = NodeConfig.model_validate(data)
