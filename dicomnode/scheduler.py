@@ -125,13 +125,13 @@ class NodeScheduler:
         self.scheduler.modify_job(job_id, next_run_time=_now())
 
     def run_soon(self, job_id: str, delay_s: float) -> None:
-        """Run a job in ``delay_s`` (or at its next regular time, if that comes first)."""
+        """Run a job in ``delay_s``; its next regular run moves there too (at most ``delay_s`` later). Why not
+        "whichever comes first": a regular sweep due inside the release grace would find the grace not yet
+        over, and the next one would come a whole interval later."""
         import datetime as dt
 
-        job = self.scheduler.get_job(job_id)
-        when = _now() + dt.timedelta(seconds=delay_s)
-        if job is not None and (job.next_run_time is None or when < job.next_run_time):
-            self.scheduler.modify_job(job_id, next_run_time=when)
+        if self.scheduler.get_job(job_id) is not None:
+            self.scheduler.modify_job(job_id, next_run_time=_now() + dt.timedelta(seconds=delay_s))
 
     def jobs(self) -> list[str]:
         return [j.id for j in self.scheduler.get_jobs()]
