@@ -330,27 +330,30 @@ class Index:
         )
         return [self._series_info(r) for r in rows]
 
+    _STUDIES_SELECT = """
+        SELECT st.study_uid, p.patient_hash, st.analysis_generation, MAX(s.last_received_at) AS last,
+               GROUP_CONCAT(CASE WHEN s.changed_since_analysis = 1 THEN s.series_uid END) AS changed
+        FROM studies st JOIN series s ON s.study_id = st.id JOIN patients p ON p.id = st.patient_id
+        GROUP BY st.id
+        HAVING SUM(s.changed_since_analysis) > 0 AND {having}
+        ORDER BY last
+    """
+
+    def _studies(self, having: str, args: tuple) -> list[StudyReady]:
+        """Studies with a changed series that also meet ``having`` (an aggregate over their series)."""
+        rows = self._query(self._STUDIES_SELECT.format(having=having), args)
+        return [
+            StudyReady(r["study_uid"], r["patient_hash"], r["last"], r["analysis_generation"], tuple(sorted((r["changed"] or "").split(","))))
+            for r in rows
+        ]
+
     def studies_ready(self, quiet_seconds: float, now: float | None = None) -> list[StudyReady]:
         """Studies with a changed series where *every* series has been quiet for ``quiet_seconds``.
 
         Selection chooses among all series of a study, so a study waits for its slowest series.
         """
         now = time.time() if now is None else now
-        rows = self._query(
-            """
-            SELECT st.study_uid, p.patient_hash, st.analysis_generation, MAX(s.last_received_at) AS last,
-                   GROUP_CONCAT(CASE WHEN s.changed_since_analysis = 1 THEN s.series_uid END) AS changed
-            FROM studies st JOIN series s ON s.study_id = st.id JOIN patients p ON p.id = st.patient_id
-            GROUP BY st.id
-            HAVING SUM(s.changed_since_analysis) > 0 AND MAX(s.last_received_at) <= ?
-            ORDER BY last
-            """,
-            (now - quiet_seconds,),
-        )
-        return [
-            StudyReady(r["study_uid"], r["patient_hash"], r["last"], r["analysis_generation"], tuple(sorted((r["changed"] or "").split(","))))
-            for r in rows
-        ]
+        return self._studies("MAX(s.last_received_at) <= ?", (now - quiet_seconds,))
 
     def mark_released(self, calling_ae: str | None, since: float, now: float | None = None) -> int:
         """An association from ``calling_ae`` opened at ``since`` was released normally: the changed
@@ -369,24 +372,11 @@ class Index:
         """Studies whose every changed series was released (:meth:`mark_released`) after its last
         instance, the last release at least ``grace_s`` ago (a sender's next association may follow)."""
         now = time.time() if now is None else now
-        rows = self._query(
-            """
-            SELECT st.study_uid, p.patient_hash, st.analysis_generation, MAX(s.last_received_at) AS last,
-                   GROUP_CONCAT(CASE WHEN s.changed_since_analysis = 1 THEN s.series_uid END) AS changed
-            FROM studies st JOIN series s ON s.study_id = st.id JOIN patients p ON p.id = st.patient_id
-            GROUP BY st.id
-            HAVING SUM(s.changed_since_analysis) > 0
-               AND SUM(CASE WHEN s.changed_since_analysis = 1
-                             AND (s.released_at IS NULL OR s.released_at < s.last_received_at) THEN 1 ELSE 0 END) = 0
-               AND MAX(CASE WHEN s.changed_since_analysis = 1 THEN s.released_at END) <= ?
-            ORDER BY last
-            """,
-            (now - grace_s,),
-        )
-        return [
-            StudyReady(r["study_uid"], r["patient_hash"], r["last"], r["analysis_generation"], tuple(sorted((r["changed"] or "").split(","))))
-            for r in rows
-        ]
+        return self._studies(
+            "SUM(CASE WHEN s.changed_since_analysis = 1"
+            "         AND (s.released_at IS NULL OR s.released_at < s.last_received_at) THEN 1 ELSE 0 END) = 0"
+            " AND MAX(CASE WHEN s.changed_since_analysis = 1 THEN s.released_at END) <= ?",
+            (now - grace_s,))
 
     def claim_series(self, series_uid: str, last_received_at: float, now: float | None = None) -> int | None:
         """Take a ready series for analysis: returns its new generation, or None if it changed meanwhile."""
