@@ -18,11 +18,13 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.features.cnn import sha256_file as _sha256
+from pipeline.features.used import used_inputs
 from pipeline.models import ModelMetadata
 from pipeline.result import Risk
 
@@ -86,18 +88,23 @@ class FeatureExtractor:
                 raise ClassifierError(f"no weights configured for backbone {name}")
             self._cnn[name] = CnnFeatureExtractor(name, cnn_weights[name], (cnn_input_sizes or {}).get(name))
 
-    def radiomics(self, volume, mask: np.ndarray) -> "OrderedDict[str, float]":
-        return self._radiomics.extract_volume(volume, mask)
+    def radiomics(self, volume, mask: np.ndarray, only=None) -> "OrderedDict[str, float]":
+        return self._radiomics.extract_volume(volume, mask, only=only)
 
     def cnn(self, name: str):
         return self._cnn[name]
 
-    def extract(self, volume, mask: np.ndarray) -> "OrderedDict[str, float]":
+    def extract(self, volume, mask: np.ndarray, only: frozenset[str] | None = None) -> "OrderedDict[str, float]":
+        """Every feature of the groups, or (``only``) just those names: a group none of whose features
+        is named is not computed at all, radiomics computes only the filters and classes named."""
         out: OrderedDict[str, float] = OrderedDict()
+        cnn_names = {name: set(ex.feature_names) for name, ex in self._cnn.items()}
         for group in self.groups:
             if group == "radiomics":
-                out.update(self.radiomics(volume, mask))
-            else:
+                rest = None if only is None else only.difference(*cnn_names.values())
+                if rest is None or rest:
+                    out.update(self.radiomics(volume, mask, only=rest))
+            elif only is None or not only.isdisjoint(cnn_names[group]):
                 out.update(self._cnn[group].features(volume.hu, mask))
         return out
 
@@ -116,13 +123,21 @@ class ExpansionClassifier:
         self.threshold = float(threshold)
         self.feature_names = list(pipeline.feature_names_in_)
 
+    @cached_property
+    def used_features(self) -> frozenset[str] | None:
+        """The inputs the fitted steps read (8 of 1,595 for v1); None = all (pipeline.features.used)."""
+        return used_inputs(self.pipeline, self.feature_names)
+
     def predict_features(self, features: dict) -> float:
+        """P(expansion) from a feature row; features the pipeline provably ignores may be absent."""
         import pandas as pd
 
-        missing = [n for n in self.feature_names if n not in features]
+        needed = self.feature_names if self.used_features is None else self.used_features
+        missing = [n for n in needed if n not in features]
         if missing:
             raise ClassifierError(f"{len(missing)} features missing, e.g. {missing[:3]}")
-        row = pd.DataFrame([[features[n] for n in self.feature_names]], columns=self.feature_names)
+        # NaN for an ignored column: its imputer fills it and a selector drops it (never reaches the SVM)
+        row = pd.DataFrame([[features.get(n, np.nan) for n in self.feature_names]], columns=self.feature_names)
         return float(self.pipeline.predict_proba(row)[0, 1])
 
     def predict(self, volume, mask: np.ndarray) -> Prediction:
@@ -131,7 +146,7 @@ class ExpansionClassifier:
             raise ValueError(f"mask shape {mask.shape} differs from the volume's {volume.hu.shape}")
         if not mask.any():
             raise ValueError("cannot predict expansion: the hematoma mask is empty")
-        p = self.predict_features(self.features.extract(volume, mask))
+        p = self.predict_features(self.features.extract(volume, mask, only=self.used_features))
         return Prediction(p, Risk.HIGH if p >= self.threshold else Risk.LOW, self.threshold, self.version)
 
 

@@ -15,6 +15,9 @@ such as the node's analysis child, which may not have children):
   while the workers compute the other images' features.
 
 Every feature value equals stock's (tests/pipeline/features/test_radiomics.py; benchmarks/features.py).
+``extract(..., only=names)`` computes just those features (the node asks for what model 2 reads, see
+``pipeline.features.used``): filters that yield none of them are not run, the others compute only the
+named classes and features, through pyradiomics' public ``enableFeaturesByName``; values unchanged.
 """
 
 from __future__ import annotations
@@ -76,24 +79,35 @@ def stock_extractor(params: Path | str = DEFAULT_PARAMS):
 
 # --- worker side (top-level so the process pool can pickle them) -----------------------------------
 
-_WORKER_EXTRACTORS: dict[tuple[str, int], object] = {}
+
+#: which features a stock extractor computes: None = all the params file enables, else
+#: ((class, (feature, ...)), ...) set through pyradiomics' public ``enableFeaturesByName``
+Enabled = tuple[tuple[str, tuple[str, ...]], ...] | None
+
+_WORKER_EXTRACTORS: dict[tuple[str, int, Enabled], object] = {}
 
 
-def _worker_extractor(params: str):
+def _worker_extractor(params: str, enabled: Enabled = None):
     """The stock extractor of this process, or of this thread where threads share a process."""
-    key = (params, threading.get_ident())
+    key = (params, threading.get_ident(), enabled)
     ex = _WORKER_EXTRACTORS.get(key)
     if ex is None:
-        ex = _WORKER_EXTRACTORS[key] = stock_extractor(params)
+        ex = stock_extractor(params)
+        if enabled is not None:
+            ex.disableAllFeatures()
+            ex.enableFeaturesByName(**{cls: list(names) for cls, names in enabled})
+        _WORKER_EXTRACTORS[key] = ex
     return ex
 
 
-def _task_features(params: str, image: sitk.Image, mask: sitk.Image, name: str, kwargs: dict) -> dict:
-    return dict(_worker_extractor(params).computeFeatures(image, mask, name, **kwargs))
+def _task_features(params: str, image: sitk.Image, mask: sitk.Image, name: str, kwargs: dict,
+                   enabled: Enabled = None) -> dict:
+    return dict(_worker_extractor(params, enabled).computeFeatures(image, mask, name, **kwargs))
 
 
-def _task_shape(params: str, image: sitk.Image, mask: sitk.Image, bbox: tuple, settings: dict) -> dict:
-    return dict(_worker_extractor(params).computeShape(image, mask, bbox, **settings))
+def _task_shape(params: str, image: sitk.Image, mask: sitk.Image, bbox: tuple, settings: dict,
+                enabled: Enabled = None) -> dict:
+    return dict(_worker_extractor(params, enabled).computeShape(image, mask, bbox, **settings))
 
 
 def _warm(params: str) -> int:
@@ -158,6 +172,39 @@ def _margin_box(bbox: tuple, size: tuple[int, int, int], margin: int) -> _Box:
     return _Box(tuple(lo), tuple(hi))
 
 
+#: the image names (first part of a feature name) each image type's pyradiomics filter yields
+_IMAGE_NAMES = {
+    "Original": lambda n: n == "original", "Square": lambda n: n == "square",
+    "SquareRoot": lambda n: n == "squareroot", "Logarithm": lambda n: n == "logarithm",
+    "Exponential": lambda n: n == "exponential", "Gradient": lambda n: n == "gradient",
+    "Wavelet": lambda n: n.startswith("wavelet"), "LoG": lambda n: n.startswith("log-sigma-"),
+    "LBP2D": lambda n: n.startswith("lbp-2D"), "LBP3D": lambda n: n.startswith("lbp-3D-"),
+}
+
+
+class _Wanted:
+    """A subset of feature names ("<image>_<class>_<feature>"), as what each filtered image must compute."""
+
+    def __init__(self, names) -> None:
+        self.by_image: dict[str, dict[str, list[str]]] = {}
+        for name in names:
+            parts = str(name).split("_", 2)
+            if len(parts) == 3:
+                image, cls, feature = parts
+                self.by_image.setdefault(image, {}).setdefault(cls, []).append(feature)
+
+    def image_type(self, itype: str) -> bool:
+        """Whether filter ``itype`` may yield a wanted image (an unknown type: yes, to be safe)."""
+        match = _IMAGE_NAMES.get(itype)
+        return match is None or any(match(image) for image in self.by_image)
+
+    def enabled(self, image: str, classes) -> Enabled | bool:
+        """What to compute on ``image``: False = nothing, else the ``Enabled`` of its wanted classes."""
+        wanted = self.by_image.get(image, {})
+        pairs = tuple((cls, tuple(sorted(wanted[cls]))) for cls in classes if cls in wanted)
+        return pairs or False
+
+
 POINT_FILTERS = ("Square", "SquareRoot", "Logarithm", "Exponential")
 
 
@@ -217,7 +264,9 @@ class RadiomicsExtractor:
         pool = _pool(self.workers)
         list(pool.map(_warm, [self.params] * self.workers))
 
-    def extract(self, image: sitk.Image, mask: sitk.Image) -> "OrderedDict[str, float]":
+    def extract(self, image: sitk.Image, mask: sitk.Image, only=None) -> "OrderedDict[str, float]":
+        """``only``: feature names to compute (others, and filters that would yield none of them, are
+        skipped; names that are no radiomics feature are ignored); ``None``: every feature of the file."""
         from radiomics import imageoperations as io
 
         settings = dict(self._stock.settings)
@@ -241,27 +290,39 @@ class RadiomicsExtractor:
         if isinstance(pool, ThreadPoolExecutor) and not self._threads_warm:
             _warm(self.params)  # first imports here, in one thread, before the pool's threads share them
             self._threads_warm = True
+        wanted = _Wanted(only) if only is not None else None
+        classes = [c for c in self._stock.enabledFeatures if c != "shape"]
+
+        def enabled(image_name: str) -> Enabled | bool:
+            return None if wanted is None else wanted.enabled(image_name, classes)
+
         futures: dict[str, list[Future]] = {}
         shape: Future | None = None
-        if "shape" in self._stock.enabledFeatures:
-            shape = pool.submit(_task_shape, self.params, img_m, mask_m, bbox_m, settings)
-        for itype, custom in self.image_types.items():
+        shape_enabled = None if wanted is None else wanted.enabled("original", ["shape"])
+        if "shape" in self._stock.enabledFeatures and shape_enabled is not False:
+            shape = pool.submit(_task_shape, self.params, img_m, mask_m, bbox_m, settings, shape_enabled)
+        todo = [t for t in self.image_types if wanted is None or wanted.image_type(t)]
+        for itype in todo:
             if itype == "LBP3D":
                 continue
-            kw = {**settings, **custom}
+            kw = {**settings, **self.image_types[itype]}
             src = _with_witness(img_m, witness) if itype in POINT_FILTERS else img_m
             futures[itype] = []
             for filt, name, fkw in getattr(io, f"get{itype}Image")(src, mask_m, **kw):
+                if (what := enabled(name)) is False:
+                    continue
                 if itype in POINT_FILTERS:
                     filt = _drop_witness(filt, img_m)
                 ci, cm = io.cropToTumorMask(filt, mask_m, bbox_m)
-                futures[itype].append(pool.submit(_task_features, self.params, ci, cm, name, fkw))
-        if "LBP3D" in self.image_types:  # whole-image filter: here, while the workers compute features
+                futures[itype].append(pool.submit(_task_features, self.params, ci, cm, name, fkw, what))
+        if "LBP3D" in todo:  # whole-image filter: here, while the workers compute features
             kw = {**settings, **self.image_types["LBP3D"]}
             futures["LBP3D"] = []
             for filt, name, fkw in io.getLBP3DImage(image, mask, **kw):
+                if (what := enabled(name)) is False:
+                    continue
                 ci, cm = io.cropToTumorMask(filt, mask, bbox)
-                futures["LBP3D"].append(pool.submit(_task_features, self.params, ci, cm, name, fkw))
+                futures["LBP3D"].append(pool.submit(_task_features, self.params, ci, cm, name, fkw, what))
 
         out: OrderedDict[str, float] = OrderedDict()
         if shape is not None:
@@ -271,12 +332,12 @@ class RadiomicsExtractor:
                 out.update(fut.result())
         return OrderedDict((k, float(v)) for k, v in out.items())
 
-    def extract_volume(self, volume, mask: np.ndarray) -> "OrderedDict[str, float]":
+    def extract_volume(self, volume, mask: np.ndarray, only=None) -> "OrderedDict[str, float]":
         """Features of ``mask`` (z, y, x, non-zero = hematoma) on a ``pipeline.volume.Volume``."""
         image = volume.to_sitk()
         m = sitk.GetImageFromArray((np.asarray(mask) > 0).astype(np.uint8))
         m.CopyInformation(image)
-        return self.extract(image, m)
+        return self.extract(image, m, only=only)
 
 
 def stock_features(image: sitk.Image, mask: sitk.Image, params: Path | str = DEFAULT_PARAMS) -> "OrderedDict[str, float]":

@@ -114,3 +114,16 @@ def test_corrupt_or_incompatible_model_dirs(model_dir, tmp_path):
         load_classifier(d2)
     with pytest.raises(FileNotFoundError, match="metadata.json"):
         load_classifier(tmp_path)
+
+
+def test_only_the_features_the_model_reads_are_computed_and_the_probability_is_unchanged(model_dir):
+    clf = load_classifier(model_dir)
+    vol, mask, _ = _case(31)
+    everything = clf.features.extract(vol, mask)
+    used = clf.used_features
+    assert used is not None and used < set(everything)
+    part = clf.features.extract(vol, mask, only=used)
+    assert set(part) == used
+    assert clf.predict(vol, mask).probability == clf.predict_features(everything)
+    with pytest.raises(ClassifierError, match="features missing"):
+        clf.predict_features({k: v for k, v in part.items() if k != sorted(used)[0]})

@@ -88,3 +88,19 @@ def test_daemonic_worker_process_uses_threads_and_stock_values():
     assert executor == "ThreadPoolExecutor"
     assert [k for k, _ in items] == list(stock)
     np.testing.assert_array_equal(np.array([v for _, v in items]), np.array(list(stock.values())))
+
+
+def test_a_named_subset_is_computed_alone_with_the_same_values(extractor):
+    """Model 2 reads a few features (pipeline.features.used): only their filters and classes run, and
+    each value equals the full extraction's."""
+    image, mask = phantom(seed=3)
+    full = extractor.extract(image, mask)
+    only = {"original_firstorder_Entropy", "original_glcm_JointEntropy", "original_shape_Sphericity",
+            "wavelet-HHL_glszm_GrayLevelNonUniformity", "lbp-3D-k_firstorder_Mean", "not_a_feature"}
+    part = extractor.extract(image, mask, only=only)
+    assert set(part) == only - {"not_a_feature"}
+    for name, value in part.items():
+        assert value == full[name], name
+    assert extractor.extract(image, mask, only={"squareroot_ngtdm_Busyness"}) == {
+        "squareroot_ngtdm_Busyness": full["squareroot_ngtdm_Busyness"]}
+    assert extractor.extract(image, mask, only=set()) == {}
