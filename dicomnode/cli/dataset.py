@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -10,6 +11,7 @@ import typer
 from .models import fail, open_registry, resolve
 from .options import CONFIG as CONFIG_OPT
 from .options import DATA_DIR as DATA_DIR_OPT
+from .options import JSON, print_json
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
@@ -56,6 +58,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         source: Optional[str] = typer.Option(None, "--source", help="node or import."),
         config: Optional[Path] = CONFIG_OPT,
         data_dir: Optional[Path] = DATA_DIR_OPT,
+        as_json: bool = JSON,
     ) -> None:
         """Every training case with its label, volumes, interval and review state."""
         from rich.console import Console
@@ -64,12 +67,16 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         from training.dataset import DatasetStore
 
         store = DatasetStore.for_data_dir(resolve(config, data_dir).data_dir)
+        cases = store.cases(include_excluded=all_, source=source)
+        if as_json:
+            print_json([_public(c) for c in cases])
+            return
         counts = store.counts()
         table = Table(title=f"Training cases: {counts['cases']} ({counts['expanders']} expanders included, "
                             f"{counts['excluded']} excluded); {counts['studies']} analysed studies seen")
         for col in ("case", "source", "label", "from", "baseline mL", "follow-up mL", "interval h", "state"):
             table.add_column(col)
-        for c in store.cases(include_excluded=all_, source=source):
+        for c in cases:
             table.add_row(
                 c.case_id, c.source, "[bold red]expansion[/]" if c.label else "no expansion", c.label_source,
                 _f(c.baseline_volume_ml), _f(c.followup_volume_ml), _f(c.interval_h),
@@ -109,6 +116,13 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         except DatasetError as exc:
             raise fail(str(exc))
         typer.echo(f"{case_id}: included again")
+
+
+def _public(case) -> dict:
+    """A training case as JSON, without the raw study UIDs (the case id is their pseudonym), as in `jobs list`."""
+    data = dataclasses.asdict(case)
+    del data["baseline_study_uid"], data["followup_study_uid"]
+    return data
 
 
 def _f(x: float | None) -> str:

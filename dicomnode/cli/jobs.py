@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from .options import CONFIG, DATA_DIR, load, open_queue_or_exit, state_text, when
+from .options import CONFIG, DATA_DIR, JSON, load, open_queue_or_exit, print_json, state_text, when
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
@@ -17,7 +17,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @jobs.command("list")
     def list_jobs(state: List[str] = typer.Option([], "--state", "-s", help="Only these states; repeatable."),
                   limit: int = typer.Option(50, "--limit", "-n", min=1), config: Optional[Path] = CONFIG,
-                  data_dir: Optional[Path] = DATA_DIR, as_json: bool = typer.Option(False, "--json")) -> None:
+                  data_dir: Optional[Path] = DATA_DIR, as_json: bool = JSON) -> None:
         """Newest jobs first."""
         from rich.console import Console
         from rich.table import Table
@@ -32,7 +32,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         q = open_queue_or_exit(load(config, data_dir))
         rows = q.list(states=states, limit=limit)
         if as_json:
-            typer.echo(json.dumps([_public(j) for j in rows], indent=2))
+            print_json([_public(j) for j in rows])
             return
         table = Table(title=f"jobs ({len(rows)})")
         for col in ("id", "study", "state", "stage", "attempts", "next try", "updated", "last error"):
@@ -44,7 +44,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
     @jobs.command("show")
     def show(job_id: str, config: Optional[Path] = CONFIG, data_dir: Optional[Path] = DATA_DIR,
-             as_json: bool = typer.Option(False, "--json")) -> None:
+             as_json: bool = JSON) -> None:
         """One job: state, attempts, error, outputs, and what each destination confirmed."""
         from rich.console import Console
         from rich.table import Table
@@ -61,7 +61,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             raise typer.Exit(1) from None
         deliveries = Ledger(cfg.ledger_path).states(job.id) if cfg.ledger_path.exists() else []
         if as_json:
-            typer.echo(json.dumps({**_public(job), "deliveries": [d.__dict__ for d in deliveries]}, indent=2, default=list))
+            print_json({**_public(job), "deliveries": deliveries})
             return
         console = Console()
         t = Table(show_header=False, title=f"job {job.id}")

@@ -10,7 +10,7 @@ import typer
 
 from .options import CONFIG as CONFIG_OPT
 from .options import DATA_DIR as DATA_DIR_OPT
-from .options import load
+from .options import JSON, load, print_json
 
 KIND_HELP = "segmenter (model 1) or classifier (model 2)."
 
@@ -54,6 +54,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         kind: Optional[str] = typer.Option(None, "--kind", "-k", help=KIND_HELP),
         config: Optional[Path] = CONFIG_OPT,
         data_dir: Optional[Path] = DATA_DIR_OPT,
+        as_json: bool = JSON,
     ) -> None:
         """Every version of each model kind; the served one is marked."""
         from rich.console import Console
@@ -66,22 +67,25 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         try:
             kinds = [kind] if kind else list(KINDS)
             promoted = reg.promoted()
-            table = Table(title=f"Model registry {reg.root}")
-            for col in ("kind", "version", "served", "name", "created", "training data", "validation", "gate", "parent"):
-                table.add_column(col)
-            for k in kinds:
-                for v in reg.versions(k):
-                    m = v.metadata
-                    td = m.training_data or {}
-                    gate = (m.extra or {}).get("gate")
-                    table.add_row(
-                        k, v.version, "[bold green]● served[/]" if promoted[k] == v.version else "",
-                        m.name, m.created[:19], f"{td.get('source', '?')}, {td.get('cases', '?')} cases",
-                        _metrics_line(m.metrics), "" if gate is None else ("passed" if gate.get("passed") else "[red]refused[/]"),
-                        m.parent_version or "",
-                    )
+            versions = [v for k in kinds for v in reg.versions(k)]
         except RegistryError as exc:
             raise fail(str(exc))
+        if as_json:
+            print_json([_public(v, promoted) for v in versions])
+            return
+        table = Table(title=f"Model registry {reg.root}")
+        for col in ("kind", "version", "served", "name", "created", "training data", "validation", "gate", "parent"):
+            table.add_column(col)
+        for v in versions:
+            m = v.metadata
+            td = m.training_data or {}
+            gate = (m.extra or {}).get("gate")
+            table.add_row(
+                v.kind, v.version, "[bold green]● served[/]" if promoted[v.kind] == v.version else "",
+                m.name, m.created[:19], f"{td.get('source', '?')}, {td.get('cases', '?')} cases",
+                _metrics_line(m.metrics), "" if gate is None else ("passed" if gate.get("passed") else "[red]refused[/]"),
+                m.parent_version or "",
+            )
         Console().print(table)
 
     @group.command("show")
@@ -90,6 +94,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         kind: Optional[str] = typer.Option(None, "--kind", "-k", help=KIND_HELP),
         config: Optional[Path] = CONFIG_OPT,
         data_dir: Optional[Path] = DATA_DIR_OPT,
+        as_json: bool = JSON,
     ) -> None:
         """Metadata, evaluation and history of one version."""
         import json
@@ -105,6 +110,12 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             v = reg.get(kind, version)
         except RegistryError as exc:
             raise fail(str(exc))
+        evaluation = v.path / "evaluation.json"
+        ev = json.loads(evaluation.read_text()) if evaluation.is_file() else None
+        events = [e for e in reg.history(kind) if e.get("version") == v.version or e.get("previous") == v.version]
+        if as_json:
+            print_json({**_public(v, reg.promoted()), "evaluation": ev, "history": events})
+            return
         console = Console()
         table = Table(title=f"{kind} version {v.version}" + ("  (served)" if reg.promoted()[kind] == v.version else ""),
                       show_header=False)
@@ -114,13 +125,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             table.add_row(key, value if isinstance(value, str) else json.dumps(value, indent=1, default=str))
         table.add_row("path", str(v.path))
         console.print(table)
-        evaluation = v.path / "evaluation.json"
-        if evaluation.is_file():
-            ev = json.loads(evaluation.read_text())
+        if ev is not None:
             console.print(f"[bold]gate[/] ({'passed' if ev['gate']['passed'] else 'refused'}):")
             for reason in ev["gate"]["reasons"]:
                 console.print(f"  {reason}", highlight=False)
-        events = [e for e in reg.history(kind) if e.get("version") == v.version or e.get("previous") == v.version]
         for e in events:
             console.print(f"  {e['time']}  {e['action']:<8} v{e.get('version')}  {e.get('reason') or ''}", highlight=False)
 
@@ -177,6 +185,12 @@ def _kind_version(kind: Optional[str], version: str) -> tuple[str, str]:
     if kind is None:
         raise fail("say which model: --kind segmenter|classifier (or KIND:VERSION)", 2)
     return kind, version
+
+
+def _public(v, promoted: dict) -> dict:
+    """One registry version as JSON: its metadata in full, where it lies and whether it is served."""
+    return {**v.metadata.__dict__, "kind": v.kind, "version": v.version, "served": promoted.get(v.kind) == v.version,
+            "path": str(v.path)}
 
 
 def _metrics_line(metrics: dict | None) -> str:

@@ -1,9 +1,11 @@
-"""What every ``ich-node`` command shares: the --config/--data-dir options, loading the config, opening
-the queue, and how times and job states are printed."""
+"""What every ``ich-node`` command shares: the --config/--data-dir/--json options, loading the config, opening
+the queue, and how times, job states and machine-readable listings are printed."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +13,7 @@ import typer
 
 CONFIG = typer.Option(None, "--config", "-c", help="TOML config of the node (default: embedded defaults / $ICH_NODE_CONFIG).")
 DATA_DIR = typer.Option(None, "--data-dir", help="The node's data directory (overrides the config).")
+JSON = typer.Option(False, "--json", help="Print JSON with every value in full instead of the table (for scripts).")
 
 STATE_STYLE = {"received": "cyan", "queued": "blue", "running": "magenta", "encoded": "yellow", "sent": "green",
                "failed": "red", "dead": "bold red"}
@@ -51,3 +54,17 @@ def when(ts: float | None) -> str:
 
 def state_text(state: str) -> str:
     return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
+
+
+def _jsonable(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    return str(value)  # Path, datetime, enum members...
+
+
+def print_json(data) -> None:
+    """What a listing command prints under ``--json``: ``data`` as indented JSON on stdout, no value cut to a
+    column's width (a table piped to a file is truncated to the terminal's width)."""
+    typer.echo(json.dumps(data, indent=2, default=_jsonable))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -10,20 +9,20 @@ import typer
 
 from dicomnode.observe.status import gather
 
-from .options import CONFIG, DATA_DIR, load, state_text, when
+from .options import CONFIG, DATA_DIR, JSON, load, print_json, state_text, when
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @app.command()
     def status(config: Optional[Path] = CONFIG, data_dir: Optional[Path] = DATA_DIR,
-               as_json: bool = typer.Option(False, "--json")) -> None:
+               as_json: bool = JSON) -> None:
         """Queue counts by state, last errors, disk, index totals and model versions."""
         from rich.console import Console
         from rich.table import Table
 
         info = gather(load(config, data_dir))
         if as_json:
-            typer.echo(json.dumps(info, indent=2))
+            print_json(info)
             return
         console = Console()
         console.print(f"[bold]ich-node[/] data in {info['data_dir']}")

@@ -3,39 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from dicomnode.cli import app
 from dicomnode.deliver.ledger import Ledger
 from dicomnode.queue import JobState, open_queue
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tests.conftest import StoreSCP, small_config  # noqa: E402
+from tests.conftest import StoreSCP, small_config
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def data_dir(tmp_path) -> Path:
-    cfg = small_config()
-    cfg.node.data_dir = tmp_path / "var"
-    cfg.queue.max_attempts = 1
-    q = open_queue(cfg)
-    sent = q.enqueue("a" * 32, {"files": ["/x/1.dcm"], "study_uid": "1.2.3"})
-    q.claim("w")
-    q.mark_encoded(sent.id, "w", str(tmp_path / "r"))
-    q.claim("s", stage="send")
-    q.complete(sent.id, "s")
-    dead = q.enqueue("b" * 32, {"files": []})
-    q.claim("w")
-    q.fail(dead.id, "w", "analysis process died (exit code -9)")
-    Ledger(cfg.ledger_path).record_delivered(sent.id, "pacs", "seg.dcm")
-    return tmp_path / "var"
 
 
 def test_status_json_and_table(data_dir):
