@@ -1,7 +1,9 @@
 """Statistics for judging a probabilistic classifier: DeLong, bootstrap CIs, calibration, decision curves
 (and the bootstrap CI of a median, for the segmenter's per-case Dice).
 
-Plain numpy/scipy so each number can be checked by hand; used by ``training.evaluate_classifier``.
+DeLong is ours (checked against an independent O(m·n) implementation and a published value in
+tests/training/test_stats.py); ranks, bootstrap resampling, logistic fits and binning come from
+scipy/scikit-learn/numpy. Used by ``training.evaluate_classifier`` and ``training.trainers``.
 """
 
 from __future__ import annotations
@@ -14,23 +16,6 @@ from scipy import stats as sps
 
 # --- DeLong (fast version of Sun & Xu 2014) ---------------------------------------------------------
 
-def _midrank(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    n = len(x)
-    ranks = np.empty(n)
-    i = 0
-    while i < n:
-        j = i
-        while j < n and xs[j] == xs[i]:
-            j += 1
-        ranks[i:j] = 0.5 * (i + j - 1) + 1
-        i = j
-    out = np.empty(n)
-    out[order] = ranks
-    return out
-
-
 def _delong_components(y: np.ndarray, scores: np.ndarray):
     """AUCs and their covariance for ``scores`` (k, n) against binary ``y``."""
     y = np.asarray(y).astype(bool)
@@ -38,10 +23,9 @@ def _delong_components(y: np.ndarray, scores: np.ndarray):
     m, n = pos.shape[1], neg.shape[1]
     if m == 0 or n == 0:
         raise ValueError("DeLong needs both classes in y")
-    k = scores.shape[0]
-    tx = np.array([_midrank(pos[r]) for r in range(k)])
-    ty = np.array([_midrank(neg[r]) for r in range(k)])
-    tz = np.array([_midrank(np.concatenate([pos[r], neg[r]])) for r in range(k)])
+    tx = sps.rankdata(pos, axis=1)  # midranks (ties share their average rank)
+    ty = sps.rankdata(neg, axis=1)
+    tz = sps.rankdata(np.concatenate([pos, neg], axis=1), axis=1)
     aucs = tz[:, :m].sum(axis=1) / m / n - (m + 1.0) / 2.0 / n
     v01 = (tz[:, :m] - tx) / n
     v10 = 1.0 - (tz[:, m:] - ty) / m
@@ -72,32 +56,51 @@ def delong_test(y, p1, p2) -> dict:
 
 # --- bootstrap --------------------------------------------------------------------------------------
 
+def _percentile_bootstrap(statistic, samples: list[np.ndarray], n_boot: int, seed: int, alpha: float,
+                          vectorized: bool) -> tuple[float, float]:
+    """``scipy.stats.bootstrap`` percentile interval; each sample is resampled on its own. Resamples whose
+    statistic is not finite are left out (as before scipy did the resampling)."""
+    res = sps.bootstrap(samples, statistic, n_resamples=n_boot, confidence_level=1 - alpha, method="percentile",
+                        vectorized=vectorized, random_state=np.random.default_rng(seed))
+    lo, hi = res.confidence_interval
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        dist = res.bootstrap_distribution[np.isfinite(res.bootstrap_distribution)]
+        if not dist.size:
+            return float("nan"), float("nan")
+        lo, hi = np.percentile(dist, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi)
+
+
 def bootstrap_ci(metric: Callable[[np.ndarray, np.ndarray], float], y, p, n_boot: int = 2000, seed: int = 0,
                  alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile CI of ``metric(y, p)`` over stratified bootstrap resamples (classes resampled separately)."""
+    """Percentile CI of ``metric(y, p)`` over stratified bootstrap resamples (classes resampled separately:
+    the positives' and the negatives' case indices are two samples to ``scipy.stats.bootstrap``)."""
     y = np.asarray(y)
     p = np.asarray(p)
-    rng = np.random.default_rng(seed)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    vals = []
-    for _ in range(n_boot):
-        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
-        v = metric(y[idx], p[idx])
-        if np.isfinite(v):
-            vals.append(v)
-    if not vals:
-        return float("nan"), float("nan")
-    lo, hi = np.percentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(lo), float(hi)
+    # a class of one case (or none) resamples to itself: it stays fixed (scipy wants two or more)
+    moving = [len(c) >= 2 for c in (pos, neg)]
+
+    def statistic(*resampled):
+        it = iter(resampled)
+        idx = np.concatenate([np.asarray(next(it), int) if m else c for c, m in zip((pos, neg), moving)])
+        return metric(y[idx], p[idx])
+
+    if not any(moving):
+        v = float(statistic())
+        return (v, v) if np.isfinite(v) else (float("nan"), float("nan"))
+    samples = [c for c, m in zip((pos, neg), moving) if m]
+    return _percentile_bootstrap(statistic, samples, n_boot, seed, alpha, vectorized=False)
 
 
 def median_ci95(values, resamples: int = 2000, seed: int = 0) -> list[float]:
     """Percentile-bootstrap 95 % interval of the median of one sample (e.g. per-case Dice): how far a
     bar verdict on a few cases can be trusted."""
     a = np.asarray(values, float)
-    rng = np.random.default_rng(seed)
-    medians = np.median(a[rng.integers(0, a.size, size=(resamples, a.size))], axis=1)
-    return [float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))]
+    if a.size < 2:  # nothing to resample
+        v = float(np.median(a)) if a.size else float("nan")
+        return [v, v]
+    return list(_percentile_bootstrap(np.median, [a], resamples, seed, 0.05, vectorized=True))
 
 
 # --- calibration ------------------------------------------------------------------------------------
@@ -107,48 +110,42 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def _logistic_fit(x: np.ndarray | None, y: np.ndarray, offset: np.ndarray, iters: int = 50) -> np.ndarray:
-    """Unpenalised logistic regression (Newton) of y on [1, x] with an offset."""
-    X = np.ones((len(y), 1)) if x is None else np.column_stack([np.ones(len(y)), x])
-    beta = np.zeros(X.shape[1])
-    for _ in range(iters):
-        eta = X @ beta + offset
-        mu = 1 / (1 + np.exp(-eta))
-        w = np.maximum(mu * (1 - mu), 1e-9)
-        step = np.linalg.solve(X.T @ (X * w[:, None]) + 1e-9 * np.eye(X.shape[1]), X.T @ (y - mu))
-        beta += step
-        if np.max(np.abs(step)) < 1e-10:
-            break
-    return beta
-
-
 def calibration(y, p) -> dict:
-    """Brier score, calibration slope and calibration-in-the-large intercept (logistic recalibration)."""
+    """Brier score, calibration slope and calibration-in-the-large intercept (logistic recalibration):
+    the slope of an unpenalised logistic regression of y on logit(p) (scikit-learn), and the intercept with
+    the slope fixed at 1, i.e. logit(p) as an offset, which scikit-learn cannot take: the root of its score
+    equation sum(y - expit(a + logit p)) = 0 (scipy's brentq). Not estimable (nan) unless both classes occur."""
+    from scipy.optimize import brentq
+    from scipy.special import expit
+    from sklearn.linear_model import LogisticRegression
+
     y = np.asarray(y, float)
     p = np.asarray(p, float)
+    out = {"brier": float(np.mean((p - y) ** 2)), "slope": float("nan"), "intercept": float("nan"),
+           "mean_predicted": float(p.mean()), "observed_rate": float(y.mean())}
+    if not 0 < y.sum() < len(y):
+        return out
     lp = _logit(p)
-    slope = _logistic_fit(lp, y, np.zeros_like(lp))[1]
-    intercept = _logistic_fit(None, y, lp)[0]  # slope fixed at 1: calibration-in-the-large
-    return {"brier": float(np.mean((p - y) ** 2)), "slope": float(slope), "intercept": float(intercept),
-            "mean_predicted": float(p.mean()), "observed_rate": float(y.mean())}
+    fit = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-12, max_iter=200).fit(lp[:, None], y)
+    out["slope"] = float(fit.coef_[0, 0])
+    out["intercept"] = float(brentq(lambda a: np.sum(y - expit(a + lp)), -50.0, 50.0, xtol=1e-13))
+    return out
 
 
 def reliability(y, p, n_bins: int = 10) -> dict:
-    """Quantile-binned observed rate vs mean prediction (for the reliability plot)."""
+    """Quantile-binned observed rate vs mean prediction (for the reliability plot). Bins are numpy's
+    histogram bins on the quantile edges ([lo, hi), the last one closed); empty bins are left out.
+    (scikit-learn's calibration_curve puts a prediction on an edge into the lower bin and gives no counts.)"""
     y = np.asarray(y, float)
     p = np.asarray(p, float)
     edges = np.unique(np.quantile(p, np.linspace(0, 1, n_bins + 1)))
     if len(edges) < 2:
         return {"predicted": [float(p.mean())], "observed": [float(y.mean())], "count": [int(len(y))]}
-    idx = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, len(edges) - 2)
-    pred, obs, cnt = [], [], []
-    for b in range(len(edges) - 1):
-        sel = idx == b
-        if sel.any():
-            pred.append(float(p[sel].mean()))
-            obs.append(float(y[sel].mean()))
-            cnt.append(int(sel.sum()))
-    return {"predicted": pred, "observed": obs, "count": cnt}
+    count = np.histogram(p, edges)[0]
+    kept = count > 0
+    pred = np.histogram(p, edges, weights=p)[0][kept] / count[kept]
+    obs = np.histogram(p, edges, weights=y)[0][kept] / count[kept]
+    return {"predicted": pred.tolist(), "observed": obs.tolist(), "count": count[kept].tolist()}
 
 
 # --- decision curve ---------------------------------------------------------------------------------
