@@ -255,6 +255,9 @@ class WorkerSection(_Section):
     analyzer: str = Field("pipeline.analyze:Analyzer", pattern=r"^[\w.]+:\w+$")
     max_jobs_per_process: int = Field(50, ge=1)  # then the child restarts: leaked/fragmented memory goes back
     threads: int = Field(2, ge=1)  # BLAS/TF threads inside one analysis process
+    # "cannot assess" reports of series selection already judged are written by the node itself (no
+    # model, no wait for the analysis process): a burst of them never holds a real head CT back
+    local_verdicts: bool = True
 
 
 def _check_cron(v: str | None) -> str | None:

@@ -127,7 +127,7 @@ class NodeMetrics:
             checks["queue"] = f"unreachable: {exc}"
         free = shutil.disk_usage(node.data_dir).free
         checks["disk"] = "full" if free < self.config.storage.min_free_bytes else "ok"
-        workers = getattr(node, "workers", [])
+        workers = [w for w in getattr(node, "workers", []) if getattr(w, "work", None) != "verdict"]  # model-free lane
         if workers:  # models loaded and warmed in every analysis process (or the first study pays for it)
             checks["analysis"] = "ok" if all(w.process.ready for w in workers) else "warming"
         hb = _heartbeat_state(node)

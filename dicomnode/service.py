@@ -30,11 +30,11 @@ from .deliver.dispatch import Dispatcher, Sender
 from .deliver.ledger import Ledger
 from .index import Index, SeriesInfo
 from .pseudonym import Pseudonymizer
-from .queue import Job, JobQueue, open_queue
+from .queue import Job, JobQueue, Work, open_queue
 from .scheduler import Housekeeper, NodeScheduler
 from .select import Decision, Sweeper
 from .spool import Spool
-from .worker import AnalysisProcess, ModelSource, Worker
+from .worker import AnalysisProcess, LocalVerdicts, ModelSource, Worker
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +130,20 @@ class Node:
             self.metrics.watch_dispatcher(dispatcher)
         self.sender = Sender(self.queue, dispatcher, owner=f"{self.prefix}sender-{os.getpid()}",
                              on_sent=self._on_sent)
+        models = ModelSource(registry_dir=str(cfg.models_dir), bundled_fallback=cfg.models.bundled_fallback)
         if self.queue.needs_local_workers:
-            models = ModelSource(registry_dir=str(cfg.models_dir), bundled_fallback=cfg.models.bundled_fallback)
             for i in range(cfg.worker.processes):
                 process = AnalysisProcess(cfg.worker.analyzer, models, max_jobs=cfg.worker.max_jobs_per_process,
                                           installation_id=self.pseudonymizer.installation_id(),
                                           threads=cfg.worker.threads)
                 self.workers.append(Worker(self.queue, process, cfg.results_dir, owner=f"{self.prefix}w{i}-{os.getpid()}",
-                                           timeout_s=cfg.queue.job_timeout_s, on_encoded=self._on_encoded))
+                                           timeout_s=cfg.queue.job_timeout_s, on_encoded=self._on_encoded,
+                                           work=Work.ANALYSIS if cfg.worker.local_verdicts else Work.ANY))
+        if cfg.worker.local_verdicts:  # any backend: Celery's remote workers may take a verdict first, harmless
+            verdicts = LocalVerdicts(models, installation_id=self.pseudonymizer.installation_id())
+            self.workers.append(Worker(self.queue, verdicts, cfg.results_dir, owner=f"{self.prefix}verdicts-{os.getpid()}",
+                                       timeout_s=cfg.queue.job_timeout_s, on_encoded=self._on_encoded,
+                                       work=Work.VERDICT))
 
         if self._receiver_factory is not None:
             self.receiver = self._receiver_factory(cfg, self.index, self.spool, on_released=self._released)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .plugins import load_target
-from .queue import Job, JobQueue, QueueError
+from .queue import Job, JobQueue, QueueError, Work
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +315,49 @@ class AnalysisProcess:
         return reply["result"]
 
 
+class LocalVerdicts:
+    """The analysis process's interface for verdict jobs, run in the node's own thread: the coded
+    "cannot assess" SR of a series that selection already judged (``pipeline.verdict``). No model is
+    loaded, so a burst of such series is answered at once and never queues in front of, or behind, a
+    real head CT in the analysis process. The SR names the models the analysis process would use
+    (read from their metadata.json, registry promotions included)."""
+
+    ready = True
+    model_info: dict[str, Any] = {}
+
+    def __init__(self, models: ModelSource | None = None, *, installation_id: str | None = None) -> None:
+        self.models = models or ModelSource()
+        self.installation_id = installation_id
+
+    def start(self) -> None:
+        """Nothing to start (the interface of ``AnalysisProcess``)."""
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Nothing to stop."""
+
+    def refresh(self, timeout_s: float = 0.0) -> bool:
+        return False
+
+    def analyze(self, files: list[str], out_dir: str, *, predecessor: Any = None, cannot_assess: dict | None = None,
+                **_: Any) -> str:
+        from pipeline.encode.common import DeviceInfo
+        from pipeline.result import CannotAssess
+        from pipeline.verdict import ModelIdentity, report_cannot_assess
+
+        if not cannot_assess:
+            raise AnalysisFailed("not a verdict job: only 'cannot assess' reports are written here", retryable=False)
+        paths, _ = _model_paths(self.models)
+        device = DeviceInfo(installation_id=self.installation_id) if self.installation_id else None
+        try:
+            result = report_cannot_assess(
+                files, out_dir, CannotAssess(cannot_assess["code"], cannot_assess["message"]),
+                ModelIdentity.of(paths), device=device,
+                predecessor=predecessor_files(predecessor) if predecessor else None)
+        except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
+            raise AnalysisFailed(f"{type(exc).__name__}: {exc}", retryable=False) from exc
+        return result.to_json()
+
+
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -333,10 +376,14 @@ def predecessor_of(queue: JobQueue, job: Job) -> str | None:
 class Worker(threading.Thread):
     """One analysis slot: claims jobs from the queue and runs them in its own ``AnalysisProcess``."""
 
-    def __init__(self, queue: JobQueue, process: AnalysisProcess, results_root: Path, *, owner: str,
+    def __init__(self, queue: JobQueue, process: AnalysisProcess | LocalVerdicts, results_root: Path, *, owner: str,
                  timeout_s: float = 600.0, lease_s: float | None = None, poll_s: float = 1.0,
-                 on_encoded: Callable[[Job], None] | None = None, refresh_s: float = 30.0) -> None:
+                 on_encoded: Callable[[Job], None] | None = None, refresh_s: float = 30.0,
+                 work: Work = Work.ANY) -> None:
+        """``work``: which jobs this slot claims (an analysis process: ``ANALYSIS`` when the node runs a
+        verdict lane, else ``ANY``; ``LocalVerdicts``: ``VERDICT``)."""
         super().__init__(name=f"worker-{owner}", daemon=True)
+        self.work = Work(work)
         self.refresh_s = refresh_s
         self._last_refresh = time.monotonic()
         self.queue = queue
@@ -376,7 +423,7 @@ class Worker(threading.Thread):
         while not self._halt.is_set():
             try:
                 self.process.start()
-                job = self.queue.claim(self.owner, lease_s=self.lease_s)
+                job = self.queue.claim(self.owner, lease_s=self.lease_s, work=self.work)
             except AnalysisFailed as exc:
                 log.error("worker %s: %s; retrying in 30 s", self.owner, exc)
                 self._halt.wait(30)

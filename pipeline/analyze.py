@@ -30,10 +30,11 @@ from pipeline.encode.common import DeviceInfo, version_tag
 from pipeline.encode.outline import key_outline
 from pipeline.encode.sc import build_overlays, summary_line
 from pipeline.encode.seg import SegmenterInfo, build_seg
-from pipeline.encode.sr import FILE_NAME, OUTPUT_KIND, PROFILES, Findings, build_sr
+from pipeline.encode.sr import PROFILES, Findings
 from pipeline.models import ModelPaths
 from pipeline.result import AnalysisResult, CannotAssess, Risk, Status
 from pipeline.segment import load_segmenter
+from pipeline.verdict import ModelIdentity, clear_previous, save, write_cannot_assess, write_srs
 from pipeline.volume import Volume, load_series, read_images
 
 log = logging.getLogger(__name__)
@@ -81,18 +82,16 @@ class Analyzer:
             self.classifier = load_classifier(self.models.classifier)
 
     @property
-    def model_versions(self) -> dict[str, str]:
-        versions = {"segmenter": str(self.segmenter.version)}
+    def identity(self) -> ModelIdentity:
+        """The loaded models' names and versions (what the outputs are attributed to)."""
+        classifier = None
         if self.classifier is not None:
-            versions["classifier"] = str(self.classifier.version)
-        return versions
+            classifier = (str(getattr(self.classifier, "name", "classifier")), str(self.classifier.version))
+        return ModelIdentity((str(self.segmenter.name), str(self.segmenter.version)), classifier)
 
-    def _model_names(self) -> dict[str, str]:
-        """Names + versions for the SR's device observer (human-readable)."""
-        names = {"segmenter": f"{self.segmenter.name} v{self.segmenter.version}"}
-        if self.classifier is not None:
-            names["classifier"] = f"{getattr(self.classifier, 'name', 'classifier')} v{self.classifier.version}"
-        return names
+    @property
+    def model_versions(self) -> dict[str, str]:
+        return self.identity.versions
 
     def analyze(
         self,
@@ -109,7 +108,7 @@ class Analyzer:
         """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        _clear_previous(out)
+        clear_previous(out)
         timings: dict[str, float] = {}
         previous = [_as_dataset(p) for p in (predecessor or [])]
         datasets: list[Dataset] = []
@@ -142,8 +141,8 @@ class Analyzer:
                     prediction = self.classifier.predict(series.volume, mask)
                     probability, risk = float(prediction.probability), Risk(prediction.risk)
         except CannotAssess as exc:
-            log.info("cannot assess: %s", exc.code)
-            return self._cannot_assess(exc, datasets, out, previous, timings)
+            return write_cannot_assess(exc, datasets, out, previous, self.identity, self.outputs.sr_profiles,
+                                       self.device, timings)
 
         result = AnalysisResult(
             status=Status.ANALYZED,
@@ -159,22 +158,23 @@ class Analyzer:
             if detected:
                 segmenter = SegmenterInfo(self.segmenter.name, str(self.segmenter.version))
                 seg = build_seg(datasets, source_mask, segmenter, self.device, version_tag=tag)
-                result.outputs["seg"] = [_save(seg, out, "seg.dcm")]
+                result.outputs["seg"] = [save(seg, out, "seg.dcm")]
             findings = Findings(
                 volume_ml=volume_ml,
                 expansion_probability=probability,
                 risk=risk.value if risk else None,
-                model_versions=self._model_names(),
+                model_versions=self.identity.names,
             )
             spacing = tuple(float(v) for v in datasets[0].PixelSpacing)
             outline = key_outline(source_mask, spacing)
-            self._write_srs(findings, datasets, out, result, previous, seg=seg, outline=outline)
+            write_srs(findings, datasets, out, result, previous, self.identity, self.outputs.sr_profiles,
+                      self.device, seg=seg, outline=outline)
             if self.outputs.overlay:
                 text = summary_line(volume_ml, findings.risk, probability)
                 overlays = build_overlays(
                     datasets, source_mask, text, self.outputs.overlay_slices, self.device, version_tag=tag
                 )
-                result.outputs["sc"] = [_save(sc, out, f"sc/sc_{i + 1:03d}.dcm") for i, sc in enumerate(overlays)]
+                result.outputs["sc"] = [save(sc, out, f"sc/sc_{i + 1:03d}.dcm") for i, sc in enumerate(overlays)]
         result.timings_s = {k: round(v, 3) for k, v in timings.items()}
         result.write(out)
         return result
@@ -193,36 +193,6 @@ class Analyzer:
             with _timed(timings, "classification"):
                 self.classifier.predict(volume, clot)
         return {k: round(v, 3) for k, v in timings.items()}
-
-    def _cannot_assess(
-        self, exc: CannotAssess, datasets: list[Dataset], out: Path, previous: list[Dataset], timings: dict[str, float]
-    ) -> AnalysisResult:
-        result = AnalysisResult(
-            status=Status.CANNOT_ASSESS,
-            reason=f"{exc.code}: {exc.message}",
-            model_versions=self.model_versions,
-        )
-        study = _one_study(datasets)
-        if study:
-            with _timed(timings, "encoding"):
-                findings = Findings(reason_code=exc.code, reason_text=exc.message, model_versions=self._model_names())
-                self._write_srs(findings, study, out, result, previous)
-        result.timings_s = {k: round(v, 3) for k, v in timings.items()}
-        result.write(out)
-        return result
-
-
-    def _write_srs(
-        self, findings: Findings, datasets: list[Dataset], out: Path, result: AnalysisResult,
-        previous: list[Dataset], **content,
-    ) -> None:
-        """One SR per configured profile, each under its own output kind and file name."""
-        tag = version_tag(self.model_versions)
-        for profile in self.outputs.sr_profiles:
-            sr = build_sr(
-                datasets, findings, predecessors=previous, device=self.device, profile=profile, version_tag=tag, **content
-            )
-            result.outputs[OUTPUT_KIND[profile]] = [_save(sr, out, FILE_NAME[profile])]
 
 
 def analyze(
@@ -256,33 +226,5 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
-def _save(ds: Dataset, out: Path, relative: str) -> str:
-    """Write a DICOM file under ``out`` (temp name, then rename: a reader never sees half a file)."""
-    path = out / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    ds.save_as(tmp, enforce_file_format=True)
-    tmp.replace(path)
-    return relative
-
-
-def _clear_previous(out: Path) -> None:
-    """Remove outputs an earlier run left in ``out`` (only our own names), so nothing stale is sent."""
-    for name in ("result.json", "seg.dcm", *FILE_NAME.values()):
-        (out / name).unlink(missing_ok=True)
-    if (out / "sc").is_dir():
-        for p in (out / "sc").glob("sc_*.dcm"):
-            p.unlink()
-
-
 def _as_dataset(item: Dataset | Path | str) -> Dataset:
     return item if isinstance(item, Dataset) else pydicom.dcmread(item)
-
-
-def _one_study(datasets: list[Dataset]) -> list[Dataset]:
-    """Slices usable as SR evidence: those of the first study that carry the identifying UIDs."""
-    usable = [ds for ds in datasets if ds.get("StudyInstanceUID") and ds.get("SeriesInstanceUID") and ds.get("SOPInstanceUID")]
-    if not usable:
-        return []
-    study = usable[0].StudyInstanceUID
-    return [ds for ds in usable if ds.StudyInstanceUID == study]

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..plugins import PluginError, Registry
-from .base import Backoff, Job, JobQueue, JobState, QueueError, Stage
+from .base import Backoff, Job, JobQueue, JobState, QueueError, Stage, Work, is_verdict
 
 if TYPE_CHECKING:
     from dicomnode.config import NodeConfig
 
-__all__ = ["Backoff", "Job", "JobQueue", "JobState", "QueueError", "Stage", "BACKENDS", "register", "open_queue"]
+__all__ = ["Backoff", "Job", "JobQueue", "JobState", "QueueError", "Stage", "Work", "is_verdict", "BACKENDS",
+           "register", "open_queue"]
 
 #: config ``queue.backend`` → "module:Class"
 BACKENDS = Registry("queue backend", {

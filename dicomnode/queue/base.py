@@ -47,6 +47,19 @@ class Stage(str, Enum):
     SEND = "send"
 
 
+class Work(str, Enum):
+    """Which ANALYZE jobs a claimer takes: analyses (models, in an analysis process), verdicts (the coded
+    "cannot assess" report of a series selection already judged: no model, the node writes it at once),
+    or any (analyses first)."""
+
+    ANY = "any"
+    ANALYSIS = "analysis"
+    VERDICT = "verdict"
+
+    def takes(self, job: "Job") -> bool:
+        return self is Work.ANY or (self is Work.VERDICT) == is_verdict(job)
+
+
 TERMINAL = frozenset({JobState.SENT, JobState.DEAD})
 
 
@@ -122,11 +135,13 @@ class JobQueue(abc.ABC):
 
     # -- worker side ---------------------------------------------------------------------------
     @abc.abstractmethod
-    def claim(self, owner: str, *, stage: Stage = Stage.ANALYZE, lease_s: float | None = None) -> Job | None:
+    def claim(self, owner: str, *, stage: Stage = Stage.ANALYZE, lease_s: float | None = None,
+              work: Work = Work.ANY) -> Job | None:
         """Lease the next due job of ``stage`` to ``owner``, or ``None``.
 
         ANALYZE takes queued jobs, due received/failed-in-analysis jobs and running jobs whose
-        lease expired (owner died). SEND takes encoded jobs and due failed-in-sending jobs.
+        lease expired (owner died), of the kind ``work`` names (``Work.ANY``: analyses before verdicts,
+        see ``is_verdict``). SEND takes encoded jobs and due failed-in-sending jobs.
         """
 
     @abc.abstractmethod
@@ -204,8 +219,8 @@ class JobQueue(abc.ABC):
         """Release connections."""
 
 
-def analysis_last(job: Job) -> bool:
-    """Claim order: analyses first, then "cannot assess" reports (cheap, but they go through the same
-    analysis process; a PACS re-sending a day of single-slice head series must not hold a real head CT
-    behind hundreds of them). Within each, oldest due first."""
+def is_verdict(job: Job) -> bool:
+    """A coded "cannot assess" report (cheap, no model) rather than an analysis. Claim order for
+    ``Work.ANY``: analyses first, so a PACS re-sending a day of single-slice head series never holds
+    a real head CT behind hundreds of them; within each, oldest due first."""
     return bool(job.payload.get("cannot_assess"))

@@ -34,7 +34,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from .base import Backoff, Job, JobQueue, JobState, QueueError, Stage, analysis_last
+from .base import Backoff, Job, JobQueue, JobState, QueueError, Stage, Work, is_verdict
 
 if TYPE_CHECKING:
     from dicomnode.config import NodeConfig
@@ -277,21 +277,23 @@ class CeleryQueue(JobQueue):
         return tx.save(job, old, state=new_state, stage=stage, lease_owner=owner,
                        lease_until=now + (lease_s or self.lease_s), next_try_at=None)
 
-    def claim(self, owner: str, *, stage: Stage = Stage.ANALYZE, lease_s: float | None = None) -> Job | None:
-        stage = Stage(stage)
+    def claim(self, owner: str, *, stage: Stage = Stage.ANALYZE, lease_s: float | None = None,
+              work: Work = Work.ANY) -> Job | None:
+        stage, work = Stage(stage), Work(work)
 
         def decide(tx: _Tx) -> Job | None:
             now = time.time()
             if stage is Stage.ANALYZE:
                 ids = sorted({*tx.ids(JobState.QUEUED), *tx.ids(JobState.RECEIVED), *tx.ids(JobState.FAILED),
                               *tx.ids(JobState.RUNNING)}, key=int)
-                jobs = [j for j in map(tx.job, ids) if self._analyzable(j, now) and not self._blocked(tx, j, now)]
+                jobs = [j for j in map(tx.job, ids)
+                        if work.takes(j) and self._analyzable(j, now) and not self._blocked(tx, j, now)]
             else:
                 ids = sorted({*tx.ids(JobState.ENCODED), *tx.ids(JobState.FAILED)}, key=int)
                 jobs = [j for j in map(tx.job, ids)
                         if (j.state is JobState.ENCODED and (j.lease_until or 0) < now)
                         or (j.state is JobState.FAILED and j.stage is Stage.SEND and (j.next_try_at or 0) <= now)]
-            jobs.sort(key=lambda j: (stage is Stage.ANALYZE and analysis_last(j), j.next_try_at or j.created_at, int(j.id)))
+            jobs.sort(key=lambda j: (stage is Stage.ANALYZE and is_verdict(j), j.next_try_at or j.created_at, int(j.id)))
             for job in jobs:
                 taken = self._take(tx, job, owner, stage, lease_s, now)
                 if taken is not None:

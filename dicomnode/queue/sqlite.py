@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ichutil.sqlitetx import immediate
-from .base import Backoff, Job, JobQueue, JobState, QueueError, Stage
+from .base import Backoff, Job, JobQueue, JobState, QueueError, Stage, Work
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -43,6 +43,7 @@ CREATE INDEX IF NOT EXISTS jobs_key ON jobs(key, id);
 _COLUMNS = ("id", "key", "payload", "state", "stage", "attempts", "max_attempts", "next_try_at", "lease_owner",
             "lease_until", "last_error", "result_dir", "created_at", "updated_at")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
+_VERDICT = "(json_extract(payload, '$.cannot_assess') IS NOT NULL)"  # base.is_verdict in SQL
 
 
 def _row_to_job(row: sqlite3.Row | tuple) -> Job:
@@ -142,20 +143,23 @@ class SQLiteQueue(JobQueue):
             return self._fetch(db, cur.lastrowid)
 
     # -- worker -----------------------------------------------------------------------------------
-    def claim(self, owner: str, *, stage: Stage = Stage.ANALYZE, lease_s: float | None = None) -> Job | None:
+    def claim(self, owner: str, *, stage: Stage = Stage.ANALYZE, lease_s: float | None = None,
+              work: Work = Work.ANY) -> Job | None:
         now = time.time()
         lease_until = now + (lease_s or self.lease_s)
-        stage = Stage(stage)
+        stage, work = Stage(stage), Work(work)
+        kind = {Work.ANY: "", Work.ANALYSIS: f"AND NOT {_VERDICT} ", Work.VERDICT: f"AND {_VERDICT} "}[work]
         with self._tx() as db:
             if stage is Stage.ANALYZE:
                 row = db.execute(
                     f"{_SELECT} AS j WHERE (state = 'queued' "
                     "  OR (state IN ('received', 'failed') AND stage = 'analyze' AND next_try_at <= :now) "
                     "  OR (state = 'running' AND lease_until < :now)) "
+                    f"{kind}"
                     "AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.key = j.key AND o.id < j.id "
                     "  AND o.state = 'running' AND o.lease_until >= :now) "
                     # analyses before "cannot assess" reports: a burst of junk does not hold a head CT back
-                    "ORDER BY json_extract(payload, '$.cannot_assess') IS NOT NULL, "
+                    f"ORDER BY {_VERDICT}, "
                     "COALESCE(next_try_at, created_at), id LIMIT 1", {"now": now}).fetchone()
             else:
                 row = db.execute(

@@ -29,6 +29,7 @@ from test_queue_sqlite import (  # noqa: F401
     test_non_retryable_failure_is_dead_at_once,
     test_recover_hands_back_previous_incarnation,
     test_send_failures_retry_from_encoded,
+    test_verdict_and_analysis_claimers_take_only_their_kind,
 )
 
 REDIS = shutil.which("redis-server") or "/usr/sbin/redis-server"

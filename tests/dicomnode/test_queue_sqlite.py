@@ -147,6 +147,20 @@ def test_analyses_are_claimed_before_cannot_assess_reports(q):
     assert [q.claim("w").id for _ in range(30)] == junk
 
 
+def test_verdict_and_analysis_claimers_take_only_their_kind(q):
+    """The node's verdict lane (no model) takes only "cannot assess" reports, the analysis process only
+    analyses: a burst of junk and a head CT are worked on at the same time, neither waits for the other."""
+    from dicomnode.queue import Work
+
+    junk = [q.enqueue(f"junk{i}", {"cannot_assess": {"code": "single_slice", "message": "x"}}).id for i in range(3)]
+    head = q.enqueue("head", {"files": ["a"]}).id
+    assert q.claim("verdicts", work=Work.VERDICT).id == junk[0]
+    assert q.claim("analysis", work=Work.ANALYSIS).id == head
+    assert q.claim("analysis", work=Work.ANALYSIS) is None          # the rest are verdicts: not for it
+    assert [q.claim("verdicts", work=Work.VERDICT).id for _ in range(2)] == junk[1:]
+    assert q.claim("verdicts", work=Work.VERDICT) is None
+
+
 def test_lost_lease_is_refused(q, tmp_path):
     short = SQLiteQueue(tmp_path / "q.sqlite3", lease_s=0.1)
     job = short.enqueue("k", {})

@@ -203,6 +203,7 @@ def test_kill_9_during_analysis_then_restart_delivers_once(tmp_path, free_port, 
         sweep_seconds = 0.3
         [worker]
         analyzer = "fake_node_analyzer:FakeAnalyzer"
+        local_verdicts = false   # the series lacks a slice ("cannot assess"): keep it in the analysis process
         [metrics]
         enabled = false
         [[destinations]]

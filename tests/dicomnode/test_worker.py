@@ -284,3 +284,31 @@ def test_an_idle_worker_loads_and_warms_a_promoted_model_before_the_next_study(t
         assert ModelMetadata.read(registry.root / "classifier" / v2.version).version == v2.version
     finally:
         w.stop()
+
+
+def test_local_verdicts_write_the_coded_report_in_the_node(tmp_path, ct_data):
+    """The verdict lane: a "cannot assess" job is answered without an analysis process; an analysis job
+    handed to it by mistake is refused for good (it would otherwise loop)."""
+    from dicomnode.queue import Work
+    from dicomnode.worker import LocalVerdicts
+
+    q = SQLiteQueue(tmp_path / "q.sqlite3")
+    files = [str(p) for p in sorted((ct_data / "philips-phantom-5mm").iterdir()) if p.name != "DIRFILE"]
+    verdict = q.enqueue("k1", {"files": files, "cannot_assess": {"code": "missing_slices", "message": "gap at 10"}})
+    q.enqueue("k2", {"files": files})
+    lane = LocalVerdicts(ModelSource(bundled_fallback=False), installation_id="site-7")
+    w = Worker(q, lane, tmp_path / "results", owner="verdicts", work=Work.VERDICT)
+    job = q.claim("verdicts", work=Work.VERDICT)
+    assert job.id == verdict.id and q.claim("verdicts", work=Work.VERDICT) is None   # k2 is an analysis
+    done = w.run_job(job)
+    assert done.state is JobState.ENCODED
+    result = json.loads((Path(done.result_dir) / "result.json").read_text())
+    assert result["status"] == "cannot_assess" and result["reason"].startswith("missing_slices")
+    from pipeline.models import ModelPaths
+    from pipeline.verdict import ModelIdentity
+
+    assert result["model_versions"] == ModelIdentity.of(ModelPaths()).versions  # no registry, no bundle
+    assert (Path(done.result_dir) / "sr.dcm").is_file()
+    with pytest.raises(AnalysisFailed, match="not a verdict job") as exc:
+        lane.analyze(files, str(tmp_path / "x"))
+    assert not exc.value.retryable
