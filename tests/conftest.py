@@ -11,6 +11,9 @@
 - ``require_tool(name)``: skip the test unless an executable is on PATH.
 - ``StoreSCP(tmp).start()``: dcmtk ``storescp`` (AE ``DEST``) on a loopback port, as a destination to send to;
   ``wait_port(port)`` waits until something listens.
+- A node under test: ``fake_module`` fixture (the fast test double of the analysis, ``FAKE_ANALYZER``),
+  ``node_config(tmp, port, dest_port)``, ``take_ct_series`` (a ``decide``), ``wait_for(pred)``, and
+  ``scrape(port)`` / ``metric_value(text, name, **labels)`` for its /metrics.
 - hypothesis profiles (property-based fuzz tests, ``tests/**/test_*_fuzz.py``): ``ci`` (derandomized,
   no example database: the same examples on every run) is loaded when ``CI`` is set, ``dev`` (random
   examples, still no database file in the repo) otherwise. ``HYPOTHESIS_PROFILE=explore`` (random) makes
@@ -20,11 +23,15 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import textwrap
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Callable, NoReturn
 
@@ -172,3 +179,112 @@ class StoreSCP:
         import pydicom
 
         return {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in self.dir.iterdir()}
+
+
+# --- a node under test: the fast analysis double, its config, polling, /metrics -----------------------------
+
+FAKE_ANALYZER = textwrap.dedent('''
+    """Test double of pipeline.analyze.Analyzer writing real (tiny) DICOM objects with fresh UIDs."""
+    import os, time
+    from pathlib import Path
+    import pydicom
+    from pydicom.uid import generate_uid
+    from pipeline.result import AnalysisResult, Status
+
+    class FakeAnalyzer:
+        def __init__(self, models):
+            pass
+
+        def analyze(self, files, out_dir, predecessor=None):
+            time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
+            out = Path(out_dir)
+            src = pydicom.dcmread(sorted(files)[0])
+            series = generate_uid()
+            for name in ("seg.dcm", "sr.dcm"):
+                src.SOPInstanceUID = generate_uid()
+                src.file_meta.MediaStorageSOPInstanceUID = src.SOPInstanceUID
+                src.SeriesInstanceUID = series
+                src.SeriesDescription = f"fake {name} n={len(files)} pred={predecessor}"[:64]
+                src.save_as(out / name)
+            (out / "predecessor").write_text(str(predecessor))
+            r = AnalysisResult(status=Status.ANALYZED, outputs={"seg": ["seg.dcm"], "sr": ["sr.dcm"]})
+            r.write(out)
+            return r
+''')
+
+
+@pytest.fixture
+def fake_module(tmp_path, monkeypatch) -> Path:
+    """A folder on ``sys.path`` (the node's analysis processes inherit it) holding ``fake_node_analyzer``:
+    ``FakeAnalyzer``, the test double ``node_config`` configures ($FAKE_SLEEP seconds, then SEG + SR)."""
+    d = tmp_path / "mods"
+    d.mkdir()
+    (d / "fake_node_analyzer.py").write_text(FAKE_ANALYZER)
+    monkeypatch.syspath_prepend(str(d))
+    return d
+
+
+def take_ct_series(study_uid, series):
+    """A ``decide`` for ``Node``: analyse the study's largest CT series, ignore studies without CT."""
+    from dicomnode.select import Decision
+
+    ct = [s for s in series if s.modality == "CT"]
+    if not ct:
+        return Decision("ignore", reason="no CT")
+    return Decision("analyze", series_uid=max(ct, key=lambda s: s.instance_count).series_uid)
+
+
+def node_config(tmp_path: Path, port: int, dest_port: int, **kw):
+    """An in-process node's config: SCP on 127.0.0.1:``port``, the fake analysis (``fake_module``), one DIMSE
+    destination ``pacs`` (AE DEST, e.g. a ``StoreSCP``) on ``dest_port``, short quiet/sweep/retry times, no
+    metrics port; ``kw`` sets queue options (``max_attempts=2``...)."""
+    from dicomnode.config import Destination
+
+    cfg = small_config()
+    cfg.node.data_dir = tmp_path / "var"
+    cfg.node.host = "127.0.0.1"
+    cfg.node.port = port
+    cfg.storage.min_free_bytes = 0
+    cfg.selection.quiet_seconds = 1
+    cfg.scheduler.sweep_seconds = 0.3
+    cfg.scheduler.retry_seconds = 0.5
+    cfg.queue.backoff_base_s = 0.5
+    cfg.queue.backoff_max_s = 1
+    cfg.worker.analyzer = "fake_node_analyzer:FakeAnalyzer"
+    cfg.metrics.enabled = False  # no fixed port shared between parallel test runs
+    cfg.destinations = [Destination(name="pacs", ae_title="DEST", host="127.0.0.1", port=dest_port)]
+    for k, v in kw.items():
+        setattr(cfg.queue, k, v)
+    return cfg
+
+
+def wait_for(pred: Callable[[], object], timeout: float = 60.0, step: float = 0.2):
+    """``pred()``'s first truthy value, polled every ``step`` s; TimeoutError after ``timeout`` s."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = pred()
+        if value:
+            return value
+        time.sleep(step)
+    raise TimeoutError("condition not met")
+
+
+def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    """(HTTP status, body) of GET http://127.0.0.1:``port````path`` (a node's /metrics or /healthz)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """A sample's value from the Prometheus text format (labels matched exactly, in any order)."""
+    for line in text.splitlines():
+        m = re.fullmatch(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)", line)
+        if not m or m[1] != name:
+            continue
+        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m[2] or ""))
+        if got == labels:
+            return float(m[3])
+    return None

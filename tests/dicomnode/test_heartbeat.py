@@ -4,7 +4,6 @@ destination (a real Orthanc, by C-FIND and by its REST API); last success in /me
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,16 +17,8 @@ import pytest
 from dicomnode.config import Destination
 from dicomnode.heartbeat import PATIENT_ID, Heartbeat, orthanc_series, read_state, synthetic_head_ct
 from dicomnode.service import Node
-from tests.conftest import small_config
-
-from test_metrics import scrape, value
-from test_service import node_config, wait_for
-
-_spec = importlib.util.spec_from_file_location(
-    "integration_conftest", Path(__file__).resolve().parents[1] / "integration" / "conftest.py")
-_integration = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_integration)
-OrthancServer = _integration.OrthancServer
+from tests.conftest import metric_value, node_config, scrape, small_config, wait_for
+from tests.integration.conftest import OrthancServer
 
 
 def test_synthetic_study_is_valid_and_qualifies(tmp_path):
@@ -99,8 +90,8 @@ def test_heartbeat_through_the_real_path_reaches_orthanc(tmp_path, free_port, dc
         study_uid = [j for j in node.queue.list()][0].payload["study_uid"]
         assert orthanc_series(orthanc.url, study_uid)  # the REST check sees it too
         text = scrape(cfg.metrics.port)[1]
-        assert value(text, "ichnode_heartbeat_last_success_timestamp_seconds") == pytest.approx(state["last_success"])
-        assert value(text, "ichnode_heartbeat_ok") == 1
+        assert metric_value(text, "ichnode_heartbeat_last_success_timestamp_seconds") == pytest.approx(state["last_success"])
+        assert metric_value(text, "ichnode_heartbeat_ok") == 1
         status = subprocess.run([str(Path(sys.executable).with_name("ich-node")), "status", "--json", "--data-dir",
                                  str(cfg.node.data_dir)], capture_output=True, text=True, timeout=120,
                                 env={**os.environ, "ICH_NODE__STORAGE__MIN_FREE_BYTES": "0"})

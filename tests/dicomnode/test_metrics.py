@@ -6,42 +6,17 @@ from __future__ import annotations
 import json
 import logging
 import re
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from dicomnode.config import Destination
 from dicomnode.queue import JobState
 from dicomnode.service import Node
-
-from tests.conftest import StoreSCP
-from test_service import fake_module, node_config, series_dir, take_ct_series, wait_for  # noqa: F401 - fixtures
-
-
-def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def value(text: str, name: str, **labels: str) -> float | None:
-    """A sample's value from the Prometheus text format (labels matched exactly, in any order)."""
-    for line in text.splitlines():
-        m = re.fullmatch(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)", line)
-        if not m or m[1] != name:
-            continue
-        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m[2] or ""))
-        if got == labels:
-            return float(m[3])
-    return None
+from tests.conftest import StoreSCP, metric_value, node_config, scrape, take_ct_series, wait_for
 
 
 @pytest.fixture
-def metrics_node(tmp_path, free_port, fake_module):  # noqa: F811
+def metrics_node(tmp_path, free_port, fake_module):
     peer = StoreSCP(tmp_path).start()
     cfg = node_config(tmp_path, free_port(), peer.port)
     cfg.metrics.enabled, cfg.metrics.port = True, free_port()
@@ -52,32 +27,32 @@ def metrics_node(tmp_path, free_port, fake_module):  # noqa: F811
     peer.stop()
 
 
-def test_metrics_after_a_delivered_study(metrics_node, series_dir, dcmtk, caplog):  # noqa: F811
+def test_metrics_after_a_delivered_study(metrics_node, series_dir, dcmtk, caplog):
     node, cfg, peer = metrics_node
     series, _late = series_dir
     status, text = scrape(cfg.metrics.port)
-    assert status == 200 and value(text, "ichnode_jobs", state="sent") == 0
+    assert status == 200 and metric_value(text, "ichnode_jobs", state="sent") == 0
     caplog.set_level(logging.WARNING, logger="dicomnode.metrics")
 
     r = dcmtk("storescu", "-aec", "ICHNODE", "+sd", "127.0.0.1", cfg.node.port, series)
     assert r.returncode == 0, r.stderr
     wait_for(lambda: any(j.state is JobState.SENT for j in node.queue.list()), 120)
-    wait_for(lambda: value(scrape(cfg.metrics.port)[1], "ichnode_studies_delivered_total") == 1, 10)
+    wait_for(lambda: metric_value(scrape(cfg.metrics.port)[1], "ichnode_studies_delivered_total") == 1, 10)
     text = scrape(cfg.metrics.port)[1]
 
     n = len(list(series.iterdir()))
-    assert value(text, "ichnode_instances_received_total", outcome="new") == n
-    assert value(text, "ichnode_jobs", state="sent") == 1 and value(text, "ichnode_queue_up") == 1
+    assert metric_value(text, "ichnode_instances_received_total", outcome="new") == n
+    assert metric_value(text, "ichnode_jobs", state="sent") == 1 and metric_value(text, "ichnode_queue_up") == 1
     for stage in ("receive_to_queued", "queued_to_analysed", "analysed_to_delivered", "time_to_result"):
-        assert value(text, "ichnode_stage_seconds_count", stage=stage) == 1, stage
-    ttr = value(text, "ichnode_stage_seconds_sum", stage="time_to_result")
-    parts = sum(value(text, "ichnode_stage_seconds_sum", stage=s)
+        assert metric_value(text, "ichnode_stage_seconds_count", stage=stage) == 1, stage
+    ttr = metric_value(text, "ichnode_stage_seconds_sum", stage="time_to_result")
+    parts = sum(metric_value(text, "ichnode_stage_seconds_sum", stage=s)
                 for s in ("receive_to_queued", "queued_to_analysed", "analysed_to_delivered"))
     assert cfg.selection.quiet_seconds <= ttr < 120 and abs(parts - ttr) < 1.0  # stages add up to the total
-    assert value(text, "ichnode_time_to_result_target_missed_total") == 1
+    assert metric_value(text, "ichnode_time_to_result_target_missed_total") == 1
     assert any("missed the" in r.getMessage() for r in caplog.records)
-    assert value(text, "ichnode_disk_free_bytes") > 0
-    assert value(text, "ichnode_send_failures_total", destination="pacs") is None  # none failed
+    assert metric_value(text, "ichnode_disk_free_bytes") > 0
+    assert metric_value(text, "ichnode_send_failures_total", destination="pacs") is None  # none failed
     assert re.search(r'^ichnode_model_info\{kind="segmenter",', text, re.M)
 
     status, body = scrape(cfg.metrics.port, "/healthz")
@@ -85,13 +60,13 @@ def test_metrics_after_a_delivered_study(metrics_node, series_dir, dcmtk, caplog
     assert status == 200 and health["status"] == "ok"
     assert health["checks"] == {"receiver": "ok", "scheduler": "ok", "queue": "ok", "disk": "ok", "analysis": "ok",
                                 "destinations": {"pacs": "up"}}
-    assert value(text, "ichnode_destination_up", destination="pacs") == 1
-    assert value(text, "ichnode_destination_down_seconds", destination="pacs") == 0
-    assert value(text, "ichnode_delivery_dead_letters_total", destination="pacs") == 0
+    assert metric_value(text, "ichnode_destination_up", destination="pacs") == 1
+    assert metric_value(text, "ichnode_destination_down_seconds", destination="pacs") == 0
+    assert metric_value(text, "ichnode_delivery_dead_letters_total", destination="pacs") == 0
     assert scrape(cfg.metrics.port, "/nope")[0] == 404
 
 
-def test_send_failures_and_unhealthy_disk(tmp_path, free_port, fake_module, series_dir, dcmtk):  # noqa: F811
+def test_send_failures_and_unhealthy_disk(tmp_path, free_port, fake_module, series_dir, dcmtk):
     series, _late = series_dir
     cfg = node_config(tmp_path, free_port(), free_port())  # nobody listens at the destination
     cfg.destinations = [Destination(name="down", ae_title="DEST", host="127.0.0.1", port=free_port(),
@@ -100,14 +75,14 @@ def test_send_failures_and_unhealthy_disk(tmp_path, free_port, fake_module, seri
     node = Node(cfg, decide=take_ct_series).start()
     try:
         dcmtk("storescu", "-aec", "ICHNODE", "+sd", "127.0.0.1", cfg.node.port, series)
-        wait_for(lambda: (value(scrape(cfg.metrics.port)[1], "ichnode_destination_down_seconds", destination="down")
+        wait_for(lambda: (metric_value(scrape(cfg.metrics.port)[1], "ichnode_destination_down_seconds", destination="down")
                           or 0) >= 1, 120)
         text = scrape(cfg.metrics.port)[1]
-        assert value(text, "ichnode_send_failures_total", destination="down") == 1  # then probes, no re-sends
-        assert value(text, "ichnode_destination_up", destination="down") == 0
-        assert value(text, "ichnode_destination_waiting_jobs", destination="down") == 1
-        assert value(text, "ichnode_jobs", state="failed") == 1
-        assert value(text, "ichnode_studies_delivered_total") == 0
+        assert metric_value(text, "ichnode_send_failures_total", destination="down") == 1  # then probes, no re-sends
+        assert metric_value(text, "ichnode_destination_up", destination="down") == 0
+        assert metric_value(text, "ichnode_destination_waiting_jobs", destination="down") == 1
+        assert metric_value(text, "ichnode_jobs", state="failed") == 1
+        assert metric_value(text, "ichnode_studies_delivered_total") == 0
         health = json.loads(scrape(cfg.metrics.port, "/healthz")[1])
         assert health["status"] == "ok" and health["checks"]["destinations"]["down"].startswith("down for")
         node.config.storage.min_free_bytes = 1 << 62  # no disk is that big: refusing C-STORE
@@ -117,7 +92,7 @@ def test_send_failures_and_unhealthy_disk(tmp_path, free_port, fake_module, seri
         node.stop()
 
 
-def test_taken_metrics_port_does_not_stop_the_node(tmp_path, free_port, fake_module):  # noqa: F811
+def test_taken_metrics_port_does_not_stop_the_node(tmp_path, free_port, fake_module):
     import socket
 
     with socket.socket() as busy:
@@ -132,7 +107,7 @@ def test_taken_metrics_port_does_not_stop_the_node(tmp_path, free_port, fake_mod
             node.stop()
 
 
-def test_healthz_says_warming_until_the_analysis_process_is_warm(tmp_path, free_port, fake_module):  # noqa: F811
+def test_healthz_says_warming_until_the_analysis_process_is_warm(tmp_path, free_port, fake_module):
     """Issue 15: the node takes C-STOREs at once, but /healthz is 503 "warming" until its models are
     loaded and warmed, so a load balancer or the benchmark knows when a study will start at once."""
     gate = tmp_path / "warm-now"

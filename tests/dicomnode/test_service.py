@@ -9,7 +9,6 @@ ones with the real ``pipeline.analyze`` and Orthanc.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,104 +16,11 @@ import textwrap
 import time
 from pathlib import Path
 
-import pydicom
 import pytest
 
-from dicomnode.config import Destination, NodeConfig
 from dicomnode.queue import JobState, open_queue
-from dicomnode.select import Decision
 from dicomnode.service import Node
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tests.conftest import StoreSCP, small_config  # noqa: E402
-
-FAKE = textwrap.dedent('''
-    """Test double of pipeline.analyze.Analyzer writing real (tiny) DICOM objects with fresh UIDs."""
-    import os, time
-    from pathlib import Path
-    import pydicom
-    from pydicom.uid import generate_uid
-    from pipeline.result import AnalysisResult, Status
-
-    class FakeAnalyzer:
-        def __init__(self, models):
-            pass
-
-        def analyze(self, files, out_dir, predecessor=None):
-            time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
-            out = Path(out_dir)
-            src = pydicom.dcmread(sorted(files)[0])
-            series = generate_uid()
-            for name in ("seg.dcm", "sr.dcm"):
-                src.SOPInstanceUID = generate_uid()
-                src.file_meta.MediaStorageSOPInstanceUID = src.SOPInstanceUID
-                src.SeriesInstanceUID = series
-                src.SeriesDescription = f"fake {name} n={len(files)} pred={predecessor}"[:64]
-                src.save_as(out / name)
-            (out / "predecessor").write_text(str(predecessor))
-            r = AnalysisResult(status=Status.ANALYZED, outputs={"seg": ["seg.dcm"], "sr": ["sr.dcm"]})
-            r.write(out)
-            return r
-''')
-
-
-def take_ct_series(study_uid, series):
-    ct = [s for s in series if s.modality == "CT"]
-    if not ct:
-        return Decision("ignore", reason="no CT")
-    return Decision("analyze", series_uid=max(ct, key=lambda s: s.instance_count).series_uid)
-
-
-@pytest.fixture
-def fake_module(tmp_path, monkeypatch):
-    d = tmp_path / "mods"
-    d.mkdir()
-    (d / "fake_node_analyzer.py").write_text(FAKE)
-    monkeypatch.syspath_prepend(str(d))
-    return d
-
-
-@pytest.fixture
-def series_dir(ct_data, tmp_path):
-    """The 5 mm phantom without its DICOMDIR, minus one slice kept back as the 'late instance'."""
-    d = tmp_path / "series"
-    d.mkdir()
-    files = sorted(p for p in (ct_data / "philips-phantom-5mm").iterdir() if p.name != "DIRFILE")
-    for p in files[:-1]:
-        shutil.copy(p, d / p.name)
-    late = tmp_path / "late"
-    late.mkdir()
-    shutil.copy(files[-1], late / files[-1].name)
-    return d, late
-
-
-def node_config(tmp_path, port, dest_port, **kw) -> NodeConfig:
-    cfg = small_config()
-    cfg.node.data_dir = tmp_path / "var"
-    cfg.node.host = "127.0.0.1"
-    cfg.node.port = port
-    cfg.storage.min_free_bytes = 0
-    cfg.selection.quiet_seconds = 1
-    cfg.scheduler.sweep_seconds = 0.3
-    cfg.scheduler.retry_seconds = 0.5
-    cfg.queue.backoff_base_s = 0.5
-    cfg.queue.backoff_max_s = 1
-    cfg.worker.analyzer = "fake_node_analyzer:FakeAnalyzer"
-    cfg.metrics.enabled = False  # no fixed port shared between parallel test runs
-    cfg.destinations = [Destination(name="pacs", ae_title="DEST", host="127.0.0.1", port=dest_port)]
-    for k, v in kw.items():
-        setattr(cfg.queue, k, v)
-    return cfg
-
-
-def wait_for(pred, timeout=60.0, step=0.2):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    raise TimeoutError("condition not met")
+from tests.conftest import StoreSCP, node_config, take_ct_series, wait_for
 
 
 def storescu(dcmtk, port, path):

@@ -1,7 +1,7 @@
 """A PACS outage loses nothing and needs no one (issue 15, part 6), with a real Orthanc.
 
 The node (in-process: real SCP, queue, sender, pynetdicom C-STORE/C-ECHO; the analysis is the fast
-test double of ``tests/dicomnode/test_service.py``) receives two studies while Orthanc is down. Orthanc
+test double ``fake_module`` of ``tests/conftest.py``) receives two studies while Orthanc is down. Orthanc
 stays down far longer than the old policy lasted (the queue's analysis attempts: here 2 attempts,
 0.5 s apart), with tiny retry-policy values so the test runs in well under a minute. Orthanc then comes
 back on the same port and both results arrive, oldest first, without anyone running ``jobs retry``.
@@ -19,9 +19,7 @@ import pytest
 from dicomnode.deliver.policy import ALERT_DOWN, RetryPolicy
 from dicomnode.queue import JobState, Stage
 from dicomnode.service import Node
-# test_service first: it puts tests/dicomnode on sys.path, where test_metrics finds it
-from tests.dicomnode.test_service import fake_module, node_config, take_ct_series, wait_for  # noqa: F401, I001
-from tests.dicomnode.test_metrics import scrape, value  # noqa: I001
+from tests.conftest import metric_value, node_config, scrape, take_ct_series, wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -29,7 +27,7 @@ DOWN_FOR_S = 8.0  # the old policy gave up after ~1.5 s with these queue setting
 
 
 def test_orthanc_down_longer_than_the_old_give_up_then_everything_is_delivered_oldest_first(
-        tmp_path, free_port, fake_module, orthanc, ct_data, dcmtk, caplog):  # noqa: F811
+        tmp_path, free_port, fake_module, orthanc, ct_data, dcmtk, caplog):
     caplog.set_level(logging.INFO, logger="dicomnode.deliver")
     cfg = node_config(tmp_path, free_port(), orthanc.dicom_port, max_attempts=2)  # queue: 0.5 s, then dead
     cfg.destinations[0].retry = RetryPolicy(backoff_base_s=0.2, backoff_max_s=2, probe_interval_s=0.5,
@@ -51,10 +49,10 @@ def test_orthanc_down_longer_than_the_old_give_up_then_everything_is_delivered_o
         for i in ids:  # waiting (FAILED, or ENCODED while the sender looks at it again), not dead
             job = node.queue.get(i)
             assert job.state in (JobState.FAILED, JobState.ENCODED) and job.attempts == 0, job  # analysis' attempts untouched
-        assert value(text, "ichnode_destination_up", destination="pacs") == 0
-        assert value(text, "ichnode_destination_down_seconds", destination="pacs") >= 2
-        assert value(text, "ichnode_destination_waiting_jobs", destination="pacs") == 2
-        assert value(text, "ichnode_send_failures_total", destination="pacs") == 1  # then only probes
+        assert metric_value(text, "ichnode_destination_up", destination="pacs") == 0
+        assert metric_value(text, "ichnode_destination_down_seconds", destination="pacs") >= 2
+        assert metric_value(text, "ichnode_destination_waiting_jobs", destination="pacs") == 2
+        assert metric_value(text, "ichnode_send_failures_total", destination="pacs") == 1  # then only probes
         assert node.sender.dispatcher.health["pacs"].probes >= 5
         alerts = [r for r in caplog.records if r.levelno == logging.WARNING and ALERT_DOWN in r.getMessage()]
         assert alerts and "destination pacs down for" in alerts[0].getMessage()
@@ -74,10 +72,10 @@ def test_orthanc_down_longer_than_the_old_give_up_then_everything_is_delivered_o
             (state,) = node.ledger.states(i)
             assert state.destination == "pacs" and state.delivered == ("seg.dcm", "sr.dcm")
         text = scrape(cfg.metrics.port)[1]
-        assert value(text, "ichnode_destination_up", destination="pacs") == 1
-        assert value(text, "ichnode_destination_down_seconds", destination="pacs") == 0
-        assert value(text, "ichnode_studies_delivered_total") == 2
-        assert value(text, "ichnode_delivery_dead_letters_total", destination="pacs") == 0
+        assert metric_value(text, "ichnode_destination_up", destination="pacs") == 1
+        assert metric_value(text, "ichnode_destination_down_seconds", destination="pacs") == 0
+        assert metric_value(text, "ichnode_studies_delivered_total") == 2
+        assert metric_value(text, "ichnode_delivery_dead_letters_total", destination="pacs") == 0
         health = json.loads(scrape(cfg.metrics.port, "/healthz")[1])
         assert health["checks"]["destinations"] == {"pacs": "up"}
         assert any("answers again" in r.getMessage() for r in caplog.records)
