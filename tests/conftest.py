@@ -10,7 +10,8 @@
   non-zero exit so tests can assert refusals). Skips when dcmtk is not installed.
 - ``require_tool(name)``: skip the test unless an executable is on PATH.
 - ``StoreSCP(tmp).start()``: dcmtk ``storescp`` (AE ``DEST``) on a loopback port, as a destination to send to;
-  ``wait_port(port)`` waits until something listens.
+  ``wait_port(port)`` waits until something listens; ``RedisServer(tmp, port).start()``: a throw-away
+  redis-server (``.url``, ``.stop()``); ``stop_process(proc)``: SIGTERM, then SIGKILL after a grace time.
 - A node under test: ``fake_module`` fixture (the fast test double of the analysis, ``FAKE_ANALYZER``),
   ``node_config(tmp, port, dest_port)``, ``take_ct_series`` (a ``decide``), ``wait_for(pred)``, and
   ``scrape(port)`` / ``metric_value(text, name, **labels)`` for its /metrics.
@@ -144,6 +145,17 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listens on {port}")
 
 
+def stop_process(proc: subprocess.Popen | None, grace_s: float = 5.0) -> None:
+    """Stop a process a test started, by its PID: SIGTERM, then SIGKILL if it is still there after ``grace_s``."""
+    if proc is not None and proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
 class StoreSCP:
     """dcmtk storescp on a free loopback port; counts the C-STORE requests it received."""
 
@@ -163,13 +175,7 @@ class StoreSCP:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_process(self.proc)
         self.proc = None
 
     def stores(self) -> int:
@@ -179,6 +185,45 @@ class StoreSCP:
         import pydicom
 
         return {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in self.dir.iterdir()}
+
+
+REDIS = shutil.which("redis-server") or "/usr/sbin/redis-server"
+
+
+class RedisServer:
+    """A throw-away redis-server on a free loopback port (AOF on, like production), stopped by PID: the
+    Celery queue backend's broker in tests/dicomnode/test_queue_celery.py and the scale-out test."""
+
+    def __init__(self, workdir: Path, port: int) -> None:
+        if not Path(REDIS).exists():
+            unavailable("redis-server not installed (make test installs it)")
+        self.workdir, self.port = Path(workdir), port
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        self.proc = subprocess.Popen(
+            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir), "--save", "",
+             "--appendonly", "yes", "--appendfsync", "everysec", "--protected-mode", "yes", "--daemonize", "no"],
+            stdout=open(self.workdir / "redis.log", "ab"), stderr=subprocess.STDOUT)
+        import redis
+
+        end = time.monotonic() + 20
+        while True:
+            try:
+                redis.Redis(port=self.port, socket_connect_timeout=1).ping()
+                return self
+            except redis.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() > end:
+                    raise RuntimeError("redis-server did not start: " + (self.workdir / "redis.log").read_text()[-2000:])
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        stop_process(self.proc, grace_s=10)
 
 
 # --- a node under test: the fast analysis double, its config, polling, /metrics -----------------------------

@@ -4,7 +4,6 @@ queue's contract tests run here too), plus tokens, leases across processes and r
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 
 from dicomnode.queue import JobState, QueueError, Stage, backend_class
 from dicomnode.queue.base import Backoff
-from tests.conftest import unavailable
+from tests.conftest import RedisServer
 
 # The embedded queue's contract, run unchanged against this backend through the ``q`` fixture below.
 from test_queue_sqlite import (  # noqa: F401
@@ -31,50 +30,6 @@ from test_queue_sqlite import (  # noqa: F401
     test_send_failures_retry_from_encoded,
     test_verdict_and_analysis_claimers_take_only_their_kind,
 )
-
-REDIS = shutil.which("redis-server") or "/usr/sbin/redis-server"
-
-
-class RedisServer:
-    """A throw-away redis-server on a free loopback port (AOF on, like production), stopped by PID."""
-
-    def __init__(self, workdir: Path, port: int) -> None:
-        if not Path(REDIS).exists():
-            unavailable("redis-server not installed (make test installs it)")
-        self.workdir, self.port = Path(workdir), port
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> "RedisServer":
-        self.proc = subprocess.Popen(
-            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir), "--save", "",
-             "--appendonly", "yes", "--appendfsync", "everysec", "--protected-mode", "yes", "--daemonize", "no"],
-            stdout=open(self.workdir / "redis.log", "ab"), stderr=subprocess.STDOUT)
-        import redis
-
-        end = time.monotonic() + 20
-        while True:
-            try:
-                redis.Redis(port=self.port, socket_connect_timeout=1).ping()
-                return self
-            except redis.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > end:
-                    raise RuntimeError("redis-server did not start: " + (self.workdir / "redis.log").read_text()[-2000:])
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-
 
 @pytest.fixture
 def redis_server(tmp_path, free_port):

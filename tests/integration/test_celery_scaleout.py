@@ -23,8 +23,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dicomnode"))
-from test_queue_celery import RedisServer  # noqa: E402
+from tests.conftest import RedisServer, stop_process
 
 REAL = "pipeline.analyze:Analyzer"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -140,13 +139,7 @@ class Proc:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        stop_process(self.proc, grace_s=60)
 
 
 def orthanc_instances(orthanc, study_uid: str) -> list[str]:
