@@ -303,15 +303,15 @@ def node_config(tmp_path: Path, port: int, dest_port: int, **kw):
     return cfg
 
 
-def wait_for(pred: Callable[[], object], timeout: float = 60.0, step: float = 0.2):
-    """``pred()``'s first truthy value, polled every ``step`` s; TimeoutError after ``timeout`` s."""
+def wait_for(pred: Callable[[], object], timeout: float = 60.0, step: float = 0.2, what: str = "condition"):
+    """``pred()``'s first truthy value, polled every ``step`` s; TimeoutError naming ``what`` after ``timeout`` s."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         value = pred()
         if value:
             return value
         time.sleep(step)
-    raise TimeoutError("condition not met")
+    raise TimeoutError(f"{what} not met within {timeout:.0f} s")
 
 
 def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:

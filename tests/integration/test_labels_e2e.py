@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from test_node_e2e import NodeProcess, wait_for  # the node-as-subprocess helper of the node's own e2e test
+from tests.conftest import wait_for
+from tests.integration.conftest import NodeProcess
 
 pytestmark = [
     pytest.mark.integration,
@@ -68,7 +69,7 @@ def test_followup_label_and_rollback_while_serving(tmp_path, free_port, orthanc,
     def send_and_wait(series: Path, n_sent: int) -> AnalysisResult:
         assert dcmtk("storescu", "-aec", "ICHNODE", "+sd", "127.0.0.1", node.port, series).returncode == 0
         jobs = wait_for(lambda: (lambda js: js if len(js) >= n_sent and all(j.state.value == "sent" for j in js) else None)(
-            q.list()), 600, what=f"{n_sent} job(s) delivered")
+            q.list()), 600, step=0.5, what=f"{n_sent} job(s) delivered")
         newest = max(jobs, key=lambda j: j.created_at)
         return AnalysisResult.read(Path(newest.result_dir))
 
@@ -78,7 +79,7 @@ def test_followup_label_and_rollback_while_serving(tmp_path, free_port, orthanc,
         fu = send_and_wait(expander["root"] / expander["followup_dir"], 2)
         assert base.model_versions.get("segmenter") == a.version
         store = DatasetStore.for_data_dir(node.data_dir)
-        case = wait_for(lambda: store.case_for_baseline(expander["baseline_study_uid"]), 30, what="labelled case")
+        case = wait_for(lambda: store.case_for_baseline(expander["baseline_study_uid"]), 30, step=0.5, what="labelled case")
         assert case.label == int(expander["expansion"]) == 1, (base.volume_ml, fu.volume_ml, expander["growth_ml"])
         assert case.followup_study_uid == expander["followup_study_uid"]
         assert (case.baseline_volume_ml, case.followup_volume_ml) == (base.volume_ml, fu.volume_ml)

@@ -7,16 +7,16 @@ one; kill -9 of the node during analysis → restart → each result in Orthanc 
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pydicom
 import pytest
+
+from tests.conftest import wait_for
+from tests.integration.conftest import NodeProcess
 
 pytestmark = [
     pytest.mark.integration,
@@ -26,64 +26,6 @@ pytestmark = [
 SR_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.34",
               "1.2.840.10008.5.1.4.1.1.88.11"}
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-
-
-def wait_for(pred, timeout: float, step: float = 0.5, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise TimeoutError(f"{what} not met within {timeout:.0f} s")
-        time.sleep(step)
-
-
-class NodeProcess:
-    """`ich-node serve` as a subprocess on free ports; kill -9 and restart on the same data dir."""
-
-    def __init__(self, tmp: Path, port: int, destination: str, extra: list[str] | None = None) -> None:
-        self.tmp, self.port, self.destination = tmp, port, destination
-        self.data_dir = tmp / "var"
-        self.log = tmp / "node.log"
-        self.extra = extra or []
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, dcmtk) -> "NodeProcess":
-        exe = Path(sys.executable).with_name("ich-node")
-        env = {**os.environ, "ICH_NODE__STORAGE__MIN_FREE_BYTES": "0", "ICH_NODE__SCHEDULER__SWEEP_SECONDS": "0.5",
-               "ICH_NODE__SCHEDULER__RETRY_SECONDS": "1", "ICH_NODE__QUEUE__BACKOFF_BASE_S": "1",
-               "ICH_NODE__QUEUE__BACKOFF_MAX_S": "3", "ICH_NODE__QUEUE__MAX_ATTEMPTS": "30",
-               "ICH_NODE__METRICS__ENABLED": "false"}
-        self.proc = subprocess.Popen(
-            [str(exe), "serve", "--host", "127.0.0.1", "--port", str(self.port), "--ae-title", "ICHNODE",
-             "--data-dir", str(self.data_dir), "--destination", self.destination, "--quiet-seconds", "1", *self.extra],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        wait_for(lambda: self.proc.poll() is not None or
-                 dcmtk("echoscu", "-aec", "ICHNODE", "127.0.0.1", self.port).returncode == 0, 120, what="node echo")
-        assert self.proc.poll() is None, self.log.read_text()[-3000:]
-        return self
-
-    def kill9(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-
-    def queue(self):
-        from dicomnode.config import NodeConfig
-        from dicomnode.queue import open_queue
-
-        cfg = NodeConfig()
-        cfg.node.data_dir = self.data_dir
-        return open_queue(cfg)
 
 
 def orthanc_objects(orthanc) -> dict[str, list[dict]]:
@@ -140,10 +82,10 @@ def test_phantom_results_reach_orthanc_valid_after_outage_and_late_instance(tmp_
         t_sent = time.monotonic()
         q = node.queue()
         job = wait_for(lambda: [j for j in q.list() if j.state.value == "failed" and j.stage.value == "send"], 600,
-                       what="first delivery attempt fails")[0]
+                       step=0.5, what="first delivery attempt fails")[0]
         t_encoded = time.monotonic()
         orthanc.start()
-        wait_for(lambda: q.get(job.id).state.value == "sent", 120, what="delivery after Orthanc is back")
+        wait_for(lambda: q.get(job.id).state.value == "sent", 120, step=0.5, what="delivery after Orthanc is back")
         t_delivered = time.monotonic()
         result = (Path(q.get(job.id).result_dir) / "result.json").read_text()
         objs = orthanc_objects(orthanc)
@@ -162,7 +104,7 @@ def test_phantom_results_reach_orthanc_valid_after_outage_and_late_instance(tmp_
         # late (changed) instance → new analysis whose results reference the earlier ones
         t1 = time.monotonic()
         dcmtk("storescu", "-aec", "ICHNODE", "127.0.0.1", node.port, *late.iterdir())
-        wait_for(lambda: len(orthanc_objects(orthanc)["sr"]) == 2, 600, what="second SR after late instance")
+        wait_for(lambda: len(orthanc_objects(orthanc)["sr"]) == 2, 600, step=0.5, what="second SR after late instance")
         print(f"E2E re-analysis after a late instance: {time.monotonic() - t1:.1f} s to the new SR in Orthanc")
         objs = orthanc_objects(orthanc)
         new_sr = next(o for o in objs["sr"] if o["SOPInstanceUID"] != first_sr)
@@ -185,7 +127,7 @@ def test_kill_9_during_analysis_then_restart_delivers_exactly_once(tmp_path, fre
         assert orthanc.instances() == []
         t0 = time.monotonic()
         node.start(dcmtk)
-        job = wait_for(lambda: [j for j in q.list() if j.state.value == "sent"], 600, what="delivery after restart")[0]
+        job = wait_for(lambda: [j for j in q.list() if j.state.value == "sent"], 600, step=0.5, what="delivery after restart")[0]
         print(f"\nE2E restart after kill -9 → delivered in {time.monotonic() - t0:.1f} s")
         time.sleep(3)
         objs = orthanc_objects(orthanc)

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pydicom
 import pytest
 
 from pipeline.analyze import Analyzer
+from tests.integration.conftest import OrthancServer  # the integration suite's throw-away Orthanc
 
 pytestmark = pytest.mark.integration
 
 
-def _orthanc_server_class():
-    """Reuse the integration suite's throw-away Orthanc (not a copy of it)."""
-    path = Path(__file__).resolve().parents[1] / "integration" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_integration_conftest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.OrthancServer
-
-
 @pytest.fixture
 def orthanc(tmp_path_factory, free_port):
-    server = _orthanc_server_class()(tmp_path_factory.mktemp("orthanc"), free_port).start()
+    server = OrthancServer(tmp_path_factory.mktemp("orthanc"), free_port).start()
     yield server
     server.stop()
 
