@@ -7,7 +7,7 @@ costs is added to every image. Printed per method: median and p90 milliseconds p
 the ratio to the page-cache write measured in the same run:
 
 * page cache      open/write/close, no sync (what dcmtk storescp does)
-* node spool      temp file → write → fsync → rename → fsync(dir) (dicomnode.spool, the acked path)
+* node spool      temp file → write → fsync → rename → fsync(dir) (dicomnode.store.spool, the acked path)
 * journal         O_DSYNC overwrite of a pre-written journal file (the cheapest durable write:
                   no metadata changes; what a write-ahead journal would cost)
 """
@@ -42,7 +42,7 @@ def main() -> None:
     args = ap.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="durable-", dir=args.dir))
-    from dicomnode.spool import Spool
+    from dicomnode.store.spool import Spool
 
     buf = os.urandom(args.size)
     spool = Spool(work / "spool")

@@ -35,7 +35,7 @@ Checks, afterwards (the run fails if any fails):
                           its children's) files open for writing are sampled every 0.2 s and must all lie in
                           the data dir
     indexed               every instance answered 0x0000 is in the index (SQLite) with a digest that
-                          matches its spool file (dicomnode.digest.matches), and the spool file holds the
+                          matches its spool file (dicomnode.store.digest.matches), and the spool file holds the
                           bytes that were sent; every spool file lies inside the spool
     valid_study           a valid head CT study (philips-phantom-5mm, new UIDs) sent afterwards is stored,
                           analysed and its SEG and SR reach Orthanc
@@ -567,7 +567,7 @@ class Result:
     association: int = -1
     sent_at: float = 0.0  # time.time() when its first byte went out
     sop_uid: str = ""
-    sent_digest: str = ""  # dicomnode.digest of the data set sent, when it was stored
+    sent_digest: str = ""  # dicomnode.store.digest of the data set sent, when it was stored
 
 
 class Sender:
@@ -653,7 +653,7 @@ class Sender:
         if int(getattr(rsp, "MessageIDBeingRespondedTo", -1) or 0) != message_id:
             res.outcome = "wrong message id"
         if res.status == 0x0000:
-            from dicomnode.digest import digest
+            from dicomnode.store.digest import digest
 
             res.sent_digest = digest([case.data])
         return res
@@ -889,7 +889,7 @@ class Node:
 
 def check_index(data_dir: Path, results: list[Result]) -> dict:
     """Every acknowledged instance is indexed with a digest matching its spool file, which holds what was sent."""
-    from dicomnode.digest import digest, matches
+    from dicomnode.store.digest import digest, matches
 
     spool = (data_dir / "spool").resolve()
     stored: dict[str, Result] = {}

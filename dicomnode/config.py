@@ -206,7 +206,7 @@ class StorageSection(_Section):
 
     min_free_bytes: int = Field(1 << 30, ge=0)  # below this, C-STORE answers 0xA700 Out of Resources
     retention_days: float | None = Field(30, gt=0)  # spool files older than this are removed; None = keep
-    # Write-ahead journal (dicomnode.journal): each data set is made durable by one O_DSYNC write
+    # Write-ahead journal (dicomnode.store.journal): each data set is made durable by one O_DSYNC write
     # before the answer; spool files and index rows are flushed in bulk at checkpoints and replayed
     # after a crash. 0 = off: every spool file is fsynced on its own before the answer (slower).
     journal_mb: int = Field(256, ge=0)

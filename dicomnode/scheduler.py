@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .index import Index
+from .store.index import Index
 from .queue import JobQueue, JobState
 
 log = logging.getLogger(__name__)

@@ -36,12 +36,12 @@ from typing import Callable, Iterable, Sequence
 
 from pydicom.dataset import Dataset
 
-from . import digest
+from .store import digest
 from .config import NodeConfig
 from .header import DEFLATED_LE, EXPLICIT_LE, IMPLICIT_LE, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH
 from .header import StoreRefused, check_complete, parse_header
-from .index import Index, InstanceInfo, InstanceRecord, StoreOutcome
-from .journal import Entry, Journal, JournalStalled
+from .store.index import Index, InstanceInfo, InstanceRecord, StoreOutcome
+from .store.journal import Entry, Journal, JournalStalled
 from .pseudonym import Pseudonymizer
 from .observe.logs import withhold_values_in_warnings
 from .receive import fastpath, processes
@@ -49,7 +49,7 @@ from .receive.admission import Admission, LazyHandshakeContext
 from .receive.fast_store import FastStore
 from .receive.guard import Limits
 from .receive.release import ReleaseHints
-from .spool import Spool, SpoolFull
+from .store.spool import Spool, SpoolFull
 from .uids import InvalidUID, validate_uid
 
 LOG = logging.getLogger("dicomnode.scp")

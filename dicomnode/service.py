@@ -28,13 +28,13 @@ from .config import NodeConfig
 from .deliver import build as build_destination
 from .deliver.dispatch import Dispatcher, Sender
 from .deliver.ledger import Ledger
-from .index import Index, SeriesInfo
+from .store.index import Index, SeriesInfo
 from .pseudonym import Pseudonymizer
 from .queue import Job, JobQueue, Work, open_queue
 from .scheduler import Housekeeper, NodeScheduler
 from .select import Decision, Sweeper
-from .spool import Spool
-from .worker import AnalysisProcess, LocalVerdicts, ModelSource, Worker
+from .store.spool import Spool
+from .work import AnalysisProcess, LocalVerdicts, ModelSource, Worker
 
 log = logging.getLogger(__name__)
 

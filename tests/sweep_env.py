@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dicomnode.index import Index, InstanceRecord
+from dicomnode.store.index import Index, InstanceRecord
 from dicomnode.queue.sqlite import SQLiteQueue
 from dicomnode.select import Decision, Sweeper
-from dicomnode.spool import Spool
+from dicomnode.store.spool import Spool
 
 STUDY = "1.2.826.0.1.3680043.10.1"
 

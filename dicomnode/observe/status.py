@@ -25,7 +25,7 @@ def gather(cfg) -> dict:
         except QueueError as exc:
             out["queue_error"] = str(exc)
     if cfg.node.index_path.exists():
-        from dicomnode.index import Index
+        from dicomnode.store.index import Index
 
         with Index(cfg.node.index_path) as ix:
             out["index"] = ix.counts()

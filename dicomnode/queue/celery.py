@@ -595,7 +595,7 @@ class InProcessAnalysis:
                 timeout_s: float = 600.0, tick: Callable[[], bool] | None = None, tick_every_s: float | None = None) -> str:
         from celery.exceptions import SoftTimeLimitExceeded
 
-        from dicomnode.worker import AnalysisFailed, AnalysisTimeout, _analyze_kwargs
+        from dicomnode.work.process import AnalysisFailed, AnalysisTimeout, _analyze_kwargs
 
         if self.watcher is not None and self.watcher.poll():  # a promotion: reload between jobs
             self.paths = self.watcher.paths
@@ -634,13 +634,14 @@ class InProcessAnalysis:
 
 
 class WorkerRuntime:
-    """What one Celery pool process holds: its queue handle, its models, and a ``dicomnode.worker.Worker``
+    """What one Celery pool process holds: its queue handle, its models, and a ``dicomnode.work.Worker``
     used only for its ``run_job`` (same outputs, failure handling and lease rules as the embedded queue)."""
 
     def __init__(self, config: "NodeConfig", queue: CeleryQueue) -> None:
         from dicomnode.plugins import load_target
         from dicomnode.pseudonym import Pseudonymizer
-        from dicomnode.worker import ModelSource, Worker, _model_paths, with_device
+        from dicomnode.work import ModelSource, Worker, with_device
+        from dicomnode.work.process import _model_paths
 
         self.config = config
         self.queue = queue

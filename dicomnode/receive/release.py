@@ -4,7 +4,7 @@ A scanner or PACS sends a series in one association and releases it; waiting ``q
 after that only adds latency. :class:`ReleaseHints` is bound to pynetdicom's documented events:
 ``EVT_ESTABLISHED`` notes when an association opened, ``EVT_RELEASED`` (a normal A-RELEASE, not
 an abort) marks in the index the series that association delivered whole
-(:meth:`dicomnode.index.Index.mark_released`). The completion sweep
+(:meth:`dicomnode.store.index.Index.mark_released`). The completion sweep
 (:mod:`dicomnode.select.completion`) then starts a study early only if the selected series is
 also geometrically complete; everything else still waits for the quiet period.
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
-from ..index import Index, SeriesInfo, StudyReady
+from ..store.index import Index, SeriesInfo, StudyReady
 from ..queue import JobQueue, JobState
 from ..uids import uid_hash
 

@@ -13,8 +13,8 @@ from ..config import SelectionSection
 from .series import HEADER_TAGS, SeriesAssessment, Verdict, assess_series
 
 if TYPE_CHECKING:
-    from ..index import Index
-    from ..spool import Spool
+    from ..store.index import Index
+    from ..store.spool import Spool
 
 LOG = logging.getLogger("dicomnode.select")
 

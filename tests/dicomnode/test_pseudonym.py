@@ -17,10 +17,10 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from dicomnode.config import NodeConfig
-from dicomnode.index import Index
+from dicomnode.store.index import Index
 from dicomnode.pseudonym import PSEUDONYM_HEX, Pseudonymizer, SiteKeyError, site_key_path
 from dicomnode.scp import Receiver
-from dicomnode.spool import Spool
+from dicomnode.store.spool import Spool
 from tests.conftest import small_config
 
 MRN = "00012345"

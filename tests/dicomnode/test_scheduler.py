@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from dicomnode.index import InstanceRecord
+from dicomnode.store.index import InstanceRecord
 from dicomnode.queue import JobState
 from dicomnode.scheduler import Housekeeper, NodeScheduler
 from dicomnode.select import study_key

@@ -7,7 +7,7 @@ import io
 import pydicom
 import pytest
 
-from dicomnode.index import Index, StoreOutcome
+from dicomnode.store.index import Index, StoreOutcome
 from dicomnode.scp import (
     MEDIA_STORAGE_DIRECTORY,
     STATUS_DATASET_MISMATCH,
@@ -18,7 +18,7 @@ from dicomnode.scp import (
     file_meta_bytes,
     reconcile,
 )
-from dicomnode.spool import Spool
+from dicomnode.store.spool import Spool
 from tests.conftest import small_config
 
 

@@ -17,9 +17,9 @@ import pydicom
 import pytest
 
 from dicomnode.config import NodeConfig
-from dicomnode.index import Index
+from dicomnode.store.index import Index
 from dicomnode.scp import Receiver
-from dicomnode.spool import Spool
+from dicomnode.store.spool import Spool
 
 EXPLICIT, DEFLATED = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99"
 PIXEL_DATA_OW = struct.pack("<HH2sH", 0x7FE0, 0x0010, b"OW", 0)  # explicit VR long header, then a 4-byte length

@@ -16,7 +16,7 @@ import pydicom
 import pytest
 
 from dicomnode.config import NodeConfig
-from dicomnode.index import Index
+from dicomnode.store.index import Index
 from dicomnode.scp import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_DATASET_MISMATCH,
@@ -24,7 +24,7 @@ from dicomnode.scp import (
     STATUS_REFUSED_SOP_CLASS,
     start_scp,
 )
-from dicomnode.spool import Spool
+from dicomnode.store.spool import Spool
 from tests.conftest import TEST_JOURNAL_MB, unavailable
 
 pytestmark = pytest.mark.integration
@@ -419,11 +419,11 @@ def test_kill_9_right_after_answers_loses_no_acknowledged_instance(tmp_path, ct_
 
     from pynetdicom import AE
 
-    from dicomnode.digest import matches
+    from dicomnode.store.digest import matches
 
     data_dir, port = tmp_path / "var", free_port()
 
-    slow_disk = ("import runpy, sys, time; import dicomnode.spool as s; write = s.Spool.write; "
+    slow_disk = ("import runpy, sys, time; import dicomnode.store.spool as s; write = s.Spool.write; "
                  "s.Spool.write = lambda self, *a, **k: (time.sleep(0.1), write(self, *a, **k))[1]; "
                  "sys.argv[0] = 'dicomnode.scp'; runpy.run_module('dicomnode.scp', run_name='__main__')")
 

@@ -8,12 +8,12 @@ import threading
 import pydicom
 import pytest
 
-from dicomnode.digest import digest
-from dicomnode.index import Index
-from dicomnode.journal import ALIGN, Journal
+from dicomnode.store.digest import digest
+from dicomnode.store.index import Index
+from dicomnode.store.journal import ALIGN, Journal
 from dicomnode.scp import Receiver
 from dicomnode.config import NodeConfig
-from dicomnode.spool import Spool
+from dicomnode.store.spool import Spool
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 TS = "1.2.840.10008.1.2.1"
@@ -218,7 +218,7 @@ def test_a_spool_failure_after_the_answer_keeps_the_entry_for_the_next_start(tmp
 def test_the_writer_refuses_instead_of_hanging_when_an_entry_never_lands(tmp_path):
     import time
 
-    from dicomnode.journal import JournalStalled
+    from dicomnode.store.journal import JournalStalled
 
     j = Journal(tmp_path / "j" / "receive.wal", 8 * ALIGN, stall_s=0.3)  # halves of 4 pages
     j.open()

@@ -83,7 +83,7 @@ class Entry:
 
     @property
     def digest(self) -> str:
-        """dicomnode.digest of ``data`` (as the index keeps it)."""
+        """dicomnode.store.digest of ``data`` (as the index keeps it)."""
         return digest([self.data])
 
 

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the write-ahead journal's scan (``dicomnode.journal``), issue 13 part 5.
+"""Property-based fuzzing of the write-ahead journal's scan (``dicomnode.store.journal``), issue 13 part 5.
 
 A journal of 16 blocks (two 32 KiB halves) takes up to 14 entries of 0-9 kB with checkpoints at drawn
 points (so it wraps), then "crashes" (no close, no last checkpoint). Then the file is corrupted: bit
@@ -31,7 +31,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from dicomnode.journal import ALIGN, CHECKPOINT_FILE, Journal
+from dicomnode.store.journal import ALIGN, CHECKPOINT_FILE, Journal
 
 _SCALE = 20 if os.environ.get("HYPOTHESIS_PROFILE") == "explore" else 1
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -43,7 +43,7 @@ SIZE = 16 * ALIGN
 def _no_syncfs():
     """A checkpoint's syncfs flushes the whole filesystem (seconds on a busy host); these tests crash the
     process, not the machine, so the page cache is as good as the disk."""
-    from dicomnode import journal as journal_module
+    from dicomnode.store import journal as journal_module
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(journal_module, "_syncfs", lambda fd: None)
@@ -226,7 +226,7 @@ def test_a_journal_cut_short_still_gives_back_the_entries_before_the_cut(tmp_pat
 def test_the_checkpoint_file_never_goes_back(tmp_path, monkeypatch):
     import threading
 
-    from dicomnode import journal as journal_module
+    from dicomnode.store import journal as journal_module
 
     j = Journal(tmp_path / "receive.wal", SIZE, checkpoint_every_s=3600)
     j.open()

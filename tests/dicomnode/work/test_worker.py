@@ -14,7 +14,7 @@ import pytest
 
 from dicomnode.queue import JobState
 from dicomnode.queue.sqlite import SQLiteQueue
-from dicomnode.worker import AnalysisFailed, AnalysisProcess, ModelSource, Worker, job_dir
+from dicomnode.work import AnalysisFailed, AnalysisProcess, ModelSource, Worker, job_dir
 from model_dirs import make_model
 
 FAKE = textwrap.dedent('''
@@ -221,7 +221,7 @@ def test_selection_cannot_assess_reaches_an_analyzer_that_accepts_it(tmp_path, f
 def test_every_sr_profile_of_an_earlier_result_is_a_predecessor(tmp_path):
     import json
 
-    from dicomnode.worker import predecessor_files
+    from dicomnode.work import predecessor_files
 
     for name in ("sr.dcm", "sr_tid1411.dcm", "seg.dcm", "sc/1.dcm"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -235,7 +235,7 @@ def test_every_sr_profile_of_an_earlier_result_is_a_predecessor(tmp_path):
 def test_the_node_names_its_installation_as_the_device_observer(tmp_path):
     """The analyzer built in the child gets DeviceInfo(installation_id=...) when it accepts a device."""
     from dicomnode.pseudonym import Pseudonymizer
-    from dicomnode.worker import with_device
+    from dicomnode.work import with_device
     from pipeline.encode.common import DeviceInfo
 
     seen = []
@@ -290,7 +290,7 @@ def test_local_verdicts_write_the_coded_report_in_the_node(tmp_path, ct_data):
     """The verdict lane: a "cannot assess" job is answered without an analysis process; an analysis job
     handed to it by mistake is refused for good (it would otherwise loop)."""
     from dicomnode.queue import Work
-    from dicomnode.worker import LocalVerdicts
+    from dicomnode.work import LocalVerdicts
 
     q = SQLiteQueue(tmp_path / "q.sqlite3")
     files = [str(p) for p in sorted((ct_data / "philips-phantom-5mm").iterdir()) if p.name != "DIRFILE"]

@@ -24,15 +24,15 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from .pseudonym import PSEUDONYM_HEX
+from ..pseudonym import PSEUDONYM_HEX
 from ichutil.sqlitetx import immediate
 
 if TYPE_CHECKING:
-    from .pseudonym import Pseudonymizer
+    from ..pseudonym import Pseudonymizer
 
 LOG = logging.getLogger(__name__)
 
-# 2: instances.sha256 became instances.digest (dicomnode.digest)
+# 2: instances.sha256 became instances.digest (dicomnode.store.digest)
 # 3: patients.patient_hash holds keyed pseudonyms (dicomnode.pseudonym); see migrate_pseudonyms
 SCHEMA_VERSION = 3
 
@@ -102,7 +102,7 @@ class InstanceRecord:
     patient_hash: str
     modality: str | None
     path: str  # relative to the spool root
-    digest: str  # dicomnode.digest of the data set
+    digest: str  # dicomnode.store.digest of the data set
     size: int
     instance_number: int | None = None
     calling_ae: str | None = None
@@ -113,7 +113,7 @@ class InstanceInfo:
     sop_uid: str
     series_uid: str
     path: str  # relative to the spool root
-    digest: str  # dicomnode.digest of the data set (bare SHA-256 hex in rows from schema 1)
+    digest: str  # dicomnode.store.digest of the data set (bare SHA-256 hex in rows from schema 1)
     size: int
     received_at: float
     transfer_syntax: str
@@ -532,7 +532,7 @@ def _patient_of_file(path: Path, pseudonym: Pseudonymizer) -> str | None:
 
     from pydicom.filereader import _read_file_meta_info
 
-    from .header import parse_header
+    from ..header import parse_header
 
     try:
         raw = path.read_bytes()

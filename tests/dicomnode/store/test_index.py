@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from dicomnode.index import Index, InstanceRecord, StoreOutcome
+from dicomnode.store.index import Index, InstanceRecord, StoreOutcome
 
 
 def rec(sop: str, series: str = "1.2.3.1", study: str = "1.2.3", sha: str = "a", n: int | None = None) -> InstanceRecord:
@@ -92,7 +92,7 @@ def test_an_index_from_schema_1_is_migrated_and_keeps_its_sha256_digests(tmp_pat
     import hashlib
     import sqlite3
 
-    from dicomnode.digest import matches
+    from dicomnode.store.digest import matches
 
     path = tmp_path / "i.db"
     Index(path).record_instance(rec("1.1", sha="will-be-legacy"), now=100)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dicomnode.digest import digest
-from dicomnode.spool import Spool, SpoolFull
+from dicomnode.store.digest import digest
+from dicomnode.store.spool import Spool, SpoolFull
 from dicomnode.uids import InvalidUID, validate_uid
 
 

@@ -25,7 +25,7 @@ from typing import Iterable
 from ichutil.files import fsync_dir
 
 from .digest import digest as digest_of
-from .uids import uid_hash, validate_uid
+from ..uids import uid_hash, validate_uid
 
 PARTIAL_SUFFIX = ".partial"
 _CANONICAL = re.compile(r"[0-9a-f]{32}/[0-9a-f]{32}/[0-9a-f]{32}\.dcm")
@@ -38,7 +38,7 @@ class SpoolFull(OSError):
 @dataclass(frozen=True)
 class Written:
     path: str  # relative to the spool root
-    digest: str  # dicomnode.digest of the bytes that matter
+    digest: str  # dicomnode.store.digest of the bytes that matter
     size: int
 
 
@@ -109,7 +109,7 @@ class Spool:
         ``digest`` may be given when the caller already hashed the bytes that matter (the SCP
         hashes the data set without the file meta); otherwise the written bytes are hashed.
         ``durable=False`` skips both fsyncs (still temp → rename): only for bytes that are already
-        durable elsewhere, i.e. in the write-ahead journal (dicomnode.journal), until its checkpoint.
+        durable elsewhere, i.e. in the write-ahead journal (dicomnode.store.journal), until its checkpoint.
         Raises :class:`SpoolFull` before writing anything when space is short.
         """
         chunks = list(chunks)

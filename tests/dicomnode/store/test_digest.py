@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from dicomnode.digest import PREFIX, digest, matches
+from dicomnode.store.digest import PREFIX, digest, matches
 
 
 def test_digest_names_its_algorithm_and_ignores_how_the_bytes_are_split():
