@@ -9,6 +9,8 @@ from __future__ import annotations
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 
+from pipeline.result import reason_text
+
 PRIVATE_SCHEME = "99ICHNODE"
 PRIVATE_SCHEME_NAME = "ICH expansion node local codes"
 
@@ -48,39 +50,10 @@ FINDING = CodedConcept("121071", "DCM", "Finding")                              
 PROCEDURE_REPORTED = CodedConcept("121058", "DCM", "Procedure reported")
 COMMENT = CodedConcept("121106", "DCM", "Comment")
 
-# Reasons a series cannot be assessed: CannotAssess.code → (CodeValue ≤ 16 chars, meaning).
-_REASONS: dict[str, tuple[str, str]] = {
-    "no_images": ("CA-NOIMAGES", "No CT images"),
-    "not_ct": ("CA-NOTCT", "Not a CT series"),
-    "mixed_series": ("CA-MIXSERIES", "Several series mixed"),
-    "unsupported_multiframe": ("CA-MULTIFRAME", "Multi-frame CT not supported"),
-    "single_slice": ("CA-SINGLESLICE", "Single slice"),
-    "missing_geometry": ("CA-NOGEOMETRY", "Missing image geometry"),
-    "invalid_geometry": ("CA-BADGEOMETRY", "Image geometry not a number"),
-    "no_frame_of_reference": ("CA-NOFOR", "No frame of reference"),
-    "mixed_frame_of_reference": ("CA-MIXFOR", "Mixed frames of reference"),
-    "mixed_orientation": ("CA-MIXORIENT", "Mixed slice orientations"),
-    "invalid_orientation": ("CA-BADORIENT", "Invalid slice orientation"),
-    "invalid_pixel_spacing": ("CA-BADSPACING", "Invalid pixel spacing"),
-    "mixed_pixel_spacing": ("CA-MIXSPACING", "Mixed pixel spacings"),
-    "mixed_matrix_size": ("CA-MIXMATRIX", "Mixed image sizes"),
-    "duplicate_slices": ("CA-DUPSLICES", "Duplicate slice positions"),
-    "missing_slices": ("CA-MISSINGSLICES", "Missing slices"),
-    "undecodable_pixels": ("CA-UNDECODABLE", "Pixel data not decodable"),
-    "unsupported_pixels": ("CA-BADPIXELS", "Unsupported pixel data"),
-    "no_brain": ("CA-NOBRAIN", "No brain found"),
-    # decided by the node's series selection, whose limits are site settings
-    "slice_too_thick": ("CA-THICKSLICE", "Slices too thick"),
-    "too_few_slices": ("CA-FEWSLICES", "Too few slices"),
-    "insufficient_coverage": ("CA-COVERAGE", "Brain not fully covered"),
-    "mixed_geometry": ("CA-MIXGEOMETRY", "Mixed slice geometry"),
-    "internal_error": ("CA-ERROR", "Analysis failed"),
-}
-
-
 def cannot_assess_reason(code: str) -> CodedConcept:
-    """The coded reason for a ``CannotAssess.code``; unknown codes keep their text in the meaning."""
-    value, meaning = _REASONS.get(code, ("CA-OTHER", f"Cannot assess: {code}"[:64]))
+    """The coded reason for a ``CannotAssess.code`` (table: ``pipeline.result.REASONS``); unknown codes
+    keep their text in the meaning."""
+    value, meaning = reason_text(code)
     return CodedConcept(value, PRIVATE_SCHEME, meaning)
 
 
