@@ -22,15 +22,13 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array
 from scipy import ndimage
 
+from pipeline.geometry import SeriesGeometry, check_consistency, check_spacing, check_stack, normal_positions
 from pipeline.result import CannotAssess
 
 log = logging.getLogger(__name__)
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
-ORIENTATION_TOL = 1e-3      # direction cosines that differ by more are "mixed orientations"
-SPACING_TOL_MM = 1e-3       # pixel spacings / positions that differ by more are different
-UNIFORM_REL_TOL = 0.01      # slice gaps within 1 % of the median count as evenly spaced
-MISSING_GAP_FACTOR = 1.5    # a gap larger than 1.5× its neighbourhood's spacing is a missing slice
+UNIFORM_REL_TOL = 0.01      # slice gaps within 1 % of the median count as evenly spaced (else resampled)
 AIR_HU = -1024.0
 
 
@@ -148,7 +146,7 @@ class LoadedSeries:
 
     def source_voxel_volumes_ml(self) -> np.ndarray:
         """Per-slice voxel volume (mL) of the source slices, using the true local slice spacing."""
-        pos = _normal_positions(self.datasets)
+        pos = normal_positions(self.datasets)
         gaps = np.diff(pos)
         local = np.empty(len(pos))
         local[0], local[-1] = gaps[0], gaps[-1]
@@ -164,15 +162,15 @@ class LoadedSeries:
 def load_series(source: Path | str | Sequence[Path | str] | Sequence[Dataset]) -> LoadedSeries:
     """Read one CT series (a folder, files, or datasets) into an analysis volume.
 
-    Raises ``CannotAssess`` with a stable code when the series cannot be analysed safely.
+    Raises ``CannotAssess`` with a stable code when the series cannot be analysed safely; the geometry
+    checks are ``pipeline.geometry``'s, with its default tolerances (the node's selection defaults).
     """
     datasets = read_images(source)
     _check_series(datasets)
+    geo = check_consistency(datasets)
+    check_spacing(geo.positions)
     try:
-        _check_consistency(datasets)
-        datasets, positions = _sort_spatially(datasets)
-        _check_spacing(positions)
-        return _build(datasets, positions)
+        return _build([datasets[i] for i in geo.order], geo)
     except (ValueError, TypeError, OverflowError) as exc:  # a header value that is not a (finite) number
         raise CannotAssess("invalid_geometry", "a slice's position, orientation, spacing or rescale value is not "
                                                f"a usable number ({type(exc).__name__})") from None
@@ -231,72 +229,7 @@ def _check_series(images: list[Dataset]) -> None:
     series = {str(ds.get("SeriesInstanceUID", "")) for ds in images}
     if len(series) > 1:
         raise CannotAssess("mixed_series", f"{len(series)} series mixed in one input")
-    if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in images):
-        raise CannotAssess("unsupported_multiframe", "multi-frame (enhanced) CT is not supported")
-    if len(images) == 1:
-        raise CannotAssess("single_slice", "a single slice is not a volume")
-
-
-def _check_consistency(datasets: list[Dataset]) -> None:
-    for ds in datasets:
-        for kw in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
-            if ds.get(kw) in (None, "", []):
-                raise CannotAssess("missing_geometry", f"a slice has no {kw}")
-    frames = {str(ds.get("FrameOfReferenceUID", "") or "") for ds in datasets}
-    if "" in frames:
-        raise CannotAssess("no_frame_of_reference", "slices lack FrameOfReferenceUID")
-    if len(frames) > 1:
-        raise CannotAssess("mixed_frame_of_reference", f"{len(frames)} frames of reference in one series")
-    iop = np.array([[float(v) for v in ds.ImageOrientationPatient] for ds in datasets])
-    if iop.shape[1] != 6 or np.abs(iop - iop[0]).max() > ORIENTATION_TOL:
-        raise CannotAssess("mixed_orientation", "slices have different ImageOrientationPatient")
-    r, c = iop[0, :3], iop[0, 3:]
-    if abs(np.linalg.norm(r) - 1) > 0.01 or abs(np.linalg.norm(c) - 1) > 0.01 or abs(r @ c) > 0.01:
-        raise CannotAssess("invalid_orientation", "ImageOrientationPatient is not two orthonormal vectors")
-    px = np.array([[float(v) for v in ds.PixelSpacing] for ds in datasets])
-    if px.min() <= 0:
-        raise CannotAssess("invalid_pixel_spacing", "PixelSpacing must be positive")
-    if np.abs(px - px[0]).max() > SPACING_TOL_MM:
-        raise CannotAssess("mixed_pixel_spacing", "slices have different PixelSpacing")
-    sizes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
-    if len(sizes) > 1:
-        raise CannotAssess("mixed_matrix_size", f"slices have different Rows/Columns {sorted(sizes)}")
-
-
-def _axes(ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    iop = np.array([float(v) for v in ds.ImageOrientationPatient])
-    r = iop[:3] / np.linalg.norm(iop[:3])
-    c = iop[3:] / np.linalg.norm(iop[3:])
-    n = np.cross(r, c)
-    return r, c, n / np.linalg.norm(n)
-
-
-def _normal_positions(datasets: Sequence[Dataset]) -> np.ndarray:
-    _, _, n = _axes(datasets[0])
-    return np.array([np.array([float(v) for v in ds.ImagePositionPatient]) @ n for ds in datasets])
-
-
-def _sort_spatially(datasets: list[Dataset]) -> tuple[list[Dataset], np.ndarray]:
-    pos = _normal_positions(datasets)
-    order = np.argsort(pos, kind="stable")
-    return [datasets[i] for i in order], pos[order]
-
-
-def _check_spacing(positions: np.ndarray) -> None:
-    gaps = np.diff(positions)
-    if np.any(gaps < SPACING_TOL_MM):
-        raise CannotAssess("duplicate_slices", "two slices share one position")
-    for k, gap in enumerate(gaps):
-        # Compare each gap with its neighbourhood, not only the global median: real protocols switch
-        # slice spacing mid-series (posterior fossa 4 mm, then 7 mm), which is not a missing slice.
-        nbh = np.concatenate([gaps[max(0, k - 3) : k], gaps[k + 1 : k + 4]])
-        expected = max(float(np.median(nbh)) if len(nbh) else gap, 0.0)
-        global_med = float(np.median(gaps))
-        if gap > MISSING_GAP_FACTOR * expected and gap > MISSING_GAP_FACTOR * global_med:
-            raise CannotAssess(
-                "missing_slices",
-                f"gap of {gap:.2f} mm between slices {k} and {k + 1} (expected about {expected:.2f} mm)",
-            )
+    check_stack(images)
 
 
 # ---------------------------------------------------------------------------------------------- pixels
@@ -315,10 +248,11 @@ def _hu(ds: Dataset) -> np.ndarray:
     return arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
 
 
-def _build(datasets: list[Dataset], positions: np.ndarray) -> LoadedSeries:
-    r, c, n = _axes(datasets[0])
-    sy, sx = (float(v) for v in datasets[0].PixelSpacing)   # PixelSpacing = (row spacing, column spacing)
-    ipp = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
+def _build(datasets: list[Dataset], geo: SeriesGeometry) -> LoadedSeries:
+    """``datasets`` in ``geo``'s order (sorted along the normal)."""
+    r, c, n = geo.row, geo.col, geo.normal
+    positions, ipp = geo.positions, geo.ipp
+    sy, sx = geo.pixel_spacing                              # PixelSpacing = (row spacing, column spacing)
     rel = ipp - ipp[0]
     shift_mm = np.stack([rel @ c, rel @ r], axis=1)          # in-plane shear (y, x) per slice
     tilted = bool(np.abs(shift_mm).max() > 0.01 * min(sx, sy))
@@ -326,19 +260,23 @@ def _build(datasets: list[Dataset], positions: np.ndarray) -> LoadedSeries:
     med = float(np.median(gaps))
     uniform = bool(np.all(np.abs(gaps - med) <= UNIFORM_REL_TOL * med))
     direction = tuple(np.column_stack([r, c, n]).ravel().tolist())
-    slices = np.empty((len(datasets), int(datasets[0].Rows), int(datasets[0].Columns)), dtype=np.float32)
+    slices = np.empty((len(datasets), geo.rows, geo.columns), dtype=np.float32)
     for k, ds in enumerate(datasets):
-        slices[k] = _hu(ds)
+        hu = _hu(ds)
+        if hu.shape != slices.shape[1:]:
+            raise CannotAssess("unsupported_pixels", f"pixel data of {hu.shape} for Rows/Columns {slices.shape[1:]}")
+        slices[k] = hu
     if not tilted and uniform:
         vol = Volume(slices, (sx, sy, med), tuple(ipp[0].tolist()), direction)
         return LoadedSeries(vol, datasets)
-    return _resample(datasets, slices, positions, shift_mm, (sx, sy), direction, tilted)
+    return _resample(datasets, slices, positions, ipp[0], shift_mm, (sx, sy), direction, tilted)
 
 
 def _resample(
     datasets: list[Dataset],
     slices: np.ndarray,
     positions: np.ndarray,
+    ipp0: np.ndarray,
     shift_mm: np.ndarray,
     pixel: tuple[float, float],
     direction: tuple[float, ...],
@@ -373,7 +311,6 @@ def _resample(
                 continue
             acc += np.float32(weight) * _place(slices[k], offsets_px[k], (ny, nx))
         out[z] = acc
-    ipp0 = np.array([float(v) for v in datasets[0].ImagePositionPatient])
     d = np.asarray(direction).reshape(3, 3)
     origin = ipp0 + lo[1] * sx * d[:, 0] + lo[0] * sy * d[:, 1]
     vol = Volume(out, (sx, sy, dz), tuple(origin.tolist()), direction)

@@ -12,7 +12,9 @@ milliseconds. Three outcomes per study, because the user sees them differently:
 * ``ignore`` — not a head NCCT at all (chest CT, SR, contrast CTA, bone-kernel-only,
   reformats): logged with the reason, nothing is sent.
 
-Reason codes match :class:`pipeline.result.CannotAssess` codes used by ``pipeline.volume``.
+The geometry checks (slice order, duplicate/missing slices, orientation, pixel spacing, matrix size)
+are ``pipeline.geometry``'s, the same ``pipeline.volume`` applies, with the site's ``gap_factor``; the
+codes are keys of ``pipeline.result.REASONS``, so the selection and the analysis reach the same verdict.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from typing import Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
+
+from pipeline.geometry import check_consistency, check_spacing, check_stack, floats, normal_positions, slice_normal
+from pipeline.result import CannotAssess
 
 from ..config import SelectionSection
 
@@ -81,19 +85,6 @@ def _text(ds: Dataset, *keywords: str) -> str:
     return " ".join(str(ds.get(k) or "") for k in keywords)
 
 
-def _floats(value, n: int | None = None) -> list[float] | None:
-    if value is None or value == "":
-        return None
-    seq = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
-    try:
-        out = [float(v) for v in seq]
-    except (TypeError, ValueError):
-        return None
-    if n is not None and len(out) != n:
-        return None
-    return out
-
-
 def _is_head(ds: Dataset, images: Sequence[Dataset]) -> tuple[bool, str]:
     body_part = str(ds.get("BodyPartExamined") or "").strip()
     if body_part:
@@ -108,9 +99,9 @@ def _is_head(ds: Dataset, images: Sequence[Dataset]) -> tuple[bool, str]:
     if _BODY_WORDS.search(desc):
         return False, "description names another body part"
     # Anatomy: a head is reconstructed on a small field of view and spans < ~26 cm, head first.
-    fov = _floats(ds.get("ReconstructionDiameter"))
+    fov = floats(ds.get("ReconstructionDiameter"))
     if not fov:
-        px = _floats(ds.get("PixelSpacing"), 2)
+        px = floats(ds.get("PixelSpacing"), 2)
         cols = ds.get("Columns")
         fov = [px[1] * int(cols)] if px and cols else None
     extent = _coverage(images)
@@ -120,49 +111,12 @@ def _is_head(ds: Dataset, images: Sequence[Dataset]) -> tuple[bool, str]:
     return False, "no head in body part, descriptions or anatomy"
 
 
-def _normal(ds: Dataset) -> np.ndarray | None:
-    iop = _floats(ds.get("ImageOrientationPatient"), 6)
-    if iop is None:
-        return None
-    n = np.cross(iop[:3], iop[3:])
-    norm = np.linalg.norm(n)
-    return n / norm if norm > 0.5 else None
-
-
-def _positions(images: Sequence[Dataset]) -> np.ndarray | None:
-    n = _normal(images[0])
-    if n is None:
-        return None
-    pos = []
-    for ds in images:
-        p = _floats(ds.get("ImagePositionPatient"), 3)
-        if p is None:
-            return None
-        pos.append(float(np.dot(p, n)))
-    return np.sort(np.array(pos))
-
-
 def _coverage(images: Sequence[Dataset]) -> float | None:
-    pos = _positions(images) if images else None
-    if pos is None or len(pos) == 0:
+    pos = normal_positions(images)
+    if pos is None or len(pos) == 0 or not np.isfinite(pos).all():
         return None
-    thick = _floats(images[0].get("SliceThickness")) or [0.0]
-    return float(pos[-1] - pos[0] + thick[0])
-
-
-def _missing_slice_gap(gaps: np.ndarray, factor: float) -> tuple[int, float, float] | None:
-    """A gap larger than ``factor`` × both its neighbourhood's and the global median spacing.
-
-    Neighbourhood-relative, like ``pipeline.volume``: protocols switch spacing mid-series
-    (4 mm posterior fossa, then 7 mm), which is not a missing slice.
-    """
-    med = float(np.median(gaps))
-    for k, g in enumerate(gaps):
-        nbh = np.concatenate([gaps[max(0, k - 3):k], gaps[k + 1:k + 4]])
-        local = float(np.median(nbh)) if len(nbh) else g
-        if g > factor * local and g > factor * med:
-            return k, float(g), local
-    return None
+    thick = floats(images[0].get("SliceThickness")) or [0.0]
+    return float(pos.max() - pos.min() + thick[0])
 
 
 def assess_series(series_uid: str, headers: Sequence[Dataset], cfg: SelectionSection) -> SeriesAssessment:
@@ -189,7 +143,7 @@ def assess_series(series_uid: str, headers: Sequence[Dataset], cfg: SelectionSec
         return out(Verdict.EXCLUDED, "derived", f"ImageType {'/'.join(image_type)} is not ORIGINAL")
     if _REFORMAT.search(str(first.get("SeriesDescription") or "")) or (len(image_type) > 2 and image_type[2] not in ("AXIAL", "HELICAL", "")):
         return out(Verdict.EXCLUDED, "not_axial", "reformatted or non-axial series")
-    n = _normal(first)
+    n = slice_normal(first.get("ImageOrientationPatient"))
     if n is not None and abs(n[2]) < 0.7:  # more than ~45° away from axial (gantry tilt is < 30°)
         return out(Verdict.EXCLUDED, "not_axial", "slices are not axial")
     agent = str(first.get("ContrastBolusAgent") or "").strip()
@@ -204,46 +158,23 @@ def assess_series(series_uid: str, headers: Sequence[Dataset], cfg: SelectionSec
 
     # -- a non-contrast axial head CT: can it be analysed? (otherwise: cannot assess, coded)
     n_slices = len(images)
-    if any(int(ds.get("NumberOfFrames") or 1) > 1 for ds in images):
-        return out(Verdict.CANNOT_ASSESS, "unsupported_multiframe", "multi-frame (enhanced) CT is not supported",
-                   n_slices=n_slices)
-    if n_slices == 1:
-        return out(Verdict.CANNOT_ASSESS, "single_slice", "a single slice is not a volume", n_slices=1)
-    for kw in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
-        if any(ds.get(kw) in (None, "", []) for ds in images):
-            return out(Verdict.CANNOT_ASSESS, "missing_geometry", f"a slice has no {kw}", n_slices=n_slices)
-    frames = {str(ds.get("FrameOfReferenceUID") or "") for ds in images}
-    if "" in frames:
-        return out(Verdict.CANNOT_ASSESS, "no_frame_of_reference", "slices lack FrameOfReferenceUID", n_slices=n_slices)
-    if len(frames) > 1:
-        return out(Verdict.CANNOT_ASSESS, "mixed_frame_of_reference", f"{len(frames)} frames of reference",
-                   n_slices=n_slices)
-    iops = np.array([_floats(ds.get("ImageOrientationPatient"), 6) or [np.nan] * 6 for ds in images])
-    if np.isnan(iops).any() or np.abs(iops - iops[0]).max() > 1e-3:
-        return out(Verdict.CANNOT_ASSESS, "mixed_orientation", "slices have different orientations", n_slices=n_slices)
-    spacings = [_floats(ds.get("PixelSpacing"), 2) for ds in images]
-    pos = _positions(images)
-    if pos is None or not np.isfinite(pos).all() or any(s is None or not min(s) > 0 for s in spacings):
-        return out(Verdict.CANNOT_ASSESS, "invalid_geometry", "a slice's position, orientation or pixel spacing is "
-                   "not a usable number", n_slices=n_slices)
-    geo = {(tuple(np.round(s, 4)), ds.get("Rows"), ds.get("Columns")) for s, ds in zip(spacings, images)}
-    if len(geo) > 1:
-        return out(Verdict.CANNOT_ASSESS, "mixed_geometry", "slices have different pixel spacing or matrix size",
-                   n_slices=n_slices)
-    thick = [t[0] for t in (_floats(ds.get("SliceThickness")) for ds in images) if t]
+    try:
+        check_stack(images)
+        geo = check_consistency(images)
+    except CannotAssess as ca:
+        return out(Verdict.CANNOT_ASSESS, ca.code, ca.message, n_slices=n_slices)
+    pos = geo.positions
+    thick = [t[0] for t in (floats(ds.get("SliceThickness")) for ds in images) if t and np.isfinite(t[0])]
     thickness = max(thick) if thick else None
     gaps = np.diff(pos)
     if thickness is None:
         thickness = float(np.median(gaps)) if len(gaps) else None
     coverage = float(pos[-1] - pos[0] + (thickness or 0.0))
     kw = dict(slice_thickness_mm=thickness, n_slices=n_slices, coverage_mm=coverage)
-    if np.any(gaps < 0.01):
-        return out(Verdict.CANNOT_ASSESS, "duplicate_slices", "two slices share one position", **kw)
-    miss = _missing_slice_gap(gaps, cfg.gap_factor)
-    if miss is not None:
-        k, g, local = miss
-        return out(Verdict.CANNOT_ASSESS, "missing_slices",
-                   f"gap of {g:.1f} mm after slice {k + 1} (about {local:.1f} mm expected)", **kw)
+    try:
+        check_spacing(pos, gap_factor=cfg.gap_factor)
+    except CannotAssess as ca:
+        return out(Verdict.CANNOT_ASSESS, ca.code, ca.message, **kw)
     if thickness is not None and thickness > cfg.max_slice_thickness_mm + 1e-6:
         return out(Verdict.CANNOT_ASSESS, "slice_too_thick",
                    f"slices up to {thickness:g} mm thick (limit {cfg.max_slice_thickness_mm:g} mm)", **kw)

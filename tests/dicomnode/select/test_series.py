@@ -117,7 +117,10 @@ def test_cannot_assess_codes():
     assert verdict(hs).code == "mixed_orientation"
     hs = series()
     hs[3].PixelSpacing = [0.5, 0.5]
-    assert verdict(hs).code == "mixed_geometry"
+    assert verdict(hs).code == "mixed_pixel_spacing"  # the pipeline's code (was "mixed_geometry" here)
+    hs = series()
+    hs[3].Rows = 256
+    assert verdict(hs).code == "mixed_matrix_size"
     assert all(verdict(h).verdict is Verdict.CANNOT_ASSESS for h in (series(n=1), series(n=5)))
 
 
