@@ -34,10 +34,11 @@ def load(config: Optional[Path], data_dir: Optional[Path]):
 
 
 def open_queue_or_exit(cfg):
-    from dicomnode.queue import QueueError, open_queue, queue_path
+    from dicomnode.queue import QueueError, open_queue
 
-    if cfg.queue.backend == "sqlite" and not queue_path(cfg).exists():
-        typer.secho(f"no queue at {queue_path(cfg)} (has the node run with this data directory?)", fg="yellow", err=True)
+    absent = cfg.queue.absent(Path(cfg.node.data_dir))
+    if absent:
+        typer.secho(f"{absent} (has the node run with this data directory?)", fg="yellow", err=True)
         raise typer.Exit(1)
     try:
         return open_queue(cfg)

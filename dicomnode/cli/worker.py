@@ -37,9 +37,13 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         except ConfigError as exc:
             typer.secho(str(exc), fg="red", err=True)
             raise typer.Exit(2) from None
-        if cfg.queue.backend != "celery":
-            typer.secho(f"queue.backend is {cfg.queue.backend!r}: the node runs its own workers; "
-                        "`ich-node worker` needs queue.backend = \"celery\" and queue.redis_url", fg="red", err=True)
+        from dicomnode.queue import BACKENDS, backend_class
+
+        if backend_class(cfg.queue.backend).needs_local_workers:
+            remote = " or ".join(f'"{n}"' for n in sorted(BACKENDS.entries) if not backend_class(n).needs_local_workers)
+            typer.secho(f"queue.backend is {cfg.queue.backend!r}: the node runs its own workers; `ich-node worker` "
+                        f"needs a backend with workers of its own (queue.backend = {remote})",
+                        fg="red", err=True)
             raise typer.Exit(2)
         spool = Path(cfg.node.spool_dir)
         if not spool.is_dir():

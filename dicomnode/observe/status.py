@@ -12,11 +12,11 @@ from pathlib import Path
 
 def gather(cfg) -> dict:
     """Everything ``status`` shows, read from the data directory (the node may or may not be running)."""
-    from dicomnode.queue import QueueError, open_queue, queue_path
+    from dicomnode.queue import QueueError, open_queue
 
     data_dir = Path(cfg.node.data_dir)
     out: dict = {"data_dir": str(data_dir), "queue": None, "errors": [], "index": None, "disk": None, "models": {}}
-    if cfg.queue.backend != "sqlite" or queue_path(cfg).exists():
+    if not cfg.queue.absent(data_dir):
         try:
             q = open_queue(cfg)
             out["queue"] = {s.value: n for s, n in q.counts().items()}

@@ -1,28 +1,30 @@
 """Job queue backends behind one interface (``JobQueue``), chosen by config ``queue.backend``.
 
-A backend is one module with a ``JobQueue`` subclass and a ``from_config(url, **kwargs)``; it is
-registered here by dotted name, imported only when chosen (Celery stays unimported on a plain node).
+A backend is one module with a ``JobQueue`` subclass whose ``Config`` is its config class (a
+``QueueConfig`` subclass with ``backend: Literal["name"]``, holding the keys only that backend reads
+and saying how its queue is opened), registered here by dotted name. ``dicomnode.config`` validates
+``[queue]`` as the config class of the named backend, looked up in ``BACKENDS`` when the config is
+read: the backend module is imported only when chosen (Celery stays unimported on a plain node).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..plugins import PluginError, Registry
 from .base import Backoff, Job, JobQueue, JobState, QueueError, Stage, Work, is_verdict
+from .config import QueueConfig
 
-if TYPE_CHECKING:
-    from dicomnode.config import NodeConfig
-
-__all__ = ["Backoff", "Job", "JobQueue", "JobState", "QueueError", "Stage", "Work", "is_verdict", "BACKENDS",
-           "register", "open_queue"]
+__all__ = ["Backoff", "Job", "JobQueue", "JobState", "QueueConfig", "QueueError", "Stage", "Work", "is_verdict",
+           "BACKENDS", "DEFAULT_BACKEND", "register", "backend_class", "open_queue"]
 
 #: config ``queue.backend`` → "module:Class"
 BACKENDS = Registry("queue backend", {
     "sqlite": "dicomnode.queue.sqlite:SQLiteQueue",
     "celery": "dicomnode.queue.celery:CeleryQueue",
 })
+DEFAULT_BACKEND = "sqlite"  # [queue] without a backend key
 register = BACKENDS.register
 
 
@@ -36,19 +38,6 @@ def backend_class(name: str) -> type[JobQueue]:
     return cls
 
 
-def queue_path(config: "NodeConfig") -> Path:
-    """Where the embedded queue keeps its file."""
-    return Path(config.node.data_dir) / "queue.sqlite3"
-
-
-def open_queue(config: "NodeConfig") -> JobQueue:
-    """The queue the config asks for."""
-    q = config.queue
-    cls = backend_class(q.backend)
-    url = q.redis_url if q.backend == "celery" else str(queue_path(config))
-    return cls.from_config(
-        url,
-        max_attempts=q.max_attempts,
-        backoff=Backoff(base_s=q.backoff_base_s, max_s=q.backoff_max_s),
-        lease_s=q.job_timeout_s + 60.0,
-    )
+def open_queue(config: Any) -> JobQueue:
+    """The queue a ``NodeConfig`` asks for (its ``[queue]`` config opens it)."""
+    return config.queue.open(Path(config.node.data_dir))

@@ -32,9 +32,13 @@ import os
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal
+
+from pydantic import Field, model_validator
 
 from .base import Backoff, Job, JobQueue, JobState, QueueError, Stage, Work, is_verdict
+from .config import QueueConfig
 
 if TYPE_CHECKING:
     from dicomnode.config import NodeConfig
@@ -106,9 +110,31 @@ class _Tx:
         return job
 
 
+class CeleryConfig(QueueConfig):
+    """``backend = "celery"``: job state in Redis, analyses on ``ich-node worker`` processes (scale-out)."""
+
+    backend: Literal["celery"]
+    redis_url: str | None = None  # required: the broker and the job store (redis://, rediss://, unix://)
+    # a worker's claim on a job, renewed every lease/4 while it runs; a job of a worker that died is
+    # claimed again after this (short, unlike the embedded queue's job_timeout_s + 60 s)
+    worker_lease_s: float = Field(60, gt=0)
+    # an unacknowledged token of a dead worker is redelivered after this (Redis broker option)
+    visibility_timeout_s: float = Field(3600, gt=0)
+
+    @model_validator(mode="after")
+    def _redis(self) -> "CeleryConfig":
+        if not self.redis_url:
+            raise ValueError("backend 'celery' needs redis_url (e.g. redis://localhost:6379/0)")
+        return self
+
+    def open(self, data_dir: Path) -> "CeleryQueue":
+        return CeleryQueue.from_config(self.redis_url, **self.queue_options())
+
+
 class CeleryQueue(JobQueue):
     """Job state in Redis, work tokens through Celery; the node keeps delivery (``needs_local_workers``: False)."""
 
+    Config = CeleryConfig
     needs_local_workers = False
 
     def __init__(self, url: str, *, max_attempts: int = 5, backoff: Backoff | None = None, lease_s: float = 300.0,

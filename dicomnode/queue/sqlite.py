@@ -14,10 +14,11 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Literal
 
 from ichutil.sqlitetx import immediate
 from .base import Backoff, Job, JobQueue, JobState, QueueError, Stage, Work
+from .config import QueueConfig
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -55,9 +56,27 @@ def _row_to_job(row: sqlite3.Row | tuple) -> Job:
     return Job(**data)
 
 
+class SQLiteConfig(QueueConfig):
+    """``backend = "sqlite"`` (the default): the embedded queue, one file in the node's data directory."""
+
+    backend: Literal["sqlite"] = "sqlite"
+
+    @staticmethod
+    def path(data_dir: str | Path) -> Path:
+        """Where the embedded queue keeps its file."""
+        return Path(data_dir) / "queue.sqlite3"
+
+    def open(self, data_dir: Path) -> "SQLiteQueue":
+        return SQLiteQueue.from_config(str(self.path(data_dir)), **self.queue_options())
+
+    def absent(self, data_dir: Path) -> str | None:
+        return None if self.path(data_dir).exists() else f"no queue at {self.path(data_dir)}"
+
+
 class SQLiteQueue(JobQueue):
     """``JobQueue`` in one SQLite file; safe across threads and processes."""
 
+    Config = SQLiteConfig
     needs_local_workers = True
 
     def __init__(self, path: str | Path, *, max_attempts: int = 5, backoff: Backoff | None = None,

@@ -252,11 +252,11 @@ def test_each_type_owns_its_config_class():
     assert str(pacs.address) == "PACS@h:104" and web.address is None
     assert DestinationConfig.from_address("ORTHANC@127.0.0.1:4242") == DimseConfig(
         name="ORTHANC", ae_title="ORTHANC", host="127.0.0.1", port=4242)
-    for entry, problem in [({"name": "p", "host": "h", "port": 1}, "destinations.0.dimse.ae_title"),
+    for entry, problem in [({"name": "p", "host": "h", "port": 1}, "destinations.0.ae_title"),
                            ({"name": "p", "ae_title": "P", "host": "h", "port": 1, "url": "http://x"},
-                            "destinations.0.dimse.url"),
-                           ({"name": "w", "type": "stowrs", "url": "ftp://x"}, "destinations.0.stowrs.url"),
-                           ({"name": "w", "type": "stowrs", "url": "http://x", "port": 1}, "destinations.0.stowrs.port"),
+                            "destinations.0.url"),
+                           ({"name": "w", "type": "stowrs", "url": "ftp://x"}, "destinations.0.url"),
+                           ({"name": "w", "type": "stowrs", "url": "http://x", "port": 1}, "destinations.0.port"),
                            ({"name": "c", "type": "carrier-pigeon"}, "carrier-pigeon")]:
         with pytest.raises(ConfigError, match=problem.replace(".", r"\.")):
             load_config(None, env={"ICH_NODE__DESTINATIONS": "[" + ", ".join(
