@@ -4,8 +4,8 @@ Every ``heartbeat.interval_s`` the node C-STOREs a freshly generated study (new 
 small hyperdense blob, patient "HEARTBEAT^ICHNODE") to *itself*, through its own Storage SCP, so the
 same path as a scanner's study is exercised: SCP → spool → sweep → selection → queue → worker →
 pipeline → sender. Then, on later ticks, it asks the destination whether results for that
-StudyInstanceUID arrived — an SR, sent after the SEG, closes the loop (C-FIND at series level, Orthanc's REST API, or QIDO-RS for a STOW-RS
-destination). The outcome is kept in ``<data_dir>/heartbeat.json`` (read by ``ich-node status`` and
+StudyInstanceUID arrived — an SR, sent after the SEG, closes the loop (the destination's own
+``find_series``: C-FIND at series level for DIMSE, QIDO-RS for STOW-RS; or Orthanc's REST API). The outcome is kept in ``<data_dir>/heartbeat.json`` (read by ``ich-node status`` and
 ``/metrics``) so it survives restarts and needs no running node to be read.
 
 Why ticks instead of one blocking call: the check may take minutes (quiet period + analysis), and a
@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -133,42 +133,6 @@ def _write_state(data_dir: Path, state: dict) -> None:
 
 # -- arrival checks ------------------------------------------------------------------------------
 
-def cfind_series(dest: "Destination", study_uid: str, *, calling_ae_title: str, timeout_s: float = 30.0) -> list[str]:
-    """Modalities of the series the DIMSE ``dest`` holds for ``study_uid`` (C-FIND, study root)."""
-    from pydicom.dataset import Dataset
-    from pynetdicom import AE
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
-
-    from dicomnode.deliver.dimse import tls_context
-
-    ae = AE(ae_title=calling_ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    tls_args = (tls_context(dest.tls), dest.host) if dest.tls.enabled else None
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
-    if not assoc.is_established:
-        raise ConnectionError(f"C-FIND association with {dest.address} not established")
-    query = Dataset()
-    query.QueryRetrieveLevel = "SERIES"
-    query.StudyInstanceUID = study_uid
-    query.SeriesInstanceUID = ""
-    query.Modality = ""
-    found: list[str] = []
-    try:
-        for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
-            if status is None:
-                raise ConnectionError("C-FIND: no response (association lost)")
-            code = int(status.Status)
-            if code in (0xFF00, 0xFF01) and identifier is not None:
-                found.append(str(identifier.get("Modality") or "?"))
-            elif code != 0x0000:
-                raise ConnectionError(f"C-FIND refused with status 0x{code:04X}")
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    return found
-
-
 def orthanc_series(url: str, study_uid: str, timeout_s: float = 30.0) -> list[str]:
     """Modalities of the series Orthanc holds for ``study_uid`` (REST ``/tools/find``)."""
     import urllib.request
@@ -179,14 +143,6 @@ def orthanc_series(url: str, study_uid: str, timeout_s: float = 30.0) -> list[st
     with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - configured URL
         series = json.loads(resp.read())
     return [str(s.get("MainDicomTags", {}).get("Modality", "?")) for s in series]
-
-
-def qido_series(url: str, study_uid: str) -> list[str]:
-    """Modalities of the series a DICOMweb server holds for ``study_uid`` (QIDO-RS)."""
-    from dicomweb_client.api import DICOMwebClient
-
-    found = DICOMwebClient(url).search_for_series(search_filters={"StudyInstanceUID": study_uid})
-    return [str((s.get("00080060", {}).get("Value") or ["?"])[0]) for s in found]
 
 
 # -- the scheduled job ---------------------------------------------------------------------------
@@ -222,9 +178,9 @@ class Heartbeat:
             return lambda uid: orthanc_series(hb.orthanc_url, uid)
         if dest is None:
             return lambda uid: []
-        if dest.type == "stowrs":
-            return lambda uid: qido_series(dest.url, uid)
-        return lambda uid: cfind_series(dest, uid, calling_ae_title=self.config.node.ae_title)
+        from dicomnode.deliver import build
+
+        return build(dest, calling_ae_title=self.config.node.ae_title).find_series  # C-FIND, QIDO-RS, ...
 
     def _send_to_node(self, files: list[Path]) -> None:
         """C-STORE to our own SCP (the same way a scanner does), as ``heartbeat.calling_ae_title``."""

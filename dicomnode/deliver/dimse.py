@@ -99,6 +99,33 @@ class DimseDestination(Destination):
         finally:
             assoc.release()
 
+    def find_series(self, study_uid: str, timeout_s: float | None = None) -> list[str]:
+        """C-FIND at series level (study root): the modality of each series the peer holds for ``study_uid``."""
+        from pydicom.dataset import Dataset
+        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as Find
+
+        assoc = self._associate({Find: {ImplicitVRLittleEndian, ExplicitVRLittleEndian}}, timeout_s)
+        query = Dataset()
+        query.QueryRetrieveLevel = "SERIES"
+        query.StudyInstanceUID = study_uid
+        query.SeriesInstanceUID = ""
+        query.Modality = ""
+        found: list[str] = []
+        try:
+            for status, identifier in assoc.send_c_find(query, Find):
+                if status is None:
+                    raise ConnectionError("C-FIND: no response (association lost)")
+                code = int(status.Status)
+                if code in (0xFF00, 0xFF01) and identifier is not None:
+                    found.append(str(identifier.get("Modality") or "?"))
+                elif code != 0x0000:
+                    raise ConnectionError(f"C-FIND refused with status 0x{code:04X}")
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return found
+
     def send(self, files: Sequence[Path], on_delivered: OnDelivered) -> None:
         from pydicom import dcmread
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian

@@ -41,10 +41,10 @@ class StowRsDestination(Destination):
         self._requests = requests
         return session
 
-    def _client(self):
+    def _client(self, timeout_s: float | None = None):
         from dicomweb_client.api import DICOMwebClient
 
-        client = DICOMwebClient(url=self.config.url, session=self._session(), timeout=self.timeout_s)
+        client = DICOMwebClient(url=self.config.url, session=self._session(), timeout=timeout_s or self.timeout_s)
         client.set_http_retry_params(retry=False)  # the destination's retry policy retries, not the client
         return client
 
@@ -67,6 +67,12 @@ class StowRsDestination(Destination):
             except self._requests.exceptions.RequestException as exc:
                 raise DeliveryError(self.name, f"{path.name}: {type(exc).__name__}: {exc}", unreachable=True) from exc
             on_delivered(path)
+
+    def find_series(self, study_uid: str, timeout_s: float | None = None) -> list[str]:
+        """QIDO-RS ``GET {url}/series?StudyInstanceUID=…``: the modality of each series the archive holds."""
+        client = self._client(timeout_s)
+        found = client.search_for_series(search_filters={"StudyInstanceUID": study_uid})
+        return [str((s.get("00080060", {}).get("Value") or ["?"])[0]) for s in found]
 
     def check(self, timeout_s: float | None = None) -> None:
         """One ``HEAD`` on the service URL, the probe of a down archive: any answer but 502-504 (404, 405
