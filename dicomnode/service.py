@@ -106,6 +106,7 @@ class Node:
         self.spool = Spool(cfg.node.spool_dir, cfg.storage.min_free_bytes)
         self.index.migrate_pseudonyms(self.spool.root, self.pseudonymizer)  # schema 2 → 3, before anything runs
         self.queue = open_queue(cfg)
+        self.queue.verdicts_local = cfg.worker.local_verdicts  # its verdict lane below takes them
         self.ledger = Ledger(cfg.ledger_path)
         self.recovered["partial_spool_files"] = self.spool.remove_partials()
         self.recovered["leases"] = self.queue.recover(self.prefix)
@@ -139,7 +140,7 @@ class Node:
                 self.workers.append(Worker(self.queue, process, cfg.results_dir, owner=f"{self.prefix}w{i}-{os.getpid()}",
                                            timeout_s=cfg.queue.job_timeout_s, on_encoded=self._on_encoded,
                                            work=Work.ANALYSIS if cfg.worker.local_verdicts else Work.ANY))
-        if cfg.worker.local_verdicts:  # any backend: Celery's remote workers may take a verdict first, harmless
+        if cfg.worker.local_verdicts:  # any backend (Celery then sends its workers no token for verdicts)
             verdicts = LocalVerdicts(models, installation_id=self.pseudonymizer.installation_id())
             self.workers.append(Worker(self.queue, verdicts, cfg.results_dir, owner=f"{self.prefix}verdicts-{os.getpid()}",
                                        timeout_s=cfg.queue.job_timeout_s, on_encoded=self._on_encoded,

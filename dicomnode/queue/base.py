@@ -117,6 +117,9 @@ class JobQueue(abc.ABC):
     #: True when the node itself must run worker loops that ``claim`` analysis jobs (SQLite);
     #: False when the backend pushes jobs to its own workers (Celery).
     needs_local_workers: bool = True
+    #: Set by the node when it writes verdict jobs itself (``worker.local_verdicts``): a backend that
+    #: pushes work to remote workers then sends them only analyses.
+    verdicts_local: bool = False
 
     @classmethod
     @abc.abstractmethod

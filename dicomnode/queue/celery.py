@@ -256,20 +256,25 @@ class CeleryQueue(JobQueue):
                 job = tx.job(job_id)
                 if job.state in (JobState.RECEIVED, JobState.QUEUED) or (
                         job.state is JobState.FAILED and job.stage is Stage.ANALYZE):
-                    old = job.state
+                    old, had_token = job.state, self._tokened(job)
                     tx.save(job, old, payload=payload, state=state, next_try_at=next_try)
-                    if state is JobState.QUEUED and old is not JobState.QUEUED:
+                    if state is JobState.QUEUED and self._tokened(job) and (old is not JobState.QUEUED or not had_token):
                         tx.publish.append((job.id, 0.0))
                     return job
             job_id = str(tx.pipe.incr(self._k("seq")))
             job = Job(id=job_id, key=key, payload=payload, state=state, max_attempts=self.max_attempts,
                       next_try_at=next_try, created_at=now, updated_at=now)
             tx.writes.append((job, None))
-            if state is JobState.QUEUED:
+            if state is JobState.QUEUED and self._tokened(job):
                 tx.publish.append((job.id, 0.0))
             return job
 
         return self._atomic(decide)
+
+    def _tokened(self, job: Job) -> bool:
+        """Whether the workers get a token for ``job``: not for a verdict the node writes itself
+        (``verdicts_local``), so a burst of them never sits in the workers' FIFO before a head CT."""
+        return not (self.verdicts_local and is_verdict(job))
 
     # -- worker -----------------------------------------------------------------------------------
     @staticmethod
@@ -499,7 +504,7 @@ class CeleryQueue(JobQueue):
                 if not data:
                     continue
                 job = _decode(job_id, data)
-                if not self._analyzable(job, now):
+                if not self._analyzable(job, now) or not self._tokened(job):
                     continue
                 last = float(published.get(job_id) or 0)
                 became_due = max(job.next_try_at or 0, job.lease_until or 0, job.updated_at or 0)

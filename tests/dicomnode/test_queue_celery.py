@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.queue import JobState, QueueError, Stage, backend_class
+from dicomnode.queue import JobState, QueueError, Stage, Work, backend_class
 from dicomnode.queue.base import Backoff
 from tests.conftest import RedisServer
 
@@ -99,6 +99,28 @@ def test_enqueue_publishes_one_token_per_due_job(q, redis_url):
     assert tokens(redis_url) == [a.id]
     q.enqueue("b", {})                # released: now due
     assert tokens(redis_url) == [a.id, held.id]
+
+
+def test_verdicts_the_node_writes_itself_get_no_token(q, redis_url):
+    """With the node's verdict lane (``verdicts_local``) the workers' FIFO holds analyses only: a burst of
+    "cannot assess" jobs sends no token and is not re-published; a verdict that becomes an analysis (the
+    rest of the study arrived) gets its token then."""
+    q.verdicts_local = True
+    q.republish_after_s = 0.0
+    verdict = {"cannot_assess": {"code": "single_slice", "message": "x"}}
+    junk = [q.enqueue(f"junk{i}", verdict) for i in range(3)]
+    head = q.enqueue("head", {"files": ["a"]})
+    assert tokens(redis_url) == [head.id]
+    late = q.enqueue("junk0", {"files": ["a", "b"]})   # coalesced: same job, now an analysis
+    assert late.id == junk[0].id and tokens(redis_url) == [head.id, junk[0].id]
+    import redis
+
+    from dicomnode.queue.celery import TASK_QUEUE
+
+    redis.Redis.from_url(redis_url).delete(TASK_QUEUE)
+    q.maintain()
+    assert sorted(tokens(redis_url)) == sorted([head.id, junk[0].id])   # never the verdicts
+    assert {q.claim("lane", work=Work.VERDICT).id for _ in range(2)} == {junk[1].id, junk[2].id}
 
 
 def test_claim_job_is_exclusive_and_serialised_per_study(q):
