@@ -64,8 +64,7 @@ def run_mode(mode: str, studies: list[tuple[str, Path]], work: Path, opts) -> di
            "ICH_NODE__METRICS__ENABLED": "false", "ICH_NODE__WORKER__THREADS": str(opts.threads),
            "TCP_NODELAY": "1"}
     if mode == "celery":
-        sys.path.insert(0, str(REPO / "tests" / "dicomnode"))
-        from test_queue_celery import RedisServer
+        from tests.conftest import RedisServer  # the tests' redis-server runner (REPO is on sys.path)
 
         redis = RedisServer(work / "redis", free_port()).start()
         env.update({"ICH_NODE__QUEUE__BACKEND": "celery", "ICH_NODE__QUEUE__REDIS_URL": redis.url,

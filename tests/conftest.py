@@ -192,7 +192,7 @@ REDIS = shutil.which("redis-server") or "/usr/sbin/redis-server"
 
 class RedisServer:
     """A throw-away redis-server on a free loopback port (AOF on, like production), stopped by PID: the
-    Celery queue backend's broker in tests/dicomnode/test_queue_celery.py and the scale-out test."""
+    Celery queue backend's broker in tests/dicomnode/queue/ and the scale-out test."""
 
     def __init__(self, workdir: Path, port: int) -> None:
         if not Path(REDIS).exists():

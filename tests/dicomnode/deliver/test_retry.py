@@ -2,7 +2,7 @@
 
 Real peers on loopback (dcmtk storescp, pynetdicom's C-ECHO/C-STORE); policy values are tiny so each
 test runs in a few seconds. The queue side (``defer``/``wake``) is a contract test of both backends in
-``tests/dicomnode/test_queue_sqlite.py`` (run against Redis by ``test_queue_celery.py``).
+``tests/dicomnode/queue/test_contract.py`` (SQLite and Redis).
 """
 
 from __future__ import annotations

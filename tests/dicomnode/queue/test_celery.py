@@ -1,5 +1,5 @@
-"""The Celery backend against a real redis-server: the same contract as the embedded queue (the SQLite
-queue's contract tests run here too), plus tokens, leases across processes and re-publishing."""
+"""The Celery backend against a real redis-server beyond the shared contract (test_contract.py): tokens,
+leases across processes, re-publishing, verdicts the node writes itself."""
 
 from __future__ import annotations
 
@@ -13,43 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.queue import JobState, QueueError, Stage, Work, backend_class
-from dicomnode.queue.base import Backoff
+from dicomnode.queue import JobState, QueueError, Work, backend_class
 from tests.conftest import RedisServer
 
-# The embedded queue's contract, run unchanged against this backend through the ``q`` fixture below.
-from test_queue_sqlite import (  # noqa: F401
-    test_analyses_are_claimed_before_cannot_assess_reports,
-    test_backoff_then_dead_after_max_attempts,
-    test_deferred_deliveries_count_no_attempt_and_wake_oldest_first,
-    test_delay_holds_job_received,
-    test_enqueue_coalesces_until_claimed_then_serialises_per_key,
-    test_happy_path_walks_every_state,
-    test_non_retryable_failure_is_dead_at_once,
-    test_recover_hands_back_previous_incarnation,
-    test_send_failures_retry_from_encoded,
-    test_verdict_and_analysis_claimers_take_only_their_kind,
-)
 
 @pytest.fixture
-def redis_server(tmp_path, free_port):
-    server = RedisServer(tmp_path / "redis", free_port()).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def redis_url(redis_server):
-    return redis_server.url
-
-
-@pytest.fixture
-def q(redis_url):
-    from dicomnode.queue.celery import CeleryQueue
-
-    queue = CeleryQueue(redis_url, max_attempts=3, backoff=Backoff(base_s=0.2, max_s=1.0), lease_s=30)
-    yield queue
-    queue.close()
+def q(celery_q):
+    return celery_q  # this backend only (conftest's q runs the contract on both)
 
 
 def tokens(url: str) -> list[str]:
@@ -185,7 +155,7 @@ def test_state_store_is_shared_across_processes(q, redis_url):
         while (job := q.claim(sys.argv[2])) is not None:
             print(job.id, flush=True)
     """)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}  # the repository
     procs = [subprocess.Popen([sys.executable, "-c", code, redis_url, f"p{i}"], stdout=subprocess.PIPE, text=True,
                               env=env) for i in range(2)]
     ids = []
