@@ -52,7 +52,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         level = (loglevel or cfg.logging.level).upper()
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
 
-        from dicomnode.queue.celery import TASK_QUEUE, worker_app
+        from dicomnode.queue.celery import TASK_QUEUE
+        from dicomnode.queue.celery_worker import worker_app
 
         app = worker_app(cfg)
         app.worker_main(argv=[

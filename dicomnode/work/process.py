@@ -110,7 +110,7 @@ def with_device(build: Callable, installation_id: str | None) -> Callable:
     return lambda paths: build(paths, device=DeviceInfo(installation_id=installation_id))
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: SIGKILL this child when the node dies (kill -9), so no orphan keeps writing outputs."""
     try:
         import ctypes
@@ -124,7 +124,7 @@ def _die_with_parent() -> None:
 def _child_main(conn, analyzer_target: str, source: ModelSource, threads: int, parent_pid: int | None = None,
                 installation_id: str | None = None) -> None:
     """Child process: load the models once, then answer requests until told to stop (``None``)."""
-    _die_with_parent()
+    die_with_parent()
     if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl took effect
         return
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
