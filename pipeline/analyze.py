@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 
 from pipeline.brain import extract_brain
@@ -34,12 +33,12 @@ from pipeline.encode.sr import PROFILES, Findings
 from pipeline.models import ModelPaths
 from pipeline.result import AnalysisResult, CannotAssess, Risk, Status
 from pipeline.segment import load_segmenter
-from pipeline.verdict import ModelIdentity, clear_previous, save, write_cannot_assess, write_srs
+from pipeline.verdict import (ModelIdentity, Source, as_dataset, clear_previous, save, write_cannot_assess,
+                              write_srs)
 from pipeline.volume import Volume, load_series, read_images
 
 log = logging.getLogger(__name__)
 
-Source = Path | str | Sequence[Path | str] | Sequence[Dataset]
 
 
 @dataclass(frozen=True)
@@ -110,7 +109,7 @@ class Analyzer:
         out.mkdir(parents=True, exist_ok=True)
         clear_previous(out)
         timings: dict[str, float] = {}
-        previous = [_as_dataset(p) for p in (predecessor or [])]
+        previous = [as_dataset(p) for p in (predecessor or [])]
         datasets: list[Dataset] = []
         try:
             with _timed(timings, "load"):
@@ -224,7 +223,3 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         yield
     finally:
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
-
-
-def _as_dataset(item: Dataset | Path | str) -> Dataset:
-    return item if isinstance(item, Dataset) else pydicom.dcmread(item)

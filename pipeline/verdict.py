@@ -88,7 +88,7 @@ def report_cannot_assess(
         datasets = read_images(source)
     except CannotAssess:
         datasets = []
-    previous = [p if isinstance(p, Dataset) else pydicom.dcmread(p) for p in (predecessor or [])]
+    previous = [as_dataset(p) for p in (predecessor or [])]
     return write_cannot_assess(reason, datasets, out, previous, identity, sr_profiles, device or DeviceInfo())
 
 
@@ -139,6 +139,11 @@ def clear_previous(out: Path) -> None:
     if (out / "sc").is_dir():
         for p in (out / "sc").glob("sc_*.dcm"):
             p.unlink()
+
+
+def as_dataset(item: Dataset | Path | str) -> Dataset:
+    """A predecessor SR/SEG given as a dataset or a file."""
+    return item if isinstance(item, Dataset) else pydicom.dcmread(item)
 
 
 def _one_study(datasets: list[Dataset]) -> list[Dataset]:

@@ -20,6 +20,20 @@ class LocalVerdicts:
     def __init__(self, models: ModelSource | None = None, *, installation_id: str | None = None) -> None:
         self.models = models or ModelSource()
         self.installation_id = installation_id
+        self._watcher: Any = None
+        self._identity: Any = None
+
+    def identity(self):
+        """The models' names and versions, read once and again only after a promotion (as the analysis
+        child does: one stat() of the registry per job when nothing changed)."""
+        from pipeline.verdict import ModelIdentity
+
+        if self._identity is None:
+            paths, self._watcher = _model_paths(self.models)
+            self._identity = ModelIdentity.of(paths)
+        elif self._watcher is not None and self._watcher.poll():
+            self._identity = ModelIdentity.of(self._watcher.paths)
+        return self._identity
 
     def start(self) -> None:
         """Nothing to start (the interface of ``AnalysisProcess``)."""
@@ -34,16 +48,15 @@ class LocalVerdicts:
                 **_: Any) -> str:
         from pipeline.encode.common import DeviceInfo
         from pipeline.result import CannotAssess
-        from pipeline.verdict import ModelIdentity, report_cannot_assess
+        from pipeline.verdict import report_cannot_assess
 
         if not cannot_assess:
             raise AnalysisFailed("not a verdict job: only 'cannot assess' reports are written here", retryable=False)
-        paths, _ = _model_paths(self.models)
         device = DeviceInfo(installation_id=self.installation_id) if self.installation_id else None
         try:
             result = report_cannot_assess(
                 files, out_dir, CannotAssess(cannot_assess["code"], cannot_assess["message"]),
-                ModelIdentity.of(paths), device=device,
+                self.identity(), device=device,
                 predecessor=predecessor_files(predecessor) if predecessor else None)
         except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
             raise AnalysisFailed(f"{type(exc).__name__}: {exc}", retryable=False) from exc
