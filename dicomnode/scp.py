@@ -30,7 +30,7 @@ import threading
 from pathlib import Path
 
 from .config import NodeConfig
-from .header import STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH, StoreRefused
+from .receive.header import STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH, StoreRefused
 from .pseudonym import Pseudonymizer
 from .receive import processes
 from .receive.filemeta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, file_meta_bytes

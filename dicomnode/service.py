@@ -91,7 +91,7 @@ class Node:
         self.housekeeper: Housekeeper | None = None
         self.scheduler: NodeScheduler | None = None
         self.receiver: Any = None
-        self.metrics: Any = None          # dicomnode.metrics.NodeMetrics when metrics.enabled
+        self.metrics: Any = None          # dicomnode.observe.metrics.NodeMetrics when metrics.enabled
         self.metrics_server: Any = None
         self._stopped = threading.Event()
         self.recovered: dict[str, int] = {}
@@ -124,8 +124,8 @@ class Node:
 
         destinations = [build_destination(d, calling_ae_title=cfg.node.ae_title) for d in cfg.destinations]
         dispatcher = Dispatcher(destinations, self.ledger)
-        if cfg.metrics.enabled:  # metrics hook (dicomnode.metrics): send failures per destination
-            from .metrics import NodeMetrics
+        if cfg.metrics.enabled:  # metrics hook (dicomnode.observe.metrics): send failures per destination
+            from .observe.metrics import NodeMetrics
 
             self.metrics = NodeMetrics(cfg).bind(self)
             self.metrics.watch_dispatcher(dispatcher)
@@ -229,7 +229,7 @@ class Node:
                 signal.signal(s, h)
 
     def _extra_jobs(self) -> dict:
-        """Optional scheduled jobs: the heartbeat study (dicomnode.heartbeat) and retraining on a cron
+        """Optional scheduled jobs: the heartbeat study (dicomnode.observe.heartbeat) and retraining on a cron
         expression (training.retrain, in a child process so TensorFlow never loads into the node)."""
         jobs: dict = {}
         if self.config.scheduler.retrain_cron:
@@ -239,7 +239,7 @@ class Node:
         if self.config.heartbeat.enabled:
             from apscheduler.triggers.interval import IntervalTrigger
 
-            from .heartbeat import Heartbeat
+            from .observe.heartbeat import Heartbeat
 
             jobs["heartbeat"] = (Heartbeat(self.config).tick,
                                  IntervalTrigger(seconds=min(5.0, self.config.heartbeat.interval_s)))

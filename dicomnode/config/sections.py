@@ -247,7 +247,7 @@ class MetricsSection(_Section):
 
 
 class HeartbeatSection(_Section):
-    """A synthetic study sent through the whole loop on a schedule (dicomnode.heartbeat)."""
+    """A synthetic study sent through the whole loop on a schedule (dicomnode.observe.heartbeat)."""
 
     enabled: bool = False  # off by default: it adds a study to the PACS every interval
     interval_s: float = Field(3600, ge=10)

@@ -128,7 +128,7 @@ class Destination(abc.ABC):
 
     def find_series(self, study_uid: str, timeout_s: float | None = None) -> list[str]:
         """The modality of each series this peer holds for ``study_uid`` (C-FIND, QIDO-RS): how the
-        heartbeat (``dicomnode.heartbeat``) sees its results arrive. Default: this type cannot be asked."""
+        heartbeat (``dicomnode.observe.heartbeat``) sees its results arrive. Default: this type cannot be asked."""
         raise NotImplementedError(f"a {self.config.type!r} destination cannot be asked for a study's series")
 
     def __repr__(self) -> str:

@@ -37,7 +37,7 @@ def gather(cfg) -> dict:
                    else "low" if usage.free >= cfg.storage.min_free_bytes else "full (refusing C-STORE)"}
     out["models"] = model_versions(cfg)
     out["destinations"] = destination_states(cfg)
-    from dicomnode.heartbeat import read_state  # the scheduled synthetic study (issue 7), None if never run
+    from dicomnode.observe.heartbeat import read_state  # the scheduled synthetic study (issue 7), None if never run
 
     out["heartbeat"] = read_state(data_dir)
     from training.retrain import read_status  # the last or running retrain (issue 6)

@@ -16,8 +16,8 @@ from pydicom.dataset import Dataset
 
 from ..store import digest
 from ..config import NodeConfig
-from ..header import STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH
-from ..header import StoreRefused, check_complete, parse_header
+from .header import STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH
+from .header import StoreRefused, check_complete, parse_header
 from ..store.index import Index, InstanceInfo, InstanceRecord, StoreOutcome
 from ..store.journal import Entry, Journal, JournalStalled
 from ..pseudonym import Pseudonymizer

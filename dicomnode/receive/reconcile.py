@@ -6,8 +6,8 @@ import io
 import logging
 
 from ..store import digest
-from ..header import STATUS_DATASET_MISMATCH
-from ..header import StoreRefused, parse_header
+from .header import STATUS_DATASET_MISMATCH
+from .header import StoreRefused, parse_header
 from ..store.index import Index, InstanceRecord
 from ..pseudonym import Pseudonymizer
 from ..store.spool import Spool

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import NodeConfig
-from ..header import DEFLATED_LE, EXPLICIT_LE, IMPLICIT_LE
+from .header import DEFLATED_LE, EXPLICIT_LE, IMPLICIT_LE
 from ..store.index import Index
 from ..store.journal import Journal
 from ..pseudonym import Pseudonymizer

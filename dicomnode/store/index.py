@@ -532,7 +532,7 @@ def _patient_of_file(path: Path, pseudonym: Pseudonymizer) -> str | None:
 
     from pydicom.filereader import _read_file_meta_info
 
-    from ..header import parse_header
+    from ..receive.header import parse_header
 
     try:
         raw = path.read_bytes()

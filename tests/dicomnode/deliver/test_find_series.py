@@ -12,7 +12,7 @@ import pytest
 
 from dicomnode.config import Destination, NodeConfig
 from dicomnode.deliver import build
-from dicomnode.heartbeat import Heartbeat
+from dicomnode.observe.heartbeat import Heartbeat
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 HELD = {STUDY: ["SEG", "SR"]}  # what the peer holds: study → modality of each series

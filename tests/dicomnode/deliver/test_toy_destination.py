@@ -17,7 +17,7 @@ from dicomnode.deliver import TYPES, DestinationConfig, OnDelivered, build, regi
 from dicomnode.deliver.base import Destination as Sender
 from dicomnode.deliver.dispatch import Dispatcher
 from dicomnode.deliver.ledger import Ledger
-from dicomnode.heartbeat import Heartbeat, synthetic_head_ct
+from dicomnode.observe.heartbeat import Heartbeat, synthetic_head_ct
 from dicomnode.queue import JobState
 from dicomnode.service import Node
 from tests.conftest import TEST_JOURNAL_MB, wait_for

@@ -14,7 +14,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .uids import InvalidUID, validate_uid
+from dicomnode.uids import InvalidUID, validate_uid
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"

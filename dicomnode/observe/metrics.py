@@ -152,7 +152,7 @@ def _destination_health(node: Any) -> list:
 
 def _heartbeat_state(node: Any) -> dict | None:
     try:
-        from dicomnode.heartbeat import read_state
+        from dicomnode.observe.heartbeat import read_state
 
         return read_state(Path(node.config.node.data_dir))
     except Exception:  # noqa: BLE001

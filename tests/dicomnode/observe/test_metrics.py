@@ -32,7 +32,7 @@ def test_metrics_after_a_delivered_study(metrics_node, series_dir, dcmtk, caplog
     series, _late = series_dir
     status, text = scrape(cfg.metrics.port)
     assert status == 200 and metric_value(text, "ichnode_jobs", state="sent") == 0
-    caplog.set_level(logging.WARNING, logger="dicomnode.metrics")
+    caplog.set_level(logging.WARNING, logger="dicomnode.observe.metrics")
 
     r = dcmtk("storescu", "-aec", "ICHNODE", "+sd", "127.0.0.1", cfg.node.port, series)
     assert r.returncode == 0, r.stderr

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from dicomnode.config import AEAddress, ConfigError, Destination, NodeConfig, load_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_defaults_run_without_a_file():

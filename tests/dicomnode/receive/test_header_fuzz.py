@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the header scan (``dicomnode.header.parse_header``), issue 13 part 5.
+"""Property-based fuzzing of the header scan (``dicomnode.receive.header.parse_header``), issue 13 part 5.
 
 Inputs: real CT slices (the 5 mm phantom and the tilted GE head, pixel data cut short) and a synthetic
 data set with undefined-length sequences, each in implicit, explicit and deflated little endian, then
@@ -38,7 +38,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 
-from dicomnode import header as H
+from dicomnode.receive import header as H
 
 _SCALE = 20 if os.environ.get("HYPOTHESIS_PROFILE") == "explore" else 1
 FAILURE_STATUSES = {H.STATUS_CANNOT_UNDERSTAND, H.STATUS_DATASET_MISMATCH}

@@ -15,7 +15,7 @@ import pydicom
 import pytest
 
 from dicomnode.config import Destination
-from dicomnode.heartbeat import PATIENT_ID, Heartbeat, orthanc_series, read_state, synthetic_head_ct
+from dicomnode.observe.heartbeat import PATIENT_ID, Heartbeat, orthanc_series, read_state, synthetic_head_ct
 from dicomnode.service import Node
 from tests.conftest import metric_value, node_config, scrape, small_config, wait_for
 from tests.integration.conftest import OrthancServer

@@ -12,7 +12,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 
-from dicomnode import header as H
+from dicomnode.receive import header as H
 from dicomnode.pseudonym import Pseudonymizer
 
 PZ = Pseudonymizer.ephemeral()
