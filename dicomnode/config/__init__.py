@@ -4,7 +4,7 @@ Why one model tree: every part of the node (SCP, queue, worker, destinations, sc
 its own section from the same validated object, so a typo is caught once, at start-up, with the
 file and the key it came from, instead of surfacing as a crash at 3 a.m.
 
-Sources, lowest priority first:
+Sources, lowest priority first (read by pydantic-settings, ``load.py``):
 
 1. defaults declared below (a node runs with no file at all: ``ich-node serve``),
 2. the TOML file (``load_config(path)``; ``ICH_NODE_CONFIG`` names it when ``path`` is None),

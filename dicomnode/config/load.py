@@ -1,15 +1,17 @@
-"""Reading the configuration: the TOML file, ``ICH_NODE__*`` overrides, one ``ConfigError`` listing every
-problem with its source."""
+"""Reading the configuration through pydantic-settings: the TOML file, ``ICH_NODE__*`` overrides, one
+``ConfigError`` listing every problem with its source."""
 
 from __future__ import annotations
 
 import os
 import tomllib
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from pydantic import ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from .model import NodeConfig
 
@@ -115,6 +117,44 @@ def _source_of(loc: tuple, origin: dict[tuple[str, ...], str], file: str) -> str
     return file
 
 
+class _Sources(NamedTuple):
+    toml: Path | None
+    env: Mapping[str, str]
+
+
+_LOADING: ContextVar[_Sources] = ContextVar("ich_node_config_sources")
+
+
+class _EnvOverrides(PydanticBaseSettingsSource):
+    """``ICH_NODE__SECTION__KEY=value`` as a pydantic-settings source: TOML-valued, case-insensitive,
+    list items by index. pydantic-settings' own env source reads ``os.environ`` only, takes JSON for
+    complex values and has no list indices, so the node keeps its syntax behind this one class."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str], below: dict) -> None:
+        super().__init__(settings_cls)
+        self._over, _ = env_overrides(env)
+        self._below = below  # the TOML file's values: ICH_NODE__DESTINATIONS__0__PORT edits its item 0
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._over.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: _merge(self._below.get(k), v) if k in self._below else v for k, v in self._over.items()}
+
+
+class _NodeSettings(NodeConfig, BaseSettings):
+    """``NodeConfig`` read by pydantic-settings: environment over TOML file over defaults."""
+
+    model_config = SettingsConfigDict(extra="forbid", validate_assignment=True)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any, env_settings: Any,
+                                   dotenv_settings: Any, file_secret_settings: Any) -> tuple[Any, ...]:
+        sources = _LOADING.get()
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=sources.toml)
+        return _EnvOverrides(settings_cls, sources.env, toml.toml_data), toml
+
+
 def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> NodeConfig:
     """Read ``path`` (TOML; optional), apply ``ICH_NODE__*`` overrides from ``env``, validate.
 
@@ -124,31 +164,35 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
     if path is None and env.get(ENV_CONFIG_FILE):
         path = env[ENV_CONFIG_FILE]
     file_label = str(path) if path is not None else "defaults"
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError([Problem(file_label, "", "file not found")]) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError([Problem(file_label, "", f"cannot read: {exc}")]) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError([Problem(file_label, "", f"not valid TOML: {exc}")]) from None
-    over, origin = env_overrides(env)
-    data = _merge(data, over)
+    toml_path = Path(path) if path is not None else None
+    if toml_path is not None and not toml_path.is_file():
+        # pydantic-settings treats a missing file as empty: for the node it is a mistake
+        raise ConfigError([Problem(file_label, "", "file not found" if not toml_path.exists() else "not a file")])
+    token = _LOADING.set(_Sources(toml_path, env))
     try:
-        return NodeConfig.model_validate(data)
+        settings = _NodeSettings()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem(file_label, "", f"cannot read: {exc}")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([Problem(file_label, "", f"not valid TOML: {exc}")]) from None
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            msg = err["msg"]
-            if msg.startswith("Value error, "):
-                msg = msg[len("Value error, "):]
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key (misspelt? see deploy/ich-node.toml)"
-            elif "input" in err and err["type"] not in ("missing", "value_error") and not isinstance(err["input"], (dict, list)):
-                msg = f"{msg} (got {err['input']!r})"
-            problems.append(Problem(_source_of(loc, origin, file_label), ".".join(str(x) for x in loc), msg))
-        raise ConfigError(problems) from None
+        raise ConfigError(_problems(exc, env_overrides(env)[1], file_label)) from None
+    finally:
+        _LOADING.reset(token)
+    # the node's type (picklable, comparable), from values validated once above
+    return NodeConfig.model_construct(_fields_set=settings.model_fields_set, **dict(settings))
+
+
+def _problems(exc: ValidationError, origin: dict[tuple[str, ...], str], file_label: str) -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (misspelt? see deploy/ich-node.toml)"
+        elif "input" in err and err["type"] not in ("missing", "value_error") and not isinstance(err["input"], (dict, list)):
+            msg = f"{msg} (got {err['input']!r})"
+        problems.append(Problem(_source_of(loc, origin, file_label), ".".join(str(x) for x in loc), msg))
+    return problems
