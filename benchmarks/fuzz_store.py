@@ -215,7 +215,7 @@ def load_sources(ct_data: Path, work: Path) -> list[Source]:
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
 
-    from dicomnode.heartbeat import synthetic_head_ct
+    from dicomnode.observe.heartbeat import synthetic_head_ct
 
     paths = [("phantom", p) for p in sorted((ct_data / "philips-phantom-5mm").iterdir()) if p.name != "DIRFILE"]
     paths += [("ge-head", p) for p in sorted((ct_data / "ge-human-head-tilted").iterdir()) if p.name != "DIRFILE"]

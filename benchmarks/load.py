@@ -39,7 +39,7 @@ from benchmarks.peers import (PHANTOM_5MM as PHANTOM, SEG_CLASS as SEG, SR_PREFI
 
 
 def make_studies(root: Path, n: int, source: str) -> list[tuple[str, Path]]:
-    from dicomnode.heartbeat import synthetic_head_ct
+    from dicomnode.observe.heartbeat import synthetic_head_ct
 
     out = []
     for i in range(n):
