@@ -40,7 +40,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         from dicomnode.queue import BACKENDS, backend_class
 
         if backend_class(cfg.queue.backend).needs_local_workers:
-            remote = " or ".join(f'"{n}"' for n in sorted(BACKENDS.entries) if not backend_class(n).needs_local_workers)
+            remote = " or ".join(f'"{n}"' for n in sorted(BACKENDS.targets()) if not backend_class(n).needs_local_workers)
             typer.secho(f"queue.backend is {cfg.queue.backend!r}: the node runs its own workers; `ich-node worker` "
                         f"needs a backend with workers of its own (queue.backend = {remote})",
                         fg="red", err=True)

@@ -67,7 +67,7 @@ def _without_foreign_keys(registry: Registry, cls: type[BaseModel], name: str, d
     if not unknown:
         return data
     foreign: set[str] = set()
-    for other in registry.entries:
+    for other in registry.targets():
         if other != name:
             try:
                 foreign |= set(registry.load(other).Config.model_fields)

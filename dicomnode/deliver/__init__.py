@@ -2,8 +2,8 @@
 
 A new kind of destination is one new module with a ``Destination`` subclass whose ``Config`` is its
 config class (a ``DestinationConfig`` subclass with ``type: Literal["name"]``), registered in
-``TYPES`` here, or by a site's own code with ``register("name", "module:Class")`` before the config is
-read. ``dicomnode.config`` validates each ``[[destinations]]`` entry as the ``Config`` of its ``type``,
+``TYPES`` here, by a site's own code with ``register("name", "module:Class")`` before the config is
+read, or by an installed package's entry point in the group ``ich_node.destinations`` (every process). ``dicomnode.config`` validates each ``[[destinations]]`` entry as the ``Config`` of its ``type``,
 looked up in ``TYPES`` when the config is read (``DEFAULT_TYPE`` when left out).
 """
 
@@ -15,7 +15,7 @@ from .base import DeliveryError, Destination, DestinationConfig, OnDelivered, TL
 __all__ = ["DEFAULT_TYPE", "DeliveryError", "Destination", "DestinationConfig", "OnDelivered", "TLSClient", "TYPES",
            "register", "build"]
 
-TYPES = Registry("destination type", {
+TYPES = Registry("destination type", group="ich_node.destinations", entries={
     "dimse": "dicomnode.deliver.dimse:DimseDestination",
     "stowrs": "dicomnode.deliver.stowrs:StowRsDestination",
 })

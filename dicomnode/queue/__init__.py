@@ -20,7 +20,7 @@ __all__ = ["Backoff", "Job", "JobQueue", "JobState", "QueueConfig", "QueueError"
            "BACKENDS", "DEFAULT_BACKEND", "register", "backend_class", "open_queue"]
 
 #: config ``queue.backend`` → "module:Class"
-BACKENDS = Registry("queue backend", {
+BACKENDS = Registry("queue backend", group="ich_node.queue_backends", entries={
     "sqlite": "dicomnode.queue.sqlite:SQLiteQueue",
     "celery": "dicomnode.queue.celery:CeleryQueue",
 })

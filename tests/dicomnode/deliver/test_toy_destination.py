@@ -119,3 +119,46 @@ def test_a_node_delivers_through_the_toy_type(tmp_path, free_port, fake_module, 
         assert build(cfg.destinations[0]).find_series(study) == ["CT", "CT"]  # the fake analysis copies the CT
     finally:
         node.stop()
+
+
+def test_an_installed_package_registers_the_toy_type_for_every_process(tmp_path):
+    """``register`` reaches one process; an entry point (group ``ich_node.destinations``) of an installed
+    package reaches all: a separate ``ich-node config check`` knows the toy type, validates its own keys
+    with the toy's Config, and a package cannot take over a built-in name."""
+    import os
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    dist = site / "ich_toy_site-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ich-toy-site\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[ich_node.destinations]\n"
+        "toy = tests.dicomnode.deliver.test_toy_destination:ToyDestination\n"
+        "dimse = not_the_real_one:Destination\n")  # a built-in name: ignored, with a warning
+    repo = Path(__file__).resolve().parents[3]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ICH_NODE")}
+    ich_node = shutil.which("ich-node", path=str(Path(sys.executable).parent))
+    assert ich_node, "the ich-node command is installed with the package"
+
+    def check(config: Path, installed: bool) -> subprocess.CompletedProcess:
+        path = [str(site)] if installed else []
+        return subprocess.run([ich_node, "config", "check", str(config), "--show"],
+                              cwd=repo, capture_output=True, text=True, timeout=120,
+                              env={**env, "PYTHONPATH": os.pathsep.join([*path, str(repo)])})
+
+    good = toml(tmp_path)
+    without = check(good, installed=False)
+    assert without.returncode == 1 and "unknown destination type 'toy'" in without.stderr
+    r = check(good, installed=True)
+    assert r.returncode == 0, r.stderr
+    assert '"type": "toy"' in r.stdout and '"max_files": 100' in r.stdout  # the toy's own Config filled it in
+    bad = toml(tmp_path, extra="max_files = 0")
+    r = check(bad, installed=True)
+    assert r.returncode == 1 and "destinations.0.max_files" in r.stderr
+    dimse = tmp_path / "dimse.toml"
+    dimse.write_text('[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 4242\n')
+    r = check(dimse, installed=True)
+    assert r.returncode == 0 and '"type": "dimse"' in r.stdout, r.stderr
+    assert "plug-ins ignored, the names are taken: dimse" in r.stderr  # the built-in stayed, and said so
