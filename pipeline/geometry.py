@@ -1,5 +1,7 @@
 """Series geometry, checked once: the node's series selection and ``pipeline.volume`` both judge a CT
 stack here, with the same tolerances and the same cannot-assess codes (``pipeline.result.REASONS``).
+The rescale to HU is judged here too, because it is read from the same headers and the selection must
+refuse what the pipeline would.
 
 Works on any pydicom datasets, header-only reads included (no pixels are touched):
 
@@ -7,8 +9,13 @@ Works on any pydicom datasets, header-only reads included (no pixels are touched
 * ``check_consistency`` — every slice has position, orientation, pixel spacing and matrix size, as
   usable (finite) numbers, in one frame of reference, one orientation (orthonormal), one pixel spacing,
   one matrix size; returns the stack's ``SeriesGeometry`` (slices ordered along the normal).
+* ``check_rescale`` — RescaleSlope/RescaleIntercept, where a slice has them, are one finite number each
+  (float32, as the pipeline computes HU) and the slope is not zero; absent means identity (1, 0).
+  Slices may differ: each slice is converted with its own values.
 * ``check_spacing`` — no two slices at one position, no slice missing (a gap larger than ``gap_factor``
   × both its neighbourhood's and the global median spacing).
+* ``evenly_spaced`` — every gap within ``EVEN_SPACING_REL_TOL`` of the median: the pipeline stacks such
+  a series as it is (else resamples it), the selection may start it on release (else waits).
 
 The normal is ``highdicom.spatial.get_normal_vector`` in the DICOM pixel convention (row direction ×
 column direction), so slices ascend along the normal and (row, column, normal) is right-handed. The
@@ -34,8 +41,10 @@ ORTHONORMAL_TOL = 0.01       # row/column cosines this far from unit length or p
 PIXEL_SPACING_TOL_MM = 1e-3  # pixel spacings that differ by more are "mixed pixel spacings"
 DUPLICATE_TOL_MM = 0.01      # slices closer than this along the normal share one position
 MISSING_GAP_FACTOR = 1.5     # default gap factor (the node's [selection] gap_factor default is the same)
+EVEN_SPACING_REL_TOL = 0.01  # slice gaps within 1 % of the median are "evenly spaced"
 NEIGHBOURHOOD = 3            # gaps on either side that make a gap's "local" spacing
 GEOMETRY_KEYWORDS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
+RESCALE_KEYWORDS = ("RescaleSlope", "RescaleIntercept")
 
 
 def floats(value, n: int | None = None) -> list[float] | None:
@@ -151,6 +160,42 @@ def check_consistency(images: Sequence[Dataset]) -> SeriesGeometry:
                           (float(px[0, 0]), float(px[0, 1])), sizes[0][0], sizes[0][1])
 
 
+def rescale(ds: Dataset) -> tuple[float, float]:
+    """(slope, intercept) that turn a slice's stored values into HU; (1, 0) where the slice has none.
+
+    Refuses (``CannotAssess("invalid_rescale")``) a value that is not one number finite in float32, or a
+    zero slope (every pixel would be one HU value)."""
+    out = []
+    for kw, default in zip(RESCALE_KEYWORDS, (1.0, 0.0)):
+        value = ds.get(kw)
+        if value is None or value == "":
+            out.append(default)
+            continue
+        v = floats(value, 1)
+        with np.errstate(all="ignore"):
+            if v is None or not np.isfinite(np.float32(v[0])):
+                raise CannotAssess("invalid_rescale", f"{kw} is not a usable number")
+        out.append(v[0])
+    if out[0] == 0:
+        raise CannotAssess("invalid_rescale", "RescaleSlope is zero")
+    return out[0], out[1]
+
+
+def check_rescale(images: Sequence[Dataset]) -> None:
+    """Refuse a stack of which a slice's rescale is not usable (see ``rescale``)."""
+    for ds in images:
+        rescale(ds)
+
+
+def evenly_spaced(gaps: np.ndarray, rel_tol: float = EVEN_SPACING_REL_TOL) -> bool:
+    """Every gap (sorted positions' differences) within ``rel_tol`` of their positive median."""
+    gaps = np.asarray(gaps, dtype=float)
+    if len(gaps) == 0:
+        return False
+    med = float(np.median(gaps))
+    return med > 0 and bool(np.all(np.abs(gaps - med) <= rel_tol * med))
+
+
 def missing_slice_gap(gaps: np.ndarray, gap_factor: float = MISSING_GAP_FACTOR) -> tuple[int, float, float] | None:
     """The first gap larger than ``gap_factor`` × both its neighbourhood's (± ``NEIGHBOURHOOD`` gaps) and
     the global median spacing, as (index, gap, expected); None when nothing is missing.
@@ -187,5 +232,6 @@ def check_series_geometry(images: Sequence[Dataset], *, gap_factor: float = MISS
     """All of the above, in the order both callers apply them."""
     check_stack(images)
     geo = check_consistency(images)
+    check_rescale(images)
     check_spacing(geo.positions, gap_factor=gap_factor, duplicate_tol_mm=duplicate_tol_mm)
     return geo

@@ -26,7 +26,7 @@ REASONS: dict[str, tuple[str, str]] = {
     "no_images": ("CA-NOIMAGES", "No CT images"),
     "not_ct": ("CA-NOTCT", "Not a CT series"),
     "mixed_series": ("CA-MIXSERIES", "Several series mixed"),
-    # series geometry (pipeline.geometry: the node's selection and pipeline.volume alike)
+    # series geometry and rescale (pipeline.geometry: the node's selection and pipeline.volume alike)
     "unsupported_multiframe": ("CA-MULTIFRAME", "Multi-frame CT not supported"),
     "single_slice": ("CA-SINGLESLICE", "Single slice"),
     "missing_geometry": ("CA-NOGEOMETRY", "Missing image geometry"),
@@ -40,6 +40,7 @@ REASONS: dict[str, tuple[str, str]] = {
     "mixed_matrix_size": ("CA-MIXMATRIX", "Mixed image sizes"),
     "duplicate_slices": ("CA-DUPSLICES", "Duplicate slice positions"),
     "missing_slices": ("CA-MISSINGSLICES", "Missing slices"),
+    "invalid_rescale": ("CA-BADRESCALE", "Rescale slope/intercept not usable"),
     # pixels and anatomy (pipeline only)
     "undecodable_pixels": ("CA-UNDECODABLE", "Pixel data not decodable"),
     "unsupported_pixels": ("CA-BADPIXELS", "Unsupported pixel data"),

@@ -22,13 +22,12 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array
 from scipy import ndimage
 
-from pipeline.geometry import SeriesGeometry, check_consistency, check_spacing, check_stack, normal_positions
+from pipeline.geometry import SeriesGeometry, check_series_geometry, evenly_spaced, normal_positions, rescale
 from pipeline.result import CannotAssess
 
 log = logging.getLogger(__name__)
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
-UNIFORM_REL_TOL = 0.01      # slice gaps within 1 % of the median count as evenly spaced (else resampled)
 AIR_HU = -1024.0
 
 
@@ -163,16 +162,16 @@ def load_series(source: Path | str | Sequence[Path | str] | Sequence[Dataset]) -
     """Read one CT series (a folder, files, or datasets) into an analysis volume.
 
     Raises ``CannotAssess`` with a stable code when the series cannot be analysed safely; the geometry
-    checks are ``pipeline.geometry``'s, with its default tolerances (the node's selection defaults).
+    checks (rescale included) are ``pipeline.geometry``'s, with its default tolerances (the node's selection
+    defaults).
     """
     datasets = read_images(source)
     _check_series(datasets)
-    geo = check_consistency(datasets)
-    check_spacing(geo.positions)
+    geo = check_series_geometry(datasets)
     try:
         return _build([datasets[i] for i in geo.order], geo)
     except (ValueError, TypeError, OverflowError) as exc:  # a header value that is not a (finite) number
-        raise CannotAssess("invalid_geometry", "a slice's position, orientation, spacing or rescale value is not "
+        raise CannotAssess("invalid_geometry", "a slice's position, orientation or spacing is not "
                                                f"a usable number ({type(exc).__name__})") from None
 
 
@@ -229,7 +228,6 @@ def _check_series(images: list[Dataset]) -> None:
     series = {str(ds.get("SeriesInstanceUID", "")) for ds in images}
     if len(series) > 1:
         raise CannotAssess("mixed_series", f"{len(series)} series mixed in one input")
-    check_stack(images)
 
 
 # ---------------------------------------------------------------------------------------------- pixels
@@ -243,8 +241,7 @@ def _hu(ds: Dataset) -> np.ndarray:
         raise CannotAssess("undecodable_pixels", f"pixel data cannot be decoded ({ts}): {type(exc).__name__}") from exc
     if arr.ndim != 2:
         raise CannotAssess("unsupported_pixels", f"expected a 2-D grayscale slice, got shape {arr.shape}")
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    slope, intercept = rescale(ds)
     return arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
 
 
@@ -258,7 +255,7 @@ def _build(datasets: list[Dataset], geo: SeriesGeometry) -> LoadedSeries:
     tilted = bool(np.abs(shift_mm).max() > 0.01 * min(sx, sy))
     gaps = np.diff(positions)
     med = float(np.median(gaps))
-    uniform = bool(np.all(np.abs(gaps - med) <= UNIFORM_REL_TOL * med))
+    uniform = evenly_spaced(gaps)
     direction = tuple(np.column_stack([r, c, n]).ravel().tolist())
     slices = np.empty((len(datasets), geo.rows, geo.columns), dtype=np.float32)
     for k, ds in enumerate(datasets):

@@ -12,9 +12,10 @@ milliseconds. Three outcomes per study, because the user sees them differently:
 * ``ignore`` — not a head NCCT at all (chest CT, SR, contrast CTA, bone-kernel-only,
   reformats): logged with the reason, nothing is sent.
 
-The geometry checks (slice order, duplicate/missing slices, orientation, pixel spacing, matrix size)
-are ``pipeline.geometry``'s, the same ``pipeline.volume`` applies, with the site's ``gap_factor``; the
-codes are keys of ``pipeline.result.REASONS``, so the selection and the analysis reach the same verdict.
+The geometry checks (slice order, duplicate/missing slices, orientation, pixel spacing, matrix size,
+rescale slope/intercept, even spacing) are ``pipeline.geometry``'s, the same ``pipeline.volume`` applies,
+with the site's ``gap_factor``; the codes are keys of ``pipeline.result.REASONS``, so the selection and
+the analysis reach the same verdict.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from typing import Sequence
 import numpy as np
 from pydicom.dataset import Dataset
 
-from pipeline.geometry import check_consistency, check_spacing, check_stack, floats, normal_positions, slice_normal
+from pipeline.geometry import (check_consistency, check_rescale, check_spacing, check_stack, evenly_spaced, floats,
+                               normal_positions, slice_normal)
 from pipeline.result import CannotAssess
 
 from ..config import SelectionSection
@@ -43,7 +45,7 @@ HEADER_TAGS = [
     "FilterType", "SliceThickness", "ContrastBolusAgent", "ContrastBolusRoute", "PixelSpacing", "Rows", "Columns",
     "ReconstructionDiameter", "ImageOrientationPatient", "ImagePositionPatient", "FrameOfReferenceUID",
     "PatientPosition", "NumberOfFrames", "StudyInstanceUID", "SeriesInstanceUID", "InstanceNumber",
-    "ImagesInAcquisition",
+    "ImagesInAcquisition", "RescaleSlope", "RescaleIntercept",
 ]
 
 _HEAD_WORDS = re.compile(r"HEAD|BRAIN|SKULL|CRAN|CEREB|NEURO|STROKE|\bICH\b|KOPF|SCH[AÄ]E?DEL|CR[AÂ]NE|ENCEPH|HIRN", re.I)
@@ -161,6 +163,7 @@ def assess_series(series_uid: str, headers: Sequence[Dataset], cfg: SelectionSec
     try:
         check_stack(images)
         geo = check_consistency(images)
+        check_rescale(images)
     except CannotAssess as ca:
         return out(Verdict.CANNOT_ASSESS, ca.code, ca.message, n_slices=n_slices)
     pos = geo.positions
@@ -187,15 +190,13 @@ def assess_series(series_uid: str, headers: Sequence[Dataset], cfg: SelectionSec
                complete=geometrically_complete(images, gaps), **kw)
 
 
-def geometrically_complete(images: Sequence[Dataset], gaps: np.ndarray, tolerance: float = 0.1) -> bool:
-    """Nothing missing as far as the headers can tell: evenly spaced (every gap within ``tolerance`` of
-    the median, so the count matches extent / spacing + 1) and, where every slice states it, as many
-    slices as ``ImagesInAcquisition``. Stricter than "analysable": a series that passes may start before
-    the quiet period; one that doesn't still gets analysed, after it."""
-    if len(gaps) == 0:
-        return False
-    med = float(np.median(gaps))
-    if med <= 0 or float(np.max(np.abs(gaps - med))) > tolerance * med:
+def geometrically_complete(images: Sequence[Dataset], gaps: np.ndarray) -> bool:
+    """Nothing missing as far as the headers can tell: evenly spaced (``pipeline.geometry.evenly_spaced``,
+    the rule by which the pipeline stacks a series without resampling it, so the count matches extent /
+    spacing + 1) and, where every slice states it, as many slices as ``ImagesInAcquisition``. Stricter
+    than "analysable": a series that passes may start before the quiet period; one that doesn't still
+    gets analysed, after it."""
+    if not evenly_spaced(gaps):
         return False
     stated = {ds.get("ImagesInAcquisition") for ds in images}
     if len(stated) == 1 and None not in stated:

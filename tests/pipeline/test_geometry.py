@@ -1,5 +1,7 @@
 """pipeline.geometry: one set of series-geometry checks for the node's selection and pipeline.volume, and
-one table of cannot-assess reasons (pipeline.result.REASONS), issue 17 part 4."""
+one table of cannot-assess reasons (pipeline.result.REASONS), issue 17 part 4; the rescale to HU and the
+"evenly spaced" rule are judged there too, so the selection refuses (and starts early) what the pipeline
+refuses (and stacks without resampling)."""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 GEOMETRY_CODES = {"unsupported_multiframe", "single_slice", "missing_geometry", "invalid_geometry",
                   "no_frame_of_reference", "mixed_frame_of_reference", "mixed_orientation", "invalid_orientation",
                   "invalid_pixel_spacing", "mixed_pixel_spacing", "mixed_matrix_size", "duplicate_slices",
-                  "missing_slices"}
+                  "missing_slices", "invalid_rescale"}
 
 
 def stack(n=30, dz=5.0, size=8) -> list[Dataset]:
@@ -148,6 +150,42 @@ def test_tolerant_helpers_never_raise():
     assert geometry.normal_positions(bad) is None and geometry.normal_positions([]) is None
 
 
+@pytest.mark.parametrize("slope,intercept,ok", [
+    (1, -1024, True), (None, None, True), ("", "", True), (2.5, 0, True), (-1, 0, True),  # absent: identity
+    (0, 0, False), ("nan", 0, False), (1, "inf", False), (1e39, 0, False),  # 1e39 overflows float32
+    ([1, 2], 0, False),
+])
+def test_rescale(slope, intercept, ok):
+    ds = Dataset()
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if ok:
+        assert geometry.rescale(ds) == ((float(slope), float(intercept)) if slope not in (None, "") else (1.0, 0.0))
+    else:
+        with pytest.raises(CannotAssess, match="invalid_rescale"):
+            geometry.check_rescale([Dataset(), ds])
+
+
+@pytest.mark.parametrize("gaps,even", [
+    ([5, 5, 5], True), ([5, 5.04, 4.97], True),     # within 1 % of the median
+    ([5, 5.2, 5, 5.2], False),                      # 4 %: resampled, so not "complete" on release either
+    ([4] * 5 + [7] * 5, False), ([], False), ([0, 0], False),
+])
+def test_evenly_spaced(gaps, even):
+    assert geometry.evenly_spaced(np.array(gaps, dtype=float)) is even
+
+
+def test_one_even_spacing_rule_no_private_tolerance():
+    """The selection's "complete" and the pipeline's "no resampling" had their own tolerances (10 % vs
+    1 %); both now call geometry.evenly_spaced."""
+    import dicomnode.select.series as series
+    import pipeline.volume as volume
+
+    assert not hasattr(volume, "UNIFORM_REL_TOL")
+    assert "tolerance" not in series.geometrically_complete.__code__.co_varnames
+    assert geometry.EVEN_SPACING_REL_TOL == 0.01
+
+
 # ------------------------------------------------------------------------------------------------ one table
 
 
@@ -243,6 +281,15 @@ CASES = {
     "two frames of reference": (_set(6, "FrameOfReferenceUID", "1.2.3.10"), "mixed_frame_of_reference"),
     "multi-frame": (_multiframe, "unsupported_multiframe"),
     "one slice": (_single, "single_slice"),
+    "rescale slope NaN (was: selection qualified, pipeline made NaN HU)": (_set(4, "RescaleSlope", "nan"),
+                                                                          "invalid_rescale"),
+    "rescale slope 0 (was: selection qualified, pipeline read it as 1)": (_set(4, "RescaleSlope", 0),
+                                                                         "invalid_rescale"),
+    "rescale intercept 1e39 (was: selection qualified, pipeline made inf HU)": (
+        _set(range(30), "RescaleIntercept", 1e39), "invalid_rescale"),
+    "slopes differ between slices (each slice converted with its own)": (_set(4, "RescaleSlope", 2), None),
+    "no rescale at all (identity)": (lambda images: [(delattr(ds, "RescaleSlope"), delattr(ds, "RescaleIntercept"))
+                                                     for ds in images], None),
 }
 
 
@@ -252,6 +299,21 @@ def test_selection_and_pipeline_reach_the_same_verdict(name):
     images = stack()
     mutate(images)
     assert selection_code(images) == pipeline_code(images) == code
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.003, 0.009, 0.02, 0.05, 0.09])
+def test_selection_starts_on_release_exactly_what_the_pipeline_stacks_without_resampling(jitter):
+    """Every other gap ``jitter`` × 5 mm longer: not a missing slice, analysable by both; "complete"
+    (may start on release) iff the pipeline takes the stack as it is (was: 10 % vs 1 %)."""
+    images = stack()
+    z = 0.0
+    for i, ds in enumerate(images):
+        ds.ImagePositionPatient = [-115, -115, z]
+        z += 5.0 * (1 + jitter * (i % 2))
+    a = assess_series("1.2.3.4", images, SelectionSection())
+    loaded = load_series(images)
+    assert a.verdict is Verdict.QUALIFIES
+    assert a.complete is (not loaded.resampled) is (jitter < 0.01)
 
 
 def test_a_site_gap_factor_reaches_the_same_verdict_as_the_pipeline_with_that_factor():
@@ -265,7 +327,7 @@ def test_a_site_gap_factor_reaches_the_same_verdict_as_the_pipeline_with_that_fa
         geometry.check_series_geometry(images, gap_factor=strict.gap_factor)
 
 
-GEOMETRY_FIELDS = sorted(set(FIELDS) - {"RescaleSlope", "RescaleIntercept", "SliceThickness"})
+GEOMETRY_FIELDS = sorted(set(FIELDS) - {"SliceThickness"})  # rescale included: the selection reads it too
 
 
 @settings(max_examples=25 * SCALE, deadline=None)
@@ -275,6 +337,9 @@ GEOMETRY_FIELDS = sorted(set(FIELDS) - {"RescaleSlope", "RescaleIntercept", "Sli
 @example(field="ImagePositionPatient", value=b"NaN\\NaN\\NaN", slices={3})
 @example(field="PixelSpacing", value=b"-0\\-0\\-0", slices="all")
 @example(field="ImageOrientationPatient", value=b"1e308\\1e308\\1e308", slices={0})
+@example(field="RescaleSlope", value=b"abc", slices={3})
+@example(field="RescaleIntercept", value=b"NaN", slices="all")
+@example(field="RescaleSlope", value=b"-0", slices={7})
 def test_hostile_geometry_gets_one_verdict_from_selection_and_pipeline(phantom_files, field, value, slices):
     """The real phantom, slices given hostile geometry bytes: the selection (header-only reads, as the
     sweep does) and load_series (full reads) name the same geometry code, or neither does."""

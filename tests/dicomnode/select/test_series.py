@@ -66,6 +66,16 @@ def test_uneven_spacing_is_analysable_but_not_complete_on_release():
     assert a.verdict is Verdict.QUALIFIES and not a.complete
 
 
+def test_a_few_percent_of_uneven_spacing_is_not_complete_on_release():
+    """Gaps 5.0 / 5.2 mm: the pipeline resamples such a stack (pipeline.geometry.evenly_spaced, 1 %), so
+    the selection does not call it evenly spaced either (it had its own 10 %) and the quiet period decides."""
+    hdrs = series()
+    for i, ds in enumerate(hdrs):
+        ds.ImagePositionPatient = [-115, -115, i * 5.1 + (0.1 if i % 2 else 0.0)]
+    a = verdict(hdrs)
+    assert a.verdict is Verdict.QUALIFIES and not a.complete
+
+
 def test_choose_carries_completeness():
     assert choose("1.2", [verdict(series())]).complete
     assert not choose("1.2", [verdict(series(ImagesInAcquisition=31))]).complete
@@ -122,6 +132,41 @@ def test_cannot_assess_codes():
     hs[3].Rows = 256
     assert verdict(hs).code == "mixed_matrix_size"
     assert all(verdict(h).verdict is Verdict.CANNOT_ASSESS for h in (series(n=1), series(n=5)))
+
+
+@pytest.mark.parametrize("over", [dict(RescaleSlope=0, RescaleIntercept=-1024),
+                                  dict(RescaleSlope="nan", RescaleIntercept=-1024),
+                                  dict(RescaleSlope=1, RescaleIntercept=1e39),
+                                  dict(RescaleSlope=[1, 1], RescaleIntercept=0)])
+def test_unusable_rescale_cannot_be_assessed_as_the_pipeline_refuses_it(over):
+    a = verdict(series(**over))
+    assert a.verdict is Verdict.CANNOT_ASSESS and a.code == "invalid_rescale"
+
+
+def test_absent_or_per_slice_rescale_qualifies():
+    assert verdict(series()).verdict is Verdict.QUALIFIES  # absent: stored values are HU, as the pipeline reads them
+    hs = series(RescaleSlope=1, RescaleIntercept=-1024)
+    hs[4].RescaleSlope, hs[4].RescaleIntercept = 0.5, -1000
+    assert verdict(hs).verdict is Verdict.QUALIFIES
+
+
+def test_the_sweeps_header_read_sees_the_rescale(tmp_path):
+    """read_headers (HEADER_TAGS) must carry RescaleSlope/Intercept, or the check never sees them."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    paths = []
+    for i, ds in enumerate(series(RescaleSlope=1, RescaleIntercept=-1024)):
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPInstanceUID = f"1.2.3.4.{i + 1}"
+        if i == 7:
+            ds.RescaleSlope = 0
+        paths.append(tmp_path / f"{i}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    headers = read_headers(paths)
+    assert all("RescaleSlope" in h for h in headers)
+    assert verdict(headers).code == "invalid_rescale"
 
 
 def test_spacing_change_is_not_a_missing_slice():
