@@ -154,3 +154,35 @@ def test_recover_hands_back_previous_incarnation(q):
     assert q.recover("node-1/") == 1
     assert q.get(a.id).state is JobState.QUEUED
     assert q.get(b.id).state is JobState.RUNNING
+
+
+def test_two_processes_never_claim_the_same_job(q, queue_spec):
+    """Two child processes, each with its own connection to the same queue (one SQLite file, one Redis),
+    claim as fast as they can from the same moment on: every job is claimed exactly once."""
+    ids = sorted(q.enqueue(f"k{i}", {}).id for i in range(30))
+    claim_all = """
+        print("ready", flush=True)
+        sys.stdin.readline()                      # both start claiming together
+        while (job := q.claim(sys.argv[2])) is not None:
+            print(job.id, flush=True)
+    """
+    procs = [queue_spec.child(claim_all, f"p{i}") for i in range(2)]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready"
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        claimed = []
+        for p in procs:
+            out, _ = p.communicate(timeout=120)
+            assert p.returncode == 0
+            claimed += out.split()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+    assert sorted(claimed) == ids                 # each job once: none twice, none lost
+    assert q.counts()[JobState.RUNNING] == 30
+    assert {q.get(i).lease_owner for i in ids} <= {"p0", "p1"}

@@ -1,5 +1,5 @@
 """The embedded (SQLite) queue beyond the shared contract (test_contract.py): lost leases, ids, the backend
-registry and config classes, kill -9 survival, two processes claiming."""
+registry and config classes, kill -9 survival (two processes claiming: test_contract.py)."""
 
 from __future__ import annotations
 
@@ -145,24 +145,3 @@ def test_kill_9_while_running_job_is_claimed_again(tmp_path):
     time.sleep(0.6)
     again = q.claim("parent")
     assert again.id == job.id and again.payload == {"x": 1} and again.attempts == 1
-
-
-def test_two_processes_never_claim_the_same_job(tmp_path):
-    path = tmp_path / "q.sqlite3"
-    q = SQLiteQueue(path)
-    for i in range(40):
-        q.enqueue(f"k{i}", {})
-    code = textwrap.dedent("""
-        import sys
-        from dicomnode.queue.sqlite import SQLiteQueue
-        q = SQLiteQueue(sys.argv[1])
-        while (job := q.claim(sys.argv[2])) is not None:
-            print(job.id, flush=True)
-    """)
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(path), f"p{i}"], stdout=subprocess.PIPE, text=True)
-             for i in range(2)]
-    ids = []
-    for p in procs:
-        out, _ = p.communicate(timeout=60)
-        ids += out.split()
-    assert sorted(ids, key=int) == [str(i) for i in range(1, 41)]
