@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
 from ..queue import Job, JobQueue, QueueError, Stage
+from ..work.loop import SlotLoop
 from .base import DeliveryError, Destination
 from .ledger import Ledger
 from .policy import ALERT_DEAD, ALERT_DOWN, DestinationHealth, RetryPolicy
@@ -160,41 +160,27 @@ class Dispatcher:
         return back
 
 
-class Sender(threading.Thread):
+class Sender(SlotLoop):
     """Claims encoded jobs and delivers them; probes down destinations; a delivery that did not get
     through waits by its destination's retry policy."""
 
     def __init__(self, queue: JobQueue, dispatcher: Dispatcher, *, owner: str, poll_s: float = 1.0,
                  lease_s: float = 300.0, on_sent=None) -> None:
-        super().__init__(name=f"sender-{owner}", daemon=True)
+        super().__init__(f"sender-{owner}", poll_s=poll_s)
         self.queue = queue
         self.dispatcher = dispatcher
         self.owner = owner
-        self.poll_s = poll_s
         self.lease_s = lease_s
         self.on_sent = on_sent
-        self._halt = threading.Event()
-        self._wake = threading.Event()
 
-    def kick(self) -> None:
-        self._wake.set()
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        self._halt.set()
-        self._wake.set()
-        self.join(timeout_s)
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            try:
-                self.probe()
-                worked = self.drain()
-            except Exception:  # noqa: BLE001
-                log.exception("sender %s: loop error", self.owner)
-                worked = False
-            if not worked:
-                self._wake.wait(self.poll_s)
-                self._wake.clear()
+    def round(self) -> bool:
+        """Probe what is due, deliver what is due; False (wait for a kick) when nothing was delivered."""
+        try:
+            self.probe()
+            return self.drain()
+        except Exception:  # noqa: BLE001
+            log.exception("sender %s: loop error", self.owner)
+            return False
 
     def probe(self) -> int:
         """Probe the down destinations that are due; when one answers, every waiting delivery is made
@@ -202,14 +188,14 @@ class Sender(threading.Thread):
         if not self.dispatcher.probe():
             return 0
         n = self.queue.wake()
-        self._wake.set()
+        self.kick()
         return n
 
     def drain(self, max_jobs: int = 100) -> bool:
         """Deliver due jobs until none is left; True when at least one was handled."""
         handled = False
         for _ in range(max_jobs):
-            if self._halt.is_set():
+            if self.stopping:
                 break
             job = self.queue.claim(self.owner, stage=Stage.SEND, lease_s=self.lease_s)
             if job is None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 from ..queue import Job, JobQueue, QueueError, Work
+from .loop import SlotLoop
 from .process import AnalysisFailed, AnalysisProcess
 from .verdicts import LocalVerdicts
 
@@ -33,7 +33,7 @@ def predecessor_of(queue: JobQueue, job: Job) -> str | None:
     return prev.result_dir if prev is not None else None
 
 
-class Worker(threading.Thread):
+class Worker(SlotLoop):
     """One analysis slot: claims jobs from the queue and runs them in its own ``AnalysisProcess``."""
 
     def __init__(self, queue: JobQueue, process: AnalysisProcess | LocalVerdicts, results_root: Path, *, owner: str,
@@ -42,7 +42,7 @@ class Worker(threading.Thread):
                  work: Work = Work.ANY) -> None:
         """``work``: which jobs this slot claims (an analysis process: ``ANALYSIS`` when the node runs a
         verdict lane, else ``ANY``; ``LocalVerdicts``: ``VERDICT``)."""
-        super().__init__(name=f"worker-{owner}", daemon=True)
+        super().__init__(f"worker-{owner}", poll_s=poll_s)
         self.work = Work(work)
         self.refresh_s = refresh_s
         self._last_refresh = time.monotonic()
@@ -52,26 +52,17 @@ class Worker(threading.Thread):
         self.owner = owner
         self.timeout_s = timeout_s
         self.lease_s = lease_s or timeout_s + 60.0
-        self.poll_s = poll_s
         self.on_encoded = on_encoded
-        self._halt = threading.Event()
-        self._wake = threading.Event()
         self.current: Job | None = None
         self._last_beat = 0.0
 
-    def kick(self) -> None:
-        """Look for work now (new job enqueued, retry due)."""
-        self._wake.set()
-
     def stop(self, timeout_s: float = 15.0) -> None:
-        self._halt.set()
-        self._wake.set()
-        self.join(timeout_s)
+        super().stop(timeout_s)
         self.process.stop()
 
     def _keep_going(self, job: Job) -> bool:
         """Called every second during an analysis: renew the lease every 5 s; False on shutdown or lost lease."""
-        if self._halt.is_set():
+        if self.stopping:
             return False
         now = time.monotonic()
         if now - self._last_beat >= 5.0:
@@ -79,34 +70,34 @@ class Worker(threading.Thread):
             return self.queue.heartbeat(job.id, self.owner, lease_s=self.lease_s)
         return True
 
-    def run(self) -> None:
-        while not self._halt.is_set():
-            try:
-                self.process.start()
-                job = self.queue.claim(self.owner, lease_s=self.lease_s, work=self.work)
-            except AnalysisFailed as exc:
-                log.error("worker %s: %s; retrying in 30 s", self.owner, exc)
-                self._halt.wait(30)
-                continue
-            except Exception:  # noqa: BLE001 - a worker thread must not die silently
-                log.exception("worker %s: claim failed", self.owner)
-                self._halt.wait(self.poll_s)
-                continue
-            if job is None:
-                self._idle()
-                continue
-            self.run_job(job)
+    def round(self) -> bool:
+        """Claim one job and run it; False (wait for a kick) when there is none."""
+        try:
+            self.process.start()
+            job = self.queue.claim(self.owner, lease_s=self.lease_s, work=self.work)
+        except AnalysisFailed as exc:
+            log.error("worker %s: %s; retrying in 30 s", self.owner, exc)
+            self.pause(30)
+            return True
+        except Exception:  # noqa: BLE001 - a worker thread must not die silently
+            log.exception("worker %s: claim failed", self.owner)
+            self.pause(self.poll_s)
+            return True
+        if job is None:
+            self._idle()
+            return False
+        self.run_job(job)
+        return True
 
     def _idle(self) -> None:
-        """Nothing to do: wait for a kick; every ``refresh_s`` have the child pick up a promoted model."""
+        """Nothing to do (the loop then waits for a kick): every ``refresh_s`` have the child pick up a
+        promoted model."""
         if time.monotonic() - self._last_refresh >= self.refresh_s:
             self._last_refresh = time.monotonic()
             try:
                 self.process.refresh()
             except AnalysisFailed as exc:
                 log.error("worker %s: %s", self.owner, exc)
-        self._wake.wait(self.poll_s)
-        self._wake.clear()
 
     def run_job(self, job: Job) -> Job:
         """Analyse one claimed job and record the outcome in the queue."""
@@ -132,7 +123,7 @@ class Worker(threading.Thread):
             done = self.queue.mark_encoded(job.id, self.owner, str(out))
             log.info("job %s (study %s) analysed in %.1f s", job.id, job.key[:12], time.monotonic() - t0)
         except AnalysisFailed as exc:
-            if self._halt.is_set():  # node shutting down: hand the job back, no attempt counted
+            if self.stopping:  # node shutting down: hand the job back, no attempt counted
                 log.info("job %s handed back (shutdown)", job.id)
                 try:
                     return self.queue.release(job.id, self.owner)
