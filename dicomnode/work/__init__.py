@@ -2,7 +2,8 @@
 
 - ``process``: ``AnalysisProcess``, a long-lived, warmed child process that loads the models once;
 - ``verdicts``: ``LocalVerdicts``, coded "cannot assess" reports in the node's own thread (no model);
-- ``slot``: ``Worker``, the thread that claims one kind of job (``queue.Work``) and runs it through either.
+- ``slot``: ``Worker``, the thread that claims one kind of job (``queue.Work``) and runs it through either;
+- ``loop``: ``SlotLoop``, the round / wait-or-kick / stop thread both the Worker and the Sender run.
 """
 
 from .process import AnalysisFailed, AnalysisProcess, AnalysisTimeout, ModelSource, predecessor_files, with_device
