@@ -26,6 +26,11 @@ from training.stats import median_ci95
 
 BAR_MEDIAN_DICE = 0.90
 BAR_FP_ML = 0.5
+# issue 16 "volumes you can trust", on held-out cases of a differently configured generator
+BAR_MEDIAN_BIAS_PCT = 3.0       # |median signed volume error| in % of the true volume
+BAR_MEAN_ABS_ML = 1.0           # mean |predicted - true| volume
+MISSED_MIN_ML = 2.0             # a clot of at least this size ...
+MISSED_MAX_DICE = 0.05          # ... found with Dice at most this is missed
 
 
 @dataclass
@@ -35,6 +40,7 @@ class CaseResult:
     dice: dict[str, float]
     volume_ml: dict[str, float]
     seconds: dict[str, float]
+    thickness_mm: float | None = None
 
 
 def truth_on_grid(mask_path: Path, volume, labels: tuple[int, ...] | None = (1,)) -> np.ndarray:
@@ -60,20 +66,64 @@ def bland_altman(true_ml: np.ndarray, pred_ml: np.ndarray) -> dict:
             "mean_abs_error_ml": float(np.abs(diff).mean())}
 
 
+def volume_agreement(true_ml, pred_ml, dice_values=None) -> dict:
+    """Signed volume error of a set of cases: what issue 16 asks for (median signed % bias, mean |ΔV|,
+    clots ≥ 2 mL missed), plus the Bland–Altman numbers."""
+    t, p = np.asarray(true_ml, float), np.asarray(pred_ml, float)
+    if t.size == 0:
+        return {"n": 0}
+    diff = p - t
+    pct = 100.0 * diff / np.maximum(t, 1e-9)
+    out = {"n": int(t.size), "median_signed_pct": float(np.median(pct)), "mean_signed_ml": float(diff.mean()),
+           "mean_abs_ml": float(np.abs(diff).mean()), "under_estimated": int((diff < 0).sum()),
+           **{k: v for k, v in bland_altman(t, p).items() if k != "mean_abs_error_ml"}}
+    if dice_values is not None:
+        d = np.asarray(dice_values, float)
+        out["missed_ge_2ml"] = int(((t >= MISSED_MIN_ML) & (d <= MISSED_MAX_DICE)).sum())
+    out["bars"] = {"median_bias_within_3pct": bool(abs(out["median_signed_pct"]) <= BAR_MEDIAN_BIAS_PCT),
+                   "mean_abs_le_1ml": bool(out["mean_abs_ml"] <= BAR_MEAN_ABS_ML),
+                   **({"none_missed": out["missed_ge_2ml"] == 0} if "missed_ge_2ml" in out else {})}
+    return out
+
+
+def agreement_by_thickness(results: list[CaseResult], name: str = "cnn") -> dict:
+    """``volume_agreement`` over all cases and per slice thickness (keys like "5mm")."""
+    def agree(rs):
+        return volume_agreement([r.true_ml for r in rs], [r.volume_ml[name] for r in rs], [r.dice[name] for r in rs])
+
+    out = {"all": agree(results)}
+    for t in sorted({r.thickness_mm for r in results if r.thickness_mm is not None}):
+        out[f"{t:g}mm"] = agree([r for r in results if r.thickness_mm == t])
+    return out
+
+
+def plot_bland_altman_by_thickness(results: list[CaseResult], path: Path, title: str, name: str = "cnn") -> Path:
+    """One Bland–Altman panel per slice thickness (the issue-16 report), for segmenter ``name``."""
+    groups = {f"{t:g} mm": [r for r in results if r.thickness_mm == t]
+              for t in sorted({r.thickness_mm for r in results if r.thickness_mm is not None})}
+    groups = groups or {"all": results}
+    panels = {k: (np.array([r.true_ml for r in rs]), np.array([r.volume_ml[name] for r in rs])) for k, rs in groups.items()}
+    return _plot_panels(panels, path, title)
+
+
 def plot_bland_altman(true_ml: np.ndarray, preds: dict[str, np.ndarray], path: Path, title: str) -> Path:
+    return _plot_panels({name: (true_ml, pred) for name, pred in preds.items()}, path, title)
+
+
+def _plot_panels(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(preds), figsize=(5.5 * len(preds), 4.5), squeeze=False, sharey=True)
-    for ax, (name, pred) in zip(axes[0], preds.items()):
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False, sharey=True)
+    for ax, (name, (true_ml, pred)) in zip(axes[0], panels.items()):
         mean, diff = (pred + true_ml) / 2, pred - true_ml
         stats = bland_altman(true_ml, pred)
         ax.scatter(mean, diff, s=14, alpha=0.7)
         for y, style in ((stats["bias_ml"], "-"), (stats["loa_low_ml"], "--"), (stats["loa_high_ml"], "--")):
             ax.axhline(y, color="tab:red", linestyle=style, linewidth=1)
-        ax.set_title(f"{name}: bias {stats['bias_ml']:+.2f} mL, LoA [{stats['loa_low_ml']:+.2f}, "
+        ax.set_title(f"{name} (n={len(true_ml)}): bias {stats['bias_ml']:+.2f} mL, LoA [{stats['loa_low_ml']:+.2f}, "
                      f"{stats['loa_high_ml']:+.2f}]", fontsize=9)
         ax.set_xlabel("mean of predicted and true volume (mL)")
         ax.grid(alpha=0.3)
@@ -111,6 +161,7 @@ def evaluate_segmenter(cohort_dir: Path, model_dir: Path, out_dir: Path, *, norm
     out_dir.mkdir(parents=True, exist_ok=True)
     cohort = read_cohort(cohort_dir, phases=("baseline",))
     items = cohort.volumes[:limit] if limit else cohort.volumes
+    thickness = {r["case_id"]: float(r["slice_thickness_mm"]) for r in cohort.rows if r.get("slice_thickness_mm")}
     segmenters = {"cnn": load_segmenter(model_dir)}
     meta_extra = getattr(segmenters["cnn"], "metadata", None)
     labels = tuple((meta_extra.extra or {}).get("target_labels", TARGET_LABELS)) if meta_extra else TARGET_LABELS
@@ -130,7 +181,7 @@ def evaluate_segmenter(cohort_dir: Path, model_dir: Path, out_dir: Path, *, norm
             secs[name] = round(time.monotonic() - t1, 2)
             dices[name] = dice(mask, truth)
             vols[name] = float(mask.sum() * volume.voxel_volume_ml)
-        results.append(CaseResult(item.case_id, true_ml, dices, vols, secs))
+        results.append(CaseResult(item.case_id, true_ml, dices, vols, secs, thickness.get(item.case_id)))
         say(f"[{i}/{len(items)}] {item.case_id}: true {true_ml:.1f} mL  "
             + "  ".join(f"{n} Dice {dices[n]:.3f} vol {vols[n]:.1f}" for n in segmenters))
     if not results:
@@ -144,6 +195,7 @@ def evaluate_segmenter(cohort_dir: Path, model_dir: Path, out_dir: Path, *, norm
         summary["models"][name] = {
             "dice": _summary([r.dice[name] for r in results]),
             "volume": bland_altman(true_ml, pred),
+            "volume_by_thickness": agreement_by_thickness(results, name),
             "seconds_per_case": float(np.mean([r.seconds[name] for r in results])),
         }
     if normal_head is not None:
@@ -159,12 +211,18 @@ def evaluate_segmenter(cohort_dir: Path, model_dir: Path, out_dir: Path, *, norm
     plot_bland_altman(true_ml, {n: np.array([r.volume_ml[n] for r in results]) for n in segmenters},
                       out_dir / "bland_altman.png",
                       f"Hematoma volume, {len(results)} held-out synthetic cases ({Path(cohort_dir).name})")
-    with (out_dir / "cases.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        names = list(segmenters)
-        w.writerow(["case_id", "true_ml", *[f"{n}_dice" for n in names], *[f"{n}_ml" for n in names]])
-        for r in results:
-            w.writerow([r.case_id, f"{r.true_ml:.3f}", *[f"{r.dice[n]:.4f}" for n in names],
-                        *[f"{r.volume_ml[n]:.3f}" for n in names]])
+    plot_bland_altman_by_thickness(results, out_dir / "bland_altman_thickness.png",
+                                   f"CNN hematoma volume by slice thickness ({Path(cohort_dir).name}, synthetic)")
+    write_cases_csv(results, list(segmenters), out_dir / "cases.csv")
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def write_cases_csv(results: list[CaseResult], names: list[str], path: Path) -> Path:
+    with Path(path).open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["case_id", "true_ml", *[f"{n}_dice" for n in names], *[f"{n}_ml" for n in names], "thickness_mm"])
+        for r in results:
+            w.writerow([r.case_id, f"{r.true_ml:.3f}", *[f"{r.dice[n]:.4f}" for n in names],
+                        *[f"{r.volume_ml[n]:.3f}" for n in names], "" if r.thickness_mm is None else f"{r.thickness_mm:g}"])
+    return Path(path)

@@ -7,12 +7,13 @@ seed and options (not on the cohort size or worker count).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import numpy as np
 
 from . import growth
+from .physics import Appearance
 from .anatomy import PhantomHead
 from .geometry import Acquisition, MaskGrid, Pose, mask_grid_for, rotation
 from .fields import WaveField
@@ -234,6 +235,16 @@ def generate_case(seed_or_rng, options: SynthOptions | None = None, case_id: str
     scene0 = Scene(head, hem, density0, v0, edema0, edema_hu, rd.uniform(0.5, 0.8), ivh, ivh_level, ivh_hu)
     scene1 = Scene(head, hem1, density1, v1, edema1, edema_hu, 1.0, ivh,
                    ivh_level - (rd.uniform(0, 15) if intended else 0.0), ivh_hu)
+    # --- wider appearance model (its own stream, drawn only when asked for: defaults stay 1.0's bytes)
+    looks: list[Appearance | None] = [None, None]
+    acq_opts = opts
+    if not opts.default_appearance:
+        rapp = rng.spawn(1)[0]
+        if opts.matrix_choices:
+            acq_opts = opts.with_(matrix=int(rapp.choice(list(opts.matrix_choices))))
+        looks = [Appearance.draw(rapp, opts) for _ in range(2)]
+        scene0 = replace(scene0, edge_mm=looks[0].lesion_edge_mm)
+        scene1 = replace(scene1, edge_mm=looks[1].lesion_edge_mm)
     # --- acquisitions
     thickness = float(ra.choice(opts.thickness_mm))
     tilt0 = float(ra.uniform(*opts.tilt_deg)) if ra.random() < opts.tilt_fraction else 0.0
@@ -241,8 +252,8 @@ def generate_case(seed_or_rng, options: SynthOptions | None = None, case_id: str
     fov = float(ra.uniform(*opts.pixel_mm)) * 512
     fov = max(fov, 2 * float(head.extent()[1]) + 8.0)
     pose0, pose1 = _pose(ra, tilt0, head.source == "real"), _pose(ra, tilt1, head.source == "real")
-    acq0 = _acquisition(ra, opts, head, pose0, thickness, tilt0, fov)
-    acq1 = _acquisition(ra, opts, head, pose1, thickness, tilt1, fov)
+    acq0 = _acquisition(ra, acq_opts, head, pose0, thickness, tilt0, fov)
+    acq1 = _acquisition(ra, acq_opts, head, pose1, thickness, tilt1, fov)
     noise = [float(ra.uniform(*opts.noise_hu)) for _ in range(2)]
     streak = [float(ra.uniform(8, 25)) if ra.random() < opts.streak_probability else 0.0 for _ in range(2)]
     if head.source == "real":      # the real head carries its own skull-base artefacts
@@ -252,22 +263,24 @@ def generate_case(seed_or_rng, options: SynthOptions | None = None, case_id: str
     sex = str(ra.choice(["M", "F"]))
     age = int(np.clip(ra.normal(68, 12), 30, 95))
 
-    def series(scene, acq, pose, nz, st, t, desc, r):
+    def series(scene, acq, pose, nz, st, t, desc, r, look=None):
         grid = mask_grid_for(acq, _mask_z_range(head, pose))
         n_sub = 2 * int(round(acq.thickness_mm / 2.0)) + 1      # odd: the 50 % rule is unbiased
-        hu = render_series(scene, acq, pose, nz, st, r) if render else np.zeros((0, 0, 0), np.float32)
-        mask = render_mask(scene, grid, pose, n_sub) if render else np.zeros((0, 0, 0), np.uint8)
+        hu = render_series(scene, acq, pose, nz, st, r, look=look) if render else np.zeros((0, 0, 0), np.float32)
+        mask = render_mask(scene, grid, pose, n_sub, opts.mask_fraction) if render else np.zeros((0, 0, 0), np.uint8)
         return SynthSeries(hu, acq, mask, grid, scene.volume_ml, t, desc)
 
     desc = f"HEAD NCCT {thickness:g}mm"
-    base = series(scene0, acq0, pose0, noise[0], streak[0], t0, desc, ri0)
-    fu = series(scene1, acq1, pose1, noise[1], streak[1], t1, desc, ri1) if opts.write_followup else None
+    base = series(scene0, acq0, pose0, noise[0], streak[0], t0, desc, ri0, looks[0])
+    fu = series(scene1, acq1, pose1, noise[1], streak[1], t1, desc, ri1, looks[1]) if opts.write_followup else None
+    extra_look = {} if looks[0] is None else {"appearance": [lk.to_dict() for lk in looks]}
     return SynthCase(case_id=case_id, patient_id=f"SYN{seed & 0xFFFFFFFF:010d}" if seed >= 0 else f"SYN-{case_id}",
                      seed=seed, head_source=head.source, location=location, ivh=ivh, expansion=expansion,
                      markers=markers, interval_h=interval, baseline=base, followup=fu,
                      baseline_volume_ml=v0, followup_volume_ml=v1, patient_sex=sex, patient_age=age,
                      extra={"intended_expansion": intended, "base_hu": base_hu, "edema_hu": edema_hu,
-                            "noise_hu": noise, "streak_hu": streak, "centre_head_mm": [float(v) for v in centre]})
+                            "noise_hu": noise, "streak_hu": streak, "centre_head_mm": [float(v) for v in centre],
+                            **extra_look})
 
 
 def _draw_head(rng: np.random.Generator, opts: SynthOptions):

@@ -59,6 +59,10 @@ def write_case(out_dir: Path, case: SynthCase, cohort_seed: int, index: int, rle
                     f"{which}_n_slices": series.acq.n_slices, f"{which}_mask_volume_ml": round(mvol, 3),
                     f"{which}_datetime": series.acquired.isoformat(timespec="seconds")})
     row.update(manifest_labels(case))
+    if case.extra.get("appearance"):   # only for the wider appearance model (a default cohort is unchanged)
+        (cdir / "appearance.json").write_text(json.dumps(
+            {"baseline": case.extra["appearance"][0], "followup": case.extra["appearance"][1],
+             "noise_hu": case.extra["noise_hu"]}, indent=1))
     return row
 
 

@@ -43,6 +43,9 @@ DEFAULT_LOCATIONS: dict[str, float] = {"deep": 0.62, "lobar": 0.26, "cerebellar"
 DEFAULT_IVH: dict[str, float] = {"deep": 0.35, "lobar": 0.12, "cerebellar": 0.2, "brainstem": 0.25}
 
 
+NOISE_TEXTURES: tuple[str, ...] = ("ct", "white", "coarse", "fine")
+
+
 class OptionsError(ValueError):
     """An option value outside what the generator can honour."""
 
@@ -76,6 +79,18 @@ class SynthOptions:
     write_followup: bool = True
     # --- output
     dicom_rle: bool = False                  # RLE Lossless pixel data (~40 % smaller files)
+    # --- appearance (issue 16): a wider image-formation model, to draw cohorts that look unlike the
+    # training data. The defaults are generator 1.0's fixed values and draw nothing, so existing
+    # seeds/configurations stay byte-identical; any non-default draws per series from its own stream.
+    matrix_choices: tuple[int, ...] = ()     # non-empty: the matrix is drawn per case from these (else `matrix`)
+    psf_mm: tuple[float, float] = (0.6, 0.6)  # in-plane PSF sigma (reconstruction kernel resolution), uniform
+    sharpen: tuple[float, float] = (0.0, 0.0)  # edge-enhancing kernel: unsharp-mask gain (overshoot at edges)
+    noise_textures: tuple[str, ...] = ("ct",)  # drawn per series: ct ([1 2 1] correlated) | white | coarse | fine
+    ssp_tail_mm: tuple[float, float] = (0.0, 0.0)  # Gaussian tails (sigma) of the slice profile beyond the boxcar slab
+    lesion_edge_mm: tuple[float, float] = (0.0, 0.0)  # 10-90 % width of a soft clot margin, centred on the surface
+    # ground-truth partial-volume convention: a mask voxel is hematoma when at least this share of its
+    # slab is (0.5 = the partial-volume midpoint; a tiny value = "any voxel the clot touches")
+    mask_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if not 32 <= self.matrix <= 1024 or self.matrix % 2:
@@ -111,9 +126,31 @@ class SynthOptions:
             raise OptionsError(f"interval_h must satisfy 0 < lo <= hi, got {self.interval_h}")
         if not 0 <= self.noise_hu[0] <= self.noise_hu[1] <= 50:
             raise OptionsError(f"noise_hu must satisfy 0 <= lo <= hi <= 50, got {self.noise_hu}")
+        if any(not 32 <= m <= 1024 or m % 2 for m in self.matrix_choices):
+            raise OptionsError(f"matrix_choices must be even numbers in 32..1024, got {self.matrix_choices}")
+        for name, top in (("psf_mm", 3.0), ("sharpen", 2.0), ("ssp_tail_mm", 5.0), ("lesion_edge_mm", 3.0)):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi <= top:
+                raise OptionsError(f"{name} must satisfy 0 <= lo <= hi <= {top:g}, got {getattr(self, name)}")
+        if not 0 < self.mask_fraction <= 1:
+            raise OptionsError(f"mask_fraction must lie in (0, 1], got {self.mask_fraction}")
+        if not self.noise_textures or set(self.noise_textures) - set(NOISE_TEXTURES):
+            raise OptionsError(f"noise_textures must be a non-empty subset of {NOISE_TEXTURES}, got {self.noise_textures}")
+
+    @property
+    def default_appearance(self) -> bool:
+        """True when the appearance knobs are generator 1.0's fixed values (nothing extra is drawn)."""
+        defaults = {f.name: f.default for f in fields(self)}
+        return all(getattr(self, n) == defaults[n] for n in WIDER_MODEL_FIELDS if n != "mask_fraction")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """All fields; the appearance knobs only when they differ from their defaults, so a default
+        configuration serialises (``cohort.json``) exactly as before they existed."""
+        out = asdict(self)
+        for f in fields(self):
+            if f.name in WIDER_MODEL_FIELDS and getattr(self, f.name) == f.default:
+                del out[f.name]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SynthOptions":
@@ -128,3 +165,19 @@ class SynthOptions:
 
     def with_(self, **changes: Any) -> "SynthOptions":
         return replace(self, **changes)
+
+
+# issue 16's knobs: serialised only when set, so a default configuration's cohort.json is unchanged
+WIDER_MODEL_FIELDS = ("matrix_choices", "psf_mm", "sharpen", "noise_textures", "ssp_tail_mm", "lesion_edge_mm",
+                      "mask_fraction")
+
+
+def shifted_appearance(**changes: Any) -> SynthOptions:
+    """A deliberately *different* configuration from the one model 1 was trained on (issue 16):
+    matrix 256 or 512, 1 / 2.5 / 5 mm, other noise textures, softer or edge-enhancing kernels, slice
+    profiles with tails, soft clot margins, a different real/phantom head mix and more noise."""
+    base = dict(matrix=512, matrix_choices=(256, 512), thickness_mm=(1.0, 2.5, 5.0), head_source="mixed",
+                real_fraction=0.35, psf_mm=(0.35, 1.0), sharpen=(0.0, 0.8), noise_textures=("white", "coarse", "fine"),
+                ssp_tail_mm=(0.0, 1.5), lesion_edge_mm=(0.0, 2.0), noise_hu=(3.0, 8.0))
+    base.update(changes)
+    return SynthOptions(**base)

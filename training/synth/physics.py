@@ -3,6 +3,8 @@ beam-hardening streaks, quantisation to stored CT values."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
@@ -106,3 +108,75 @@ def finish(img: np.ndarray, step: int, sigma_hu: float, rng: np.random.Generator
 
 def to_stored(hu: np.ndarray) -> np.ndarray:
     return (np.clip(np.rint(hu), HU_MIN, HU_MAX) + STORED_OFFSET).astype(np.int16)
+
+
+# --------------------------------------------------------------------------- wider appearance model
+@dataclass(frozen=True)
+class Appearance:
+    """How one series is formed beyond generator 1.0's fixed choices (``SynthOptions`` appearance
+    knobs, drawn per series). ``Appearance()`` is exactly 1.0's image formation."""
+
+    psf_mm: float = 0.6              # in-plane PSF sigma
+    sharpen: float = 0.0             # unsharp-mask gain of an edge-enhancing kernel (0 = standard kernel)
+    noise_texture: str = "ct"        # ct | white | coarse | fine
+    noise_corr_px: float = 0.7       # correlation length of "coarse" noise (Gaussian sigma, pixels)
+    ssp_tail_mm: float = 0.0         # Gaussian sigma convolved with the boxcar slice profile
+    lesion_edge_mm: float = 0.0      # 10-90 % width of the clot margin (0: sharp, partial volume from sampling only)
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, opts) -> "Appearance":
+        """One series' appearance from the ranges in ``opts`` (a SynthOptions); fixed draw order."""
+        texture = str(rng.choice(list(opts.noise_textures)))
+        return cls(psf_mm=float(rng.uniform(*opts.psf_mm)), sharpen=float(rng.uniform(*opts.sharpen)),
+                   noise_texture=texture, noise_corr_px=float(rng.uniform(1.0, 1.8)),
+                   ssp_tail_mm=float(rng.uniform(*opts.ssp_tail_mm)),
+                   lesion_edge_mm=float(rng.uniform(*opts.lesion_edge_mm)))
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+def slice_profile(sub: np.ndarray, n_sub: int, tail_sub: float) -> np.ndarray:
+    """Slab means through a slice-sensitivity profile with Gaussian tails: the boxcar slab convolved
+    with a Gaussian of ``tail_sub`` sub-samples (samples of neighbouring slabs leak in)."""
+    if tail_sub > 0.05:
+        sub = ndimage.gaussian_filter1d(sub, tail_sub, axis=0, mode="nearest", truncate=3.0)
+    return slab_average(sub, n_sub)
+
+
+def sharpen(img: np.ndarray, gain: float, sigma_px: float) -> np.ndarray:
+    """Edge-enhancing (sharp) reconstruction kernel: unsharp masking, which overshoots at edges."""
+    if gain <= 0:
+        return img
+    smooth = ndimage.gaussian_filter(img, (0, sigma_px, sigma_px), mode="nearest")
+    return img + np.float32(gain) * (img - smooth)
+
+
+def textured_noise(shape: tuple[int, int], sigma_hu: float, texture: str, corr_px: float,
+                   rng: np.random.Generator) -> np.ndarray:
+    """One slice of noise with the given texture and exactly ``sigma_hu`` sd: white; coarse
+    (low-pass, blotchy like a soft kernel or iterative reconstruction); fine (high-pass, the
+    grainy texture of a sharp kernel)."""
+    n = rng.standard_normal(shape, dtype=np.float32)
+    if texture == "coarse":
+        n = ndimage.gaussian_filter(n, corr_px, mode="wrap")
+    elif texture == "fine":
+        n = n - ndimage.gaussian_filter(n, 1.0, mode="wrap")
+    elif texture != "white":
+        raise ValueError(f"unknown noise texture {texture!r}")
+    return n * np.float32(sigma_hu / max(float(n.std()), 1e-6))
+
+
+def finish_textured(img: np.ndarray, step: int, sigma_hu: float, rng: np.random.Generator,
+                    look: Appearance) -> np.ndarray:
+    """``finish`` with another noise texture ("ct" is ``finish`` itself)."""
+    if look.noise_texture == "ct":
+        return finish(img, step, sigma_hu, rng)
+    k, m, _ = img.shape
+    out = np.empty((k, m * step, m * step), np.float32)
+    for i in range(k):
+        sl = upsample(img[i : i + 1], step)
+        if sigma_hu > 0:
+            sl[0] += textured_noise(sl.shape[1:], sigma_hu, look.noise_texture, look.noise_corr_px, rng)
+        np.clip(np.rint(sl[0]), HU_MIN, HU_MAX, out=out[i])
+    return out

@@ -32,6 +32,7 @@ class Scene:
     ivh: bool
     ivh_level: float            # head-frame y above which (posteriorly) ventricles hold blood
     ivh_hu: float
+    edge_mm: float = 0.0        # 10-90 % width of a soft clot margin (0: sharp, as in generator 1.0)
 
     def anatomy_coords(self, hx, hy, hz):
         """Mass effect: tissue pushed radially away from the clot, fading with distance and
@@ -69,7 +70,18 @@ class Scene:
             wt = self.edema_strength * (1.0 - sigmoid((sd - self.edema_mm) / 0.6)) * par * (sd >= -1.0)
             h = h + (self.edema_hu - h) * wt
             inside = np.flatnonzero(sd < 0)
-            if inside.size:
+            if self.edge_mm > 0:   # soft margin: density blends across the surface, 50 % on it
+                s = self.edge_mm / 4.394          # logistic scale: 10-90 % over edge_mm
+                near = np.flatnonzero(sd < 3.0 * s)
+                occ = self.head.compartment(self.hem.compartment, x[near], y[near], z[near])
+                ii = near[occ]
+                w = sigmoid(-sd[ii] / s)
+                clot = self.density.hu(x[ii], y[ii], z[ii], self.hem.centre, self.hem.scale * self.hem.radius0)
+                h[ii] = h[ii] + (clot - h[ii]) * w
+                lab = label[sel]
+                lab[ii[sd[ii] < 0]] = 1
+                label[sel] = lab
+            elif inside.size:
                 occ = self.head.compartment(self.hem.compartment, x[inside], y[inside], z[inside])
                 ii = inside[occ]
                 h[ii] = self.density.hu(x[ii], y[ii], z[ii], self.hem.centre, self.hem.scale * self.hem.radius0)
@@ -85,12 +97,18 @@ class Scene:
 
 
 def render_series(scene: Scene, acq: Acquisition, pose: Pose, noise_hu: float, streak_hu: float,
-                  rng: np.random.Generator, psf_mm: float = 0.6) -> np.ndarray:
-    """HU volume (K, M, M) float32 as the scanner would store it (rounded)."""
+                  rng: np.random.Generator, psf_mm: float = 0.6,
+                  look: physics.Appearance | None = None) -> np.ndarray:
+    """HU volume (K, M, M) float32 as the scanner would store it (rounded).
+
+    ``look`` (the wider appearance model; None = generator 1.0's image formation) sets the PSF, an
+    edge-enhancing kernel, the noise texture and Gaussian tails of the slice profile."""
     step = 2 if acq.matrix >= 256 else 1
     n_sub = max(1, int(round(acq.thickness_mm / 1.25)))
     m = acq.matrix // step
+    tails = look is not None and look.ssp_tail_mm > 0     # tails mix neighbouring slabs: keep every sample
     out = np.empty((acq.n_slices, m, m), np.float32)
+    sub = np.empty((acq.n_slices * n_sub, m, m), np.float32) if tails else None
     per = max(1, CHUNK_SAMPLES // n_sub)
     for k0 in range(0, acq.n_slices, per):
         k1 = min(acq.n_slices, k0 + per)
@@ -100,13 +118,23 @@ def render_series(scene: Scene, acq: Acquisition, pose: Pose, noise_hu: float, s
         if streak_hu > 0:
             band = np.flatnonzero(np.abs(hz + 40.0) < 22.0)
             hu[band] += physics.streaks(hx[band], hy[band], hz[band], streak_hu, rng)
-        out[k0:k1] = physics.slab_average(hu.reshape((k1 - k0) * n_sub, m, m), n_sub)
-    out = physics.blur(out, psf_mm / (acq.pixel_mm * step))
-    return physics.finish(out, step, noise_hu, rng)
+        if sub is not None:
+            sub[k0 * n_sub:k1 * n_sub] = hu.reshape((k1 - k0) * n_sub, m, m)
+        else:
+            out[k0:k1] = physics.slab_average(hu.reshape((k1 - k0) * n_sub, m, m), n_sub)
+    if sub is not None:
+        out = physics.slice_profile(sub, n_sub, look.ssp_tail_mm / (acq.thickness_mm / n_sub))
+    if look is None:
+        out = physics.blur(out, psf_mm / (acq.pixel_mm * step))
+        return physics.finish(out, step, noise_hu, rng)
+    px = acq.pixel_mm * step
+    out = physics.sharpen(physics.blur(out, look.psf_mm / px), look.sharpen, 1.0 / px)
+    return physics.finish_textured(out, step, noise_hu, rng, look)
 
 
-def render_mask(scene: Scene, grid: MaskGrid, pose: Pose, n_sub: int) -> np.ndarray:
-    """Label volume on an untilted grid: a voxel is labelled when >= half its slab is."""
+def render_mask(scene: Scene, grid: MaskGrid, pose: Pose, n_sub: int, fraction: float = 0.5) -> np.ndarray:
+    """Label volume on an untilted grid: a voxel is labelled when >= ``fraction`` of its slab is
+    (0.5, the default: the partial-volume midpoint)."""
     xs, ys, zs = grid.axes()
     lo, hi = scene.hem.bbox(2.0)
     lo_i, hi_i = [], []
@@ -140,8 +168,8 @@ def render_mask(scene: Scene, grid: MaskGrid, pose: Pose, n_sub: int) -> np.ndar
         lab[scene.head.ventricles(ax, ay, az) & (ay > scene.ivh_level) & (lab == 0)
             & (scene.head.cavity_depth(ax, ay, az) < 0)] = 2
     lab = lab.reshape(len(sx), len(sy), len(sz), n_sub)
-    hem = (lab == 1).mean(axis=3) >= 0.5
-    ivh = (lab == 2).mean(axis=3) >= 0.5
+    hem = (lab == 1).mean(axis=3) >= fraction
+    ivh = (lab == 2).mean(axis=3) >= fraction
     sub = np.where(hem, 1, np.where(ivh, 2, 0)).astype(np.uint8).transpose(2, 1, 0)
     mask[lo_i[2]:hi_i[2], lo_i[1]:hi_i[1], lo_i[0]:hi_i[0]] = sub
     return mask
