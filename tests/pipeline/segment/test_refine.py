@@ -67,3 +67,35 @@ def test_params_are_validated():
         RefineParams(edge_fraction=1.5)
     with pytest.raises(ValueError, match="shell_mm"):
         RefineParams(shell_mm=(4.0, 1.0))
+
+
+def _pv_sphere(thickness: float, r_true: float = 12.0, r_cnn: float = 10.5, px: float = 0.5, z0: float = 0.0):
+    """A clot of radius r_true rendered with exact partial volume (9 samples across each slab, 2×2 in
+    plane) and noise, and a CNN-like mask 1.5 mm short of its edge (what a 1.5 mm grid gives back)."""
+    n_xy, n_z = int(64 / px), int(np.ceil(60 / thickness))
+    zc = (np.arange(n_z) - n_z / 2 + 0.5) * thickness + z0
+    yc = (np.arange(n_xy) - n_xy / 2 + 0.5) * px
+    frac = np.zeros((n_z, n_xy, n_xy), np.float32)
+    for dz in (np.arange(9) + 0.5) / 9 - 0.5:
+        for dy in (-0.25, 0.25):
+            for dx in (-0.25, 0.25):
+                frac += ((zc + dz * thickness)[:, None, None] ** 2 + (yc + dy * px)[None, :, None] ** 2
+                         + (yc + dx * px)[None, None, :] ** 2) <= r_true ** 2
+    frac /= 36
+    hu = 32.0 + 33.0 * frac + np.random.default_rng(0).normal(0, 4.0, frac.shape).astype(np.float32)
+    z, y, x = np.meshgrid(zc, yc, yc, indexing="ij")
+    prob = np.where(z ** 2 + y ** 2 + x ** 2 <= r_cnn ** 2, 0.9, 0.05).astype(np.float32)
+    return hu, prob, (thickness, px, px), 4 / 3 * np.pi * r_true ** 3 / 1000, px * px * thickness / 1000
+
+
+# Issue 16: the edge follows the partial-volume midpoint, so the volume is the clot's true volume. At 5 mm
+# the clot's top and bottom slabs need more in-plane growth than grow_mm allows when the CNN is 1.5 mm
+# short, hence the wider (measured: -6 to -7 %) tolerance there.
+@pytest.mark.parametrize("thickness, z0, tolerance", [(1.0, 0.0, 0.03), (2.5, 0.0, 0.03), (2.5, 1.3, 0.03),
+                                                      (5.0, 0.0, 0.08), (5.0, 1.3, 0.08)])
+def test_refined_volume_is_the_partial_volume_midpoint_volume(thickness, z0, tolerance):
+    hu, prob, spacing, true_ml, voxel_ml = _pv_sphere(thickness, z0=z0)
+    refined_ml = refine_mask(hu, np.ones(hu.shape, bool), prob, 0.5, spacing).sum() * voxel_ml
+    raw_ml = (prob >= 0.5).sum() * voxel_ml
+    assert refined_ml == pytest.approx(true_ml, rel=tolerance)
+    assert abs(refined_ml - true_ml) < 0.3 * abs(raw_ml - true_ml)
