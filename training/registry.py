@@ -133,10 +133,11 @@ class Registry:
             imported.append(src.name)
         state = self._read_state()
         if imported and not state["current"].get(kind):
-            # The bundled default is served until something else is promoted (nothing to roll back to).
-            state["current"][kind] = imported[0]
+            # The newest bundled version is the code's default (as ModelPaths.bundled); it is served until
+            # something else is promoted, the older bundled ones stay installed for an admin to choose.
+            state["current"][kind] = imported[-1]
             self._write_state(state)
-            self._log({"action": "promote", "kind": kind, "version": imported[0], "previous": None,
+            self._log({"action": "promote", "kind": kind, "version": imported[-1], "previous": None,
                        "reason": "bundled default", "actor": "registry", "generation": state["generation"]})
 
     def _ensure(self, kind: str) -> Path:

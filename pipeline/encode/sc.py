@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from pipeline.encode.common import DeviceInfo, header_copy, new_series_number, quiet_names, series_description
 from pipeline.encode.outline import key_slices
+from pipeline.geometry import rescale
 
 WINDOW_CENTER, WINDOW_WIDTH = 40.0, 80.0
 CONTOUR_RGB = (255, 40, 40)
@@ -131,6 +132,5 @@ def _letters(v: list[float]) -> str:
 
 
 def _hu(ds: Dataset) -> np.ndarray:
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    slope, intercept = rescale(ds)  # the pipeline's one rule (the series passed it before analysis)
     return ds.pixel_array.astype(np.float32) * slope + intercept

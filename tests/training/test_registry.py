@@ -38,6 +38,16 @@ def test_bundled_defaults_are_version_1_and_served(registry: Registry, bundled: 
     assert (registry.current_paths().segmenter / "weights.bin").read_text() == "bundled-segmenter"
 
 
+def test_a_fresh_registry_serves_the_newest_bundled_version(tmp_path: Path, bundled: Path) -> None:
+    """The code's default is its highest bundled version (ModelPaths.bundled); older ones are installed too."""
+    for v in ("2", "10"):
+        make_model(bundled / "classifier" / v, "classifier", v, payload=f"bundled-classifier-{v}")
+    reg = Registry(tmp_path / "registry", bundled_root=bundled)
+    assert reg.promoted() == {"segmenter": "1", "classifier": "10"}
+    assert [v.version for v in reg.versions("classifier")] == ["1", "2", "10"]
+    assert (reg.current_paths().classifier / "weights.bin").read_text() == "bundled-classifier-10"
+
+
 def test_real_bundled_models_when_shipped(tmp_path: Path) -> None:
     shipped = ModelPaths.bundled()
     reg = Registry(tmp_path / "r")
