@@ -7,7 +7,9 @@ A classifier model directory (``models/classifier/<version>/``) holds:
 - ``classifier.joblib``: one fitted scikit-learn ``Pipeline`` (impute, standardise, select, SVM,
   sigmoid calibration) trained by ``training.classifier``;
 - the radiomics parameter YAML and, for CNN groups, the backbone weights (warm-up BatchNorm files,
-  or the sha256 of site-provided ImageNet files looked up in ``imagenet_dir``).
+  or the sha256 of site-provided ImageNet files looked up in ``imagenet_dir``), and where the CNN's key
+  slices are cut (``extra.cnn_slice_geometry``: a fixed field of view and slice offset in mm; absent in
+  v1 models, which cut ±3 native slices of the whole matrix).
 
 ``load_classifier(dir)`` verifies and loads everything once; ``predict(volume, mask)`` is then a pure
 function of its inputs.
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.features.cnn import SliceGeometry
 from pipeline.features.cnn import sha256_file as _sha256
 from pipeline.features.used import used_inputs
 from pipeline.models import ModelMetadata
@@ -68,7 +71,7 @@ class FeatureExtractor:
 
     def __init__(self, groups: list[str], radiomics_params: Path | None = None,
                  cnn_weights: dict | None = None, cnn_input_sizes: dict | None = None,
-                 radiomics_workers: int | None = None) -> None:
+                 radiomics_workers: int | None = None, cnn_geometry: SliceGeometry | None = None) -> None:
         unknown = set(groups) - set(GROUPS)
         if unknown:
             raise ClassifierError(f"unknown feature groups {sorted(unknown)}; known: {GROUPS}")
@@ -86,7 +89,8 @@ class FeatureExtractor:
 
             if not cnn_weights or name not in cnn_weights:
                 raise ClassifierError(f"no weights configured for backbone {name}")
-            self._cnn[name] = CnnFeatureExtractor(name, cnn_weights[name], (cnn_input_sizes or {}).get(name))
+            self._cnn[name] = CnnFeatureExtractor(name, cnn_weights[name], (cnn_input_sizes or {}).get(name),
+                                                  cnn_geometry)
 
     def radiomics(self, volume, mask: np.ndarray, only=None) -> "OrderedDict[str, float]":
         return self._radiomics.extract_volume(volume, mask, only=only)
@@ -105,7 +109,7 @@ class FeatureExtractor:
                 if rest is None or rest:
                     out.update(self.radiomics(volume, mask, only=rest))
             elif only is None or not only.isdisjoint(cnn_names[group]):
-                out.update(self._cnn[group].features(volume.hu, mask))
+                out.update(self._cnn[group].features(volume.hu, mask, volume.spacing))
         return out
 
 
@@ -183,7 +187,8 @@ def load_classifier(model_dir: Path | str, imagenet_dir: Path | str | None = Non
     weights = {name: cnn_weights_from_spec(name, spec, model_dir, Path(imagenet_dir) if imagenet_dir else None)
                for name, spec in (extra.get("cnn_weights") or {}).items()}
     params = model_dir / extra["radiomics_params"] if extra.get("radiomics_params") else None
-    features = FeatureExtractor(extra["groups"], params, weights, extra.get("cnn_input_sizes"), radiomics_workers)
+    features = FeatureExtractor(extra["groups"], params, weights, extra.get("cnn_input_sizes"), radiomics_workers,
+                                SliceGeometry.from_spec(extra.get("cnn_slice_geometry")))
     return ExpansionClassifier(model_dir, meta, pipeline, features, extra["threshold"])
 
 

@@ -117,8 +117,14 @@ def cases_fingerprint(cases: list[CohortCase]) -> str:
 
 # --- feature cache ----------------------------------------------------------------------------------
 
+def slices_name(geometry=None) -> str:
+    """The cached key slices of one way of cutting them (``pipeline.features.cnn.SliceGeometry``; None: v1)."""
+    return "slices.npz" if geometry is None else f"slices-{geometry.tag}.npz"
+
+
 class FeatureCache:
-    """Per-case features on disk: ``<root>/<case key>/{radiomics-v1.json, meta.json, slices.npz, <cnn>.npy}``."""
+    """Per-case features on disk: ``<root>/<case key>/{radiomics-v1.json, meta.json, slices.npz, <cnn>.npy}``
+    (v2 recipes add ``radiomics-v2.json`` and ``slices-<geometry>.npz`` beside them)."""
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
@@ -129,9 +135,9 @@ class FeatureCache:
         d.mkdir(exist_ok=True)
         return d
 
-    def has_base(self, case_id: str, radiomics_version: str) -> bool:
+    def has_base(self, case_id: str, radiomics_version: str, geometry=None) -> bool:
         d = self.root / safe_key(case_id)
-        return all((d / n).is_file() for n in (f"{radiomics_version}.json", "meta.json", "slices.npz"))
+        return all((d / n).is_file() for n in (f"{radiomics_version}.json", "meta.json", slices_name(geometry)))
 
     def write_json(self, case_id: str, name: str, data: dict) -> None:
         path = self.dir(case_id) / name
@@ -142,20 +148,26 @@ class FeatureCache:
     def read_json(self, case_id: str, name: str) -> dict:
         return json.loads((self.root / safe_key(case_id) / name).read_text())
 
-    def slices(self, case_id: str, size: int) -> np.ndarray:
-        with np.load(self.root / safe_key(case_id) / "slices.npz") as z:
+    def slices(self, case_id: str, size: int, geometry=None) -> np.ndarray:
+        with np.load(self.root / safe_key(case_id) / slices_name(geometry)) as z:
             return z[f"s{size}"]
 
 
-def extract_base(cases: list[CohortCase], cache: FeatureCache, radiomics_params: Path | None = None,
-                 sizes=tuple(CNN_SIZES.values()), progress=None) -> None:
-    """Radiomics, hematoma volume and the windowed CNN key slices of every case (cached)."""
+def _key_slices(volume, mask, sizes, geometry) -> dict[str, np.ndarray]:
     from pipeline.features import cnn
+
+    return {f"s{s}": cnn.slice_images(volume.hu, mask, s, volume.spacing, geometry)[..., :1] for s in sizes}
+
+
+def extract_base(cases: list[CohortCase], cache: FeatureCache, radiomics_params: Path | None = None,
+                 sizes=tuple(CNN_SIZES.values()), progress=None, geometry=None) -> None:
+    """Radiomics, hematoma volume and the windowed CNN key slices (cut by ``geometry``; None: v1) of every
+    case (cached; a case whose radiomics are cached only gets the slices it lacks)."""
     from pipeline.features.radiomics import DEFAULT_PARAMS, RadiomicsExtractor
 
     extractor = RadiomicsExtractor(radiomics_params or DEFAULT_PARAMS)
-    todo = [c for c in cases if not cache.has_base(c.case_id, extractor.version)]
-    if todo:
+    todo = [c for c in cases if not cache.has_base(c.case_id, extractor.version, geometry)]
+    if any(not (cache.root / safe_key(c.case_id) / f"{extractor.version}.json").is_file() for c in todo):
         extractor.warm_up()
     for i, case in enumerate(todo):
         t0 = time.time()
@@ -163,43 +175,43 @@ def extract_base(cases: list[CohortCase], cache: FeatureCache, radiomics_params:
         if not mask.any():
             log.warning("case %s: empty mask on the loaded grid; skipped", safe_key(case.case_id))
             continue
-        feats = extractor.extract_volume(volume, mask)
-        slices = {f"s{s}": cnn.slice_images(volume.hu, mask, s)[..., :1] for s in sizes}
-        np.savez_compressed(cache.dir(case.case_id) / "slices.npz", **slices)
+        done = (cache.root / safe_key(case.case_id) / f"{extractor.version}.json").is_file()
+        feats = None if done else extractor.extract_volume(volume, mask)
+        np.savez_compressed(cache.dir(case.case_id) / slices_name(geometry), **_key_slices(volume, mask, sizes, geometry))
         cache.write_json(case.case_id, "meta.json", {"volume_ml": float(mask.sum() * volume.voxel_volume_ml),
                                                      "shape": list(volume.shape), "spacing": list(volume.spacing)})
-        cache.write_json(case.case_id, f"{extractor.version}.json", feats)  # last: marks the case complete
+        if feats is not None:
+            cache.write_json(case.case_id, f"{extractor.version}.json", feats)  # last: marks the case complete
         if progress:
             progress(i + 1, len(todo), time.time() - t0)
 
 
-def extract_slices(cases: list[CohortCase], cache: FeatureCache, sizes=tuple(CNN_SIZES.values())) -> None:
+def extract_slices(cases: list[CohortCase], cache: FeatureCache, sizes=tuple(CNN_SIZES.values()),
+                   geometry=None) -> None:
     """Only the windowed CNN key slices (for backbone warm-up cohorts); cached."""
-    from pipeline.features import cnn
-
     for case in cases:
-        path = cache.root / safe_key(case.case_id) / "slices.npz"
+        path = cache.root / safe_key(case.case_id) / slices_name(geometry)
         if path.is_file():
             continue
         volume, mask = load_case(case)
         if not mask.any():
             continue
-        np.savez_compressed(cache.dir(case.case_id) / "slices.npz",
-                            **{f"s{s}": cnn.slice_images(volume.hu, mask, s)[..., :1] for s in sizes})
+        np.savez_compressed(cache.dir(case.case_id) / slices_name(geometry), **_key_slices(volume, mask, sizes, geometry))
 
 
 def cnn_table(cases: list[CohortCase], cache: FeatureCache, name: str, weights, tag: str,
-              input_size: int | None = None, batch: int = 8) -> pd.DataFrame:
-    """CNN features of the cached key slices, cached per weights ``tag``."""
+              input_size: int | None = None, batch: int = 8, geometry=None) -> pd.DataFrame:
+    """CNN features of the cached key slices (cut by ``geometry``), cached per weights ``tag``."""
     from pipeline.features.cnn import CnnFeatureExtractor
 
     ext = None
     rows = []
+    cut = "" if geometry is None else f"-{geometry.tag}"
     for case in cases:
-        path = cache.dir(case.case_id) / f"{name}-{tag}.npy"
+        path = cache.dir(case.case_id) / f"{name}-{tag}{cut}.npy"
         if not path.is_file():
-            ext = ext or CnnFeatureExtractor(name, weights, input_size)
-            imgs = np.repeat(cache.slices(case.case_id, ext.input_size), 3, axis=-1)
+            ext = ext or CnnFeatureExtractor(name, weights, input_size, geometry)
+            imgs = np.repeat(cache.slices(case.case_id, ext.input_size, geometry), 3, axis=-1)
             np.save(path, ext.embed(imgs).ravel())
         rows.append(np.load(path))
     dim = rows[0].size // 3

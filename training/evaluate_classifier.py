@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.features.recipe import Recipe, recipe
 from training import classifier as C
 from training import stats
 
@@ -37,6 +38,7 @@ class Prepared:
     meta: pd.DataFrame      # volume_ml + marker_* columns
     warmup_files: dict      # backbone -> npz path
     seed: int
+    recipe: Recipe          # how the features were cut (pipeline.features.recipe)
 
 
 def _tag(warm_cases, seed: int, steps: int) -> str:
@@ -46,8 +48,8 @@ def _tag(warm_cases, seed: int, steps: int) -> str:
 
 def prepare(cohort: Path | str, cache_dir: Path | str | None = None, *, seed: int = 0, warmup_steps: int = 0,
             warmup_cohort: Path | str | None = None, backbones=("resnet50", "inception_v3"),
-            cnn_sizes: dict | None = None, progress=None) -> Prepared:
-    """Split, extract (cached) and warm up the CNN backbones.
+            cnn_sizes: dict | None = None, progress=None, features: str = "v1") -> Prepared:
+    """Split, extract (cached) and warm up the CNN backbones; ``features`` names the recipe (v1, v2).
 
     The backbones warm up on ``warmup_cohort`` (a separate synthetic cohort, so the CNN features do
     not depend on the split) or, without one, on the training split's cases only.
@@ -60,31 +62,33 @@ def prepare(cohort: Path | str, cache_dir: Path | str | None = None, *, seed: in
     cases = C.read_cohort(cohort)
     sizes = {**C.CNN_SIZES, **(cnn_sizes or {})}
     used = tuple(sorted(set(sizes[b] for b in backbones)))
-    C.extract_base(cases, cache, sizes=used, progress=progress)
-    cases = [c for c in cases if cache.has_base(c.case_id, "radiomics-v1")]
+    rcp = recipe(features)
+    geo = rcp.slice_geometry
+    C.extract_base(cases, cache, rcp.radiomics_params, sizes=used, progress=progress, geometry=geo)
+    cases = [c for c in cases if cache.has_base(c.case_id, rcp.radiomics_version, geo)]
     train, test = C.split_cohort(cases, seed)
     if warmup_cohort is not None:
         warm_cache = C.FeatureCache(cache.root / "warmup-cohort")
         warm_cases = C.read_cohort(warmup_cohort)
-        C.extract_slices(warm_cases, warm_cache, used)
-        warm_cases = [c for c in warm_cases if (warm_cache.root / C.safe_key(c.case_id) / "slices.npz").is_file()]
+        C.extract_slices(warm_cases, warm_cache, used, geo)
+        warm_cases = [c for c in warm_cases if (warm_cache.root / C.safe_key(c.case_id) / C.slices_name(geo)).is_file()]
     else:
         warm_cache, warm_cases = cache, train
-    tables = {"radiomics": C.radiomics_table(cases, cache)}
+    tables = {"radiomics": C.radiomics_table(cases, cache, rcp.radiomics_version)}
     warm = {}
     for name in backbones:
-        tag = _tag(warm_cases, seed, warmup_steps) + f"-{sizes[name]}"
+        tag = _tag(warm_cases, seed, warmup_steps) + f"-{sizes[name]}" + ("" if geo is None else f"-{geo.tag}")
         path = cache.root / "backbones" / f"{name}-{tag}.npz"
         if not path.is_file():
-            imgs = np.concatenate([warm_cache.slices(c.case_id, sizes[name]) for c in warm_cases])
+            imgs = np.concatenate([warm_cache.slices(c.case_id, sizes[name], geo) for c in warm_cases])
             labels = np.repeat([c.label for c in warm_cases], imgs.shape[0] // len(warm_cases))
             t0 = time.time()
             warm_up(name, np.repeat(imgs, 3, axis=-1), labels, path, seed=20240101 + seed,
                     steps=warmup_steps, input_size=sizes[name])
             log.info("warm-up %s: %.0f s", name, time.time() - t0)
         warm[name] = path
-        tables[name] = C.cnn_table(cases, cache, name, WarmupWeights(path), tag, sizes[name])
-    return Prepared(cohort, train, test, tables, C.meta_table(cases, cache), warm, seed)
+        tables[name] = C.cnn_table(cases, cache, name, WarmupWeights(path), tag, sizes[name], geometry=geo)
+    return Prepared(cohort, train, test, tables, C.meta_table(cases, cache), warm, seed, rcp)
 
 
 def module_matrix(prep: Prepared, groups, cases) -> pd.DataFrame:
@@ -205,7 +209,7 @@ def evaluate(prep: Prepared, out_dir: Path | str, *, n_boot: int = 2000, modules
 def train_and_ship(cohort: Path | str, out: Path | str, *, cache_dir: Path | str | None = None, seed: int = 0,
                    warmup_steps: int = 0, warmup_cohort: Path | str | None = None,
                    version: str | None = None, module: str | None = None,
-                   n_boot: int = 2000, progress=None) -> tuple[Path, dict]:
+                   n_boot: int = 2000, progress=None, features: str = "v1") -> tuple[Path, dict]:
     """The one command behind a shipped classifier: evaluate all modules, save the chosen one.
 
     The shipped module is the one with the best *training* cross-validation AUC (or ``module``); its
@@ -215,7 +219,7 @@ def train_and_ship(cohort: Path | str, out: Path | str, *, cache_dir: Path | str
     if (out / "metadata.json").exists():
         raise FileExistsError(f"{out} already holds a model; choose a new version directory")
     prep = prepare(cohort, cache_dir, seed=seed, warmup_steps=warmup_steps, warmup_cohort=warmup_cohort,
-                   progress=progress)
+                   progress=progress, features=features)
     summary = evaluate(prep, out / "report", n_boot=n_boot)
     fitted = summary.pop("_fitted")
     name = module or summary["selected_by_train_cv"]
@@ -229,7 +233,10 @@ def train_and_ship(cohort: Path | str, out: Path | str, *, cache_dir: Path | str
                "data": "synthetic; not a clinical accuracy claim"}
     C.save_model(fitted[name], out, version=version or (out.name if out.name.isdigit() else "1"),
                  groups=C.MODULES[name], training_cases=prep.train, cnn_weight_files=prep.warmup_files,
-                 metrics=metrics, extra={"split_seed": seed, "warmup_steps": warmup_steps,
+                 metrics=metrics, radiomics_params=prep.recipe.radiomics_params,
+                 extra={"split_seed": seed, "warmup_steps": warmup_steps, "feature_recipe": prep.recipe.name,
+                        "cnn_slice_geometry": (prep.recipe.slice_geometry.spec()
+                                               if prep.recipe.slice_geometry else None),
                                          "warmup_cohort": str(warmup_cohort) if warmup_cohort else "training split",
                                          "report": "report/report.html"})
     return out, summary

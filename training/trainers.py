@@ -89,11 +89,12 @@ class ClassifierTrainer:
         from pipeline.models import ModelMetadata
 
         proto = {"module": "Radiomics", "groups": ("radiomics",), "radiomics_params": None, "cnn_weights": {},
-                 "cnn_input_sizes": {}, "seed": 0}
+                 "cnn_input_sizes": {}, "cnn_slice_geometry": None, "seed": 0}
         if self.served_dir is not None:
             extra = ModelMetadata.read(self.served_dir).extra or {}
             proto.update(module=extra.get("module", proto["module"]), groups=tuple(extra.get("groups", proto["groups"])),
-                         cnn_input_sizes=extra.get("cnn_input_sizes") or {})
+                         cnn_input_sizes=extra.get("cnn_input_sizes") or {},
+                         cnn_slice_geometry=extra.get("cnn_slice_geometry"))  # the same cut as the served model
             if extra.get("radiomics_params"):
                 proto["radiomics_params"] = Path(self.served_dir) / extra["radiomics_params"]
             for name, spec in (extra.get("cnn_weights") or {}).items():
@@ -113,7 +114,8 @@ class ClassifierTrainer:
         from pipeline.features.radiomics import DEFAULT_PARAMS
 
         sizes = tuple(proto["cnn_input_sizes"].get(g) or clf.CNN_SIZES[g] for g in proto["groups"] if g != "radiomics")
-        clf.extract_base(cases, cache, proto["radiomics_params"], sizes=sizes)  # key slices only for CNN groups
+        geometry = cnn.SliceGeometry.from_spec(proto["cnn_slice_geometry"])
+        clf.extract_base(cases, cache, proto["radiomics_params"], sizes=sizes, geometry=geometry)
         version = Path(proto["radiomics_params"] or DEFAULT_PARAMS).stem
         cases = [c for c in cases if (cache.root / clf.safe_key(c.case_id) / f"{version}.json").is_file()]
         parts = []
@@ -123,7 +125,7 @@ class ClassifierTrainer:
             else:
                 path, sha = proto["cnn_weights"][group]
                 parts.append(clf.cnn_table(cases, cache, group, cnn.WarmupWeights(path), sha[:12],
-                                           proto["cnn_input_sizes"].get(group)))
+                                           proto["cnn_input_sizes"].get(group), geometry=geometry))
         return cases, pd.concat(parts, axis=1)
 
     def _cache(self, train_dir: Path):
@@ -148,7 +150,8 @@ class ClassifierTrainer:
         clf.save_model(fitted, out_dir, version="0", groups=tuple(proto["groups"]), training_cases=cases,
                        cnn_weight_files={n: p for n, (p, _s) in proto["cnn_weights"].items()},
                        metrics={"cv_auc_train": fitted.cv_auc}, radiomics_params=proto["radiomics_params"],
-                       parent_version=parent_version, extra={"protocol": "retrain (training.retrain)"})
+                       parent_version=parent_version,
+                       extra={"protocol": "retrain (training.retrain)", "cnn_slice_geometry": proto["cnn_slice_geometry"]})
         return Path(out_dir)
 
     def evaluate(self, model_dir: Path | None, val_dir: Path, out_dir: Path) -> dict:
@@ -197,7 +200,8 @@ class ClassifierTrainer:
         params = model.model_dir / extra["radiomics_params"] if extra.get("radiomics_params") else None
         params_sha = hashlib.sha256(params.read_bytes()).hexdigest() if params and params.is_file() else None
         config_key = json.dumps({"groups": extra.get("groups"), "params": params_sha,
-                                 "weights": extra.get("cnn_weights")}, sort_keys=True, default=str)
+                                 "weights": extra.get("cnn_weights"), "slices": extra.get("cnn_slice_geometry")},
+                                sort_keys=True, default=str)
         mask_path = Path(row["baseline_mask"])
         st = mask_path.stat()
         key = hashlib.sha256(f"{config_key}|{row['baseline_dir']}|{mask_path}|{st.st_size}|{st.st_mtime_ns}"

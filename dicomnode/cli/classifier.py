@@ -43,6 +43,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         module: Optional[str] = typer.Option(None, "--module", help="Ship this module instead of the best by training CV AUC."),
         version: Optional[str] = typer.Option(None, "--version"),
         n_boot: int = typer.Option(2000, "--n-boot", min=100),
+        features: str = typer.Option("v1", "--features", help="Feature recipe: v1 (the seed's, native grid) or v2 (resolution-independent: 1 mm radiomics grid, fixed bins, CNN slices in mm)."),
     ) -> None:
         """Evaluate all modules on the cohort's split (report in OUT/report) and save the chosen one to OUT."""
         from training.evaluate_classifier import train_and_ship
@@ -51,7 +52,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         try:
             path, summary = train_and_ship(cohort, out, cache_dir=cache, seed=seed, warmup_steps=warmup_steps,
                                            warmup_cohort=warmup_cohort,
-                                           version=version, module=module, n_boot=n_boot, progress=_progress)
+                                           version=version, module=module, n_boot=n_boot, progress=_progress,
+                                           features=features)
         except (ValueError, FileNotFoundError, FileExistsError) as exc:
             raise _fail(str(exc))
         _table(summary)
@@ -66,6 +68,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         warmup_steps: int = typer.Option(0, "--warmup-steps", min=0),
         warmup_cohort: Optional[Path] = typer.Option(None, "--warmup-cohort", exists=True, file_okay=False),
         n_boot: int = typer.Option(2000, "--n-boot", min=100),
+        features: str = typer.Option("v1", "--features", help="Feature recipe: v1 (the seed's, native grid) or v2 (resolution-independent: 1 mm radiomics grid, fixed bins, CNN slices in mm)."),
     ) -> None:
         """The seed's Table 2 on one split: 5 feature modules + volume and marker baselines; JSON, PNG, HTML."""
         from training.evaluate_classifier import evaluate, prepare
@@ -74,7 +77,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         out = out or cohort / "classifier-evaluation"
         try:
             prep = prepare(cohort, cache, seed=seed, warmup_steps=warmup_steps, warmup_cohort=warmup_cohort,
-                           progress=_progress)
+                           progress=_progress, features=features)
             summary = evaluate(prep, out, n_boot=n_boot)
         except (ValueError, FileNotFoundError) as exc:
             raise _fail(str(exc))

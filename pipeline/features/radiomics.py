@@ -275,7 +275,15 @@ class RadiomicsExtractor:
         if not (sitk.GetArrayViewFromImage(mask) == label).any():
             raise ValueError(f"radiomics: the mask has no voxels with label {label}")
         image, mask = self._stock.loadImage(image, mask, None, **settings)
+        shape_mask = mask  # stock: shape on the loaded mask unless resegmentShape, the rest re-segmented
+        if settings.get("resegmentRange") is not None:
+            mask = io.resegmentMask(image, mask, **settings)
+            if settings.get("resegmentShape", False):
+                shape_mask = mask
         where = np.nonzero(sitk.GetArrayViewFromImage(mask) == label)
+        if len(where[0]) == 0:
+            raise ValueError(f"radiomics: no hematoma voxel lies in the re-segmentation range "
+                             f"{settings.get('resegmentRange')}")
         # numpy's (z, y, x) extent -> pyradiomics' (xmin, xmax, ymin, ymax, zmin, zmax)
         extent = np.array([(int(w.min()), int(w.max())) for w in where[::-1]]).ravel()
         box = _margin_box(extent, image.GetSize(), MARGIN)
@@ -300,7 +308,9 @@ class RadiomicsExtractor:
         shape: Future | None = None
         shape_enabled = None if wanted is None else wanted.enabled("original", ["shape"])
         if "shape" in self._stock.enabledFeatures and shape_enabled is not False:
-            shape = pool.submit(_task_shape, self.params, img_m, mask_m, bbox_m, settings, shape_enabled)
+            # stock crops the shape's mask to the (re-segmented) ROI's bounding box as well
+            shape_m = mask_m if shape_mask is mask else box.crop(shape_mask)
+            shape = pool.submit(_task_shape, self.params, img_m, shape_m, bbox_m, settings, shape_enabled)
         todo = [t for t in self.image_types if wanted is None or wanted.image_type(t)]
         for itype in todo:
             if itype == "LBP3D":

@@ -110,3 +110,35 @@ def test_inception_v3_seeded_features():
 def test_unknown_backbone():
     with pytest.raises(ValueError, match="unknown backbone"):
         cnn.get_backbone("vgg16")
+
+
+def _disc_series(n: int, pixel_mm: float, slices: int = 7):
+    """A 40 mm-radius hyperdense disc in air on an n×n matrix of ``pixel_mm`` pixels; mask on the middle slice."""
+    yy, xx = (np.indices((n, n)) - (n - 1) / 2) * pixel_mm
+    one = np.where(xx ** 2 + yy ** 2 < 40.0 ** 2, 60.0, -1000.0).astype(np.float32)
+    hu = np.repeat(one[None], slices, axis=0)
+    mask = np.zeros(hu.shape, np.uint8)
+    mask[slices // 2, n // 2, n // 2] = 1
+    return hu, mask
+
+
+def test_slice_geometry_cuts_the_same_anatomy_at_any_matrix_and_slice_thickness():
+    geo = cnn.SliceGeometry(fov_mm=200.0, offset_mm=15.0)
+    mask = np.zeros((30, 4, 4), np.uint8)
+    mask[14] = 1
+    assert cnn.key_slices(mask) == [11, 14, 17]                  # v1: ±3 slices, whatever their thickness
+    assert cnn.key_slices(mask, 5.0, geo) == [11, 14, 17]        # ±15 mm = the seed's ±3 at 5 mm
+    assert cnn.key_slices(mask, 2.5, geo) == [8, 14, 20]
+    assert cnn.key_slices(mask, 1.0, geo) == [0, 14, 29]         # clamped
+    # 230 mm field of view at 1.8 mm pixels vs 128 mm at 0.5 mm: v1 shows the disc at two sizes
+    coarse = _disc_series(128, 1.8), (1.8, 1.8, 5.0)
+    fine = _disc_series(256, 0.5), (0.5, 0.5, 5.0)
+    v1 = [cnn.slice_images(*s, SIZE) for s, _ in (coarse, fine)]
+    v2 = [cnn.slice_images(*s, SIZE, sp, geo) for s, sp in (coarse, fine)]
+    assert np.abs(v1[0] - v1[1]).mean() > 40                     # window units 0..255
+    assert np.abs(v2[0] - v2[1]).mean() < 6
+    with pytest.raises(ValueError, match="spacing"):
+        cnn.slice_images(*fine[0], SIZE, None, geo)
+    with pytest.raises(ValueError, match="fov_mm"):
+        cnn.SliceGeometry(fov_mm=10.0)
+    assert cnn.SliceGeometry.from_spec(geo.spec()) == geo and cnn.SliceGeometry.from_spec(None) is None

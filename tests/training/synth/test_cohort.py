@@ -173,3 +173,23 @@ def test_cli_stats_only_writes_nothing(tmp_path):
     stats = json.loads(res.stdout)
     assert stats["n"] == 30 and 0.2 < stats["expansion_prevalence"] < 0.8
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_synth_draws_matrices_and_a_shifted_appearance(tmp_path):
+    """`--matrix 32,64` draws the matrix per case; `--appearance shifted` records the other site's look."""
+    exe = REPO / ".venv" / "bin" / "ich-node"
+    out = tmp_path / "site"
+    res = _synth(exe, "--cases", "4", "--out", out, "--seed", "5", "--matrix", "32,64", "--thickness", "5",
+                 "--appearance", "shifted")
+    assert res.returncode == 0, res.stderr
+    options = json.loads((out / "cohort.json").read_text())["options"]
+    assert list(options["matrix_choices"]) == [32, 64] and options["noise_textures"]
+    for bad in (["--appearance", "weird"], ["--matrix", "64,x"]):
+        r = _synth(exe, "--cases", "1", "--out", tmp_path / "x", *bad)
+        assert r.returncode != 0 and bad[0] in r.stderr
+
+
+def _synth(exe, *args) -> subprocess.CompletedProcess:
+    if not exe.exists():
+        unavailable("ich-node entry point not installed")
+    return subprocess.run([str(exe), "synth", *map(str, args)], capture_output=True, text=True, timeout=600)
