@@ -132,6 +132,16 @@ def calibration(y, p) -> dict:
     return out
 
 
+def ece(y, p, n_bins: int = 10) -> float:
+    """Expected calibration error: |observed rate - mean prediction| per equal-width bin of p on [0, 1]
+    (the last bin closed), weighted by the bin's share of cases (Naeini et al. 2015)."""
+    y = np.asarray(y, float)
+    p = np.asarray(p, float)
+    bins = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
+    gap = np.abs(np.bincount(bins, weights=y, minlength=n_bins) - np.bincount(bins, weights=p, minlength=n_bins))
+    return float(gap.sum() / len(y))
+
+
 def reliability(y, p, n_bins: int = 10) -> dict:
     """Quantile-binned observed rate vs mean prediction (for the reliability plot). Bins are numpy's
     histogram bins on the quantile edges ([lo, hi), the last one closed); empty bins are left out.

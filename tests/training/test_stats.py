@@ -162,3 +162,9 @@ def test_reliability_bins_on_quantiles_with_edges_in_the_upper_bin():
     p = rng.random(1000)
     r = stats.reliability((rng.random(1000) < p).astype(int), p)
     assert sum(r["count"]) == 1000 and len(r["count"]) == 10
+
+
+def test_ece_weights_each_bins_gap_by_its_cases():
+    assert stats.ece([0, 0, 1, 1], [0.05, 0.15, 0.85, 0.95]) == pytest.approx(0.1)   # (.05+.15+.15+.05)/4
+    assert stats.ece([0, 1, 0, 1], [0.5, 0.5, 0.55, 0.55]) == pytest.approx(0.025)   # one bin: |0.5-0.525|
+    assert stats.ece([1, 0], [1.0, 0.0]) == 0.0                                       # p = 1 is in the last bin
