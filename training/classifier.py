@@ -117,9 +117,15 @@ def cases_fingerprint(cases: list[CohortCase]) -> str:
 
 # --- feature cache ----------------------------------------------------------------------------------
 
+def cut_tag(geometry=None) -> str:
+    """The cache-name suffix of one way of cutting the key slices (``pipeline.features.cnn.SliceGeometry``;
+    None: v1, no suffix): features cut another way are other features."""
+    return "" if geometry is None else f"-{geometry.tag}"
+
+
 def slices_name(geometry=None) -> str:
-    """The cached key slices of one way of cutting them (``pipeline.features.cnn.SliceGeometry``; None: v1)."""
-    return "slices.npz" if geometry is None else f"slices-{geometry.tag}.npz"
+    """The cached key slices of one way of cutting them."""
+    return f"slices{cut_tag(geometry)}.npz"
 
 
 class FeatureCache:
@@ -135,9 +141,12 @@ class FeatureCache:
         d.mkdir(exist_ok=True)
         return d
 
-    def has_base(self, case_id: str, radiomics_version: str, geometry=None) -> bool:
+    def has(self, case_id: str, *names: str) -> bool:
         d = self.root / safe_key(case_id)
-        return all((d / n).is_file() for n in (f"{radiomics_version}.json", "meta.json", slices_name(geometry)))
+        return all((d / n).is_file() for n in names)
+
+    def has_base(self, case_id: str, radiomics_version: str, geometry=None) -> bool:
+        return self.has(case_id, f"{radiomics_version}.json", "meta.json", slices_name(geometry))
 
     def write_json(self, case_id: str, name: str, data: dict) -> None:
         path = self.dir(case_id) / name
@@ -167,7 +176,8 @@ def extract_base(cases: list[CohortCase], cache: FeatureCache, radiomics_params:
 
     extractor = RadiomicsExtractor(radiomics_params or DEFAULT_PARAMS)
     todo = [c for c in cases if not cache.has_base(c.case_id, extractor.version, geometry)]
-    if any(not (cache.root / safe_key(c.case_id) / f"{extractor.version}.json").is_file() for c in todo):
+    cached = {c.case_id for c in todo if cache.has(c.case_id, f"{extractor.version}.json")}  # slices missing only
+    if len(cached) < len(todo):
         extractor.warm_up()
     for i, case in enumerate(todo):
         t0 = time.time()
@@ -175,8 +185,7 @@ def extract_base(cases: list[CohortCase], cache: FeatureCache, radiomics_params:
         if not mask.any():
             log.warning("case %s: empty mask on the loaded grid; skipped", safe_key(case.case_id))
             continue
-        done = (cache.root / safe_key(case.case_id) / f"{extractor.version}.json").is_file()
-        feats = None if done else extractor.extract_volume(volume, mask)
+        feats = None if case.case_id in cached else extractor.extract_volume(volume, mask)
         np.savez_compressed(cache.dir(case.case_id) / slices_name(geometry), **_key_slices(volume, mask, sizes, geometry))
         cache.write_json(case.case_id, "meta.json", {"volume_ml": float(mask.sum() * volume.voxel_volume_ml),
                                                      "shape": list(volume.shape), "spacing": list(volume.spacing)})
@@ -190,8 +199,7 @@ def extract_slices(cases: list[CohortCase], cache: FeatureCache, sizes=tuple(CNN
                    geometry=None) -> None:
     """Only the windowed CNN key slices (for backbone warm-up cohorts); cached."""
     for case in cases:
-        path = cache.root / safe_key(case.case_id) / slices_name(geometry)
-        if path.is_file():
+        if cache.has(case.case_id, slices_name(geometry)):
             continue
         volume, mask = load_case(case)
         if not mask.any():
@@ -206,9 +214,8 @@ def cnn_table(cases: list[CohortCase], cache: FeatureCache, name: str, weights, 
 
     ext = None
     rows = []
-    cut = "" if geometry is None else f"-{geometry.tag}"
     for case in cases:
-        path = cache.dir(case.case_id) / f"{name}-{tag}{cut}.npy"
+        path = cache.dir(case.case_id) / f"{name}-{tag}{cut_tag(geometry)}.npy"
         if not path.is_file():
             ext = ext or CnnFeatureExtractor(name, weights, input_size, geometry)
             imgs = np.repeat(cache.slices(case.case_id, ext.input_size, geometry), 3, axis=-1)

@@ -71,13 +71,13 @@ def prepare(cohort: Path | str, cache_dir: Path | str | None = None, *, seed: in
         warm_cache = C.FeatureCache(cache.root / "warmup-cohort")
         warm_cases = C.read_cohort(warmup_cohort)
         C.extract_slices(warm_cases, warm_cache, used, geo)
-        warm_cases = [c for c in warm_cases if (warm_cache.root / C.safe_key(c.case_id) / C.slices_name(geo)).is_file()]
+        warm_cases = [c for c in warm_cases if warm_cache.has(c.case_id, C.slices_name(geo))]
     else:
         warm_cache, warm_cases = cache, train
     tables = {"radiomics": C.radiomics_table(cases, cache, rcp.radiomics_version)}
     warm = {}
     for name in backbones:
-        tag = _tag(warm_cases, seed, warmup_steps) + f"-{sizes[name]}" + ("" if geo is None else f"-{geo.tag}")
+        tag = _tag(warm_cases, seed, warmup_steps) + f"-{sizes[name]}" + C.cut_tag(geo)
         path = cache.root / "backbones" / f"{name}-{tag}.npz"
         if not path.is_file():
             imgs = np.concatenate([warm_cache.slices(c.case_id, sizes[name], geo) for c in warm_cases])

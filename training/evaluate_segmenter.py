@@ -91,17 +91,18 @@ def agreement_by_thickness(results: list[CaseResult], name: str = "cnn") -> dict
     def agree(rs):
         return volume_agreement([r.true_ml for r in rs], [r.volume_ml[name] for r in rs], [r.dice[name] for r in rs])
 
-    out = {"all": agree(results)}
-    for t in sorted({r.thickness_mm for r in results if r.thickness_mm is not None}):
-        out[f"{t:g}mm"] = agree([r for r in results if r.thickness_mm == t])
-    return out
+    return {"all": agree(results), **{f"{t:g}mm": agree(rs) for t, rs in _by_thickness(results).items()}}
+
+
+def _by_thickness(results: list[CaseResult]) -> dict[float, list[CaseResult]]:
+    """The cases of each slice thickness, thinnest first (cases without one left out)."""
+    return {t: [r for r in results if r.thickness_mm == t]
+            for t in sorted({r.thickness_mm for r in results if r.thickness_mm is not None})}
 
 
 def plot_bland_altman_by_thickness(results: list[CaseResult], path: Path, title: str, name: str = "cnn") -> Path:
     """One Bland–Altman panel per slice thickness (the issue-16 report), for segmenter ``name``."""
-    groups = {f"{t:g} mm": [r for r in results if r.thickness_mm == t]
-              for t in sorted({r.thickness_mm for r in results if r.thickness_mm is not None})}
-    groups = groups or {"all": results}
+    groups = {f"{t:g} mm": rs for t, rs in _by_thickness(results).items()} or {"all": results}
     panels = {k: (np.array([r.true_ml for r in rs]), np.array([r.volume_ml[name] for r in rs])) for k, rs in groups.items()}
     return _plot_panels(panels, path, title)
 

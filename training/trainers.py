@@ -117,7 +117,7 @@ class ClassifierTrainer:
         geometry = cnn.SliceGeometry.from_spec(proto["cnn_slice_geometry"])
         clf.extract_base(cases, cache, proto["radiomics_params"], sizes=sizes, geometry=geometry)
         version = Path(proto["radiomics_params"] or DEFAULT_PARAMS).stem
-        cases = [c for c in cases if (cache.root / clf.safe_key(c.case_id) / f"{version}.json").is_file()]
+        cases = [c for c in cases if cache.has(c.case_id, f"{version}.json")]
         parts = []
         for group in proto["groups"]:
             if group == "radiomics":

@@ -93,15 +93,17 @@ def streaks(x, y, z, amplitude_hu: float, rng: np.random.Generator) -> np.ndarra
     return (out * w_z).astype(np.float32)
 
 
-def finish(img: np.ndarray, step: int, sigma_hu: float, rng: np.random.Generator) -> np.ndarray:
+def finish(img: np.ndarray, step: int, sigma_hu: float, rng: np.random.Generator, noise=None) -> np.ndarray:
     """Render-grid slabs -> stored HU on the acquisition matrix, slice by slice (cache-friendly):
-    upsample, add correlated noise, round and clip as the scanner stores it."""
+    upsample, add correlated noise (``noise(slice, sigma_hu, rng)`` in place; default ``add_noise``, the
+    CT texture), round and clip as the scanner stores it."""
+    add = noise or add_noise
     k, m, _ = img.shape
     out = np.empty((k, m * step, m * step), np.float32)
     for i in range(k):
         sl = upsample(img[i : i + 1], step)
         if sigma_hu > 0:
-            add_noise(sl, sigma_hu, rng)
+            add(sl, sigma_hu, rng)
         np.clip(np.rint(sl[0]), HU_MIN, HU_MAX, out=out[i])
     return out
 
@@ -172,11 +174,8 @@ def finish_textured(img: np.ndarray, step: int, sigma_hu: float, rng: np.random.
     """``finish`` with another noise texture ("ct" is ``finish`` itself)."""
     if look.noise_texture == "ct":
         return finish(img, step, sigma_hu, rng)
-    k, m, _ = img.shape
-    out = np.empty((k, m * step, m * step), np.float32)
-    for i in range(k):
-        sl = upsample(img[i : i + 1], step)
-        if sigma_hu > 0:
-            sl[0] += textured_noise(sl.shape[1:], sigma_hu, look.noise_texture, look.noise_corr_px, rng)
-        np.clip(np.rint(sl[0]), HU_MIN, HU_MAX, out=out[i])
-    return out
+
+    def textured(sl: np.ndarray, sigma: float, r: np.random.Generator) -> None:
+        sl[0] += textured_noise(sl.shape[1:], sigma, look.noise_texture, look.noise_corr_px, r)
+
+    return finish(img, step, sigma_hu, rng, textured)
