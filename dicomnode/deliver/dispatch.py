@@ -182,6 +182,12 @@ class Sender(SlotLoop):
             log.exception("sender %s: loop error", self.owner)
             return False
 
+    def nap_s(self) -> float:
+        """Idle until the next probe of a down destination is due, at most ``poll_s``: a probe interval
+        below ``poll_s`` is kept, not rounded up to it."""
+        due = [h.next_probe_at for h in self.dispatcher.health.values() if h.down_since is not None]
+        return self.poll_s if not due else max(0.0, min(self.poll_s, min(due) - time.time()))
+
     def probe(self) -> int:
         """Probe the down destinations that are due; when one answers, every waiting delivery is made
         due (oldest first). Returns how many were woken."""

@@ -39,8 +39,13 @@ class SlotLoop(threading.Thread):
     def round(self) -> bool:
         raise NotImplementedError
 
+    def nap_s(self) -> float:
+        """How long to wait after an idle round (a kick cuts it short); ``poll_s`` unless a subclass has
+        something due sooner."""
+        return self.poll_s
+
     def run(self) -> None:
         while not self._halt.is_set():
             if not self.round():
-                self._wake.wait(self.poll_s)
+                self._wake.wait(self.nap_s())
                 self._wake.clear()

@@ -170,3 +170,21 @@ def test_a_node_restarted_while_the_destination_is_down_probes_before_it_sends(t
         assert dispatcher.deliver("1", results) == [] and peer.stores() == 3
     finally:
         peer.stop()
+
+
+def test_an_idle_sender_probes_at_the_policys_interval_not_its_poll(tmp_path, results):
+    """A down destination's probe interval (0.2 s) shorter than the sender's poll (5 s) is kept: the idle
+    sender wakes when the next probe is due (it used to nap a whole poll between probes)."""
+    q = SQLiteQueue(tmp_path / "q.sqlite3", max_attempts=2, backoff=Backoff(base_s=0.1, max_s=0.1))
+    retry = RetryPolicy(backoff_base_s=0.1, backoff_max_s=0.5, probe_interval_s=0.2, give_up_after_s=3600)
+    cfg = DestinationConfig(name="pacs", ae_title="DEST", host="127.0.0.1", port=free_port(), retry=retry)
+    sender = Sender(q, Dispatcher([build(cfg)], Ledger(tmp_path / "ledger.sqlite3")), owner="s", poll_s=5.0)
+    _encoded(q, 1, results)
+    sender.start()
+    try:
+        time.sleep(2.0)
+        health = sender.dispatcher.health["pacs"]
+        assert not health.up and health.probes >= 4, health.probes  # a 5 s nap would allow at most one
+        assert sender.nap_s() <= 0.2
+    finally:
+        sender.stop()
