@@ -185,6 +185,9 @@ def split_cohort(cohort_dir: Path, out_dir: Path, policy: DataPolicy = DataPolic
     )
 
 
+CV_MIN_PER_CLASS = 4  # the classifier's nested stratified 2-fold CV (grid search around SFS): 2 per class per inner fold
+
+
 def check_data(kind: str, split: CohortSplit, policy: DataPolicy) -> None:
     """Refuse, with the numbers, when the split cannot train or judge a ``kind`` model."""
     problems = []
@@ -195,6 +198,12 @@ def check_data(kind: str, split: CohortSplit, policy: DataPolicy) -> None:
     if kind == "classifier":
         if split.train_expanders < policy.min_train_expanders:
             problems.append(f"{split.train_expanders} expanders in training (need ≥ {policy.min_train_expanders})")
+        elif split.train_expanders < CV_MIN_PER_CLASS:  # a floor set below what the protocol can fit
+            problems.append(f"{split.train_expanders} expanders in training (the protocol's nested 2-fold CV "
+                            f"needs ≥ {CV_MIN_PER_CLASS} of each class)")
+        if split.train_cases - split.train_expanders < CV_MIN_PER_CLASS:
+            problems.append(f"{split.train_cases - split.train_expanders} non-expanders in training (the protocol's "
+                            f"nested 2-fold CV needs ≥ {CV_MIN_PER_CLASS} of each class)")
         if split.val_expanders < policy.min_val_expanders:
             problems.append(f"{split.val_expanders} expanders in validation (need ≥ {policy.min_val_expanders})")
         if split.val_cases - split.val_expanders < 1:

@@ -67,6 +67,14 @@ def test_refusals_name_the_numbers(tmp_path: Path) -> None:
     split = rt.split_cohort(write_manifest(tmp_path / "c", 30, 2), tmp_path / "s")
     with pytest.raises(RetrainRefused, match=r"training cases \(need ≥ 40\).*expanders in training \(need ≥ 8\)"):
         rt.check_data("classifier", split, DataPolicy())
+    # floors lowered below what the seed's nested 2-fold CV can fit: refused with the reason, not a traceback
+    split = rt.split_cohort(write_manifest(tmp_path / "e", 60, 57), tmp_path / "s4")
+    lenient = DataPolicy(min_train_cases=1, min_train_expanders=1, min_val_cases=1, min_val_expanders=1)
+    with pytest.raises(RetrainRefused, match=r"[0-3] non-expanders in training \(the protocol's nested 2-fold CV"):
+        rt.check_data("classifier", split, lenient)
+    split = rt.split_cohort(write_manifest(tmp_path / "f", 60, 3), tmp_path / "s5")
+    with pytest.raises(RetrainRefused, match=r"[0-3] expanders in training \(the protocol's nested"):
+        rt.check_data("classifier", split, lenient)
     split = rt.split_cohort(write_manifest(tmp_path / "d", 80, 20, masks=False), tmp_path / "s2")
     with pytest.raises(RetrainRefused, match="no reference mask"):
         rt.check_data("segmenter", split, DataPolicy())
