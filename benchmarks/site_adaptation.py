@@ -22,7 +22,8 @@ features cut from model 1's mask of the baseline, the generator's true label): (
 is, (b) each retrained candidate, (c) an oracle fitted by the same protocol on the whole pool with the
 site's true masks and true labels. Printed and written: AUC (DeLong 95 % CI), Brier, ECE, the gate's
 verdict per step, and the smallest *k* whose AUC is within 0.05 of the oracle's. A last retrain on the
-whole pool with permuted labels checks that the gate refuses a worse model.
+whole pool, whose training share has permuted labels (its validation share keeps the truth), checks that
+the gate refuses a worse model.
 
 Synthetic data only: no clinical claim. The test set is small (its CIs are printed): read the curve, not
 the third decimal.
