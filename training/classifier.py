@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 PREFILTER_K = 20
 N_FEATURES_GRID = (3, 5, 8)
 CALIBRATION_FOLDS = 3
+CV_MIN_PER_CLASS = 4  # the nested stratified 2-fold CV (grid search around SFS) needs 2 per class per inner fold
 SVM_GRID = [
     {"svm__kernel": ["linear"], "svm__C": [0.01, 0.1, 1.0]},
     {"svm__kernel": ["rbf"], "svm__C": [0.1, 1.0, 10.0], "svm__gamma": ["scale", 0.01, 0.1]},

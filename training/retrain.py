@@ -185,11 +185,10 @@ def split_cohort(cohort_dir: Path, out_dir: Path, policy: DataPolicy = DataPolic
     )
 
 
-CV_MIN_PER_CLASS = 4  # the classifier's nested stratified 2-fold CV (grid search around SFS): 2 per class per inner fold
-
-
 def check_data(kind: str, split: CohortSplit, policy: DataPolicy) -> None:
     """Refuse, with the numbers, when the split cannot train or judge a ``kind`` model."""
+    from training.classifier import CV_MIN_PER_CLASS
+
     problems = []
     if split.train_cases < policy.min_train_cases:
         problems.append(f"{split.train_cases} training cases (need ≥ {policy.min_train_cases})")

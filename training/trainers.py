@@ -173,7 +173,7 @@ class ClassifierTrainer:
                 continue
             y.append(label_of(row))
             p.append(model.predict_features(feats))
-        from training.stats import calibration, delong_auc_ci
+        from training.stats import calibration, delong_auc_ci, ece
 
         y_arr, p_arr = np.asarray(y), np.asarray(p)
         both = 0 < y_arr.sum() < len(y)
@@ -184,6 +184,8 @@ class ClassifierTrainer:
             out["auc_ci95"] = list(delong_auc_ci(y_arr, p_arr)[1:])
             cal = calibration(y_arr, p_arr)
             out["calibration_slope"], out["calibration_intercept"] = cal["slope"], cal["intercept"]
+        if len(y):
+            out["ece_10"] = ece(y_arr, p_arr)
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         with open(Path(out_dir) / "predictions.csv", "w", newline="") as fh:
             w = csv.writer(fh)
