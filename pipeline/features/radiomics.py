@@ -69,12 +69,19 @@ def _quiet() -> None:
     logging.getLogger("radiomics").setLevel(logging.ERROR)
 
 
+#: pyradiomics validates a params file through pykwalify, whose one module-global ruamel ``YAML`` parser
+#: is not thread-safe: two threads building extractors at once fail (ComposerError, IndexError …)
+_BUILD_LOCK = threading.Lock()
+
+
 def stock_extractor(params: Path | str = DEFAULT_PARAMS):
-    """A stock ``RadiomicsFeatureExtractor`` for ``params`` (the reference our values must equal)."""
+    """A stock ``RadiomicsFeatureExtractor`` for ``params`` (the reference our values must equal);
+    safe to call from several threads."""
     from radiomics.featureextractor import RadiomicsFeatureExtractor
 
     _quiet()
-    return RadiomicsFeatureExtractor(str(params))
+    with _BUILD_LOCK:
+        return RadiomicsFeatureExtractor(str(params))
 
 
 # --- worker side (top-level so the process pool can pickle them) -----------------------------------

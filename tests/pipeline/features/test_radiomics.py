@@ -65,6 +65,19 @@ def test_mask_off_grid_and_empty_mask_are_refused():
         ex.extract(image, empty)
 
 
+def test_extractors_built_in_parallel_threads_all_load():
+    """The analysis child's radiomics threads each build a stock extractor on first use; pykwalify's
+    shared YAML parser broke when two did so at once (a study's features failed, 1 in ~30 suite runs)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def build(_):
+        return sorted(R.stock_extractor(R.DEFAULT_PARAMS).enabledImagetypes)
+
+    with ThreadPoolExecutor(8) as pool:
+        built = list(pool.map(build, range(16)))
+    assert built == [sorted(PREFIX)] * 16
+
+
 def _features_in_daemon(q):
     ex = R.RadiomicsExtractor(workers=2)
     feats = ex.extract(*phantom(seed=2))
