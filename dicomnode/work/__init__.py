@@ -6,9 +6,9 @@
 - ``loop``: ``SlotLoop``, the round / wait-or-kick / stop thread both the Worker and the Sender run.
 """
 
-from .process import AnalysisFailed, AnalysisProcess, AnalysisTimeout, ModelSource, predecessor_files, with_device
+from .process import AnalysisFailed, AnalysisProcess, AnalysisStopped, AnalysisTimeout, ModelSource, predecessor_files, with_device
 from .slot import Worker, job_dir, predecessor_of
 from .verdicts import LocalVerdicts
 
-__all__ = ["AnalysisFailed", "AnalysisProcess", "AnalysisTimeout", "LocalVerdicts", "ModelSource", "Worker",
+__all__ = ["AnalysisFailed", "AnalysisProcess", "AnalysisStopped", "AnalysisTimeout", "LocalVerdicts", "ModelSource", "Worker",
            "job_dir", "predecessor_files", "predecessor_of", "with_device"]

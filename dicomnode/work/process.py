@@ -18,6 +18,7 @@ import gc
 import logging
 import multiprocessing as mp
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,11 @@ class AnalysisFailed(Exception):
 
 class AnalysisTimeout(AnalysisFailed):
     pass
+
+
+class AnalysisStopped(AnalysisFailed):
+    """The child was stopped by SIGTERM/SIGINT (the node's process group is shutting down, or an admin):
+    not a fault of the models, so callers report it below error level."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,6 @@ def die_with_parent() -> None:
     """Linux: SIGKILL this child when the node dies (kill -9), so no orphan keeps writing outputs."""
     try:
         import ctypes
-        import signal
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -209,6 +214,9 @@ class AnalysisProcess:
             hello = parent.recv()
         except EOFError:
             proc.join(5)
+            if proc.exitcode in (-signal.SIGTERM, -signal.SIGINT):
+                raise AnalysisStopped(f"analysis process stopped by {signal.Signals(-proc.exitcode).name} "
+                                      f"while loading models") from None
             raise AnalysisFailed(f"analysis process died while loading models (exit code {proc.exitcode})") from None
         if not hello.get("ready"):
             proc.join(5)

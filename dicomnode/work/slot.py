@@ -12,7 +12,7 @@ from typing import Callable
 
 from ..queue import Job, JobQueue, QueueError, Work
 from .loop import SlotLoop
-from .process import AnalysisFailed, AnalysisProcess
+from .process import AnalysisFailed, AnalysisProcess, AnalysisStopped
 from .verdicts import LocalVerdicts
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,9 @@ class Worker(SlotLoop):
             self.process.start()
             job = self.queue.claim(self.owner, lease_s=self.lease_s, work=self.work)
         except AnalysisFailed as exc:
-            log.error("worker %s: %s; retrying in 30 s", self.owner, exc)
+            # a stop signal to the node's process group reaches the child too: shutdown, not a failure
+            level = logging.WARNING if isinstance(exc, AnalysisStopped) else logging.ERROR
+            log.log(level, "worker %s: %s; retrying in 30 s", self.owner, exc)
             self.pause(30)
             return True
         except Exception:  # noqa: BLE001 - a worker thread must not die silently

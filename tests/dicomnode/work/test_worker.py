@@ -6,7 +6,10 @@ A test double stands in for ``pipeline.analyze`` here (unit test of the node); t
 from __future__ import annotations
 
 import json
+import os
+import signal
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import pytest
 
 from dicomnode.queue import JobState
 from dicomnode.queue.sqlite import SQLiteQueue
-from dicomnode.work import AnalysisFailed, AnalysisProcess, ModelSource, Worker, job_dir
+from dicomnode.work import AnalysisFailed, AnalysisProcess, AnalysisStopped, ModelSource, Worker, job_dir
 from model_dirs import make_model
 
 FAKE = textwrap.dedent('''
@@ -57,6 +60,13 @@ FAKE = textwrap.dedent('''
             with open(os.environ["FAKE_LOG"], "a") as fh:
                 fh.write(f"warm {self.models.classifier}\\n")
             return {"segmentation": 0.0}
+
+    class SlowLoadAnalyzer(FakeAnalyzer):
+        """Models that take a minute to load; says its pid first."""
+
+        def __init__(self, models):
+            Path(os.environ["FAKE_LOG"]).write_text(f"loading {os.getpid()}\\n")
+            time.sleep(60)
 
     class CodedAnalyzer(FakeAnalyzer):
         """Accepts the selection's verdict, as pipeline.analyze may."""
@@ -249,6 +259,33 @@ def test_the_node_names_its_installation_as_the_device_observer(tmp_path):
     assert seen[0].observer_uid != DeviceInfo().observer_uid  # not the shared fallback
     assert pz.installation_id() != Pseudonymizer.ephemeral().installation_id()
     assert with_device(lambda paths: "old-style", "x")("p") == "old-style"  # an analyzer without device
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_stop_signal_while_loading_is_a_stop_not_a_model_failure(tmp_path, fake, sig):
+    """``kill -TERM -- -PGID`` of a node still warming up reaches its analysis child too: that is the node
+    stopping (AnalysisStopped, logged as a warning), while any other death stays an AnalysisFailed."""
+    proc = AnalysisProcess("fake_analyzer_mod:SlowLoadAnalyzer", start_timeout_s=60)
+    caught: list[BaseException] = []
+
+    def start():
+        try:
+            proc.start()
+        except AnalysisFailed as exc:
+            caught.append(exc)
+
+    t = threading.Thread(target=start)
+    t.start()
+    deadline = time.monotonic() + 60
+    while not (fake.is_file() and fake.read_text().startswith("loading ")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(int(fake.read_text().split()[1]), sig)
+    t.join(30)
+    assert not t.is_alive() and len(caught) == 1
+    if sig == signal.SIGTERM:
+        assert isinstance(caught[0], AnalysisStopped) and "stopped by SIGTERM" in str(caught[0])
+    else:
+        assert not isinstance(caught[0], AnalysisStopped) and "exit code -9" in str(caught[0])
 
 
 def test_models_are_warmed_before_the_first_study(tmp_path, fake):
