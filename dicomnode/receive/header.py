@@ -8,7 +8,9 @@ scanner meets something it does not handle, so odd encodings are never refused f
 
 from __future__ import annotations
 
+import bisect
 import io
+import itertools
 import struct
 import zlib
 from dataclasses import dataclass
@@ -125,8 +127,10 @@ def check_complete(stream: bytes | memoryview | Sequence[bytes | memoryview], tr
     sequence and encapsulated pixel data is closed, a deflated stream ends. Raises :class:`StoreRefused`
     (0xC000) otherwise — an instance cut short must not be acknowledged and then fail in the analysis.
 
-    Walks element headers only (values are skipped by their lengths): ≈ 0.1 ms for a CT slice, plus
-    joining its fragments (a transient copy of at most ``node.stream_over_mb``).
+    Walks element headers only (values are skipped by their lengths): ≈ 0.1 ms for a CT slice. P-DATA
+    fragments are walked where they lie; only an element header or undefined-length sequence that runs
+    across a fragment boundary makes it join the fragments from there on (a transient copy of at most
+    ``node.stream_over_mb``); a CT slice's header and pixel data element are usually in its first one.
     """
     chunks = [stream] if isinstance(stream, (bytes, bytearray, memoryview)) else list(stream)
     if transfer_syntax == DEFLATED_LE:
@@ -141,29 +145,53 @@ def check_complete(stream: bytes | memoryview | Sequence[bytes | memoryview], tr
                                        f"deflated data set inflates beyond {MAX_INFLATED >> 20} MiB")
         except zlib.error as exc:
             raise StoreRefused(STATUS_CANNOT_UNDERSTAND, f"deflated data set does not inflate: {exc}") from None
-        buf = b"".join(pieces)
+        chunks = [b"".join(pieces)]
         del pieces
         if not d.eof:
             raise StoreRefused(STATUS_CANNOT_UNDERSTAND, "deflated data set is cut short (or inflates beyond "
                                                          f"{MAX_INFLATED >> 20} MiB)")
-    else:
-        buf = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    implicit = transfer_syntax == IMPLICIT_LE
-    pos, n = 0, len(buf)
     try:
-        while pos < n:
-            tag, vr, vpos, length = _element(buf, pos, implicit)
-            if length == _UNDEFINED:
-                pos = _skip_sequence(buf, vpos, implicit or vr == b"UN")
-            elif vpos + length > n:
-                raise _Unsupported(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) runs {vpos + length - n} bytes "
-                                   "past the end of the data set")
-            else:
-                pos = vpos + length
+        _walk(chunks, transfer_syntax == IMPLICIT_LE)
     except _Unsupported as exc:
         raise StoreRefused(STATUS_CANNOT_UNDERSTAND, f"incomplete data set: {exc}") from None
     except RecursionError:
         raise StoreRefused(STATUS_CANNOT_UNDERSTAND, "incomplete data set: sequences nested too deep") from None
+
+
+def _walk(chunks: list, implicit: bool) -> None:
+    """Every top-level element of the data set made of ``chunks`` fits (raises :class:`_Unsupported`).
+
+    The verdict is always reached on a buffer that runs to the data set's end, so it (and its message)
+    does not depend on where the fragments were cut: a walk inside one fragment that fails is redone on
+    the fragments joined from there."""
+    if not chunks:
+        return
+    starts = list(itertools.accumulate(map(len, chunks), initial=0))
+    n = starts[-1]
+    k, buf, base = 0, chunks[0], 0
+    whole = len(chunks) == 1  # buf runs to the end of the data set
+    pos = 0
+    while pos < n:
+        if not whole and pos + 12 > base + len(buf):  # the next element header is not (all) in buf
+            k = bisect.bisect_right(starts, pos) - 1
+            buf, base, whole = chunks[k], starts[k], k == len(chunks) - 1
+            if not whole and pos + 12 > base + len(buf):
+                buf, whole = b"".join(chunks[k:]), True
+        tag, vr, vpos, length = _element(buf, pos - base, implicit)
+        vpos += base
+        if length == _UNDEFINED:
+            try:
+                pos = base + _skip_sequence(buf, vpos - base, implicit or vr == b"UN")
+            except _Unsupported:
+                if whole:
+                    raise
+                buf, whole = b"".join(chunks[k:]), True
+                pos = base + _skip_sequence(buf, vpos - base, implicit or vr == b"UN")
+        elif vpos + length > n:
+            raise _Unsupported(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) runs {vpos + length - n} bytes "
+                               "past the end of the data set")
+        else:
+            pos = vpos + length
 
 
 def _scan(buf, implicit: bool, prefix: bool = False) -> tuple[dict[str, bytes], bool]:
