@@ -74,6 +74,10 @@ class GatePolicy:
     brier_margin: float = 0.01            # classifier: new Brier <= current Brier + margin
     dice_margin: float = 0.02             # segmenter: new median Dice >= current - margin
     volume_error_margin_ml: float = 0.5   # segmenter: new mean |volume error| <= current + margin
+    # classifier: the candidate's AUC must clear chance on the validation cases with 95 % confidence
+    # (DeLong lower bound). "Not worse than served" alone passes a useless model whenever a small
+    # validation share flatters it (site_adaptation: AUC 1.00 on 4 validation cases, 0.42 held out).
+    auc_ci_low_min: float = 0.5
 
 
 # metric, direction (+1 higher is better), margin attribute
@@ -107,6 +111,13 @@ def gate(kind: str, new: dict, current: dict | None, policy: GatePolicy = GatePo
         bound = ref - margin if sign > 0 else ref + margin
         reasons.append(f"{metric} {value:.4f} {'passes' if ok else 'FAILS'}: needs {op} {bound:.4f} "
                        f"(served {ref:.4f} {'-' if sign > 0 else '+'} margin {margin})")
+    if kind == "classifier":
+        low = (new.get("auc_ci95") or [None])[0]
+        ok = low is not None and math.isfinite(low) and low > policy.auc_ci_low_min
+        passed &= ok
+        shown = f"{low:.4f}" if low is not None and math.isfinite(low) else "unknown"
+        reasons.append(f"auc 95 % CI lower bound {shown} {'passes' if ok else 'FAILS'}: needs > "
+                       f"{policy.auc_ci_low_min} (better than chance on {new.get('cases', '?')} validation cases)")
     return GateDecision(passed, reasons)
 
 

@@ -280,6 +280,7 @@ class TrainingSection(_Section):
     brier_margin: float = Field(_GATE.brier_margin, ge=0)
     dice_margin: float = Field(_GATE.dice_margin, ge=0)
     volume_error_margin_ml: float = Field(_GATE.volume_error_margin_ml, ge=0)
+    auc_ci_low_min: float = Field(_GATE.auc_ci_low_min, ge=0, lt=1)  # candidate's AUC CI must clear this (chance)
 
     @model_validator(mode="after")
     def _window(self) -> "TrainingSection":

@@ -31,14 +31,36 @@ def write_manifest(root: Path, n: int, expanders: int, *, masks: bool = True) ->
 
 def test_gate_classifier_margins() -> None:
     served = {"auc": 0.80, "brier": 0.15}
-    assert gate("classifier", {"auc": 0.79, "brier": 0.155}, served).passed  # within margins
-    worse_auc = gate("classifier", {"auc": 0.70, "brier": 0.15}, served)
+    shown = {"auc_ci95": [0.62, 0.98], "cases": 40}  # clears chance on its validation cases
+    assert gate("classifier", {"auc": 0.79, "brier": 0.155, **shown}, served).passed  # within margins
+    worse_auc = gate("classifier", {"auc": 0.70, "brier": 0.15, **shown}, served)
     assert not worse_auc.passed and any("auc 0.7000 FAILS" in r for r in worse_auc.reasons)
-    worse_cal = gate("classifier", {"auc": 0.85, "brier": 0.20}, served)
+    worse_cal = gate("classifier", {"auc": 0.85, "brier": 0.20, **shown}, served)
     assert not worse_cal.passed and any("brier" in r and "FAILS" in r for r in worse_cal.reasons)
-    assert gate("classifier", {"auc": 0.70, "brier": 0.15}, served, GatePolicy(auc_margin=0.15)).passed
-    assert gate("classifier", {"auc": 0.6, "brier": 0.2}, None).passed, "nothing served: nothing to beat"
+    assert gate("classifier", {"auc": 0.70, "brier": 0.15, **shown}, served, GatePolicy(auc_margin=0.15)).passed
+    assert gate("classifier", {"auc": 0.6, "brier": 0.2, **shown}, None).passed, "nothing served: nothing to beat"
     assert not gate("classifier", {"auc": None, "brier": 0.2}, served).passed
+
+
+def test_gate_classifier_needs_discrimination_shown_not_a_lucky_point_estimate() -> None:
+    """Small validation shares flatter models: a candidate whose AUC CI reaches chance is not promoted,
+    however it compares with the served model; the bound is a policy (config [training] auc_ci_low_min)."""
+    from training.stats import delong_auc_ci
+
+    served = {"auc": 0.60, "brier": 0.25}
+    y = [1, 1, 1] + [0] * 9  # the default floors: 12 validation cases, 3 expanders
+    lucky = delong_auc_ci(y, [0.9, 0.5, 0.3] + [0.1 + 0.08 * i for i in range(9)])
+    assert lucky[0] > served["auc"] and lucky[1] < 0.5
+    d = gate("classifier", {"auc": lucky[0], "brier": 0.2, "auc_ci95": list(lucky[1:]), "cases": 12}, served)
+    assert not d.passed and any("CI lower bound" in r and "FAILS" in r and "12 validation cases" in r for r in d.reasons)
+    strong = delong_auc_ci(y, [0.9, 0.8, 0.7] + [0.1 + 0.07 * i for i in range(9)])
+    assert gate("classifier", {"auc": strong[0], "brier": 0.2, "auc_ci95": list(strong[1:]), "cases": 12}, served).passed
+    one = gate("classifier", {"auc": 1.0, "brier": 0.1, "auc_ci95": [float("nan"), 1.0], "cases": 4}, None)
+    assert not one.passed and any("lower bound unknown FAILS" in r for r in one.reasons)
+    assert gate("classifier", {"auc": 0.8, "brier": 0.2, "auc_ci95": [0.55, 1.0]}, None,
+                GatePolicy(auc_ci_low_min=0.5)).passed
+    assert not gate("classifier", {"auc": 0.8, "brier": 0.2, "auc_ci95": [0.55, 1.0]}, None,
+                    GatePolicy(auc_ci_low_min=0.6)).passed
 
 
 def test_gate_segmenter_margins() -> None:
