@@ -42,7 +42,7 @@ run: install
 	$(BIN)/ich-node serve
 
 test: install debs $(OHIF_DIST)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20
 
 # try the results in a real viewer: Orthanc + OHIF on loopback with the sample studies analysed
 viewer: install debs $(OHIF_DIST)

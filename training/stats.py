@@ -27,6 +27,8 @@ def _delong_components(y: np.ndarray, scores: np.ndarray):
     ty = sps.rankdata(neg, axis=1)
     tz = sps.rankdata(np.concatenate([pos, neg], axis=1), axis=1)
     aucs = tz[:, :m].sum(axis=1) / m / n - (m + 1.0) / 2.0 / n
+    if m < 2 or n < 2:  # a variance needs two cases of each class: unknown (not numpy's warnings)
+        return aucs, np.full((scores.shape[0],) * 2, np.nan)
     v01 = (tz[:, :m] - tx) / n
     v10 = 1.0 - (tz[:, m:] - ty) / m
     sx = np.atleast_2d(np.cov(v01))
