@@ -97,6 +97,32 @@ def model1_test_cohort(site: Path, test: list[dict], segmenter_dir: Path, out: P
     return out
 
 
+def model1_volumes(site: Path, test: list[dict], test_dir: Path) -> dict:
+    """Issue 16 part 1's measures of model 1 on the held-out site baselines, per slice thickness: its
+    volume against the generator's, Dice against the generator's mask (resampled onto the CT's grid, as
+    ``training.evaluate_segmenter`` does), clots >= 2 mL missed."""
+    from types import SimpleNamespace
+
+    import SimpleITK as sitk
+
+    from training.evaluate_segmenter import CaseResult, agreement_by_thickness, truth_on_grid
+
+    truth = {r["case_id"]: r for r in test}
+    results, cases = [], []
+    for r in read_manifest(test_dir):
+        pred_img = sitk.ReadImage(r["baseline_mask"])
+        pred = sitk.GetArrayFromImage(pred_img) > 0
+        true = truth_on_grid(site / truth[r["case_id"]]["baseline_mask"], SimpleNamespace(to_sitk=lambda: pred_img))
+        both = int(pred.sum() + true.sum())
+        dice = 2.0 * int((pred & true).sum()) / both if both else 1.0
+        results.append(CaseResult(r["case_id"], float(r["true_ml"]), {"cnn": dice}, {"cnn": float(r["model1_ml"])}, {},
+                                  float(r["slice_thickness_mm"])))
+        cases.append({"case": r["case_id"], "thickness_mm": float(r["slice_thickness_mm"]), "matrix": int(r["matrix"]),
+                      "true_ml": float(r["true_ml"]), "model1_ml": float(r["model1_ml"]), "dice": round(dice, 4)})
+    return {"reference": "generator's continuous lesion volume (baseline_volume_ml)",
+            "agreement": agreement_by_thickness(results), "cases": cases}
+
+
 def true_mask_pool(site: Path, pool: list[dict], out: Path) -> Path:
     """The pool with the generator's masks and labels (the oracle's training data)."""
     rows = [{"case_id": r["case_id"], "patient_id": r["patient_id"], "baseline_dir": str(site / r["baseline_dir"]),
@@ -214,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
 
     t = time.monotonic()
     test_dir = model1_test_cohort(site, test, shipped_seg, work / "test")
+    volumes = model1_volumes(site, test, test_dir)
+    a = volumes["agreement"]["all"]
+    print(f"model 1 on the {a['n']} held-out baselines: median signed bias {a['median_signed_pct']:+.2f} %, "
+          f"mean |dV| {a['mean_abs_ml']:.2f} mL, {a['missed_ge_2ml']} clot(s) >= 2 mL missed", flush=True)
     data_dir = work / "node"
     ids = import_pool(site, pool, data_dir, args.labels)
     order = [ids[r["case_id"]] for r in pool if r["case_id"] in ids]
@@ -275,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         "site": {"seed": args.seed, "patients": args.cases, "options": opts.to_dict(), "test": len(test),
                  "test_expanders": sum(int(r["expansion"]) for r in test), "pool": len(pool), "imported": len(order),
                  "labels": args.labels},
-        "training_floors": floors or "defaults", "shipped": shipped, "oracle": oracle, "curve": curve,
+        "training_floors": floors or "defaults", "model1_on_test": volumes, "shipped": shipped, "oracle": oracle, "curve": curve,
         "cases_to_within_0.05_of_oracle": min(close) if close else None,
         "permuted_labels_gate": sanity, "seconds": {**timings, "total": round(time.monotonic() - t0, 1)},
     }
