@@ -269,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         include_first(data_dir, order, k)
         proc = cli("retrain", "--classifier", "--source", "node", "--promote", "never",
                    data_dir=data_dir, floors=floors, ok=(0, 3))  # 3: refused for lack of data
-        entry = {"site_cases": k, "exit": proc.returncode}
+        # a step past what the import took (cases it refused: no hematoma found) includes all of them
+        entry = {"site_cases": k, "included": min(k, len(order)), "exit": proc.returncode}
         if proc.returncode == 3:
             entry["refused"] = last_report(data_dir)["outcomes"][0].get("refused")
             print(f"(b) k={k}: retrain refused: {entry['refused']}", flush=True)
