@@ -1,0 +1,129 @@
+"""Issue 16, part 1: where does model 1 lose hematoma volume — the CNN, the edge refinement or the brain mask?
+
+    .venv/bin/python benchmarks/volume_loss.py --cohort DIR [--cohort DIR ...] [--model models/segmenter/1]
+                                               [--cache var/bench/volume_loss] [--json OUT.json]
+
+For every baseline of each cohort (``ich-node synth`` output with its ground-truth masks) the model's
+probability map on the CT grid is computed once (cached as ``<cache>/<cohort>/<case>.npz``: the map,
+brain mask and truth), then the true hematoma's volume is split into where it ends up:
+kept by the shipped runtime, outside the brain mask (no segmenter sees it), below the CNN's threshold
+(the network never called it), or called by the CNN and dropped by the edge refinement. Cases are grouped
+by whether the generator drew a hypodensity marker (blend, black hole, swirl, hypodensity). The answer
+decides what to change: the threshold or the edge rule cannot recover voxels the CNN gives p < 0.5.
+Synthetic data only: no clinical claim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def decompose(truth: np.ndarray, prob: np.ndarray, brain: np.ndarray, final: np.ndarray, threshold: float,
+              voxel_ml: float) -> dict:
+    """The true hematoma's volume (mL) split by where it went; all arrays on the same grid."""
+    truth, brain, final = truth.astype(bool), brain.astype(bool), final.astype(bool)
+    called = prob >= threshold
+    lost = truth & ~final
+    return {
+        "true_mask_ml": float(truth.sum() * voxel_ml),
+        "predicted_ml": float(final.sum() * voxel_ml),
+        "kept_ml": float((truth & final).sum() * voxel_ml),
+        "lost_outside_brain_ml": float((lost & ~brain).sum() * voxel_ml),
+        "lost_below_threshold_ml": float((lost & brain & ~called).sum() * voxel_ml),
+        "lost_by_refinement_ml": float((lost & brain & called).sum() * voxel_ml),
+        "false_positive_ml": float((final & ~truth).sum() * voxel_ml),
+    }
+
+
+def summarise(rows: list[dict]) -> dict:
+    keys = ("true_mask_ml", "predicted_ml", "lost_outside_brain_ml", "lost_below_threshold_ml",
+            "lost_by_refinement_ml", "false_positive_ml")
+    out = {"n": len(rows)}
+    if rows:
+        out.update({f"mean_{k}": round(float(np.mean([r[k] for r in rows])), 3) for k in keys})
+        err = np.array([r["predicted_ml"] - r["reference_ml"] for r in rows])
+        out["mean_abs_dv_ml"] = round(float(np.mean(np.abs(err))), 3)
+        out["median_signed_pct"] = round(float(np.median(100 * err / np.array([r["reference_ml"] for r in rows]))), 2)
+    return out
+
+
+def case_maps(seg, series_dir: Path, mask_path: Path, cache: Path):
+    from pipeline.brain import extract_brain
+    from pipeline.volume import load_series
+    from training.evaluate_segmenter import truth_on_grid
+
+    volume = load_series(series_dir).volume
+    if cache.is_file():
+        z = np.load(cache)
+        return volume, z["prob"].astype(np.float32), z["brain"], z["truth"]
+    brain = extract_brain(volume)
+    truth = truth_on_grid(mask_path, volume, (1,))
+    prob = seg.predict_proba(volume, brain)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(cache, prob=prob.astype(np.float16), brain=brain, truth=truth)
+    return volume, prob.astype(np.float16).astype(np.float32), brain, truth
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cohort", type=Path, action="append", required=True)
+    ap.add_argument("--model", type=Path, default=REPO / "models" / "segmenter" / "1")
+    ap.add_argument("--cache", type=Path, default=REPO / "var" / "bench" / "volume_loss")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    from pipeline.segment import load_segmenter
+    from pipeline.segment.cnn import drop_small_components
+    from pipeline.segment.refine import refine_mask
+
+    t0 = time.monotonic()
+    seg = load_segmenter(args.model)
+    cfg = seg.config
+    rows = []
+    for cohort in args.cohort:
+        for r in csv.DictReader((cohort / "manifest.csv").open()):
+            volume, prob, brain, truth = case_maps(
+                seg, cohort / r["baseline_dir"], cohort / r["baseline_mask"],
+                args.cache / args.model.name / cohort.name / f"{r['case_id']}.npz")
+            final = (refine_mask(volume.hu, brain.astype(bool), prob, cfg.threshold, volume.spacing[::-1])
+                     if cfg.refine else prob >= cfg.threshold)
+            final = drop_small_components(final, cfg.min_component_ml / volume.voxel_volume_ml)
+            row = {"cohort": cohort.name, "case": r["case_id"], "markers": r.get("markers", ""),
+                   "hypodense_marker": r.get("marker_hypodensity") == "1",
+                   "reference_ml": float(r["baseline_volume_ml"]),
+                   **decompose(truth, prob, brain, final, cfg.threshold, volume.voxel_volume_ml)}
+            rows.append({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
+            print(f"{cohort.name} {r['case_id']} {'H' if row['hypodense_marker'] else ' '} true {row['reference_ml']:6.1f} "
+                  f"pred {row['predicted_ml']:6.1f} | lost: below threshold {row['lost_below_threshold_ml']:5.2f}  "
+                  f"refinement {row['lost_by_refinement_ml']:5.2f}  outside brain {row['lost_outside_brain_ml']:5.2f}", flush=True)
+    groups = {"all": rows, "hypodensity_marker": [r for r in rows if r["hypodense_marker"]],
+              "no_hypodensity_marker": [r for r in rows if not r["hypodense_marker"]]}
+    summary = {k: summarise(v) for k, v in groups.items()}
+    for k, s in summary.items():
+        if s["n"]:
+            print(f"{k:>22}: n={s['n']:2d}  median signed {s['median_signed_pct']:+6.2f} %  mean |dV| {s['mean_abs_dv_ml']:.2f} mL  "
+                  f"mean lost below threshold {s['mean_lost_below_threshold_ml']:.2f}, by refinement "
+                  f"{s['mean_lost_by_refinement_ml']:.2f}, outside brain {s['mean_lost_outside_brain_ml']:.2f} mL")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "benchmark": "volume_loss", "issue": "16 part 1", "model": args.model.name,
+            "command": "benchmarks/volume_loss.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "cohorts": [c.name for c in args.cohort], "summary": summary, "cases": rows,
+            "seconds": round(time.monotonic() - t0, 1), "note": "synthetic data only; no clinical accuracy is claimed"},
+            indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,29 @@
+"""benchmarks/volume_loss.py: the true volume is split into kept and the three places it can be lost."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.volume_loss import decompose
+
+
+def test_lost_volume_is_attributed_to_brain_mask_threshold_or_refinement() -> None:
+    truth = np.zeros((4, 10, 10), bool)
+    truth[1:3, 2:8, 2:8] = True                    # 72 voxels
+    brain = np.ones_like(truth)
+    brain[1:3, 2, 2:8] = False                     # 12 true voxels outside the brain
+    prob = np.where(truth, 0.9, 0.0)
+    prob[1:3, 7, 2:8] = 0.3                        # 12 true voxels the CNN does not call
+    final = (prob >= 0.5) & brain
+    final[1:3, 6, 2:8] = False                     # 12 called voxels the refinement drops
+    final[0, 0, 0] = True                          # one false positive
+    d = decompose(truth, prob, brain, final, threshold=0.5, voxel_ml=0.5)
+    assert d["true_mask_ml"] == 36.0
+    assert d["lost_outside_brain_ml"] == 6.0
+    assert d["lost_below_threshold_ml"] == 6.0
+    assert d["lost_by_refinement_ml"] == 6.0
+    assert d["kept_ml"] == 18.0
+    assert d["kept_ml"] + d["lost_outside_brain_ml"] + d["lost_below_threshold_ml"] + d["lost_by_refinement_ml"] \
+        == pytest.approx(d["true_mask_ml"])
+    assert d["false_positive_ml"] == 0.5 and d["predicted_ml"] == 18.5
