@@ -4,7 +4,7 @@
                                                [--cache var/bench/volume_loss] [--json OUT.json]
 
 For every baseline of each cohort (``ich-node synth`` output with its ground-truth masks) the model's
-probability map on the CT grid is computed once (cached as ``<cache>/<cohort>/<case>.npz``: the map,
+probability map on the CT grid is computed once (cached as ``<cache>/<model>/<cohort>/<case>.npz``: the map,
 brain mask and truth), then the true hematoma's volume is split into where it ends up:
 kept by the shipped runtime, outside the brain mask (no segmenter sees it), below the CNN's threshold
 (the network never called it), or called by the CNN and dropped by the edge refinement. Cases are grouped
@@ -46,14 +46,16 @@ def decompose(truth: np.ndarray, prob: np.ndarray, brain: np.ndarray, final: np.
 
 
 def summarise(rows: list[dict]) -> dict:
+    """Mean of each part over the cases, beside issue 16's volume measures (``volume_agreement``)."""
+    from training.evaluate_segmenter import volume_agreement
+
     keys = ("true_mask_ml", "predicted_ml", "lost_outside_brain_ml", "lost_below_threshold_ml",
             "lost_by_refinement_ml", "false_positive_ml")
     out = {"n": len(rows)}
     if rows:
         out.update({f"mean_{k}": round(float(np.mean([r[k] for r in rows])), 3) for k in keys})
-        err = np.array([r["predicted_ml"] - r["reference_ml"] for r in rows])
-        out["mean_abs_dv_ml"] = round(float(np.mean(np.abs(err))), 3)
-        out["median_signed_pct"] = round(float(np.median(100 * err / np.array([r["reference_ml"] for r in rows]))), 2)
+        out["agreement"] = volume_agreement([r["reference_ml"] for r in rows], [r["predicted_ml"] for r in rows],
+                                            [r["dice"] for r in rows])
     return out
 
 
@@ -61,13 +63,14 @@ def case_maps(seg, series_dir: Path, mask_path: Path, cache: Path):
     from pipeline.brain import extract_brain
     from pipeline.volume import load_series
     from training.evaluate_segmenter import truth_on_grid
+    from training.segmenter import TARGET_LABELS
 
     volume = load_series(series_dir).volume
     if cache.is_file():
         z = np.load(cache)
         return volume, z["prob"].astype(np.float32), z["brain"], z["truth"]
     brain = extract_brain(volume)
-    truth = truth_on_grid(mask_path, volume, (1,))
+    truth = truth_on_grid(mask_path, volume, TARGET_LABELS)
     prob = seg.predict_proba(volume, brain)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(cache, prob=prob.astype(np.float16), brain=brain, truth=truth)
@@ -83,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from pipeline.segment import load_segmenter
-    from pipeline.segment.cnn import drop_small_components
-    from pipeline.segment.refine import refine_mask
+    from training.segmenter import dice
 
     t0 = time.monotonic()
     seg = load_segmenter(args.model)
@@ -95,12 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             volume, prob, brain, truth = case_maps(
                 seg, cohort / r["baseline_dir"], cohort / r["baseline_mask"],
                 args.cache / args.model.name / cohort.name / f"{r['case_id']}.npz")
-            final = (refine_mask(volume.hu, brain.astype(bool), prob, cfg.threshold, volume.spacing[::-1])
-                     if cfg.refine else prob >= cfg.threshold)
-            final = drop_small_components(final, cfg.min_component_ml / volume.voxel_volume_ml)
+            final = seg.mask_from_proba(volume, brain.astype(bool), prob)
             row = {"cohort": cohort.name, "case": r["case_id"], "markers": r.get("markers", ""),
                    "hypodense_marker": r.get("marker_hypodensity") == "1",
-                   "reference_ml": float(r["baseline_volume_ml"]),
+                   "reference_ml": float(r["baseline_volume_ml"]), "dice": float(dice(final, truth)),
                    **decompose(truth, prob, brain, final, cfg.threshold, volume.voxel_volume_ml)}
             rows.append({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
             print(f"{cohort.name} {r['case_id']} {'H' if row['hypodense_marker'] else ' '} true {row['reference_ml']:6.1f} "
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {k: summarise(v) for k, v in groups.items()}
     for k, s in summary.items():
         if s["n"]:
-            print(f"{k:>22}: n={s['n']:2d}  median signed {s['median_signed_pct']:+6.2f} %  mean |dV| {s['mean_abs_dv_ml']:.2f} mL  "
+            a = s["agreement"]
+            print(f"{k:>22}: n={s['n']:2d}  median signed {a['median_signed_pct']:+6.2f} %  mean |dV| {a['mean_abs_ml']:.2f} mL  "
                   f"mean lost below threshold {s['mean_lost_below_threshold_ml']:.2f}, by refinement "
                   f"{s['mean_lost_by_refinement_ml']:.2f}, outside brain {s['mean_lost_outside_brain_ml']:.2f} mL")
     if args.json:

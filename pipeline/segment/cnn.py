@@ -225,7 +225,11 @@ class CNNSegmenter:
         return back
 
     def predict_mask(self, volume, brain: np.ndarray) -> np.ndarray:
-        prob = self.predict_proba(volume, brain)
+        return self.mask_from_proba(volume, brain, self.predict_proba(volume, brain))
+
+    def mask_from_proba(self, volume, brain: np.ndarray, prob: np.ndarray) -> np.ndarray:
+        """The runtime's mask from a ``predict_proba`` map: threshold or edge refinement, small blobs out
+        (one place, so an evaluation that keeps the map measures exactly what the node reports)."""
         if self.config.refine:
             mask = refine_mask(volume.hu, np.asarray(brain, bool), prob, self.config.threshold, volume.spacing[::-1])
         else:
