@@ -134,13 +134,10 @@ def worker_app(config: "NodeConfig"):
     @worker_process_init.connect(weak=False)
     def load_models(**_: Any) -> None:
         global _RUNTIME
-        from dicomnode.work.process import die_with_parent
+        from dicomnode.work.process import bound_threads, die_with_parent
 
         die_with_parent()  # a pool process dies with its worker (kill -9): no orphan keeps a lease
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
-            os.environ.setdefault(var, str(config.worker.threads))
-        os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        bound_threads(config.worker.threads)
         _RUNTIME = WorkerRuntime(config, queue_for_worker())
 
     @worker_process_shutdown.connect(weak=False)

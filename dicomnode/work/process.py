@@ -126,16 +126,22 @@ def die_with_parent() -> None:
         pass
 
 
+def bound_threads(threads: int) -> None:
+    """An analysis process's numpy/BLAS/TensorFlow thread pools (set before any of them loads; an admin's
+    own values win) and TF's C++ log kept to errors."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        os.environ.setdefault(var, str(threads))
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 def _child_main(conn, analyzer_target: str, source: ModelSource, threads: int, parent_pid: int | None = None,
                 installation_id: str | None = None) -> None:
     """Child process: load the models once, then answer requests until told to stop (``None``)."""
     die_with_parent()
     if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl took effect
         return
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
-        os.environ.setdefault(var, str(threads))
-    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    bound_threads(threads)
     try:
         build = with_device(load_target(analyzer_target), installation_id)
         paths, watcher = _model_paths(source)
