@@ -36,7 +36,7 @@ class Prepared:
     test: list
     tables: dict            # group -> DataFrame indexed by case_id
     meta: pd.DataFrame      # volume_ml + marker_* columns
-    warmup_files: dict      # backbone -> npz path
+    warmup_files: dict      # backbone -> warm-up npz path, or pretrained backbone directory
     seed: int
     recipe: Recipe          # how the features were cut (pipeline.features.recipe)
 
@@ -48,13 +48,16 @@ def _tag(warm_cases, seed: int, steps: int) -> str:
 
 def prepare(cohort: Path | str, cache_dir: Path | str | None = None, *, seed: int = 0, warmup_steps: int = 0,
             warmup_cohort: Path | str | None = None, backbones=("resnet50", "inception_v3"),
-            cnn_sizes: dict | None = None, progress=None, features: str = "v1") -> Prepared:
+            cnn_sizes: dict | None = None, progress=None, features: str = "v1",
+            pretrained: Path | str | None = None) -> Prepared:
     """Split, extract (cached) and warm up the CNN backbones; ``features`` names the recipe (v1, v2).
 
     The backbones warm up on ``warmup_cohort`` (a separate synthetic cohort, so the CNN features do
-    not depend on the split) or, without one, on the training split's cases only.
+    not depend on the split) or, without one, on the training split's cases only. ``pretrained``: a
+    directory of backbones from ``training.backbone_pretrain`` (``<dir>/<backbone>/``) used as they
+    are instead (no warm-up).
     """
-    from pipeline.features.cnn import WarmupWeights
+    from pipeline.features.cnn import PretrainedWeights, WarmupWeights, read_pretrained_meta
     from training.backbone_warmup import warm_up
 
     cohort = Path(cohort)
@@ -77,6 +80,16 @@ def prepare(cohort: Path | str, cache_dir: Path | str | None = None, *, seed: in
     tables = {"radiomics": C.radiomics_table(cases, cache, rcp.radiomics_version)}
     warm = {}
     for name in backbones:
+        if pretrained is not None:
+            path = Path(pretrained) / name
+            meta = read_pretrained_meta(path)
+            if int(meta.get("input_size", sizes[name])) != sizes[name]:
+                raise ValueError(f"{path} was pretrained at {meta['input_size']} px, the features use {sizes[name]}")
+            sha = meta["sha256_all_weights"]
+            warm[name] = path
+            tables[name] = C.cnn_table(cases, cache, name, PretrainedWeights(path, sha),
+                                       f"pre-{sha[:12]}-{sizes[name]}" + C.cut_tag(geo), sizes[name], geometry=geo)
+            continue
         tag = _tag(warm_cases, seed, warmup_steps) + f"-{sizes[name]}" + C.cut_tag(geo)
         path = cache.root / "backbones" / f"{name}-{tag}.npz"
         if not path.is_file():

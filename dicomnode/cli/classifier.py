@@ -59,6 +59,35 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         _table(summary)
         typer.echo(f"classifier ({summary['selected_by_train_cv'] if not module else module}) -> {path}")
 
+    @groups["train"].command("backbones")
+    def train_backbones(
+        out: Path = typer.Option(..., "--out", help="Folder for the pretrained backbones (OUT/<backbone>/)."),
+        cases: int = typer.Option(600, "--cases", min=4, help="Synthetic cases the slices come from."),
+        seed: int = typer.Option(4242, "--seed", help="Cohort seed (keep it apart from evaluation cohorts)."),
+        epochs: int = typer.Option(8, "--epochs", min=1),
+        batch: int = typer.Option(64, "--batch", min=1),
+        workers: int = typer.Option(2, "--workers", min=1, help="Processes generating cases."),
+        precision: str = typer.Option("float32", "--precision", help="keras dtype policy; mixed_bfloat16 on a GPU."),
+        backbones: str = typer.Option("resnet50,inception_v3", "--backbones"),
+        slices_per_case: int = typer.Option(16, "--slices-per-case", min=1),
+        max_seconds: Optional[float] = typer.Option(None, "--max-seconds", help="Per backbone: stop after the epoch that passes it."),
+    ) -> None:
+        """Pretrain the CNN backbones on synthetic CT slices (auxiliary task, no expansion label).
+
+        Meant for a GPU machine (KERAS_BACKEND=torch works too); on 2 CPU cores one epoch of the default
+        size takes hours. Use the result with `ich-node evaluate classifier --pretrained-backbones OUT`."""
+        from training.backbone_pretrain import PretrainConfig, run
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        try:
+            cfg = PretrainConfig(cases=cases, seed=seed, epochs=epochs, batch=batch, workers=workers,
+                                 precision=precision, slices_per_case=slices_per_case, max_seconds=max_seconds)
+            res = run(cfg, out, tuple(b.strip() for b in backbones.split(",")))
+        except ValueError as exc:
+            raise _fail(str(exc))
+        for name, meta in res.items():
+            typer.echo(f"{name}: {out / name} sha256 {meta['sha256_all_weights']} {meta['pretrain']['validation']}")
+
     @groups["evaluate"].command("classifier")
     def evaluate_classifier(
         cohort: Path = typer.Option(..., "--cohort", exists=True, file_okay=False, help="Cohort folder with manifest.csv."),
@@ -69,6 +98,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         warmup_cohort: Optional[Path] = typer.Option(None, "--warmup-cohort", exists=True, file_okay=False),
         n_boot: int = typer.Option(2000, "--n-boot", min=100),
         features: str = typer.Option("v1", "--features", help="Feature recipe: v1 (the seed's, native grid) or v2 (resolution-independent: 1 mm radiomics grid, fixed bins, CNN slices in mm)."),
+        pretrained: Optional[Path] = typer.Option(None, "--pretrained-backbones", exists=True, file_okay=False, help="Backbones from `ich-node train backbones` (DIR/<backbone>/) instead of the BatchNorm warm-up."),
     ) -> None:
         """The seed's Table 2 on one split: 5 feature modules + volume and marker baselines; JSON, PNG, HTML."""
         from training.evaluate_classifier import evaluate, prepare
@@ -77,7 +107,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         out = out or cohort / "classifier-evaluation"
         try:
             prep = prepare(cohort, cache, seed=seed, warmup_steps=warmup_steps, warmup_cohort=warmup_cohort,
-                           progress=_progress, features=features)
+                           progress=_progress, features=features, pretrained=pretrained)
             summary = evaluate(prep, out, n_boot=n_boot)
         except (ValueError, FileNotFoundError) as exc:
             raise _fail(str(exc))

@@ -14,6 +14,10 @@ The node has no internet, so the backbone's weights come from one of two local s
   the synthetic cohort (``training/backbone_warmup.py``). The file holds just those parameters
   (~0.4 MB instead of ~94 MB) plus a sha256 of the *complete* restored weights, so a keras/TF
   version whose seeded initialisation differs is detected instead of silently changing features.
+- ``PretrainedWeights``: every weight of the backbone, trained on synthetic CT slices with an auxiliary
+  task that has no expansion label (``training/backbone_pretrain.py``, issue 16 part 4). A directory of
+  ``meta.json`` and ``.npz`` shards (kernels stored as float16, the rest float32); the sha256 of the
+  complete restored weights is configured by whoever uses it and checked on load.
 """
 
 from __future__ import annotations
@@ -97,6 +101,21 @@ class WarmupWeights:
         return f"warmup:{Path(self.path).resolve()}"
 
 
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """A pretrained backbone directory (``save_pretrained``) and the sha256 of its restored weights."""
+
+    path: Path
+    sha256: str
+
+    @property
+    def key(self) -> str:
+        return f"pretrained:{Path(self.path).resolve()}:{self.sha256}"
+
+
+Weights = ImagenetWeights | WarmupWeights | PretrainedWeights
+
+
 # --- weights: seeded backbone, BatchNorm parameter files --------------------------------------------
 
 _TF_LOCK = threading.Lock()
@@ -136,12 +155,16 @@ def batchnorm_layers(model) -> list:
     return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
 
 
-def weights_checksum(model) -> str:
-    """sha256 over every weight array of ``model`` in layer order (float32 bytes)."""
+def _checksum_arrays(arrays) -> str:
     h = hashlib.sha256()
-    for w in model.get_weights():
+    for w in arrays:
         h.update(np.ascontiguousarray(w, dtype=np.float32).tobytes())
     return h.hexdigest()
+
+
+def weights_checksum(model) -> str:
+    """sha256 over every weight array of ``model`` in layer order (float32 bytes)."""
+    return _checksum_arrays(model.get_weights())
 
 
 def save_warmup(model, backbone: Backbone, seed: int, path: Path, info: dict | None = None) -> Path:
@@ -194,7 +217,85 @@ def _restore_warmup(backbone: Backbone, weights: WarmupWeights, input_size: int 
     return model
 
 
-def _build(backbone: Backbone, weights: ImagenetWeights | WarmupWeights, input_size: int | None):
+SHARD_BYTES = 15 << 20   # keeps each file movable by tools with a per-file cap (the GPU machine's: 16 MiB)
+
+
+def save_pretrained(model, backbone: Backbone, out: Path, info: dict | None = None) -> str:
+    """Write every weight of ``model`` to ``out/`` (meta.json + weights-NN.npz); returns the sha256 of
+    the weights as they will be restored. Kernels (ndim >= 2) are stored as float16, which halves the
+    files; the checksum is taken after that rounding, so what is measured is what is loaded."""
+    import keras
+
+    arrays = []
+    for w in model.get_weights():
+        w = np.asarray(w, dtype=np.float32)
+        arrays.append(w.astype(np.float16) if w.ndim >= 2 else w)
+    restored = [a.astype(np.float32) for a in arrays]
+    sha = _checksum_arrays(restored)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("weights-*.npz"):
+        old.unlink()
+    shards, current, size = [], {}, 0
+    for i, a in enumerate(arrays):
+        if current and size + a.nbytes > SHARD_BYTES:
+            shards.append(current)
+            current, size = {}, 0
+        current[f"w{i:04d}"] = a
+        size += a.nbytes
+    shards.append(current)
+    files = []
+    for k, shard in enumerate(shards):
+        name = f"weights-{k:02d}.npz"
+        np.savez(out / name, **shard)
+        files.append(name)
+    meta = {"backbone": backbone.name, "input_size": int(model.input_shape[1]), "n_arrays": len(arrays),
+            "shapes": [list(a.shape) for a in arrays], "files": files, "sha256_all_weights": sha,
+            "keras": keras.__version__, "keras_backend": keras.backend.backend(), **(info or {})}
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    return sha
+
+
+def read_pretrained_meta(path: Path) -> dict:
+    meta_file = Path(path) / "meta.json"
+    if not meta_file.is_file():
+        raise WeightsError(f"pretrained backbone: no meta.json in {path}")
+    return json.loads(meta_file.read_text())
+
+
+def _restore_pretrained(backbone: Backbone, weights: PretrainedWeights, input_size: int | None):
+    import keras
+
+    path = Path(weights.path)
+    meta = read_pretrained_meta(path)
+    if meta.get("backbone") != backbone.name:
+        raise WeightsError(f"{path} holds weights for {meta.get('backbone')!r}, not {backbone.name!r}")
+    arrays: dict[str, np.ndarray] = {}
+    for name in meta["files"]:
+        if not (path / name).is_file():
+            raise WeightsError(f"{path}: shard {name} is missing")
+        with np.load(path / name, allow_pickle=False) as z:
+            arrays.update({k: z[k].astype(np.float32) for k in z.files})
+    values = [arrays.get(f"w{i:04d}") for i in range(int(meta["n_arrays"]))]
+    if any(v is None for v in values):
+        raise WeightsError(f"{path}: shards hold {len(arrays)} of {meta['n_arrays']} weight arrays")
+    configure_tf()
+    size = input_size or backbone.input_size
+    model = getattr(keras.applications, backbone.keras_name)(
+        weights=None, include_top=False, pooling="avg", input_shape=(size, size, 3))
+    expected = [tuple(w.shape) for w in model.weights]
+    if expected != [tuple(v.shape) for v in values]:
+        raise WeightsError(f"{path}: weight shapes do not match keras' {backbone.keras_name} "
+                           f"({len(values)} arrays stored, {len(expected)} expected)")
+    model.set_weights(values)
+    actual = weights_checksum(model)
+    if actual != weights.sha256.lower():
+        raise WeightsError(f"{backbone.name}: sha256 mismatch for {path}: configured {weights.sha256}, "
+                           f"restored weights have {actual}; the files are corrupt or not the ones configured")
+    return model
+
+
+def _build(backbone: Backbone, weights: Weights, input_size: int | None):
     import keras
 
     if isinstance(weights, ImagenetWeights):
@@ -205,14 +306,16 @@ def _build(backbone: Backbone, weights: ImagenetWeights | WarmupWeights, input_s
             weights=str(path), include_top=False, pooling="avg", input_shape=(size, size, 3))
     if isinstance(weights, WarmupWeights):
         return _restore_warmup(backbone, weights, input_size)
-    raise TypeError(f"weights must be ImagenetWeights or WarmupWeights, not {type(weights).__name__}")
+    if isinstance(weights, PretrainedWeights):
+        return _restore_pretrained(backbone, weights, input_size)
+    raise TypeError(f"weights must be ImagenetWeights, WarmupWeights or PretrainedWeights, not {type(weights).__name__}")
 
 
 _MODELS: dict[tuple, object] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def load_backbone(name: str, weights: ImagenetWeights | WarmupWeights, input_size: int | None = None):
+def load_backbone(name: str, weights: Weights, input_size: int | None = None):
     """The frozen backbone, built once per process and cached."""
     backbone = get_backbone(name)
     key = (name, weights.key, input_size)
@@ -332,7 +435,7 @@ def preprocess(backbone: Backbone, images: np.ndarray) -> np.ndarray:
 class CnnFeatureExtractor:
     """``features(volume_hu, mask)`` -> ``{"<backbone>_s<offset>_<i>": value}`` over the 3 key slices."""
 
-    def __init__(self, name: str, weights: ImagenetWeights | WarmupWeights, input_size: int | None = None,
+    def __init__(self, name: str, weights: Weights, input_size: int | None = None,
                  geometry: SliceGeometry | None = None) -> None:
         self.geometry = geometry
         self.backbone = get_backbone(name)

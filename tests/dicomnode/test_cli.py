@@ -110,3 +110,9 @@ def test_status_shows_retrain_state(data_dir):
     r = runner.invoke(app, ["status", "--data-dir", str(data_dir)])
     assert r.exit_code == 0, r.output
     assert "retraining: done, schedule 0 3 * * 0; last: classifier v2 refused by the gate" in " ".join(r.output.split())
+
+
+def test_train_backbones_refuses_an_unknown_backbone_before_generating(tmp_path):
+    r = runner.invoke(app, ["train", "backbones", "--out", str(tmp_path / "b"), "--backbones", "resnet50,vgg16"])
+    assert r.exit_code == 1 and "unknown backbone 'vgg16'" in r.output
+    assert not (tmp_path / "b").exists()

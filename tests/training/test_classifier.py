@@ -136,3 +136,28 @@ def test_v2_recipe_is_cut_the_same_way_in_training_runtime_and_retraining(cohort
     proto = ClassifierTrainer(served_dir=out).protocol()
     assert proto["radiomics_params"].name == "radiomics-v2.yaml"
     assert proto["cnn_slice_geometry"] == prep.recipe.slice_geometry.spec()
+
+
+def test_table2_can_use_pretrained_backbones_instead_of_the_warmup(cohort, prepared, tmp_path):
+    """Issue 16 part 4: `evaluate classifier --pretrained-backbones DIR` feeds the modules the features of
+    whole pretrained backbones (here: keras' own initialisation saved the pretrained way), cached apart
+    from the warm-up's, and refuses a backbone pretrained at another input size."""
+    import keras
+
+    from pipeline.features import cnn
+
+    pre = tmp_path / "pretrained"
+    for name, size in SIZES.items():
+        bb = cnn.get_backbone(name)
+        keras.utils.set_random_seed(7)
+        model = getattr(keras.applications, bb.keras_name)(weights=None, include_top=False, pooling="avg",
+                                                           input_shape=(size, size, 3))
+        cnn.save_pretrained(model, bb, pre / name)
+    prep = E.prepare(cohort, seed=0, cnn_sizes=SIZES, pretrained=pre)
+    assert prep.warmup_files == {n: pre / n for n in SIZES}
+    for name in SIZES:
+        assert prep.tables[name].shape == prepared.tables[name].shape
+        assert not np.allclose(prep.tables[name].to_numpy(), prepared.tables[name].to_numpy())
+    assert prep.tables["radiomics"].equals(prepared.tables["radiomics"])
+    with pytest.raises(ValueError, match="pretrained at 32 px"):
+        E.prepare(cohort, seed=0, cnn_sizes={"resnet50": 48, "inception_v3": 75}, pretrained=pre)

@@ -142,3 +142,29 @@ def test_slice_geometry_cuts_the_same_anatomy_at_any_matrix_and_slice_thickness(
     with pytest.raises(ValueError, match="fov_mm"):
         cnn.SliceGeometry(fov_mm=10.0)
     assert cnn.SliceGeometry.from_spec(geo.spec()) == geo and cnn.SliceGeometry.from_spec(None) is None
+
+
+def test_pretrained_round_trip_rounds_kernels_once_and_checks_the_sha256(seeded, tmp_path):
+    """A whole pretrained backbone (issue 16 part 4): shards under the per-file cap, kernels as float16,
+    the checksum taken after rounding, so what is loaded is exactly what was measured."""
+    bb = cnn.get_backbone("resnet50")
+    sha = cnn.save_pretrained(seeded, bb, tmp_path / "resnet50", {"pretrain": {"task": "test"}})
+    files = sorted((tmp_path / "resnet50").glob("weights-*.npz"))
+    assert len(files) >= 4 and all(f.stat().st_size <= cnn.SHARD_BYTES + 65536 for f in files)
+    meta = cnn.read_pretrained_meta(tmp_path / "resnet50")
+    assert meta["backbone"] == "resnet50" and meta["input_size"] == SIZE and meta["sha256_all_weights"] == sha
+    ext = cnn.CnnFeatureExtractor("resnet50", cnn.PretrainedWeights(tmp_path / "resnet50", sha), SIZE)
+    assert cnn.weights_checksum(ext.model) == sha != cnn.weights_checksum(seeded)   # float16 kernels
+    x = np.random.default_rng(3).uniform(0, 255, (2, SIZE, SIZE, 3)).astype(np.float32)
+    ref = np.asarray(seeded(cnn.preprocess(bb, x), training=False))
+    assert np.allclose(ext.embed(x), ref, rtol=0.02, atol=0.02 * np.abs(ref).max())
+
+    with pytest.raises(cnn.WeightsError, match="sha256 mismatch"):
+        cnn.load_backbone("resnet50", cnn.PretrainedWeights(tmp_path / "resnet50", "0" * 64), SIZE)
+    with pytest.raises(cnn.WeightsError, match="not 'inception_v3'"):
+        cnn.load_backbone("inception_v3", cnn.PretrainedWeights(tmp_path / "resnet50", sha), 75)
+    files[-1].unlink()
+    with pytest.raises(cnn.WeightsError, match="shard weights-0.\\.npz is missing"):
+        cnn.load_backbone("resnet50", cnn.PretrainedWeights(tmp_path / "resnet50", sha[::-1]), SIZE)
+    with pytest.raises(cnn.WeightsError, match="no meta.json"):
+        cnn.load_backbone("resnet50", cnn.PretrainedWeights(tmp_path, sha), SIZE)
