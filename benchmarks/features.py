@@ -93,7 +93,7 @@ def main() -> int:
         return 1
 
     if not args.no_cnn:
-        from pipeline.features import cnn
+        from pipeline.features import backbones, cnn
 
         model_dir = ROOT / "models" / "classifier" / "1"
         for name in ("resnet50", "inception_v3"):
@@ -101,11 +101,11 @@ def main() -> int:
             npz = found[0] if found else None
             t0 = time.perf_counter()
             if npz is not None:
-                ext = cnn.CnnFeatureExtractor(name, cnn.WarmupWeights(npz))
+                ext = cnn.CnnFeatureExtractor(name, backbones.WarmupWeights(npz))
             else:  # no shipped backbone: time the same network from its seeded initialisation
                 ext = cnn.CnnFeatureExtractor.__new__(cnn.CnnFeatureExtractor)
-                ext.backbone, ext.input_size, ext.dim = cnn.get_backbone(name), cnn.get_backbone(name).input_size, 2048
-                ext.model = cnn.build_seeded(ext.backbone, 1)
+                ext.backbone, ext.input_size, ext.dim = backbones.get_backbone(name), backbones.get_backbone(name).input_size, 2048
+                ext.model = backbones.build_seeded(ext.backbone, 1)
             load = time.perf_counter() - t0
             ext.features(vol.hu, mask)
             times = []

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.features.cnn import SliceGeometry
-from pipeline.features.cnn import sha256_file as _sha256
+from pipeline.features.backbones import sha256_file as _sha256
 from pipeline.features.used import used_inputs
 from pipeline.models import ModelMetadata
 from pipeline.result import Risk
@@ -49,7 +49,7 @@ class Prediction:
 
 def cnn_weights_from_spec(name: str, spec: dict, model_dir: Path, imagenet_dir: Path | None):
     """The weights source a model directory recorded for backbone ``name``."""
-    from pipeline.features import cnn
+    from pipeline.features import backbones
 
     if spec["kind"] == "warmup":
         path = Path(model_dir) / spec["file"]
@@ -57,12 +57,12 @@ def cnn_weights_from_spec(name: str, spec: dict, model_dir: Path, imagenet_dir: 
             raise ClassifierError(f"{model_dir}: warm-up weights {spec['file']} missing")
         if _sha256(path) != spec["sha256"]:
             raise ClassifierError(f"{path}: sha256 differs from metadata.json (corrupt or replaced)")
-        return cnn.WarmupWeights(path)
+        return backbones.WarmupWeights(path)
     if spec["kind"] == "imagenet":
         if imagenet_dir is None:
             raise ClassifierError(f"classifier needs ImageNet weights for {name} ({spec['file']}) but no "
                                   "ImageNet weights directory is configured")
-        return cnn.ImagenetWeights(Path(imagenet_dir) / spec["file"], spec["sha256"])
+        return backbones.ImagenetWeights(Path(imagenet_dir) / spec["file"], spec["sha256"])
     raise ClassifierError(f"unknown weights kind {spec['kind']!r} for {name}")
 
 

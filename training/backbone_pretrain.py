@@ -11,7 +11,7 @@ Slices come from a dedicated synthetic cohort (its own seed; phantom heads, matr
 way (240 mm field of view) at random, so one backbone serves both feature recipes.
 
 Runs wherever keras runs: TensorFlow on the node, PyTorch on a GPU machine (``KERAS_BACKEND=torch``);
-``pipeline.features.cnn.save_pretrained`` writes the weights backend-independently.
+``pipeline.features.backbones.save_pretrained`` writes the weights backend-independently.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.features import cnn
+from pipeline.features import backbones, cnn
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def build_model(name: str, size: int):
     fed exactly what ``CnnFeatureExtractor`` feeds it (gray x 3, keras' ``preprocess_input``)."""
     import keras
 
-    backbone = cnn.get_backbone(name)
+    backbone = backbones.get_backbone(name)
     module = getattr(keras.applications, backbone.module)
     base = getattr(keras.applications, backbone.keras_name)(
         weights=None, include_top=False, pooling="avg", input_shape=(size, size, 3))
@@ -205,7 +205,7 @@ def pretrain(name: str, data: dict, cfg: PretrainConfig, out: Path) -> dict:
     """Train ``name`` on ``data`` (``slice_dataset``) and save its backbone to ``out``; returns meta."""
     import keras
 
-    size = cnn.get_backbone(name).input_size if f"s{cnn.get_backbone(name).input_size}" in data else \
+    size = backbones.get_backbone(name).input_size if f"s{backbones.get_backbone(name).input_size}" in data else \
         int(next(k for k in data if k.startswith("s"))[1:])
     images, y = data[f"s{size}"], data["y"]
     n_val = max(1, int(round(cfg.cases * cfg.val_fraction)))
@@ -238,7 +238,7 @@ def pretrain(name: str, data: dict, cfg: PretrainConfig, out: Path) -> dict:
                          "val_loss": [round(float(v), 4) for v in hist.history.get("val_loss", [])],
                          "validation": _validation(model, images[val], y[val], cfg.batch),
                          "device": _device()}}
-    sha = cnn.save_pretrained(base, cnn.get_backbone(name), out, info)
+    sha = backbones.save_pretrained(base, backbones.get_backbone(name), out, info)
     log.info("%s: %s, sha256 %s", name, info["pretrain"]["validation"], sha)
     return {**info, "sha256_all_weights": sha}
 
@@ -257,13 +257,13 @@ def _data_key(cfg: PretrainConfig) -> dict:
     return {"cases": cfg.cases, "seed": cfg.seed, "slices_per_case": cfg.slices_per_case}
 
 
-def run(cfg: PretrainConfig, out: Path, backbones=("resnet50", "inception_v3"),
+def run(cfg: PretrainConfig, out: Path, names=("resnet50", "inception_v3"),
         dataset_cache: Path | None = None) -> dict:
     """Generate the slices once (or read them from ``dataset_cache``), pretrain each backbone into
     ``out/<name>/``."""
-    for name in backbones:
-        cnn.get_backbone(name)          # an unknown name fails before minutes of generation
-    sizes = tuple(sorted({b.input_size for b in cnn.BACKBONES.values()}))
+    for name in names:
+        backbones.get_backbone(name)          # an unknown name fails before minutes of generation
+    sizes = tuple(sorted({b.input_size for b in backbones.BACKBONES.values()}))
     t0 = time.time()
     if dataset_cache is not None and Path(dataset_cache).is_file():
         with np.load(dataset_cache, allow_pickle=False) as z:
@@ -277,7 +277,7 @@ def run(cfg: PretrainConfig, out: Path, backbones=("resnet50", "inception_v3"),
             np.savez(dataset_cache, config=np.array(config), **data)
     log.info("slices: %d from %d cases (%d with hematoma) in %.0f s", len(data["y"]), cfg.cases,
              int(data["y"][:, 0].sum()), time.time() - t0)
-    return {name: pretrain(name, data, cfg, Path(out) / name) for name in backbones}
+    return {name: pretrain(name, data, cfg, Path(out) / name) for name in names}
 
 
 def main(argv=None) -> None:

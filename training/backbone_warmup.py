@@ -1,6 +1,6 @@
 """Warm-up training of a seeded CNN backbone when no ImageNet weights are available.
 
-Only BatchNorm parameters move (a few hundred kB, see ``pipeline.features.cnn``); convolutions keep
+Only BatchNorm parameters move (a few hundred kB, see ``pipeline.features.backbones``); convolutions keep
 their seeded initialisation. Three stages, all on *training* cases only:
 
 1. BatchNorm statistics: exact running average of batch statistics over the key slices, so the
@@ -20,20 +20,20 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.features import cnn
+from pipeline.features import backbones
 
 log = logging.getLogger(__name__)
 
 
-def _bn_statistics(model, images: np.ndarray, batch: int, backbone: cnn.Backbone) -> None:
-    layers = cnn.batchnorm_layers(model)
+def _bn_statistics(model, images: np.ndarray, batch: int, backbone: backbones.Backbone) -> None:
+    layers = backbones.batchnorm_layers(model)
     saved = [layer.momentum for layer in layers]
     order = np.arange(len(images))
     try:
         for i, start in enumerate(range(0, len(images), batch)):
             for layer in layers:  # momentum i/(i+1): moving value = mean over the batches seen so far
                 layer.momentum = i / (i + 1.0)
-            x = cnn.preprocess(backbone, images[order[start:start + batch]])
+            x = backbones.preprocess(backbone, images[order[start:start + batch]])
             model(x, training=True)
     finally:
         for layer, m in zip(layers, saved):
@@ -41,11 +41,11 @@ def _bn_statistics(model, images: np.ndarray, batch: int, backbone: cnn.Backbone
 
 
 def _bn_affine(model, images: np.ndarray, labels: np.ndarray, steps: int, batch: int, seed: int,
-               backbone: cnn.Backbone, lr: float = 1e-3) -> list[float]:
+               backbone: backbones.Backbone, lr: float = 1e-3) -> list[float]:
     import keras
     import tensorflow as tf
 
-    layers = cnn.batchnorm_layers(model)
+    layers = backbones.batchnorm_layers(model)
     params = [w for layer in layers for w in (layer.gamma, layer.beta) if w is not None]
     head = keras.layers.Dense(1)
     head.build((None, int(model.output_shape[-1])))
@@ -56,7 +56,7 @@ def _bn_affine(model, images: np.ndarray, labels: np.ndarray, steps: int, batch:
     losses = []
     for _ in range(steps):
         idx = rng.choice(len(images), size=min(batch, len(images)), replace=False)
-        x = tf.constant(cnn.preprocess(backbone, images[idx]))
+        x = tf.constant(backbones.preprocess(backbone, images[idx]))
         y = tf.constant(labels[idx, None].astype("float32"))
         w = tf.where(y > 0.5, weight_pos, weight_neg)
         with tf.GradientTape() as tape:
@@ -76,9 +76,9 @@ def warm_up(name: str, images: np.ndarray, labels: np.ndarray, out: Path, *, see
 
     ``max_images``: BatchNorm statistics use a seeded random subset of this size (CPU budget).
     """
-    backbone = cnn.get_backbone(name)
+    backbone = backbones.get_backbone(name)
     t0 = time.time()
-    model = cnn.build_seeded(backbone, seed, input_size)
+    model = backbones.build_seeded(backbone, seed, input_size)
     images = np.asarray(images, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
     if max_images and len(images) > max_images:
@@ -93,4 +93,4 @@ def warm_up(name: str, images: np.ndarray, labels: np.ndarray, out: Path, *, see
                        "loss_last": losses[-1] if losses else None, "seconds": round(time.time() - t0, 1),
                        "target": "expansion label of the training cases (class-balanced)"}}
     log.info("warm-up %s: %s", name, info["warmup"])
-    return cnn.save_warmup(model, backbone, seed, out, info)
+    return backbones.save_warmup(model, backbone, seed, out, info)

@@ -346,7 +346,7 @@ def save_model(fitted: FittedModule, out_dir: Path, *, version: str, groups: tup
     import joblib
 
     from pipeline.classify import PIPELINE_FILE
-    from pipeline.features.cnn import sha256_file as _sha256
+    from pipeline.features.backbones import sha256_file as _sha256
     from pipeline.features.radiomics import DEFAULT_PARAMS
     from pipeline.models import ModelMetadata
 

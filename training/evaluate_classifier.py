@@ -57,7 +57,7 @@ def prepare(cohort: Path | str, cache_dir: Path | str | None = None, *, seed: in
     directory of backbones from ``training.backbone_pretrain`` (``<dir>/<backbone>/``) used as they
     are instead (no warm-up).
     """
-    from pipeline.features.cnn import PretrainedWeights, WarmupWeights, read_pretrained_meta
+    from pipeline.features.backbones import PretrainedWeights, WarmupWeights, read_pretrained_meta
     from training.backbone_warmup import warm_up
 
     cohort = Path(cohort)

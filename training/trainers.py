@@ -108,7 +108,7 @@ class ClassifierTrainer:
     def _table(self, cases, cache, proto):
         import pandas as pd
 
-        from pipeline.features import cnn
+        from pipeline.features import backbones, cnn
         from training import classifier as clf
 
         from pipeline.features.radiomics import DEFAULT_PARAMS
@@ -124,7 +124,7 @@ class ClassifierTrainer:
                 parts.append(clf.radiomics_table(cases, cache, version))
             else:
                 path, sha = proto["cnn_weights"][group]
-                parts.append(clf.cnn_table(cases, cache, group, cnn.WarmupWeights(path), sha[:12],
+                parts.append(clf.cnn_table(cases, cache, group, backbones.WarmupWeights(path), sha[:12],
                                            proto["cnn_input_sizes"].get(group), geometry=geometry))
         return cases, pd.concat(parts, axis=1)
 

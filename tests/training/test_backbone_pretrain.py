@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.features import cnn
+from pipeline.features import backbones, cnn
 from training import backbone_pretrain as P
 
 
@@ -34,7 +34,7 @@ def test_training_input_is_what_the_feature_extractor_feeds(name, size):
     model, base = P.build_model(name, size)
     pre = keras.Model(model.input, model.get_layer("preprocess").output)
     gray = np.random.default_rng(0).uniform(0, 255, (2, size, size, 1)).astype(np.float32)
-    want = cnn.preprocess(cnn.get_backbone(name), np.repeat(gray, 3, axis=-1))
+    want = backbones.preprocess(backbones.get_backbone(name), np.repeat(gray, 3, axis=-1))
     assert np.allclose(np.asarray(pre(gray, training=False)), want, atol=1e-4)
     assert base.output_shape[-1] == 2048
 
@@ -50,7 +50,7 @@ def test_tiny_pretraining_saves_a_backbone_the_feature_extractor_loads(tmp_path)
     info = meta["pretrain"]
     assert info["train_slices"] == 8 and info["val_slices"] == 4 and info["epochs_run"] == 1
     assert "no expansion label" in info["task"] and np.isfinite(info["loss"][0])
-    ext = cnn.CnnFeatureExtractor("resnet50", cnn.PretrainedWeights(tmp_path / "resnet50", meta["sha256_all_weights"]), 32)
+    ext = cnn.CnnFeatureExtractor("resnet50", backbones.PretrainedWeights(tmp_path / "resnet50", meta["sha256_all_weights"]), 32)
     emb = ext.embed(np.repeat(data["s32"][:2, ..., None].astype(np.float32), 3, axis=-1))
     assert emb.shape == (2, 2048) and np.isfinite(emb).all()
 

@@ -144,15 +144,15 @@ def test_table2_can_use_pretrained_backbones_instead_of_the_warmup(cohort, prepa
     from the warm-up's, and refuses a backbone pretrained at another input size."""
     import keras
 
-    from pipeline.features import cnn
+    from pipeline.features import backbones
 
     pre = tmp_path / "pretrained"
     for name, size in SIZES.items():
-        bb = cnn.get_backbone(name)
+        bb = backbones.get_backbone(name)
         keras.utils.set_random_seed(7)
         model = getattr(keras.applications, bb.keras_name)(weights=None, include_top=False, pooling="avg",
                                                            input_shape=(size, size, 3))
-        cnn.save_pretrained(model, bb, pre / name)
+        backbones.save_pretrained(model, bb, pre / name)
     prep = E.prepare(cohort, seed=0, cnn_sizes=SIZES, pretrained=pre)
     assert prep.warmup_files == {n: pre / n for n in SIZES}
     for name in SIZES:

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.features import cnn
+from pipeline.features import backbones, cnn
 
 SIZE = 32  # ResNet50's smallest input: the real architecture, tiny images
 
@@ -46,14 +46,14 @@ def _keras_h5(model, path):
 
 @pytest.fixture(scope="module")
 def seeded():
-    return cnn.build_seeded(cnn.get_backbone("resnet50"), seed=11, input_size=SIZE)
+    return backbones.build_seeded(backbones.get_backbone("resnet50"), seed=11, input_size=SIZE)
 
 
 def test_imagenet_file_is_loaded_through_keras_after_sha256_check(seeded, tmp_path):
-    bb = cnn.get_backbone("resnet50")
+    bb = backbones.get_backbone("resnet50")
     path = _keras_h5(seeded, tmp_path / bb.imagenet_file)   # keras' standard file name
-    ext = cnn.CnnFeatureExtractor("resnet50", cnn.ImagenetWeights(path, cnn.sha256_file(path)), SIZE)
-    assert cnn.weights_checksum(ext.model) == cnn.weights_checksum(seeded)
+    ext = cnn.CnnFeatureExtractor("resnet50", backbones.ImagenetWeights(path, backbones.sha256_file(path)), SIZE)
+    assert backbones.weights_checksum(ext.model) == backbones.weights_checksum(seeded)
     assert ext.dim == 2048 and len(ext.feature_names) == 3 * 2048
     hu = np.random.default_rng(0).normal(40, 20, (9, 48, 48)).astype(np.float32)
     mask = np.zeros(hu.shape, np.uint8)
@@ -61,16 +61,16 @@ def test_imagenet_file_is_loaded_through_keras_after_sha256_check(seeded, tmp_pa
     feats = ext.features(hu, mask)
     assert len(feats) == 6144 and np.isfinite(list(feats.values())).all()
     # loaded once per process: the same object comes back
-    assert cnn.load_backbone("resnet50", cnn.ImagenetWeights(path, cnn.sha256_file(path)), SIZE) is ext.model
+    assert backbones.load_backbone("resnet50", backbones.ImagenetWeights(path, backbones.sha256_file(path)), SIZE) is ext.model
 
-    with pytest.raises(cnn.WeightsError, match="sha256 mismatch"):
-        cnn.CnnFeatureExtractor("resnet50", cnn.ImagenetWeights(path, "0" * 64), SIZE)
+    with pytest.raises(backbones.WeightsError, match="sha256 mismatch"):
+        cnn.CnnFeatureExtractor("resnet50", backbones.ImagenetWeights(path, "0" * 64), SIZE)
     wrong = tmp_path / "weights.h5"
     path.rename(wrong)
-    with pytest.raises(cnn.WeightsError, match="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"):
-        cnn.CnnFeatureExtractor("resnet50", cnn.ImagenetWeights(wrong, cnn.sha256_file(wrong)), SIZE)
-    with pytest.raises(cnn.WeightsError, match="not found"):
-        cnn.CnnFeatureExtractor("resnet50", cnn.ImagenetWeights(tmp_path / bb.imagenet_file, "0" * 64), SIZE)
+    with pytest.raises(backbones.WeightsError, match="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"):
+        cnn.CnnFeatureExtractor("resnet50", backbones.ImagenetWeights(wrong, backbones.sha256_file(wrong)), SIZE)
+    with pytest.raises(backbones.WeightsError, match="not found"):
+        cnn.CnnFeatureExtractor("resnet50", backbones.ImagenetWeights(tmp_path / bb.imagenet_file, "0" * 64), SIZE)
 
 
 def test_warmup_round_trip_is_small_and_drift_is_detected(tmp_path):
@@ -82,10 +82,10 @@ def test_warmup_round_trip_is_small_and_drift_is_detected(tmp_path):
     path = warm_up("resnet50", images, labels, tmp_path / "resnet50-warmup.npz", seed=5, steps=1, batch=6,
                    input_size=SIZE)
     assert path.stat().st_size < 1_000_000          # vs ~94 MB for the full backbone
-    meta = cnn.read_warmup_meta(path)
+    meta = backbones.read_warmup_meta(path)
     assert meta["warmup"]["steps"] == 1 and meta["seed"] == 5
-    ext = cnn.CnnFeatureExtractor("resnet50", cnn.WarmupWeights(path), SIZE)
-    assert cnn.weights_checksum(ext.model) == meta["sha256_all_weights"]
+    ext = cnn.CnnFeatureExtractor("resnet50", backbones.WarmupWeights(path), SIZE)
+    assert backbones.weights_checksum(ext.model) == meta["sha256_all_weights"]
     emb = ext.embed(images[:3])
     assert emb.shape == (3, 2048) and np.isfinite(emb).all() and emb.std() > 0
 
@@ -95,21 +95,21 @@ def test_warmup_round_trip_is_small_and_drift_is_detected(tmp_path):
     drifted = dict(arrays, __meta__=np.array(str(arrays["__meta__"]).replace('"seed": 5', '"seed": 6')))
     bad = tmp_path / "drifted.npz"
     np.savez(bad, **drifted)
-    with pytest.raises(cnn.WeightsError, match="drifted"):
-        cnn.CnnFeatureExtractor("resnet50", cnn.WarmupWeights(bad), SIZE)
+    with pytest.raises(backbones.WeightsError, match="drifted"):
+        cnn.CnnFeatureExtractor("resnet50", backbones.WarmupWeights(bad), SIZE)
 
 
 def test_inception_v3_seeded_features():
     ext = cnn.CnnFeatureExtractor.__new__(cnn.CnnFeatureExtractor)
-    model = cnn.build_seeded(cnn.get_backbone("inception_v3"), seed=2, input_size=75)
-    ext.backbone, ext.model, ext.input_size, ext.dim = cnn.get_backbone("inception_v3"), model, 75, 2048
+    model = backbones.build_seeded(backbones.get_backbone("inception_v3"), seed=2, input_size=75)
+    ext.backbone, ext.model, ext.input_size, ext.dim = backbones.get_backbone("inception_v3"), model, 75, 2048
     out = ext.embed(np.full((3, 75, 75, 3), 128.0, np.float32))
     assert out.shape == (3, 2048) and np.isfinite(out).all()
 
 
 def test_unknown_backbone():
     with pytest.raises(ValueError, match="unknown backbone"):
-        cnn.get_backbone("vgg16")
+        backbones.get_backbone("vgg16")
 
 
 def _disc_series(n: int, pixel_mm: float, slices: int = 7):
@@ -147,24 +147,24 @@ def test_slice_geometry_cuts_the_same_anatomy_at_any_matrix_and_slice_thickness(
 def test_pretrained_round_trip_rounds_kernels_once_and_checks_the_sha256(seeded, tmp_path):
     """A whole pretrained backbone (issue 16 part 4): shards under the per-file cap, kernels as float16,
     the checksum taken after rounding, so what is loaded is exactly what was measured."""
-    bb = cnn.get_backbone("resnet50")
-    sha = cnn.save_pretrained(seeded, bb, tmp_path / "resnet50", {"pretrain": {"task": "test"}})
+    bb = backbones.get_backbone("resnet50")
+    sha = backbones.save_pretrained(seeded, bb, tmp_path / "resnet50", {"pretrain": {"task": "test"}})
     files = sorted((tmp_path / "resnet50").glob("weights-*.npz"))
-    assert len(files) >= 4 and all(f.stat().st_size <= cnn.SHARD_BYTES + 65536 for f in files)
-    meta = cnn.read_pretrained_meta(tmp_path / "resnet50")
+    assert len(files) >= 4 and all(f.stat().st_size <= backbones.SHARD_BYTES + 65536 for f in files)
+    meta = backbones.read_pretrained_meta(tmp_path / "resnet50")
     assert meta["backbone"] == "resnet50" and meta["input_size"] == SIZE and meta["sha256_all_weights"] == sha
-    ext = cnn.CnnFeatureExtractor("resnet50", cnn.PretrainedWeights(tmp_path / "resnet50", sha), SIZE)
-    assert cnn.weights_checksum(ext.model) == sha != cnn.weights_checksum(seeded)   # float16 kernels
+    ext = cnn.CnnFeatureExtractor("resnet50", backbones.PretrainedWeights(tmp_path / "resnet50", sha), SIZE)
+    assert backbones.weights_checksum(ext.model) == sha != backbones.weights_checksum(seeded)   # float16 kernels
     x = np.random.default_rng(3).uniform(0, 255, (2, SIZE, SIZE, 3)).astype(np.float32)
-    ref = np.asarray(seeded(cnn.preprocess(bb, x), training=False))
+    ref = np.asarray(seeded(backbones.preprocess(bb, x), training=False))
     assert np.allclose(ext.embed(x), ref, rtol=0.02, atol=0.02 * np.abs(ref).max())
 
-    with pytest.raises(cnn.WeightsError, match="sha256 mismatch"):
-        cnn.load_backbone("resnet50", cnn.PretrainedWeights(tmp_path / "resnet50", "0" * 64), SIZE)
-    with pytest.raises(cnn.WeightsError, match="not 'inception_v3'"):
-        cnn.load_backbone("inception_v3", cnn.PretrainedWeights(tmp_path / "resnet50", sha), 75)
+    with pytest.raises(backbones.WeightsError, match="sha256 mismatch"):
+        backbones.load_backbone("resnet50", backbones.PretrainedWeights(tmp_path / "resnet50", "0" * 64), SIZE)
+    with pytest.raises(backbones.WeightsError, match="not 'inception_v3'"):
+        backbones.load_backbone("inception_v3", backbones.PretrainedWeights(tmp_path / "resnet50", sha), 75)
     files[-1].unlink()
-    with pytest.raises(cnn.WeightsError, match="shard weights-0.\\.npz is missing"):
-        cnn.load_backbone("resnet50", cnn.PretrainedWeights(tmp_path / "resnet50", sha[::-1]), SIZE)
-    with pytest.raises(cnn.WeightsError, match="no meta.json"):
-        cnn.load_backbone("resnet50", cnn.PretrainedWeights(tmp_path, sha), SIZE)
+    with pytest.raises(backbones.WeightsError, match="shard weights-0.\\.npz is missing"):
+        backbones.load_backbone("resnet50", backbones.PretrainedWeights(tmp_path / "resnet50", sha[::-1]), SIZE)
+    with pytest.raises(backbones.WeightsError, match="no meta.json"):
+        backbones.load_backbone("resnet50", backbones.PretrainedWeights(tmp_path, sha), SIZE)
