@@ -48,6 +48,13 @@ class PretrainConfig:
     workers: int = 2
     precision: str = "float32"        # mixed_bfloat16 on a GPU
     max_seconds: float | None = None  # per backbone: stop after the epoch that passes it
+    markers: bool = False             # also the case's NCCT signs (blend, black hole, ...) on clot slices
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        from training.synth.options import MARKERS
+
+        return TARGETS + (tuple(f"marker_{m}" for m in MARKERS) if self.markers else ())
 
     def __post_init__(self) -> None:
         if self.cases < 4 or self.slices_per_case < 1 or self.epochs < 1 or self.batch < 1:
@@ -78,11 +85,14 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
     return ndimage.zoom(img, (size / img.shape[0], size / img.shape[1]), order=1, grid_mode=True, mode="nearest")
 
 
-def case_slices(index: int, seed: int, per_case: int, sizes: tuple[int, ...]) -> dict:
-    """One synthetic case's training slices: windowed uint8 images per size and their targets."""
-    from training.synth import case_seed, generate_case
+def case_slices(index: int, seed: int, per_case: int, sizes: tuple[int, ...], markers: bool = False) -> dict:
+    """One synthetic case's training slices: windowed uint8 images per size and their targets
+    (``markers``: the case's NCCT signs follow, set on the slices that hold clot)."""
+    from training.synth import MARKERS, case_seed, generate_case
 
-    s = generate_case(case_seed(seed, index), case_options(index), case_id=f"pre{index:05d}").baseline
+    case = generate_case(case_seed(seed, index), case_options(index), case_id=f"pre{index:05d}")
+    s = case.baseline
+    signs = [float(bool(case.markers[m])) for m in MARKERS] if markers else []
     rng = np.random.default_rng([seed, index, 1])
     hu, labels = s.hu, s.mask_on_hu_grid()
     px2 = float(s.acq.pixel_mm) ** 2
@@ -106,14 +116,14 @@ def case_slices(index: int, seed: int, per_case: int, sizes: tuple[int, ...]) ->
         has = hem_area[z] >= MIN_AREA_MM2
         targets.append([float(has), float(np.log1p(hem_area[z]) / AREA_NORM), float(ivh_area[z] >= MIN_AREA_MM2),
                         (float(clot.mean()) - 60.0) / 15.0 if has else 0.0,
-                        float(clot.std()) / 10.0 - 1.0 if has else 0.0])
+                        float(clot.std()) / 10.0 - 1.0 if has else 0.0] + [v if has else 0.0 for v in signs])
     return {**{k: np.asarray(v, np.uint8).reshape(-1, int(k[1:]), int(k[1:])) for k, v in out.items()},
-            "y": np.asarray(targets, np.float32).reshape(-1, len(TARGETS)), "case": index}
+            "y": np.asarray(targets, np.float32).reshape(-1, len(TARGETS) + len(signs)), "case": index}
 
 
 def slice_dataset(cfg: PretrainConfig, sizes: tuple[int, ...]) -> dict:
     """All cases' slices, concatenated; ``case`` says which case each slice came from."""
-    args = [(i, cfg.seed, cfg.slices_per_case, sizes) for i in range(cfg.cases)]
+    args = [(i, cfg.seed, cfg.slices_per_case, sizes, cfg.markers) for i in range(cfg.cases)]
     if cfg.workers > 1:
         with ProcessPoolExecutor(cfg.workers) as pool:
             parts = list(pool.map(case_slices, *zip(*args), chunksize=4))
@@ -134,10 +144,12 @@ def aux_loss(y_true, y_pred):
                 + ops.softplus(y_pred[:, 2]) - y_true[:, 2] * y_pred[:, 2])
     squared = (4.0 * ops.square(y_pred[:, 1] - y_true[:, 1])
                + 0.5 * has * (ops.square(y_pred[:, 3] - y_true[:, 3]) + ops.square(y_pred[:, 4] - y_true[:, 4])))
+    signs = y_pred[:, len(TARGETS):]   # marker columns, if any: logistic, on clot slices only
+    logistic = logistic + has * ops.sum(ops.softplus(signs) - y_true[:, len(TARGETS):] * signs, axis=-1)
     return logistic + squared
 
 
-def build_model(name: str, size: int):
+def build_model(name: str, size: int, n_targets: int = len(TARGETS)):
     """(training model: windowed gray slice -> 5 targets, backbone): the backbone is keras' own network,
     fed exactly what ``CnnFeatureExtractor`` feeds it (gray x 3, keras' ``preprocess_input``)."""
     import keras
@@ -150,7 +162,7 @@ def build_model(name: str, size: int):
     x = keras.layers.RandomFlip("horizontal")(gray)
     x = keras.layers.Concatenate()([x, x, x])
     x = keras.layers.Lambda(module.preprocess_input, name="preprocess")(x)
-    out = keras.layers.Dense(len(TARGETS), dtype="float32", name="aux")(base(x))
+    out = keras.layers.Dense(n_targets, dtype="float32", name="aux")(base(x))
     return keras.Model(gray, out), base
 
 
@@ -198,6 +210,14 @@ def _validation(model, images: np.ndarray, y: np.ndarray, batch: int) -> dict:
         out["area_median_abs_rel_error"] = float(np.median(np.abs(area_hat - area) / np.maximum(area, 1.0)))
         out["mean_hu_mae"] = float(np.mean(np.abs(p[has, 3] - y[has, 3])) * 15.0)
         out["mean_hu_pearson"] = float(np.corrcoef(p[has, 3], y[has, 3])[0, 1])
+    signs = {}
+    for j in range(len(TARGETS), y.shape[1]):   # marker columns: AUC on the slices that hold clot
+        t = y[has, j] > 0.5
+        if 0 < t.sum() < len(t):
+            signs[j - len(TARGETS)] = float(roc_auc_score(t, p[has, j]))
+    if signs:
+        out["marker_auc_by_column"] = signs
+        out["marker_auc_mean"] = float(np.mean(list(signs.values())))
     return out
 
 
@@ -213,7 +233,7 @@ def pretrain(name: str, data: dict, cfg: PretrainConfig, out: Path) -> dict:
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_global_policy(cfg.precision)
     try:
-        model, base = build_model(name, size)
+        model, base = build_model(name, size, y.shape[1])
     finally:
         keras.mixed_precision.set_global_policy("float32")
     steps = int(np.ceil((~val).sum() / cfg.batch)) * cfg.epochs
@@ -231,7 +251,7 @@ def pretrain(name: str, data: dict, cfg: PretrainConfig, out: Path) -> dict:
                      validation_data=_Batches.make(images[val], y[val], cfg.batch, False, 0),
                      epochs=cfg.epochs, verbose=2, callbacks=[Budget()])
     seconds = time.time() - t0
-    info = {"pretrain": {"task": "per-slice auxiliary targets " + ", ".join(TARGETS) + " (no expansion label)",
+    info = {"pretrain": {"task": "per-slice auxiliary targets " + ", ".join(cfg.targets) + " (no expansion label)",
                          "config": asdict(cfg), "train_slices": int((~val).sum()), "val_slices": int(val.sum()),
                          "epochs_run": len(hist.history["loss"]), "seconds": round(seconds, 1),
                          "loss": [round(float(v), 4) for v in hist.history["loss"]],
@@ -254,7 +274,7 @@ def _device() -> str:
 
 
 def _data_key(cfg: PretrainConfig) -> dict:
-    return {"cases": cfg.cases, "seed": cfg.seed, "slices_per_case": cfg.slices_per_case}
+    return {"cases": cfg.cases, "seed": cfg.seed, "slices_per_case": cfg.slices_per_case, "markers": cfg.markers}
 
 
 def run(cfg: PretrainConfig, out: Path, names=("resnet50", "inception_v3"),
@@ -286,6 +306,9 @@ def main(argv=None) -> None:
     ap.add_argument("--backbones", default="resnet50,inception_v3")
     ap.add_argument("--dataset-cache", type=Path, default=None, help="npz of the generated slices (reused when present)")
     for f, default in asdict(PretrainConfig()).items():
+        if isinstance(default, bool):
+            ap.add_argument("--" + f.replace("_", "-"), action="store_true")
+            continue
         kind = float if f in ("learning_rate", "val_fraction", "max_seconds") else (str if f == "precision" else int)
         ap.add_argument("--" + f.replace("_", "-"), type=kind, default=default)
     a = vars(ap.parse_args(argv))

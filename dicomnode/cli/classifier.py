@@ -71,6 +71,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         backbones: str = typer.Option("resnet50,inception_v3", "--backbones"),
         slices_per_case: int = typer.Option(16, "--slices-per-case", min=1),
         max_seconds: Optional[float] = typer.Option(None, "--max-seconds", help="Per backbone: stop after the epoch that passes it."),
+        markers: bool = typer.Option(False, "--markers", help="Also learn each case's NCCT signs (blend, black hole, ...) on its clot slices."),
     ) -> None:
         """Pretrain the CNN backbones on synthetic CT slices (auxiliary task, no expansion label).
 
@@ -81,7 +82,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         try:
             cfg = PretrainConfig(cases=cases, seed=seed, epochs=epochs, batch=batch, workers=workers,
-                                 precision=precision, slices_per_case=slices_per_case, max_seconds=max_seconds)
+                                 precision=precision, slices_per_case=slices_per_case, max_seconds=max_seconds,
+                                 markers=markers)
             res = run(cfg, out, tuple(b.strip() for b in backbones.split(",")))
         except ValueError as exc:
             raise _fail(str(exc))

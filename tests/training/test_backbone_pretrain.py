@@ -60,3 +60,21 @@ def test_config_is_validated():
         P.PretrainConfig(val_fraction=0.6)
     with pytest.raises(ValueError, match="cases >= 4"):
         P.PretrainConfig(cases=2)
+
+
+def test_marker_targets_are_the_case_signs_on_clot_slices_only():
+    from keras import ops
+
+    from training.synth import MARKERS, case_seed, generate_case
+
+    out = P.case_slices(3, seed=11, per_case=6, sizes=(64,), markers=True)
+    y = out["y"]
+    assert y.shape[1] == len(P.PretrainConfig(markers=True).targets) == len(P.TARGETS) + len(MARKERS)
+    signs = generate_case(case_seed(11, 3), P.case_options(3)).markers
+    has = y[:, 0] > 0.5
+    assert np.all(y[has, len(P.TARGETS):] == [float(signs[m]) for m in MARKERS])
+    assert np.all(y[~has, len(P.TARGETS):] == 0)
+    # the marker columns enter the loss (logistic, clot slices only)
+    base = np.asarray(P.aux_loss(ops.convert_to_tensor(y[:, :len(P.TARGETS)]), ops.zeros((len(y), len(P.TARGETS)))))
+    full = np.asarray(P.aux_loss(ops.convert_to_tensor(y), ops.zeros(y.shape)))
+    assert np.allclose(full[~has], base[~has]) and np.allclose(full[has] - base[has], len(MARKERS) * np.log(2.0), atol=1e-5)
