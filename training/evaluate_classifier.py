@@ -70,7 +70,9 @@ def prepare(cohort: Path | str, cache_dir: Path | str | None = None, *, seed: in
     C.extract_base(cases, cache, rcp.radiomics_params, sizes=used, progress=progress, geometry=geo)
     cases = [c for c in cases if cache.has_base(c.case_id, rcp.radiomics_version, geo)]
     train, test = C.split_cohort(cases, seed)
-    if warmup_cohort is not None:
+    if pretrained is not None:
+        warm_cache, warm_cases = cache, []          # pretrained backbones: nothing to warm up
+    elif warmup_cohort is not None:
         warm_cache = C.FeatureCache(cache.root / "warmup-cohort")
         warm_cases = C.read_cohort(warmup_cohort)
         C.extract_slices(warm_cases, warm_cache, used, geo)
