@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 TARGETS = ("hematoma", "log_area", "ivh", "mean_hu", "sd_hu")
 AREA_NORM = float(np.log1p(5000.0))   # mm²: a 50 cm² section is about the largest a clot reaches
 MIN_AREA_MM2 = 5.0                    # a slice "has" hematoma / IVH from this section area on
+V2_FOV_MM = cnn.SliceGeometry().fov_mm  # the v2 cut (not via recipe.py: it imports SimpleITK, absent on the GPU machine)
 DEFAULT_SEED = 4242                   # no evaluation cohort uses it (2024, 7, 2025, 8, 1626, 1646, 1717)
 
 
@@ -109,7 +110,7 @@ def case_slices(index: int, seed: int, per_case: int, sizes: tuple[int, ...], ma
     for z in sorted(int(v) for v in pick):
         img = cnn.window(hu[z])
         if rng.random() < 0.5:   # the v2 cut: a 240 mm field of view about the matrix centre
-            img = cnn._physical_fov(img[None, ..., None], (s.acq.pixel_mm, s.acq.pixel_mm), 240.0, 0.0)[0, ..., 0]
+            img = cnn.physical_fov(img[None, ..., None], (s.acq.pixel_mm, s.acq.pixel_mm), V2_FOV_MM, 0.0)[0, ..., 0]
         for size in sizes:
             out[f"s{size}"].append(np.clip(np.rint(_resize(img, size)), 0, 255).astype(np.uint8))
         clot = hu[z][labels[z] == 1]
@@ -156,8 +157,7 @@ def build_model(name: str, size: int, n_targets: int = len(TARGETS)):
 
     backbone = backbones.get_backbone(name)
     module = getattr(keras.applications, backbone.module)
-    base = getattr(keras.applications, backbone.keras_name)(
-        weights=None, include_top=False, pooling="avg", input_shape=(size, size, 3))
+    base = backbones.keras_network(backbone, size)
     gray = keras.Input((size, size, 1), name="window")   # 0..255
     x = keras.layers.RandomFlip("horizontal")(gray)
     x = keras.layers.Concatenate()([x, x, x])

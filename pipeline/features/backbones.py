@@ -132,15 +132,23 @@ def configure_tf(intra: int = 2, inter: int = 1) -> None:
         _TF_READY = True
 
 
+def keras_network(backbone: Backbone, input_size: int | None = None, weights: str | None = None):
+    """keras' own network for ``backbone``, headless and average-pooled, as every weight source uses it
+    (no TensorFlow call: it also builds on keras' other backends, for pretraining on a GPU machine)."""
+    import keras
+
+    size = input_size or backbone.input_size
+    return getattr(keras.applications, backbone.keras_name)(
+        weights=weights, include_top=False, pooling="avg", input_shape=(size, size, 3))
+
+
 def build_seeded(backbone: Backbone, seed: int, input_size: int | None = None):
     """The backbone with keras' deterministic initialisation for ``seed`` (no file needed)."""
     import keras
 
     configure_tf()
     keras.utils.set_random_seed(seed)
-    size = input_size or backbone.input_size
-    return getattr(keras.applications, backbone.keras_name)(
-        weights=None, include_top=False, pooling="avg", input_shape=(size, size, 3))
+    return keras_network(backbone, input_size)
 
 
 def batchnorm_layers(model) -> list:
@@ -258,8 +266,6 @@ def read_pretrained_meta(path: Path) -> dict:
 
 
 def _restore_pretrained(backbone: Backbone, weights: PretrainedWeights, input_size: int | None):
-    import keras
-
     path = Path(weights.path)
     meta = read_pretrained_meta(path)
     if meta.get("backbone") != backbone.name:
@@ -274,9 +280,7 @@ def _restore_pretrained(backbone: Backbone, weights: PretrainedWeights, input_si
     if any(v is None for v in values):
         raise WeightsError(f"{path}: shards hold {len(arrays)} of {meta['n_arrays']} weight arrays")
     configure_tf()
-    size = input_size or backbone.input_size
-    model = getattr(keras.applications, backbone.keras_name)(
-        weights=None, include_top=False, pooling="avg", input_shape=(size, size, 3))
+    model = keras_network(backbone, input_size)
     expected = [tuple(w.shape) for w in model.weights]
     if expected != [tuple(v.shape) for v in values]:
         raise WeightsError(f"{path}: weight shapes do not match keras' {backbone.keras_name} "
@@ -290,14 +294,10 @@ def _restore_pretrained(backbone: Backbone, weights: PretrainedWeights, input_si
 
 
 def _build(backbone: Backbone, weights: Weights, input_size: int | None):
-    import keras
-
     if isinstance(weights, ImagenetWeights):
         path = weights.check(backbone)
         configure_tf()
-        size = input_size or backbone.input_size
-        return getattr(keras.applications, backbone.keras_name)(
-            weights=str(path), include_top=False, pooling="avg", input_shape=(size, size, 3))
+        return keras_network(backbone, input_size, weights=str(path))
     if isinstance(weights, WarmupWeights):
         return _restore_warmup(backbone, weights, input_size)
     if isinstance(weights, PretrainedWeights):

@@ -69,7 +69,7 @@ def key_slices(mask: np.ndarray, slice_mm: float | None = None, geometry: SliceG
     return [min(max(k + int(d), 0), mask.shape[0] - 1) for d in steps]
 
 
-def _physical_fov(images: np.ndarray, pixel_mm: tuple[float, float], fov_mm: float, fill: float) -> np.ndarray:
+def physical_fov(images: np.ndarray, pixel_mm: tuple[float, float], fov_mm: float, fill: float) -> np.ndarray:
     """(n, y, x, 1) slices cropped or padded (``fill``) about the matrix centre to ``fov_mm`` square."""
     out = images
     for axis, mm in ((1, pixel_mm[0]), (2, pixel_mm[1])):
@@ -104,7 +104,7 @@ def slice_images(hu: np.ndarray, mask: np.ndarray, size: int, spacing: tuple[flo
     idx = key_slices(mask, spacing[2] if spacing else None, geometry)
     imgs = window(np.asarray(hu)[idx])[..., None]                              # (3, y, x, 1)
     if geometry is not None:
-        imgs = _physical_fov(imgs, (spacing[1], spacing[0]), geometry.fov_mm, fill=0.0)  # 0 = below the window
+        imgs = physical_fov(imgs, (spacing[1], spacing[0]), geometry.fov_mm, fill=0.0)  # 0 = below the window
     imgs = tf.image.resize(imgs, (size, size), method="bilinear", antialias=True).numpy()
     return np.repeat(imgs, 3, axis=-1)
 

@@ -142,16 +142,12 @@ def test_table2_can_use_pretrained_backbones_instead_of_the_warmup(cohort, prepa
     """Issue 16 part 4: `evaluate classifier --pretrained-backbones DIR` feeds the modules the features of
     whole pretrained backbones (here: keras' own initialisation saved the pretrained way), cached apart
     from the warm-up's, and refuses a backbone pretrained at another input size."""
-    import keras
-
     from pipeline.features import backbones
 
     pre = tmp_path / "pretrained"
     for name, size in SIZES.items():
         bb = backbones.get_backbone(name)
-        keras.utils.set_random_seed(7)
-        model = getattr(keras.applications, bb.keras_name)(weights=None, include_top=False, pooling="avg",
-                                                           input_shape=(size, size, 3))
+        model = backbones.build_seeded(bb, seed=7, input_size=size)
         backbones.save_pretrained(model, bb, pre / name)
     prep = E.prepare(cohort, seed=0, cnn_sizes=SIZES, pretrained=pre)
     assert prep.warmup_files == {n: pre / n for n in SIZES}
