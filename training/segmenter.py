@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -213,8 +213,8 @@ def hypodense_hematoma(item: Prepared) -> np.ndarray:
 
 def sample_patch(item: Prepared, patch: tuple[int, int, int], rng: np.random.Generator,
                  lesion_prob: float = 0.6, negative_prob: float = 0.2, hypodense_share: float = 0.0,
-                 augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """A (patch) crop of image and soft label, centred on hematoma with ``lesion_prob``, on
+                 augment: bool = True, hypodense_weight: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A (patch) crop of image, soft label and per-voxel loss weight, centred on hematoma with ``lesion_prob``, on
     intraventricular blood with ``negative_prob`` (when the volume has any), else on brain; rotated
     (±15° axial, ±5° tilt), scaled (0.85–1.15) and left-right flipped at random. Of the hematoma-centred
     patches, ``hypodense_share`` are centred on its hypodense part when it has one (see
@@ -223,7 +223,10 @@ def sample_patch(item: Prepared, patch: tuple[int, int, int], rng: np.random.Gen
     Why the hard negatives: intraventricular blood has the hematoma's density and is not the target;
     random brain patches rarely land on it, and the model then calls it hematoma. Why the hypodense
     centres: blend sign, black hole and other hypodensities are blood at nearly brain density, a small
-    share of hematoma voxels, and where held-out Dice was lowest."""
+    share of hematoma voxels, and where held-out Dice was lowest.
+
+    The weight is 1 everywhere except on hypodense hematoma, where it is ``hypodense_weight``: centring
+    patches there did not teach the network to call it (docs/model1.md), so its misses cost more."""
     fg = item.label > 0.5
     u = rng.random()
     if fg.any() and u < lesion_prob:
@@ -257,12 +260,19 @@ def sample_patch(item: Prepared, patch: tuple[int, int, int], rng: np.random.Gen
     label = ndimage.affine_transform(item.label, matrix, offset, output_shape=patch, order=1, cval=0.0)
     if augment:  # small intensity jitter in window units (≈ ±3 HU offset, ±5 % gain)
         image = np.where(image > 0, image * rng.uniform(0.95, 1.05) + rng.uniform(-0.025, 0.025), 0.0)
-    return image.astype(np.float32), np.clip(label, 0, 1).astype(np.float32)
+    weight = np.ones(patch, np.float32)
+    if hypodense_weight != 1.0 and hypodense_hematoma(item).any():
+        hypo = ndimage.affine_transform(hypodense_hematoma(item).astype(np.float32), matrix, offset,
+                                        output_shape=patch, order=1, cval=0.0)
+        weight += (hypodense_weight - 1.0) * np.clip(hypo, 0, 1)
+    return image.astype(np.float32), np.clip(label, 0, 1).astype(np.float32), weight
 
 
 def batches(items: list[Prepared], patch: tuple[int, int, int], batch_size: int, seed: int,
-            augment: bool = True, prefetch: int = 4, hypodense_share: float = 0.0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Endless batches made in a background thread (numpy/scipy release the GIL while TF trains)."""
+            augment: bool = True, prefetch: int = 4, hypodense_share: float = 0.0,
+            hypodense_weight: float = 1.0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Endless (image, label, weight) batches made in a background thread (numpy/scipy release the GIL
+    while TF trains)."""
     q: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
 
@@ -270,10 +280,10 @@ def batches(items: list[Prepared], patch: tuple[int, int, int], batch_size: int,
         rng = np.random.default_rng(seed)
         while not stop.is_set():
             try:
-                xs, ys = zip(*(sample_patch(items[rng.integers(len(items))], patch, rng, augment=augment,
-                                            hypodense_share=hypodense_share)
-                               for _ in range(batch_size)))
-                batch = (np.stack(xs)[..., None], np.stack(ys)[..., None])
+                xs, ys, ws = zip(*(sample_patch(items[rng.integers(len(items))], patch, rng, augment=augment,
+                                                hypodense_share=hypodense_share, hypodense_weight=hypodense_weight)
+                                   for _ in range(batch_size)))
+                batch = (np.stack(xs)[..., None], np.stack(ys)[..., None], np.stack(ws)[..., None])
             except Exception as exc:  # hand the error to the trainer instead of letting it wait forever
                 q.put(exc)
                 return
@@ -306,14 +316,16 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if denom == 0 else float(2.0 * np.logical_and(pred, truth).sum() / denom)
 
 
-def dice_bce_loss(y_true, y_pred):
-    """Soft Dice over the whole batch (stable when patches hold no hematoma) + binary cross-entropy."""
+def dice_bce_loss(y_true, y_pred, weight=None):
+    """Soft Dice over the whole batch (stable when patches hold no hematoma) + binary cross-entropy,
+    each voxel's cross-entropy times ``weight`` (1 when None: the plain mean)."""
     import tensorflow as tf
 
     y_pred = tf.clip_by_value(y_pred, 1e-6, 1.0 - 1e-6)
     inter = tf.reduce_sum(y_true * y_pred)
     soft_dice = (2.0 * inter + 1.0) / (tf.reduce_sum(y_true) + tf.reduce_sum(y_pred) + 1.0)
-    bce = -tf.reduce_mean(y_true * tf.math.log(y_pred) + (1.0 - y_true) * tf.math.log(1.0 - y_pred))
+    ce = y_true * tf.math.log(y_pred) + (1.0 - y_true) * tf.math.log(1.0 - y_pred)
+    bce = -tf.reduce_mean(ce if weight is None else weight * ce)
     return (1.0 - soft_dice) + bce
 
 
@@ -337,6 +349,7 @@ class TrainConfig:
     calibration_volumes: int = 8         # whole training volumes that set batch-norm statistics
     init_from: Path | None = None        # a model directory whose weights training starts from
     hypodense_share: float = 0.0         # of hematoma-centred patches, centred on hypodense blood (sample_patch)
+    hypodense_weight: float = 1.0        # cross-entropy weight of hypodense hematoma voxels (sample_patch)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
 
@@ -430,9 +443,9 @@ def fit(train_items: list[Prepared], val_items: list[Prepared], config: TrainCon
     optimizer.build(model.trainable_variables)
 
     @tf.function(reduce_retracing=True)
-    def step(x, y):
+    def step(x, y, w):
         with tf.GradientTape() as tape:
-            loss = dice_bce_loss(y, model(x, training=True))
+            loss = dice_bce_loss(y, model(x, training=True), w)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
@@ -441,12 +454,12 @@ def fit(train_items: list[Prepared], val_items: list[Prepared], config: TrainCon
     pick = np.random.default_rng(config.seed).permutation(len(train_items))[: config.calibration_volumes]
     calibration = [train_items[i] for i in sorted(pick)]
     stream = batches(train_items, tuple(pre.patch), config.batch_size, config.seed,
-                     hypodense_share=config.hypodense_share)
+                     hypodense_share=config.hypodense_share, hypodense_weight=config.hypodense_weight)
     for epoch in range(1, config.epochs + 1):
         t0, losses = time.monotonic(), []
         for _ in range(config.steps_per_epoch):
-            x, y = next(stream)
-            losses.append(float(step(tf.constant(x), tf.constant(y))))
+            x, y, w = next(stream)
+            losses.append(float(step(tf.constant(x), tf.constant(y), tf.constant(w))))
         calibrate_batchnorm(model, calibration)
         # epochs are compared without test-time flips (half the time; the ranking is what counts);
         # the threshold below is tuned the way inference will run, flips included
@@ -479,8 +492,12 @@ def fit(train_items: list[Prepared], val_items: list[Prepared], config: TrainCon
 
 def train_segmenter(cohort_dir: Path, out_dir: Path, config: TrainConfig | None = None, *,
                     version: str | None = None, parent_version: str | None = None,
-                    cache_dir: Path | None = None, progress: Callable[[str], None] | None = print) -> TrainResult:
-    """Train on ``cohort_dir`` and write a versioned model directory to ``out_dir``."""
+                    cache_dir: Path | None = None, progress: Callable[[str], None] | None = print,
+                    extra_cohorts: Sequence[Path] = ()) -> TrainResult:
+    """Train on ``cohort_dir`` and write a versioned model directory to ``out_dir``.
+
+    Every case of ``extra_cohorts`` trains (e.g. one rich in a lesion kind the first cohort has few
+    of); validation stays the first cohort's split, so runs with and without them compare."""
     config = config or TrainConfig()
     say = progress or (lambda _msg: None)
     out_dir = Path(out_dir)
@@ -490,21 +507,31 @@ def train_segmenter(cohort_dir: Path, out_dir: Path, config: TrainConfig | None 
     t_start = time.monotonic()
     cohort = read_cohort(cohort_dir)
     train_ids, val_ids = split_cases(cohort.case_ids, config.val_fraction, config.seed)
+    explicit_cache = cache_dir is not None
     cache_dir = Path(cache_dir) if cache_dir else Path(cohort_dir) / ".cache" / "segmenter"
     pre = config.preprocess
+    extras = [read_cohort(d) for d in extra_cohorts]
     # validation runs on baselines only, like the evaluation
-    wanted = [v for v in cohort.volumes if v.case_id not in val_ids or v.phase == "baseline"]
-    say(f"preparing {len(wanted)} volumes ({len(train_ids)} train / {len(val_ids)} validation cases, "
-        f"{config.workers} worker(s))")
+    jobs = [(v, cache_dir, v.case_id in val_ids) for v in cohort.volumes
+            if v.case_id not in val_ids or v.phase == "baseline"]
+    for extra in extras:
+        jobs += [(v, Path(cache_dir) if explicit_cache else extra.root / ".cache" / "segmenter", False)
+                 for v in extra.volumes]
+    say(f"preparing {len(jobs)} volumes ({len(train_ids)} train / {len(val_ids)} validation cases"
+        f"{f', {sum(len(e.case_ids) for e in extras)} more training cases from {len(extras)} other cohort(s)' if extras else ''}"
+        f", {config.workers} worker(s))")
     train_items, val_items, skipped = [], [], []
-    for item, prepared in prepare_all(wanted, pre, cache_dir, config.workers, show=progress is not None):
-        if isinstance(prepared, Exception):  # a case the pipeline cannot read is reported, not fatal
-            skipped.append(f"{item.case_id}/{item.phase}: {prepared}")
-            log.warning("skipping %s/%s: %s", item.case_id, item.phase, prepared)
-        elif item.case_id in val_ids:
-            val_items.append(prepared)
-        else:
-            train_items.append(prepared)
+    for cache in dict.fromkeys(c for _, c, _ in jobs):  # one preparation pass per cache folder
+        group = [(v, is_val) for v, c, is_val in jobs if c == cache]
+        prepared_all = prepare_all([v for v, _ in group], pre, cache, config.workers, show=progress is not None)
+        for (item, prepared), (_, is_val) in zip(prepared_all, group):
+            if isinstance(prepared, Exception):  # a case the pipeline cannot read is reported, not fatal
+                skipped.append(f"{item.case_id}/{item.phase}: {prepared}")
+                log.warning("skipping %s/%s: %s", item.case_id, item.phase, prepared)
+            elif is_val:
+                val_items.append(prepared)
+            else:
+                train_items.append(prepared)
     if not train_items:
         raise ValueError(f"no usable training volumes in {cohort_dir} ({len(skipped)} skipped: {skipped[:3]})")
     t_prep = time.monotonic() - t_start
@@ -535,8 +562,11 @@ def train_segmenter(cohort_dir: Path, out_dir: Path, config: TrainConfig | None 
     metadata = ModelMetadata(
         kind="segmenter", version=str(version), name=MODEL_NAME,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        training_data={"source": "synthetic", "fingerprint": cohort.fingerprint(used), "cases": len(used),
-                       "volumes": len(train_items) + len(val_items), "cohort": Path(cohort_dir).name},
+        training_data={"source": "synthetic", "fingerprint": cohort.fingerprint(used),
+                       "cases": len(used) + sum(len(e.case_ids) for e in extras),
+                       "volumes": len(train_items) + len(val_items), "cohort": Path(cohort_dir).name,
+                       **({"extra_cohorts": [{"cohort": e.root.name, "fingerprint": e.fingerprint(),
+                                              "cases": len(e.case_ids)} for e in extras]} if extras else {})},
         metrics={"val_median_dice": metrics["validation"]["median_dice"]},
         code_version=_git_describe(), parent_version=parent_version,
         extra={"framework": "keras", "architecture": f"3D U-Net depth {config.depth}, "

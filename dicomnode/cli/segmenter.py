@@ -40,6 +40,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                                  help="At inference also predict on the left-right mirrored volume and average (2× time)."),
         hypodense_share: float = typer.Option(0.0, "--hypodense-share", min=0.0, max=1.0,
                                               help="Share of hematoma patches centred on its hypodense part (blend sign, black hole)."),
+        hypodense_weight: float = typer.Option(1.0, "--hypodense-weight", min=1.0,
+                                               help="Cross-entropy weight of hypodense hematoma voxels (1 = unweighted)."),
+        extra_cohort: Optional[list[Path]] = typer.Option(None, "--extra-cohort", exists=True, file_okay=False,
+                                                          help="Another cohort whose cases all train (repeatable); validation stays --cohort's."),
         max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this wall time; keep the best epoch."),
         threads: Optional[int] = typer.Option(None, "--threads", help="TensorFlow CPU threads (default: all allowed CPUs)."),
         workers: int = typer.Option(1, "--workers", min=1, help="Processes preparing volumes before training."),
@@ -60,8 +64,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
                               learning_rate=learning_rate, base_filters=base_filters, val_fraction=val_fraction,
                               seed=seed, max_minutes=max_minutes, threads=threads, workers=workers,
-                              init_from=init_from, hypodense_share=hypodense_share, preprocess=pre)
-            result = train(cohort, out, cfg, version=version, parent_version=parent_version, cache_dir=cache)
+                              init_from=init_from, hypodense_share=hypodense_share,
+                              hypodense_weight=hypodense_weight, preprocess=pre)
+            result = train(cohort, out, cfg, version=version, parent_version=parent_version, cache_dir=cache,
+                           extra_cohorts=extra_cohort or ())
         except (ValueError, FileNotFoundError, FileExistsError) as exc:
             raise _fail(str(exc))
         typer.echo(f"model {result.metadata.name} v{result.metadata.version} → {result.model_dir}")

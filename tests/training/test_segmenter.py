@@ -157,8 +157,8 @@ def test_augmented_patches_keep_label_aligned_with_image():
     label = (image > 0).astype(np.float32)
     item = Prepared("k", image, label, np.ones(image.shape, bool))
     for _ in range(10):
-        x, y = sample_patch(item, (24, 24, 24), rng, lesion_prob=1.0)
-        assert x.shape == y.shape == (24, 24, 24)
+        x, y, w = sample_patch(item, (24, 24, 24), rng, lesion_prob=1.0)
+        assert x.shape == y.shape == w.shape == (24, 24, 24) and (w == 1).all()
         assert y.sum() > 0
         # bright voxels and label coincide after rotation/scaling/flip (intensity jitter aside)
         assert np.corrcoef((x > 0.3).ravel(), (y > 0.5).ravel())[0, 1] > 0.9
@@ -175,7 +175,7 @@ def test_hard_negative_patches_are_centred_on_intraventricular_blood():
     image[label > 0] = image[negative] = 0.55
     item = Prepared("k", image, label, np.ones(image.shape, bool), negative)
     for _ in range(8):
-        x, y = sample_patch(item, (24, 24, 24), rng, lesion_prob=0.0, negative_prob=1.0, augment=False)
+        x, y, _ = sample_patch(item, (24, 24, 24), rng, lesion_prob=0.0, negative_prob=1.0, augment=False)
         assert (x > 0.5).sum() > 100 and y.sum() == 0
     # without the negative mask (old caches) the same call falls back to brain-centred patches
     plain = Prepared("k", image, label, np.ones(image.shape, bool))
@@ -192,10 +192,48 @@ def test_hypodense_share_centres_hematoma_patches_on_the_hypodense_part():
     item = Prepared("k", image, label, np.ones(image.shape, bool))
     assert hypodense_hematoma(item).sum() == 64
     def pocket_seen(share):
-        x, _ = sample_patch(item, (16, 16, 16), rng, lesion_prob=1.0, hypodense_share=share, augment=False)
+        x, _, _ = sample_patch(item, (16, 16, 16), rng, lesion_prob=1.0, hypodense_share=share, augment=False)
         return bool(((x > 0.35) & (x < 0.45)).any())
     assert all(pocket_seen(1.0) for _ in range(10))
     assert sum(pocket_seen(0.0) for _ in range(20)) < 5
+
+
+def test_hypodense_weight_marks_the_hypodense_blood_and_nothing_else():
+    """The loss weight is hypodense_weight on the hypodense pocket (moved with the augmentation), 1 on the
+    rest of the clot and on brain; the default weight leaves the random stream of older models alone."""
+    image = np.full((48, 48, 48), 0.25, np.float32)          # brain ≈ 30 HU
+    label = np.zeros(image.shape, np.float32)
+    label[10:38, 10:38, 10:38] = 1.0
+    image[label > 0] = 0.55                                  # clot ≈ 66 HU
+    image[10:20, 10:38, 10:38] = 0.33                        # its hypodense part (≈ 40 HU), reaching the margin
+    item = Prepared("k", image, label, np.ones(image.shape, bool))
+    rng = np.random.default_rng(4)
+    for _ in range(6):
+        x, y, w = sample_patch(item, (24, 24, 24), rng, lesion_prob=1.0, hypodense_weight=5.0)
+        assert w.min() >= 1.0 and w.max() <= 5.0
+        hypo = (y > 0.99) & (np.abs(x - 0.33) < 0.03)  # clearly inside the pocket (jitter ±5 %)
+        dense = (y > 0.99) & (x > 0.5)
+        if hypo.any():
+            assert np.median(w[hypo]) > 4.5
+        assert np.median(w[dense]) == 1.0 and np.median(w[y < 0.01]) == 1.0
+    a = [sample_patch(item, (24, 24, 24), np.random.default_rng(7))[0] for _ in range(2)]
+    b = [sample_patch(item, (24, 24, 24), np.random.default_rng(7), hypodense_weight=3.0)[0] for _ in range(2)]
+    assert all(np.array_equal(p, q) for p, q in zip(a, b))
+
+
+def test_weighted_loss_charges_misses_on_heavier_voxels_more():
+    from training.segmenter import dice_bce_loss
+
+    y = np.ones((1, 4, 4, 4, 1), np.float32)
+    p = np.full(y.shape, 0.9, np.float32)
+    p[0, 0] = 0.1                                             # a confident miss on one slab
+    w = np.ones(y.shape, np.float32)
+    plain = float(dice_bce_loss(y, p))
+    assert float(dice_bce_loss(y, p, w)) == pytest.approx(plain, rel=1e-6)
+    w[0, 0] = 5.0
+    assert float(dice_bce_loss(y, p, w)) > plain + 0.5
+    w[0, 0], w[0, 1] = 1.0, 5.0                               # the weight on voxels it got right costs little
+    assert float(dice_bce_loss(y, p, w)) < plain + 0.2
 
 
 def test_split_is_case_level_and_deterministic():
@@ -260,3 +298,26 @@ def test_fine_tuning_starts_from_a_parent_model(trained):
     child = train_segmenter(cohort, result.model_dir.parent / "4", cfg, parent_version="3", progress=out.append)
     assert ModelMetadata.read(child.model_dir).parent_version == "3"
     assert any("starting from the weights" in line for line in out)
+
+
+def test_extra_cohorts_only_train_and_are_recorded(trained, tmp_path):
+    """`--extra-cohort` adds training cases (same case ids as the first cohort's: kept apart), validation
+    stays the first cohort's split, and the metadata names both cohorts."""
+    from dicomnode.cli import app
+
+    cohort, result, _ = trained
+    extra = write_cohort(tmp_path / "extra", 2, seed=1)  # case1_00, case1_01: the ids of the first cohort
+    out = result.model_dir.parent / "5"
+    res = CliRunner().invoke(app, ["train", "segmenter", "--cohort", str(cohort), "--extra-cohort", str(extra),
+                                   "--out", str(out), "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "1",
+                                   "--spacing", "4", "--patch", "16", "--base-filters", "4", "--val-fraction", "0.25",
+                                   "--hypodense-weight", "4", "--threads", "2", "--no-tta"])
+    assert res.exit_code == 0, res.output
+    meta = ModelMetadata.read(out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["validation"]["cases"] == 1 and metrics["train_volumes"] == 3 + 2
+    assert meta.training_data["cases"] == 6
+    assert meta.training_data["extra_cohorts"] == [{"cohort": "extra", "fingerprint": read_cohort(extra).fingerprint(),
+                                                    "cases": 2}]
+    assert metrics["train_config"]["hypodense_weight"] == 4.0
+    assert len(list((extra / ".cache" / "segmenter").glob("*.npz"))) == 2  # each cohort keeps its own cache
