@@ -28,12 +28,14 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 
 from pipeline.models import ModelMetadata
-from pipeline.segment.cnn import WEIGHTS_FILE, build_unet, configure_threads, device, predict_grid
-from pipeline.segment.preprocess import PreprocessConfig, label_to_model_grid, to_model_grid
+from pipeline.segment.config import PreprocessConfig
+from pipeline.segment.network import WEIGHTS_FILE, build_unet, configure_threads, device, predict_grid
+
+# no SimpleITK, pydicom or TensorFlow at import: the training loop also runs on a lent GPU machine that
+# has none of them (training.segmenter_bundle); only preparing volumes from DICOM needs them
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +147,10 @@ def prepare_volume(item: CohortVolume, config: PreprocessConfig, cache_dir: Path
         with np.load(path) as z:
             return Prepared(key, z["image"].astype(np.float32), z["label"].astype(np.float32), z["brain"],
                             z["negative"], width)
+    import SimpleITK as sitk
+
     from pipeline.brain import extract_brain
+    from pipeline.segment.preprocess import label_to_model_grid, to_model_grid
     from pipeline.volume import load_series
 
     volume = load_series(item.series_dir).volume
@@ -268,11 +273,31 @@ def sample_patch(item: Prepared, patch: tuple[int, int, int], rng: np.random.Gen
     return image.astype(np.float32), np.clip(label, 0, 1).astype(np.float32), weight
 
 
+def _make_batch(items: list[Prepared], patch: tuple[int, int, int], batch_size: int, rng: np.random.Generator,
+                **kw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    xs, ys, ws = zip(*(sample_patch(items[rng.integers(len(items))], patch, rng, **kw) for _ in range(batch_size)))
+    return np.stack(xs)[..., None], np.stack(ys)[..., None], np.stack(ws)[..., None]
+
+
+def _sampler_process(items, patch, batch_size, seed, kw, out) -> None:
+    rng = np.random.default_rng(seed)
+    try:
+        while True:
+            out.put(_make_batch(items, patch, batch_size, rng, **kw))
+    except Exception as exc:  # noqa: BLE001 - handed to the trainer, which raises it
+        out.put(RuntimeError(f"{type(exc).__name__}: {exc}"))
+
+
 def batches(items: list[Prepared], patch: tuple[int, int, int], batch_size: int, seed: int,
             augment: bool = True, prefetch: int = 4, hypodense_share: float = 0.0,
-            hypodense_weight: float = 1.0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            hypodense_weight: float = 1.0, workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Endless (image, label, weight) batches made in a background thread (numpy/scipy release the GIL
-    while TF trains)."""
+    while TF trains), or with ``workers`` > 0 in that many forked processes (seeds ``[seed, k]``): a GPU
+    step is faster than one core can cut patches."""
+    kw = dict(augment=augment, hypodense_share=hypodense_share, hypodense_weight=hypodense_weight)
+    if workers > 0:
+        yield from _process_batches(items, patch, batch_size, seed, kw, workers, prefetch)
+        return
     q: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
 
@@ -280,10 +305,7 @@ def batches(items: list[Prepared], patch: tuple[int, int, int], batch_size: int,
         rng = np.random.default_rng(seed)
         while not stop.is_set():
             try:
-                xs, ys, ws = zip(*(sample_patch(items[rng.integers(len(items))], patch, rng, augment=augment,
-                                                hypodense_share=hypodense_share, hypodense_weight=hypodense_weight)
-                                   for _ in range(batch_size)))
-                batch = (np.stack(xs)[..., None], np.stack(ys)[..., None], np.stack(ws)[..., None])
+                batch = _make_batch(items, patch, batch_size, rng, **kw)
             except Exception as exc:  # hand the error to the trainer instead of letting it wait forever
                 q.put(exc)
                 return
@@ -306,6 +328,29 @@ def batches(items: list[Prepared], patch: tuple[int, int, int], batch_size: int,
         stop.set()
 
 
+def _process_batches(items, patch, batch_size, seed, kw, workers, prefetch):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")  # the volumes are inherited, not pickled to each worker
+    out = ctx.Queue(maxsize=max(prefetch, 2 * workers))
+    procs = [ctx.Process(target=_sampler_process, args=(items, patch, batch_size, [seed, k], kw, out),
+                         daemon=True, name=f"patch-sampler-{k}") for k in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        while True:
+            batch = out.get()
+            if isinstance(batch, Exception):
+                raise RuntimeError(f"patch sampler failed: {batch}") from batch
+            yield batch
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join(timeout=5)
+        out.close()
+
+
 # ------------------------------------------------------------------------------------------ metrics
 
 
@@ -319,14 +364,20 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
 def dice_bce_loss(y_true, y_pred, weight=None):
     """Soft Dice over the whole batch (stable when patches hold no hematoma) + binary cross-entropy,
     each voxel's cross-entropy times ``weight`` (1 when None: the plain mean)."""
-    import tensorflow as tf
+    from keras import ops
 
-    y_pred = tf.clip_by_value(y_pred, 1e-6, 1.0 - 1e-6)
-    inter = tf.reduce_sum(y_true * y_pred)
-    soft_dice = (2.0 * inter + 1.0) / (tf.reduce_sum(y_true) + tf.reduce_sum(y_pred) + 1.0)
-    ce = y_true * tf.math.log(y_pred) + (1.0 - y_true) * tf.math.log(1.0 - y_pred)
-    bce = -tf.reduce_mean(ce if weight is None else weight * ce)
+    y_pred = ops.clip(y_pred, 1e-6, 1.0 - 1e-6)
+    inter = ops.sum(y_true * y_pred)
+    soft_dice = (2.0 * inter + 1.0) / (ops.sum(y_true) + ops.sum(y_pred) + 1.0)
+    ce = y_true * ops.log(y_pred) + (1.0 - y_true) * ops.log(1.0 - y_pred)
+    bce = -ops.mean(ce if weight is None else weight * ce)
     return (1.0 - soft_dice) + bce
+
+
+def packed_loss(target, y_pred):
+    """:func:`dice_bce_loss` with the label and the voxel weight packed as two channels of one target
+    (Keras' ``compile``/``train_on_batch`` pass one target, on every backend)."""
+    return dice_bce_loss(target[..., :1], y_pred, target[..., 1:])
 
 
 # --------------------------------------------------------------------------------------- training
@@ -350,6 +401,7 @@ class TrainConfig:
     init_from: Path | None = None        # a model directory whose weights training starts from
     hypodense_share: float = 0.0         # of hematoma-centred patches, centred on hypodense blood (sample_patch)
     hypodense_weight: float = 1.0        # cross-entropy weight of hypodense hematoma voxels (sample_patch)
+    sampler_workers: int = 0             # processes making patches (0: one thread; a GPU needs several)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
 
@@ -424,14 +476,17 @@ def fit(train_items: list[Prepared], val_items: list[Prepared], config: TrainCon
         say: Callable[[str], None] = print, deadline: float | None = None) -> dict:
     """The training loop: patches → Dice+BCE → Adam; whole-volume validation Dice after each epoch;
     the best epoch's model is saved to ``weights``. ``deadline`` (time.monotonic) stops it early."""
+    pre = config.preprocess
+    # sampler processes fork before the backend starts its threads (and never touch it)
+    stream = batches(train_items, tuple(pre.patch), config.batch_size, config.seed,
+                     hypodense_share=config.hypodense_share, hypodense_weight=config.hypodense_weight,
+                     workers=config.sampler_workers)
     configure_threads(config.threads)  # TensorFlow starts only now: preparation workers never see it
     import keras
-    import tensorflow as tf
 
     keras.utils.set_random_seed(config.seed)
-    pre = config.preprocess
-    say(f"training on {device()}: {len(train_items)} volumes, patch {pre.patch}, batch {config.batch_size}, "
-        f"{config.epochs}×{config.steps_per_epoch} steps")
+    say(f"training on {device()} ({keras.backend.backend()}): {len(train_items)} volumes, patch {pre.patch}, "
+        f"batch {config.batch_size}, {config.epochs}×{config.steps_per_epoch} steps")
     if config.init_from is not None:  # fine-tune a parent version instead of starting from scratch
         model = keras.models.load_model(Path(config.init_from) / WEIGHTS_FILE, compile=False)
         say(f"starting from the weights of {config.init_from}")
@@ -439,27 +494,18 @@ def fit(train_items: list[Prepared], val_items: list[Prepared], config: TrainCon
         model = build_unet(config.base_filters, config.depth, norm=config.norm)
     total = max(1, config.epochs * config.steps_per_epoch)
     schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, total, alpha=0.05)
-    optimizer = keras.optimizers.Adam(schedule)
-    optimizer.build(model.trainable_variables)
-
-    @tf.function(reduce_retracing=True)
-    def step(x, y, w):
-        with tf.GradientTape() as tape:
-            loss = dice_bce_loss(y, model(x, training=True), w)
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
+    # Keras' own train step (compiled by TensorFlow, plain PyTorch elsewhere): no backend code of ours
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=packed_loss, jit_compile=False)
 
     history, best, best_epoch, stopped = [], -float("inf"), 0, None
     pick = np.random.default_rng(config.seed).permutation(len(train_items))[: config.calibration_volumes]
     calibration = [train_items[i] for i in sorted(pick)]
-    stream = batches(train_items, tuple(pre.patch), config.batch_size, config.seed,
-                     hypodense_share=config.hypodense_share, hypodense_weight=config.hypodense_weight)
     for epoch in range(1, config.epochs + 1):
         t0, losses = time.monotonic(), []
         for _ in range(config.steps_per_epoch):
             x, y, w = next(stream)
-            losses.append(float(step(tf.constant(x), tf.constant(y), tf.constant(w))))
+            losses.append(float(model.train_on_batch(x, np.concatenate([y, w], axis=-1))))
+        t_steps = time.monotonic() - t0
         calibrate_batchnorm(model, calibration)
         # epochs are compared without test-time flips (half the time; the ranking is what counts);
         # the threshold below is tuned the way inference will run, flips included
@@ -472,7 +518,7 @@ def fit(train_items: list[Prepared], val_items: list[Prepared], config: TrainCon
             model.save(weights)
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_median_dice": val_dice,
                         "val_mean_dice": float(np.mean(val)) if val else float("nan"),
-                        "seconds": round(time.monotonic() - t0, 1)})
+                        "seconds": round(time.monotonic() - t0, 1), "train_seconds": round(t_steps, 1)})
         say(f"epoch {epoch}/{config.epochs}  loss {np.mean(losses):.4f}  val median Dice {val_dice:.4f}"
             f"{'  *best*' if improved else ''}  ({time.monotonic() - t0:.0f} s)")
         if deadline is not None and time.monotonic() > deadline:
@@ -490,6 +536,60 @@ def fit(train_items: list[Prepared], val_items: list[Prepared], config: TrainCon
             "threshold": threshold, "threshold_table": table}
 
 
+@dataclass
+class TrainingSet:
+    """The prepared volumes of one training run, and what ``metadata.json`` says they came from."""
+
+    train: list[Prepared]
+    val: list[Prepared]
+    training_data: dict           # ModelMetadata.training_data: cohorts, fingerprints, case counts
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0          # spent preparing
+
+
+def prepare_training_set(cohort_dir: Path, config: TrainConfig, *, extra_cohorts: Sequence[Path] = (),
+                         cache_dir: Path | None = None, say: Callable[[str], None] = print, show: bool = True,
+                         train_phases: tuple[str, ...] = ("baseline", "followup")) -> TrainingSet:
+    """Read the cohorts, split the first one by case (validation: baselines only, like the evaluation),
+    prepare every volume through the runtime's own preprocessing (cached)."""
+    t_start = time.monotonic()
+    cohort = read_cohort(cohort_dir)
+    train_ids, val_ids = split_cases(cohort.case_ids, config.val_fraction, config.seed)
+    explicit_cache = cache_dir is not None
+    cache_dir = Path(cache_dir) if cache_dir else Path(cohort_dir) / ".cache" / "segmenter"
+    extras = [read_cohort(d) for d in extra_cohorts]
+    jobs = [(v, cache_dir, v.case_id in val_ids) for v in cohort.volumes
+            if (v.phase == "baseline" if v.case_id in val_ids else v.phase in train_phases)]
+    for extra in extras:
+        jobs += [(v, Path(cache_dir) if explicit_cache else extra.root / ".cache" / "segmenter", False)
+                 for v in extra.volumes if v.phase in train_phases]
+    say(f"preparing {len(jobs)} volumes ({len(train_ids)} train / {len(val_ids)} validation cases"
+        f"{f', {sum(len(e.case_ids) for e in extras)} more training cases from {len(extras)} other cohort(s)' if extras else ''}"
+        f", {config.workers} worker(s))")
+    train_items, val_items, skipped = [], [], []
+    for cache in dict.fromkeys(c for _, c, _ in jobs):  # one preparation pass per cache folder
+        group = [(v, is_val) for v, c, is_val in jobs if c == cache]
+        prepared_all = prepare_all([v for v, _ in group], config.preprocess, cache, config.workers, show=show)
+        for (item, prepared), (_, is_val) in zip(prepared_all, group):
+            if isinstance(prepared, Exception):  # a case the pipeline cannot read is reported, not fatal
+                skipped.append(f"{item.case_id}/{item.phase}: {prepared}")
+                log.warning("skipping %s/%s: %s", item.case_id, item.phase, prepared)
+            elif is_val:
+                val_items.append(prepared)
+            else:
+                train_items.append(prepared)
+    if not train_items:
+        raise ValueError(f"no usable training volumes in {cohort_dir} ({len(skipped)} skipped: {skipped[:3]})")
+    used = set(train_ids) | set(val_ids)
+    data = {"source": "synthetic", "fingerprint": cohort.fingerprint(used),
+            "cases": len(used) + sum(len(e.case_ids) for e in extras),
+            "volumes": len(train_items) + len(val_items), "cohort": Path(cohort_dir).name}
+    if extras:
+        data["extra_cohorts"] = [{"cohort": e.root.name, "fingerprint": e.fingerprint(), "cases": len(e.case_ids)}
+                                 for e in extras]
+    return TrainingSet(train_items, val_items, data, skipped, time.monotonic() - t_start)
+
+
 def train_segmenter(cohort_dir: Path, out_dir: Path, config: TrainConfig | None = None, *,
                     version: str | None = None, parent_version: str | None = None,
                     cache_dir: Path | None = None, progress: Callable[[str], None] | None = print,
@@ -503,70 +603,45 @@ def train_segmenter(cohort_dir: Path, out_dir: Path, config: TrainConfig | None 
     out_dir = Path(out_dir)
     if (out_dir / "metadata.json").exists():
         raise FileExistsError(f"{out_dir} already holds a model; choose a new version directory")
-    version = version or (out_dir.name if out_dir.name.isdigit() else "1")
     t_start = time.monotonic()
-    cohort = read_cohort(cohort_dir)
-    train_ids, val_ids = split_cases(cohort.case_ids, config.val_fraction, config.seed)
-    explicit_cache = cache_dir is not None
-    cache_dir = Path(cache_dir) if cache_dir else Path(cohort_dir) / ".cache" / "segmenter"
-    pre = config.preprocess
-    extras = [read_cohort(d) for d in extra_cohorts]
-    # validation runs on baselines only, like the evaluation
-    jobs = [(v, cache_dir, v.case_id in val_ids) for v in cohort.volumes
-            if v.case_id not in val_ids or v.phase == "baseline"]
-    for extra in extras:
-        jobs += [(v, Path(cache_dir) if explicit_cache else extra.root / ".cache" / "segmenter", False)
-                 for v in extra.volumes]
-    say(f"preparing {len(jobs)} volumes ({len(train_ids)} train / {len(val_ids)} validation cases"
-        f"{f', {sum(len(e.case_ids) for e in extras)} more training cases from {len(extras)} other cohort(s)' if extras else ''}"
-        f", {config.workers} worker(s))")
-    train_items, val_items, skipped = [], [], []
-    for cache in dict.fromkeys(c for _, c, _ in jobs):  # one preparation pass per cache folder
-        group = [(v, is_val) for v, c, is_val in jobs if c == cache]
-        prepared_all = prepare_all([v for v, _ in group], pre, cache, config.workers, show=progress is not None)
-        for (item, prepared), (_, is_val) in zip(prepared_all, group):
-            if isinstance(prepared, Exception):  # a case the pipeline cannot read is reported, not fatal
-                skipped.append(f"{item.case_id}/{item.phase}: {prepared}")
-                log.warning("skipping %s/%s: %s", item.case_id, item.phase, prepared)
-            elif is_val:
-                val_items.append(prepared)
-            else:
-                train_items.append(prepared)
-    if not train_items:
-        raise ValueError(f"no usable training volumes in {cohort_dir} ({len(skipped)} skipped: {skipped[:3]})")
-    t_prep = time.monotonic() - t_start
-
+    data = prepare_training_set(cohort_dir, config, extra_cohorts=extra_cohorts, cache_dir=cache_dir, say=say,
+                                show=progress is not None)
     out_dir.mkdir(parents=True, exist_ok=True)
     deadline = t_start + config.max_minutes * 60 if config.max_minutes is not None else None
     t_train = time.monotonic()
-    fitted = fit(train_items, val_items, config, out_dir / WEIGHTS_FILE, say, deadline)
-    history, best, best_epoch, stopped = fitted["history"], fitted["best"], fitted["best_epoch"], fitted["stopped"]
-    pre = replace(pre, threshold=fitted["threshold"])
-    config = replace(config, preprocess=pre)
-    t_total = time.monotonic() - t_start
+    fitted = fit(data.train, data.val, config, out_dir / WEIGHTS_FILE, say, deadline)
+    seconds = {"prepare": round(data.seconds, 1), "train": round(time.monotonic() - t_train, 1),
+               "total": round(time.monotonic() - t_start, 1)}
+    return write_model_dir(out_dir, data, config, fitted, seconds=seconds, device_name=device(),
+                           version=version, parent_version=parent_version, say=say)
 
-    used = set(train_ids) | set(val_ids)
+
+def write_model_dir(out_dir: Path, data: TrainingSet, config: TrainConfig, fitted: dict, *, seconds: dict,
+                    device_name: str, version: str | None = None, parent_version: str | None = None,
+                    say: Callable[[str], None] = print) -> TrainResult:
+    """Everything beside the weights (``out_dir/model.keras``, written by :func:`fit`): preprocess.json
+    with the tuned threshold, metadata.json, metrics.json, the model card."""
+    out_dir = Path(out_dir)
+    version = version or (out_dir.name if out_dir.name.isdigit() else "1")
+    history, best, best_epoch, stopped = fitted["history"], fitted["best"], fitted["best_epoch"], fitted["stopped"]
+    pre = replace(config.preprocess, threshold=fitted["threshold"])
+    config = replace(config, preprocess=pre)
     metrics = {
         "validation": {"median_dice": best, "best_epoch": best_epoch, "threshold": pre.threshold,
                        "dice_by_threshold": fitted["threshold_table"],
-                       "cases": len(val_items), "grid": f"model grid {pre.spacing_mm} mm"},
-        "train_volumes": len(train_items),
-        "skipped": skipped,
+                       "cases": len(data.val), "grid": f"model grid {pre.spacing_mm} mm"},
+        "train_volumes": len(data.train),
+        "skipped": data.skipped,
         "history": history,
         "stopped_early": stopped,
-        "seconds": {"prepare": round(t_prep, 1), "train": round(time.monotonic() - t_train, 1),
-                    "total": round(t_total, 1)},
-        "device": device(),
+        "seconds": seconds,
+        "device": device_name,
         "train_config": {k: v for k, v in asdict(config).items() if k != "preprocess"},
     }
     metadata = ModelMetadata(
         kind="segmenter", version=str(version), name=MODEL_NAME,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        training_data={"source": "synthetic", "fingerprint": cohort.fingerprint(used),
-                       "cases": len(used) + sum(len(e.case_ids) for e in extras),
-                       "volumes": len(train_items) + len(val_items), "cohort": Path(cohort_dir).name,
-                       **({"extra_cohorts": [{"cohort": e.root.name, "fingerprint": e.fingerprint(),
-                                              "cases": len(e.case_ids)} for e in extras]} if extras else {})},
+        training_data=data.training_data,
         metrics={"val_median_dice": metrics["validation"]["median_dice"]},
         code_version=_git_describe(), parent_version=parent_version,
         extra={"framework": "keras", "architecture": f"3D U-Net depth {config.depth}, "
@@ -578,7 +653,7 @@ def train_segmenter(cohort_dir: Path, out_dir: Path, config: TrainConfig | None 
     metadata.write(out_dir)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     write_model_card(out_dir, metadata, metrics, config)
-    say(f"wrote {out_dir} (best val median Dice {best} at epoch {best_epoch}, {t_total / 60:.1f} min)")
+    say(f"wrote {out_dir} (best val median Dice {best} at epoch {best_epoch}, {seconds.get('total', 0) / 60:.1f} min)")
     return TrainResult(out_dir, metrics, metadata)
 
 

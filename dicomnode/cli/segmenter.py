@@ -84,7 +84,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         threads: Optional[int] = typer.Option(None, "--threads"),
     ) -> None:
         """Dice, volume error and Bland–Altman plot on held-out cases; false positives on a normal head."""
-        from pipeline.segment.cnn import configure_threads
+        from pipeline.segment.network import configure_threads
         from training.evaluate_segmenter import evaluate_segmenter as evaluate
 
         configure_threads(threads)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
-from pipeline.volume import Volume
+if TYPE_CHECKING:  # only named here: the package then imports without SimpleITK (pipeline.segment.network)
+    from pipeline.volume import Volume
 
 
 @runtime_checkable

@@ -14,7 +14,8 @@ import SimpleITK as sitk
 from pipeline.brain import extract_brain
 from pipeline.models import ModelMetadata
 from pipeline.segment import load_segmenter
-from pipeline.segment.cnn import WEIGHTS_FILE, CNNSegmenter, build_unet, predict_grid
+from pipeline.segment.cnn import WEIGHTS_FILE, CNNSegmenter
+from pipeline.segment.network import build_unet, predict_grid
 from pipeline.segment.preprocess import (
     PreprocessConfig,
     from_model_grid,
@@ -179,7 +180,7 @@ def test_unet_is_small_and_fully_convolutional(tmp_path):
 
 
 def test_threads_are_bounded_before_tensorflow_starts():
-    code = ("from pipeline.segment.cnn import configure_threads; import tensorflow as tf; "
+    code = ("from pipeline.segment.network import configure_threads; import tensorflow as tf; "
             "n = configure_threads(); tf.constant(1.0) + 1; "
             "print(n, tf.config.threading.get_intra_op_parallelism_threads(), "
             "tf.config.threading.get_inter_op_parallelism_threads())")
@@ -239,7 +240,7 @@ def test_batched_tiles_give_the_shipped_model_its_one_call_per_tile_answer(ct_da
     probabilities (float32 noise), same mask."""
     from pipeline.analyze import _warm_volume
     from pipeline.models import ModelPaths
-    from pipeline.segment import cnn
+    from pipeline.segment import network
     from pipeline.volume import load_series
 
     seg = CNNSegmenter.load(ModelPaths.bundled().segmenter)
@@ -251,7 +252,7 @@ def test_batched_tiles_give_the_shipped_model_its_one_call_per_tile_answer(ct_da
     def one_eager_call_per_tile(model, tiles):
         return [np.array(model(t[None, ..., None], training=False)[0, ..., 0], np.float32) for t in tiles]
 
-    monkeypatch.setattr(cnn, "_run_batch", one_eager_call_per_tile)
+    monkeypatch.setattr(network, "_run_batch", one_eager_call_per_tile)
     eager = [seg.predict_proba(v, b) for v, b in zip(volumes, brains)]
     assert all(b.sum() > 10000 for b in brains)
     assert (eager[1] >= seg.config.threshold).sum() > 250  # the 3 mL clot (≈ 310 voxels) is found
