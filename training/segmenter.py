@@ -629,6 +629,7 @@ def write_model_dir(out_dir: Path, data: TrainingSet, config: TrainConfig, fitte
     metrics = {
         "validation": {"median_dice": best, "best_epoch": best_epoch, "threshold": pre.threshold,
                        "dice_by_threshold": fitted["threshold_table"],
+                       **({"dice_tuned_threshold": fitted["dice_tuned_threshold"]} if "dice_tuned_threshold" in fitted else {}),
                        "cases": len(data.val), "grid": f"model grid {pre.spacing_mm} mm"},
         "train_volumes": len(data.train),
         "skipped": data.skipped,

@@ -102,12 +102,22 @@ def fit_bundle(bundle: Path, out_dir: Path, config: TrainConfig, say=print) -> d
 
 
 def finish(bundle: Path, fitted_dir: Path, out_dir: Path, *, version: str | None = None,
-           parent_version: str | None = None, refine: bool = True, tta: bool = True, say=print):
-    """The versioned model directory from a bundle and what ``fit`` wrote (another machine, maybe)."""
+           parent_version: str | None = None, refine: bool = True, tta: bool = True,
+           threshold: float | None = None, say=print):
+    """The versioned model directory from a bundle and what ``fit`` wrote (another machine, maybe).
+
+    ``threshold`` replaces the one ``fit`` tuned for validation Dice (e.g. one chosen for volume
+    agreement on other validation cases); metrics.json keeps both."""
     out_dir = Path(out_dir)
     if (out_dir / "metadata.json").exists():
         raise FileExistsError(f"{out_dir} already holds a model; choose a new version directory")
     record = json.loads((Path(fitted_dir) / FITTED_FILE).read_text())
+    if threshold is not None:
+        fitted = record["fitted"]
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        fitted["dice_tuned_threshold"], fitted["threshold"] = fitted["threshold"], threshold
+        fitted["best"] = fitted["threshold_table"].get(f"{threshold:.1f}", fitted["best"])
     data, pre = load(bundle)
     pre = replace(pre, patch=tuple(record["patch"]), refine=refine, tta_flips=((2,),) if tta else ())
     known = {f.name for f in fields(TrainConfig)}
@@ -115,6 +125,7 @@ def finish(bundle: Path, fitted_dir: Path, out_dir: Path, *, version: str | None
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(fitted_dir) / WEIGHTS_FILE, out_dir / WEIGHTS_FILE)
     seconds = {"prepare": round(data.seconds, 1), **record["seconds"]}
+    seconds["total"] = round(seconds["prepare"] + seconds["train"], 1)
     return write_model_dir(out_dir, data, config, record["fitted"], seconds=seconds, device_name=record["device"],
                            version=version, parent_version=parent_version, say=say)
 
@@ -146,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--out", type=Path, required=True)
     d.add_argument("--version", default=None)
     d.add_argument("--parent-version", default=None)
+    d.add_argument("--threshold", type=float, default=None, help="instead of the Dice-tuned one")
     a = ap.parse_args(argv)
     if a.cmd == "pack":
         from training.segmenter import prepare_training_set
@@ -164,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                              preprocess=PreprocessConfig(patch=(a.patch,) * 3))
         fit_bundle(a.bundle, a.out, config)
     else:
-        finish(a.bundle, a.fitted, a.out, version=a.version, parent_version=a.parent_version)
+        finish(a.bundle, a.fitted, a.out, version=a.version, parent_version=a.parent_version, threshold=a.threshold)
     return 0
 
 

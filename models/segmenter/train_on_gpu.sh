@@ -15,11 +15,12 @@ fi
 export KERAS_BACKEND=torch PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 EPOCHS=${EPOCHS:-12}
-python3 -m training.segmenter_bundle fit --bundle "$BUNDLE" --out /tmp/pilot --epochs 2 --steps-per-epoch 20 "$@" \
+PILOT=$(mktemp -d)   # one per run: two runs side by side must not share it
+python3 -m training.segmenter_bundle fit --bundle "$BUNDLE" --out "$PILOT" --epochs 2 --steps-per-epoch 20 "$@" \
   > "$OUT/pilot.txt" 2>&1 || { cat "$OUT/pilot.txt"; exit 1; }
-STEPS=$(python3 - "$MINUTES" "$EPOCHS" <<'PY'
+STEPS=$(python3 - "$MINUTES" "$EPOCHS" "$PILOT" <<'PY'
 import json, sys
-h = json.load(open("/tmp/pilot/fitted.json"))["fitted"]["history"][-1]   # the warm second epoch
+h = json.load(open(sys.argv[3] + "/fitted.json"))["fitted"]["history"][-1]   # the warm second epoch
 step, val = h["train_seconds"] / 20, h["seconds"] - h["train_seconds"]
 minutes, epochs = float(sys.argv[1]), int(sys.argv[2])
 print(max(20, int((minutes * 60 / epochs - val) / step)))

@@ -73,6 +73,14 @@ def test_fit_and_finish_write_a_model_the_runtime_loads(packed):
     assert load_segmenter(out).predict_mask(vol, extract_brain(vol)).shape == vol.shape
     with pytest.raises(FileExistsError):
         B.finish(path, fitted, out)
+    # a threshold chosen elsewhere (volume agreement) replaces the Dice-tuned one; both are recorded
+    chosen = B.finish(path, fitted, root / "models" / "8", threshold=0.3, say=lambda _m: None)
+    assert PreprocessConfig.read(chosen.model_dir).threshold == 0.3
+    val = json.loads((chosen.model_dir / "metrics.json").read_text())["validation"]
+    assert val["threshold"] == 0.3 and val["dice_tuned_threshold"] == record["fitted"]["threshold"]
+    assert val["median_dice"] == val["dice_by_threshold"]["0.3"]
+    with pytest.raises(ValueError, match="threshold"):
+        B.finish(path, fitted, root / "models" / "9", threshold=1.5)
 
 
 def test_process_sampler_errors_reach_the_trainer():
