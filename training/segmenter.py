@@ -666,13 +666,16 @@ def write_model_card(out_dir: Path, metadata: ModelMetadata, metrics: dict, conf
 is claimed, and none has been measured on real hemorrhages.**
 
 - Task: voxel-wise intracerebral hematoma segmentation on non-contrast head CT, inside the brain mask.
-- Architecture: {metadata.extra['architecture']} (Keras 3 / TensorFlow), sigmoid output,
-  threshold {config.preprocess.threshold}.
+- Architecture: {metadata.extra['architecture']} (Keras 3; TensorFlow at inference), sigmoid output,
+  threshold {config.preprocess.threshold}{f" (validation Dice would pick {val['dice_tuned_threshold']})" if 'dice_tuned_threshold' in val else ''}.
 - Input: brain-extracted CT resampled to {config.preprocess.spacing_mm} mm isotropic, HU window
   {tuple(config.preprocess.window_hu)} → [0, 1] (`preprocess.json`, shared with the runtime).
 - Training: Dice + binary cross-entropy, Adam (lr {config.learning_rate}, cosine decay), patches
   {tuple(config.preprocess.patch)}, augmentation by rotation, scaling, left-right flip and intensity jitter;
-  60 % of patches centred on hematoma, 20 % on intraventricular blood (hard negatives), the rest on brain.
+  60 % of patches centred on hematoma, 20 % on intraventricular blood (hard negatives), the rest on brain{
+  f"; of the hematoma patches {config.hypodense_share:.0%} centred on its hypodense part" if config.hypodense_share else ""}{
+  f"; cross-entropy on hypodense hematoma voxels weighted {config.hypodense_weight:g}×" if config.hypodense_weight != 1 else ""}.
+  Trained on {metrics.get('device', '?')}, {config.epochs} × {config.steps_per_epoch} steps of batch {config.batch_size}.
 - Data: {metadata.training_data['cases']} synthetic cases (fingerprint `{metadata.training_data['fingerprint'][:16]}…`).
 - Validation (synthetic, model grid): median Dice {val['median_dice']} on {val['cases']} held-out volumes,
   best epoch {val['best_epoch']}.
