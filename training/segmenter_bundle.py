@@ -20,7 +20,6 @@ import argparse
 import io
 import json
 import lzma
-import shutil
 import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -123,7 +122,9 @@ def finish(bundle: Path, fitted_dir: Path, out_dir: Path, *, version: str | None
     known = {f.name for f in fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in record["train_config"].items() if k in known}, preprocess=pre)
     out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(Path(fitted_dir) / WEIGHTS_FILE, out_dir / WEIGHTS_FILE)
+    import keras  # re-saved without any optimizer state a fit may have stored beside the weights
+
+    keras.models.load_model(Path(fitted_dir) / WEIGHTS_FILE, compile=False).save(out_dir / WEIGHTS_FILE)
     seconds = {"prepare": round(data.seconds, 1), **record["seconds"]}
     seconds["total"] = round(seconds["prepare"] + seconds["train"], 1)
     return write_model_dir(out_dir, data, config, record["fitted"], seconds=seconds, device_name=record["device"],
