@@ -5,7 +5,7 @@
 # agreement on the issue-16 validation cohorts; the Dice-tuned one was 0.6). One command:
 #   models/segmenter/reproduce_v2.sh [OUT_MODEL_DIR]
 # The committed weights were fitted on a lent H200 with KERAS_BACKEND=torch in 6.4 min; the same fit runs
-# on TensorFlow's CPU kernels here, in about 1.5 h on 2 cores (patch sampling in SAMPLER_WORKERS processes).
+# on TensorFlow's CPU kernels here (estimated 1.5 h on 2 cores from 0.66 s per batch-4 step; not run).
 # A different backend, GPU or seed stream gives a similar, not bit-identical, model.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
