@@ -500,32 +500,34 @@ def fit(train_items: list[Prepared], val_items: list[Prepared], config: TrainCon
     history, best, best_epoch, stopped = [], -float("inf"), 0, None
     pick = np.random.default_rng(config.seed).permutation(len(train_items))[: config.calibration_volumes]
     calibration = [train_items[i] for i in sorted(pick)]
-    for epoch in range(1, config.epochs + 1):
-        t0, losses = time.monotonic(), []
-        for _ in range(config.steps_per_epoch):
-            x, y, w = next(stream)
-            losses.append(float(model.train_on_batch(x, np.concatenate([y, w], axis=-1))))
-        t_steps = time.monotonic() - t0
-        calibrate_batchnorm(model, calibration)
-        # epochs are compared without test-time flips (half the time; the ranking is what counts);
-        # the threshold below is tuned the way inference will run, flips included
-        val = validate(model, val_items, replace(pre, tta_flips=())) if val_items else []
-        val_dice = float(np.median(val)) if val else float("nan")
-        score = val_dice if val else -float(np.mean(losses))  # no validation set: lowest loss
-        improved = score > best
-        if improved:
-            best, best_epoch = score, epoch
-            model.save(weights)
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_median_dice": val_dice,
-                        "val_mean_dice": float(np.mean(val)) if val else float("nan"),
-                        "seconds": round(time.monotonic() - t0, 1), "train_seconds": round(t_steps, 1)})
-        say(f"epoch {epoch}/{config.epochs}  loss {np.mean(losses):.4f}  val median Dice {val_dice:.4f}"
-            f"{'  *best*' if improved else ''}  ({time.monotonic() - t0:.0f} s)")
-        if deadline is not None and time.monotonic() > deadline:
-            stopped = f"time cap of {config.max_minutes} min reached after epoch {epoch}"
-            say(stopped)
-            break
-    stream.close()
+    try:
+        for epoch in range(1, config.epochs + 1):
+            t0, losses = time.monotonic(), []
+            for _ in range(config.steps_per_epoch):
+                x, y, w = next(stream)
+                losses.append(float(model.train_on_batch(x, np.concatenate([y, w], axis=-1))))
+            t_steps = time.monotonic() - t0
+            calibrate_batchnorm(model, calibration)
+            # epochs are compared without test-time flips (half the time; the ranking is what counts);
+            # the threshold below is tuned the way inference will run, flips included
+            val = validate(model, val_items, replace(pre, tta_flips=())) if val_items else []
+            val_dice = float(np.median(val)) if val else float("nan")
+            score = val_dice if val else -float(np.mean(losses))  # no validation set: lowest loss
+            improved = score > best
+            if improved:
+                best, best_epoch = score, epoch
+                model.save(weights)
+            history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_median_dice": val_dice,
+                            "val_mean_dice": float(np.mean(val)) if val else float("nan"),
+                            "seconds": round(time.monotonic() - t0, 1), "train_seconds": round(t_steps, 1)})
+            say(f"epoch {epoch}/{config.epochs}  loss {np.mean(losses):.4f}  val median Dice {val_dice:.4f}"
+                f"{'  *best*' if improved else ''}  ({time.monotonic() - t0:.0f} s)")
+            if deadline is not None and time.monotonic() > deadline:
+                stopped = f"time cap of {config.max_minutes} min reached after epoch {epoch}"
+                say(stopped)
+                break
+    finally:  # sampler processes stop with the loop, also when it raises
+        stream.close()
     threshold, table = pre.threshold, {}
     if weights.is_file():  # without the optimizer's state: a third of the size, and nothing inference reads
         best_model = keras.models.load_model(weights, compile=False)
