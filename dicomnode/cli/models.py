@@ -1,4 +1,4 @@
-"""`ich-node models list|show|promote|rollback`: the model registry, for the admin."""
+"""`ich-node models list|show|add|promote|rollback`: the model registry, for the admin."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
-    """Add list/show/promote/rollback to the ``models`` group."""
+    """Add list/show/add/promote/rollback to the ``models`` group."""
     group = groups["models"]
 
     @group.command("list")
@@ -131,6 +131,30 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                 console.print(f"  {reason}", highlight=False)
         for e in events:
             console.print(f"  {e['time']}  {e['action']:<8} v{e.get('version')}  {e.get('reason') or ''}", highlight=False)
+
+    @group.command("add")
+    def add(
+        model_dir: Path = typer.Argument(..., exists=True, file_okay=False,
+                                         help="A model directory (metadata.json), e.g. models/segmenter/2 of a newer release."),
+        config: Optional[Path] = CONFIG_OPT,
+        data_dir: Optional[Path] = DATA_DIR_OPT,
+    ) -> None:
+        """Install MODEL_DIR as the next version of its kind; nothing is served until you promote it.
+
+        Why: bundled models come in only while a registry is empty, so a site that already serves one
+        gets a newer release's model this way (its number is the registry's next, not the release's)."""
+        from pipeline.models import ModelMetadata
+        from training.registry import RegistryError
+
+        reg = open_registry(resolve(config, data_dir))
+        try:
+            meta = ModelMetadata.read(model_dir)
+            v = reg.add(meta.kind, model_dir, extra={"added_from": f"{meta.name} v{meta.version}",
+                                                     "added_path": str(model_dir.resolve())})
+        except (RegistryError, FileNotFoundError, ValueError, KeyError) as exc:
+            raise fail(f"{model_dir}: {exc}")
+        typer.echo(f"{v.kind}: {meta.name} v{meta.version} added as version {v.version} (not served; "
+                   f"`ich-node models promote {v.kind}:{v.version}` serves it)")
 
     @group.command("promote")
     def promote(

@@ -195,3 +195,31 @@ def test_models_cli_list_show_promote_rollback(tmp_path: Path, monkeypatch: pyte
     assert out.exit_code == 1 and "no segmenter version 99" in out.output
     out = run(app, ["models", "promote", "2"])
     assert out.exit_code == 2 and "--kind" in out.output
+
+
+def test_models_cli_add_installs_a_newer_model_without_serving_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A site that already serves version 1 takes a newer release's model with `models add`: the next free
+    number (its own retrain may hold "2"), provenance recorded, served only after `promote`."""
+    from typer.testing import CliRunner
+
+    from dicomnode.cli import app
+
+    monkeypatch.setenv("ICH_NODE__NODE__DATA_DIR", str(tmp_path / "var"))
+    reg = Registry(tmp_path / "var" / "models")
+    reg.add("segmenter", make_model(tmp_path / "site-retrain", "segmenter", payload="site"))
+    served = reg.promoted()["segmenter"]
+    release = make_model(tmp_path / "release" / "2", "segmenter", "2", payload="release")
+    run = CliRunner().invoke
+    out = run(app, ["models", "add", str(release)])
+    assert out.exit_code == 0, out.output
+    new = str(max(int(v.version) for v in reg.versions("segmenter")))
+    assert f"added as version {new}" in out.output and "not served" in out.output
+    assert reg.promoted()["segmenter"] == served
+    v = reg.get("segmenter", new)
+    assert (v.path / "weights.bin").read_text() == "release" and v.metadata.version == new
+    assert v.metadata.extra["added_path"] == str(release.resolve())
+    assert run(app, ["models", "promote", f"segmenter:{new}"]).exit_code == 0
+    assert reg.promoted()["segmenter"] == new
+    (tmp_path / "empty").mkdir()
+    out = run(app, ["models", "add", str(tmp_path / "empty")])
+    assert out.exit_code == 1 and "metadata.json" in out.output
