@@ -162,9 +162,12 @@ def _open_and_load_sr(p: OhifPage, sample, f: dict, view: str) -> None:
     f["current_sop"] = p.current_sop() if p.js(
         "const e = window.cornerstone.getEnabledElements(); return e.length > 0 && !!e[0].viewport.getCurrentImageId"
         " && !!e[0].viewport.getCurrentImageId();") else None
-    try:  # software rendering: the measurement text or the text report appears some seconds after loading
-        wait_until(lambda: p.svg_text().strip() or re.search(r"hematoma|cannot assess", p.page_text(), re.I), 30,
-                   "SR text on the page")
+    try:  # software rendering: the measurement text or the text report appears some seconds after loading;
+        # wait for the volume drawn on the image itself (the side panel's "hematoma" came first once, under
+        # load, and the SVG layer was still empty when it was read)
+        wait_until(lambda: re.search(r"\d\s*m[lL]\b", p.svg_text()) or re.search(r"cannot assess|no (intracerebral )?hematoma",
+                                                                                   p.page_text(), re.I),
+                   45, "SR text on the page")
     except TimeoutError:
         pass  # recorded as what the page shows; the tests say what was expected
     f["svg_text"] = p.svg_text()
