@@ -31,7 +31,9 @@ def head_with_blob(rng: np.random.Generator):
     return hu.astype(np.float32), blob
 
 
-def write_series(hu: np.ndarray, folder: Path, patient: str) -> None:
+def write_series(hu: np.ndarray, folder: Path, patient: str, *, when: str | None = None,
+                 origin: tuple[float, float, float] = (-108.0, -108.0, -65.0)) -> None:
+    """One axial CT series of ``hu`` (z, y, x) at ``SPACING``, first slice at ``origin`` (x, y, z mm)."""
     folder.mkdir(parents=True)
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
     for k, sl in enumerate(hu):
@@ -41,9 +43,11 @@ def write_series(hu: np.ndarray, folder: Path, patient: str) -> None:
         ds = FileDataset(str(folder / f"{k:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
         ds.Modality, ds.PatientID, ds.PatientName = "CT", patient, ""
+        if when is not None:
+            ds.StudyDate, ds.StudyTime = when, "080000"
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-108.0, -108.0, -65.0 + k * SPACING[2]]
+        ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + k * SPACING[2]]
         ds.PixelSpacing = [SPACING[1], SPACING[0]]
         ds.SliceThickness = SPACING[2]
         ds.Rows, ds.Columns = sl.shape

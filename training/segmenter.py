@@ -319,13 +319,18 @@ def batches(items: list[Prepared], patch: tuple[int, int, int], batch_size: int,
     thread = threading.Thread(target=work, daemon=True, name="patch-sampler")
     thread.start()
     try:
-        while True:
-            batch = q.get()
-            if isinstance(batch, Exception):
-                raise RuntimeError(f"patch sampler failed: {batch}") from batch
-            yield batch
+        yield from _drain(q.get)
     finally:
         stop.set()
+
+
+def _drain(get) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The batches ``get`` hands over, until a sampler hands an error instead: then that error, raised here."""
+    while True:
+        batch = get()
+        if isinstance(batch, Exception):
+            raise RuntimeError(f"patch sampler failed: {batch}") from batch
+        yield batch
 
 
 def _process_batches(items, patch, batch_size, seed, kw, workers, prefetch):
@@ -338,11 +343,7 @@ def _process_batches(items, patch, batch_size, seed, kw, workers, prefetch):
     for p in procs:
         p.start()
     try:
-        while True:
-            batch = out.get()
-            if isinstance(batch, Exception):
-                raise RuntimeError(f"patch sampler failed: {batch}") from batch
-            yield batch
+        yield from _drain(out.get)
     finally:
         for p in procs:
             p.terminate()

@@ -159,15 +159,14 @@ def test_schedule_off_by_default_and_a_cron_job_runs_the_cli(tmp_path: Path) -> 
 # that a classifier trained on the true labels beats one trained on shuffled labels by a wide margin.
 
 import numpy as np  # noqa: E402
-import pydicom  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
-from pydicom.dataset import FileDataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # noqa: E402
+import tiny_cohort as tiny_cohort_data  # noqa: E402  (tests/: the same DICOM writer as the segmenter tests)
 
 from pipeline.models import ModelPaths  # noqa: E402
 from training.registry import Registry  # noqa: E402
 
-SPACING = (3.0, 3.0, 5.0)  # x, y, z mm
+SPACING = tiny_cohort_data.SPACING  # x, y, z mm
+ORIGIN = (-94.5, -94.5, -57.5)       # the grid's first voxel (x, y, z mm), for the series and its masks
 TINY_RADIOMICS = """imageType:
   Original: {}
 featureClass:
@@ -200,28 +199,7 @@ def tiny_head(rng: np.random.Generator, expander: bool, radius: float | None = N
 
 
 def write_series(hu: np.ndarray, folder: Path, patient: str, when: str = "20260301") -> None:
-    folder.mkdir(parents=True)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    for k, sl in enumerate(hu):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(folder / f"{k:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.PatientID, ds.PatientName = "CT", patient, ""
-        ds.StudyDate, ds.StudyTime = when, "080000"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-94.5, -94.5, -57.5 + k * SPACING[2]]
-        ds.PixelSpacing = [SPACING[1], SPACING[0]]
-        ds.SliceThickness = SPACING[2]
-        ds.Rows, ds.Columns = sl.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.PixelData = np.clip(np.rint(sl + 1024), -32768, 32767).astype(np.int16).tobytes()
-        ds.InstanceNumber = k + 1
-        pydicom.dcmwrite(folder / f"{k:03d}.dcm", ds, enforce_file_format=True)
+    tiny_cohort_data.write_series(hu, folder, patient, when=when, origin=ORIGIN)
 
 
 def tiny_cohort(root: Path, n: int, expanders: int, seed: int = 7) -> Path:
@@ -233,7 +211,7 @@ def tiny_cohort(root: Path, n: int, expanders: int, seed: int = 7) -> Path:
         write_series(hu, root / cid / "baseline", f"PT{i:03d}")
         img = sitk.GetImageFromArray(blob.astype(np.uint8))
         img.SetSpacing(SPACING)
-        img.SetOrigin((-94.5, -94.5, -57.5))
+        img.SetOrigin(ORIGIN)
         sitk.WriteImage(img, str(root / cid / "mask.nii.gz"))
         rows.append({"case_id": cid, "patient_id": f"PT{i:03d}", "baseline_dir": f"{cid}/baseline",
                      "baseline_mask": f"{cid}/mask.nii.gz", "baseline_volume_ml": blob.sum() * np.prod(SPACING) / 1000,
