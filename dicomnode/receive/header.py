@@ -64,6 +64,9 @@ class Header:
     patient_hash: str | None  # the pseudonym callable's value (dicomnode.pseudonym); None without one
     modality: str | None
     instance_number: int | None
+    # the data set's first this-many bytes were walked element by element (all of them in its first
+    # fragment): check_complete(start=checked) need not walk them again
+    checked: int = 0
 
 
 class _Unsupported(Exception):
@@ -122,7 +125,8 @@ def _skip_sequence(buf, pos: int, implicit: bool, depth: int = 0) -> int:
 MAX_INFLATED = 256 << 20  # a deflated data set may not inflate beyond this (a zip bomb is refused)
 
 
-def check_complete(stream: bytes | memoryview | Sequence[bytes | memoryview], transfer_syntax: str) -> None:
+def check_complete(stream: bytes | memoryview | Sequence[bytes | memoryview], transfer_syntax: str,
+                   start: int = 0) -> None:
     """The whole top-level data set is there: every element's value fits, every undefined-length
     sequence and encapsulated pixel data is closed, a deflated stream ends. Raises :class:`StoreRefused`
     (0xC000) otherwise — an instance cut short must not be acknowledged and then fail in the analysis.
@@ -131,6 +135,8 @@ def check_complete(stream: bytes | memoryview | Sequence[bytes | memoryview], tr
     fragments are walked where they lie; only an element header or undefined-length sequence that runs
     across a fragment boundary makes it join the fragments from there on (a transient copy of at most
     ``node.stream_over_mb``); a CT slice's header and pixel data element are usually in its first one.
+    ``start``: where to begin, at an element boundary (``Header.checked``: what ``parse_header``
+    walked already; ignored for a deflated data set).
     """
     chunks = [stream] if isinstance(stream, (bytes, bytearray, memoryview)) else list(stream)
     if transfer_syntax == DEFLATED_LE:
@@ -147,18 +153,19 @@ def check_complete(stream: bytes | memoryview | Sequence[bytes | memoryview], tr
             raise StoreRefused(STATUS_CANNOT_UNDERSTAND, f"deflated data set does not inflate: {exc}") from None
         chunks = [b"".join(pieces)]
         del pieces
+        start = 0
         if not d.eof:
             raise StoreRefused(STATUS_CANNOT_UNDERSTAND, "deflated data set is cut short (or inflates beyond "
                                                          f"{MAX_INFLATED >> 20} MiB)")
     try:
-        _walk(chunks, transfer_syntax == IMPLICIT_LE)
+        _walk(chunks, transfer_syntax == IMPLICIT_LE, start)
     except _Unsupported as exc:
         raise StoreRefused(STATUS_CANNOT_UNDERSTAND, f"incomplete data set: {exc}") from None
     except RecursionError:
         raise StoreRefused(STATUS_CANNOT_UNDERSTAND, "incomplete data set: sequences nested too deep") from None
 
 
-def _walk(chunks: list, implicit: bool) -> None:
+def _walk(chunks: list, implicit: bool, start: int = 0) -> None:
     """Every top-level element of the data set made of ``chunks`` fits (raises :class:`_Unsupported`).
 
     The verdict is always reached on a buffer that runs to the data set's end, so it (and its message)
@@ -170,7 +177,7 @@ def _walk(chunks: list, implicit: bool) -> None:
     n = starts[-1]
     k, buf, base = 0, chunks[0], 0
     whole = len(chunks) == 1  # buf runs to the end of the data set
-    pos = 0
+    pos = start
     while pos < n:
         if not whole and pos + 12 > base + len(buf):  # the next element header is not (all) in buf
             k = bisect.bisect_right(starts, pos) - 1
@@ -194,8 +201,9 @@ def _walk(chunks: list, implicit: bool) -> None:
             pos = vpos + length
 
 
-def _scan(buf, implicit: bool, prefix: bool = False) -> tuple[dict[str, bytes], bool]:
-    """Wanted raw values, and whether any (0004,xxxx) DICOMDIR element was seen.
+def _scan(buf, implicit: bool, prefix: bool = False) -> tuple[dict[str, bytes], bool, int]:
+    """Wanted raw values, whether any (0004,xxxx) DICOMDIR element was seen, and where the scan
+    stopped (every element before it fits in ``buf``; 0 when it ran to the end).
 
     ``prefix``: ``buf`` is only the start of the data set (its first P-DATA fragment); succeed only
     when the scan gets past (0020,0013) inside it."""
@@ -208,7 +216,7 @@ def _scan(buf, implicit: bool, prefix: bool = False) -> tuple[dict[str, bytes], 
             raise _Unsupported("tags out of order")
         last = tag
         if tag > _STOP:
-            break
+            break  # pos: the first element past the header
         if tag >> 16 == 0x0004:
             dicomdir = True
         if length == _UNDEFINED:
@@ -225,7 +233,8 @@ def _scan(buf, implicit: bool, prefix: bool = False) -> tuple[dict[str, bytes], 
     else:
         if prefix or "SeriesInstanceUID" not in values:
             raise _Unsupported("data set ends before the header is complete")
-    return values, dicomdir
+        pos = 0
+    return values, dicomdir, pos
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -261,11 +270,11 @@ def parse_header(stream: bytes | memoryview | Sequence[bytes | memoryview], tran
         chunks = list(stream)
         if len(chunks) > 1 and transfer_syntax != DEFLATED_LE:
             try:
-                raw, dicomdir = _scan(chunks[0], transfer_syntax == IMPLICIT_LE, prefix=True)
+                raw, dicomdir, checked = _scan(chunks[0], transfer_syntax == IMPLICIT_LE, prefix=True)
             except _Unsupported:
                 pass
             else:
-                return _header({k: _text(v) for k, v in raw.items()}, dicomdir, pseudonym)
+                return _header({k: _text(v) for k, v in raw.items()}, dicomdir, pseudonym, checked)
         stream = chunks[0] if len(chunks) == 1 else b"".join(chunks)  # one buffer: no copy
     data = stream
     if transfer_syntax == DEFLATED_LE:
@@ -274,18 +283,21 @@ def parse_header(stream: bytes | memoryview | Sequence[bytes | memoryview], tran
         except zlib.error as exc:
             raise StoreRefused(STATUS_CANNOT_UNDERSTAND, f"deflated data set does not inflate: {exc}") from None
     implicit = transfer_syntax == IMPLICIT_LE
+    checked = 0
     try:
-        raw, dicomdir = _scan(data, implicit)
+        raw, dicomdir, checked = _scan(data, implicit)
         values: dict[str, object] = {k: _text(v) for k, v in raw.items()}
+        if transfer_syntax == DEFLATED_LE:
+            checked = 0  # offsets into the inflated stream
     except _Unsupported:
         try:
             values, dicomdir = _via_pydicom(data, implicit)
         except Exception as exc:  # pydicom raises many kinds on garbage; all mean "cannot understand"
             raise StoreRefused(STATUS_CANNOT_UNDERSTAND, f"unparsable data set: {type(exc).__name__}") from None
-    return _header(values, dicomdir, pseudonym)
+    return _header(values, dicomdir, pseudonym, checked)
 
 
-def _header(values: dict[str, object], dicomdir: bool, pseudonym: Pseudonym | None) -> Header:
+def _header(values: dict[str, object], dicomdir: bool, pseudonym: Pseudonym | None, checked: int = 0) -> Header:
     """Validate the scanned values (raises :class:`StoreRefused`)."""
     if dicomdir:
         raise StoreRefused(STATUS_DATASET_MISMATCH, "data set is a DICOMDIR (Media Storage Directory)")
@@ -302,4 +314,4 @@ def _header(values: dict[str, object], dicomdir: bool, pseudonym: Pseudonym | No
     except (TypeError, ValueError):
         instance_number = None
     patient = None if pseudonym is None else pseudonym(values.get("PatientID"), values.get("IssuerOfPatientID"))
-    return Header(sop_class, sop_uid, study_uid, series_uid, patient, modality, instance_number)
+    return Header(sop_class, sop_uid, study_uid, series_uid, patient, modality, instance_number, checked)

@@ -148,12 +148,11 @@ class Receiver:
         chunks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
         size = sum(len(c) for c in chunks)
         hdr = self.check(sop_class, sop_uid, transfer_syntax, chunks)
-        check_complete(chunks, transfer_syntax)  # (a streamed data set is checked on its spool file: _Stream)
+        check_complete(chunks, transfer_syntax, hdr.checked)  # (a streamed data set: on its spool file, _Stream)
         sop_class, sop_uid = hdr.sop_class, hdr.sop_uid
         now = time.time() if received_at is None else received_at
         rel = self.spool.relpath(hdr.study_uid, hdr.series_uid, sop_uid)
         meta = file_meta_bytes(sop_class, sop_uid, transfer_syntax, calling_ae)
-        dataset_digest = digest.digest(chunks)
         journal = None if rewrite else self.journal
         seq = None
         if journal is not None:
@@ -167,9 +166,10 @@ class Receiver:
 
         def materialise(answered: bool = False) -> StoredInstance:
             try:
+                dataset_digest = digest.digest(chunks)  # not needed for the answer: after it, when journaled
                 with self._stripes[hash(sop_uid) % len(self._stripes)]:  # same UID from two associations
                     known = None if rewrite else self.index.lookup_digest(sop_uid)
-                    if known is not None and digest.matches(known, chunks):
+                    if known is not None and digest.matches(known, chunks, computed=dataset_digest):
                         outcome = StoreOutcome.DUPLICATE
                     else:
                         # journaled: durable already, the file's own fsyncs wait for the journal checkpoint

@@ -39,10 +39,11 @@ def digest(chunks: Iterable[bytes | memoryview]) -> str:
     return h.hexdigest()
 
 
-def matches(stored: str, chunks: Iterable[bytes | memoryview]) -> bool:
-    """Whether ``chunks`` hash to ``stored``, under the algorithm ``stored`` was made with."""
+def matches(stored: str, chunks: Iterable[bytes | memoryview], computed: str | None = None) -> bool:
+    """Whether ``chunks`` hash to ``stored``, under the algorithm ``stored`` was made with
+    (``computed``: their :func:`digest`, when the caller has it already)."""
     if stored.startswith(PREFIX):
-        return digest(chunks) == stored
+        return (computed or digest(chunks)) == stored
     h = hashlib.sha256()  # written by nodes before index schema 2
     for c in chunks:
         h.update(c)

@@ -20,12 +20,14 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from ichutil.files import fsync_dir
 
 from .digest import digest as digest_of
 from ..uids import uid_hash, validate_uid
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX")  # buffers one writev takes (1024 on Linux)
 
 PARTIAL_SUFFIX = ".partial"
 _CANONICAL = re.compile(r"[0-9a-f]{32}/[0-9a-f]{32}/[0-9a-f]{32}\.dcm")
@@ -119,8 +121,7 @@ class Spool:
         digest = digest or digest_of(chunks)
         part = self.open_partial(relpath)
         try:
-            for c in chunks:
-                part.write(c)
+            part.write_all(chunks)
         except BaseException:
             part.discard()
             raise
@@ -173,6 +174,20 @@ class Partial:
             n = os.write(self.fd, view)
             view = view[n:]
             self.size += n
+
+    def write_all(self, chunks: Sequence[bytes | memoryview]) -> None:
+        """Write ``chunks`` in order with as few system calls as the kernel allows (``writev``): on ext4
+        each ``write`` costs ≈ 10 µs of its own, and a CT slice arrives as ~34 P-DATA fragments."""
+        views = [memoryview(c).cast("B") for c in chunks if len(c)]
+        i = 0
+        while i < len(views):
+            n = os.writev(self.fd, views[i:i + _IOV_MAX])
+            self.size += n
+            while i < len(views) and n >= len(views[i]):  # skip what was written whole, trim a partial one
+                n -= len(views[i])
+                i += 1
+            if n:
+                views[i] = views[i][n:]
 
     def commit(self, durable: bool = True) -> None:
         try:

@@ -52,7 +52,7 @@ def test_scan_matches_values(implicit, undefined_length):
     ds.ReferencedImageSequence.is_undefined_length = undefined_length
     ds.ReferencedImageSequence[0].is_undefined_length_sequence_item = undefined_length
     raw = encode(ds, implicit)
-    values, dicomdir = H._scan(raw, implicit)
+    values, dicomdir, _ = H._scan(raw, implicit)
     assert not dicomdir and values["SOPInstanceUID"].rstrip(b"\0") == b"1.2.3.4.5"
     h = H.parse_header(raw, H.IMPLICIT_LE if implicit else H.EXPLICIT_LE, PZ)
     assert (h.sop_uid, h.study_uid, h.series_uid, h.modality, h.instance_number) == ("1.2.3.4.5", "1.2.3", "1.2.3.4", "CT", 7)

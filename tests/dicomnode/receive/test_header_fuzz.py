@@ -308,7 +308,7 @@ def test_fast_scan_and_pydicom_fallback_agree_on_the_uids(sources, data):
     byte_ops = data.draw(st.lists(_BYTE_OP, max_size=3), label="byte ops")
     raw = mutate(src, element_ops, byte_ops, True)
     try:
-        fast, fast_dicomdir = H._scan(raw, src.implicit)
+        fast, fast_dicomdir, _ = H._scan(raw, src.implicit)
     except H._Unsupported:
         assume(False)
     with warnings.catch_warnings():
@@ -367,6 +367,16 @@ def boundaries(raw: bytes, implicit: bool) -> set[int]:
     return out
 
 
+def draw_mutated(data, sources, min_cuts: int = 1) -> tuple:
+    """(source, its wire bytes after up to 3 element and 4 byte mutations, fragment cuts)."""
+    src = data.draw(st.sampled_from(sources), label="source")
+    element_ops = data.draw(st.lists(_ELEMENT_OP, max_size=3), label="element ops")
+    byte_ops = data.draw(st.lists(_BYTE_OP, max_size=4), label="byte ops")
+    before = data.draw(st.booleans(), label="mutate before deflating") if src.ts == H.DEFLATED_LE else True
+    cuts = data.draw(st.lists(st.integers(0, 1 << 20), min_size=min_cuts, max_size=4), label="fragment cuts")
+    return src, mutate(src, element_ops, byte_ops, before), cuts
+
+
 def test_check_complete_accepts_every_unmutated_source(sources):
     for src in sources:
         assert completeness(src.wire(src.raw), src.ts) == "complete", src
@@ -375,15 +385,49 @@ def test_check_complete_accepts_every_unmutated_source(sources):
 @settings(max_examples=300 * _SCALE)
 @given(data=st.data())
 def test_check_complete_answers_any_mutation_and_ignores_fragment_cuts(sources, data):
-    src = data.draw(st.sampled_from(sources), label="source")
-    element_ops = data.draw(st.lists(_ELEMENT_OP, max_size=3), label="element ops")
-    byte_ops = data.draw(st.lists(_BYTE_OP, max_size=4), label="byte ops")
-    before = data.draw(st.booleans(), label="mutate before deflating") if src.ts == H.DEFLATED_LE else True
-    cuts = data.draw(st.lists(st.integers(0, 1 << 20), min_size=1, max_size=4), label="fragment cuts")
-    wire = mutate(src, element_ops, byte_ops, before)
+    src, wire, cuts = draw_mutated(data, sources)
     whole = completeness(wire, src.ts)
     event(whole if whole == "complete" else "refused")
     assert completeness(split(wire, cuts), src.ts) == whole, "the answer depends on where the fragments were cut"
+
+
+def completeness_after_header(stream, ts: str):
+    """check_complete as the receiver calls it: from where parse_header's walk stopped."""
+    try:
+        hdr = H.parse_header(stream, ts)
+    except H.StoreRefused:
+        return None
+    try:
+        H.check_complete(stream, ts, hdr.checked)
+    except H.StoreRefused as exc:
+        return ("refused", exc.comment)
+    return "complete"
+
+
+@settings(max_examples=300 * _SCALE)
+@given(data=st.data())
+def test_check_complete_from_the_header_walk_agrees_with_a_whole_walk(sources, data):
+    """The receiver skips what parse_header walked already: the verdict must not change."""
+    src, wire, cuts = draw_mutated(data, sources, min_cuts=0)
+    stream = split(wire, cuts) if cuts else wire
+    got = completeness_after_header(stream, src.ts)
+    assume(got is not None)
+    event(got if got == "complete" else "refused")
+    assert got == completeness(stream, src.ts)
+
+
+def test_the_header_walk_is_skipped_on_a_real_ct_slice(ct_data):
+    """parse_header reports how far it walked, so the receiver's structure check starts there, and
+    still refuses the slice cut short."""
+    path = sorted((ct_data / "philips-phantom-thin").glob("I*"))[0]
+    raw = path.read_bytes()
+    body = raw[144 + int.from_bytes(raw[140:144], "little"):]
+    ts = str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    hdr = H.parse_header([body[:16000], body[16000:]], ts)
+    assert 0 < hdr.checked < 16000
+    H.check_complete([body[:16000], body[16000:]], ts, hdr.checked)
+    with pytest.raises(H.StoreRefused):
+        H.check_complete([body[:16000], body[16000:-2]], ts, hdr.checked)
 
 
 @settings(max_examples=200 * _SCALE)

@@ -63,3 +63,16 @@ def test_partials_removed_and_remove_prunes_dirs(tmp_path):
     assert sp.remove_partials() == 1 and not leftover.exists()
     sp.remove(rel)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_takes_more_fragments_than_one_writev_call_and_empty_ones(tmp_path):
+    """A data set may arrive as thousands of P-DATA fragments (small PDUs): written in order, whole."""
+    from dicomnode.store import spool as spool_module
+
+    chunks = [bytes([i % 251]) * (i % 7) for i in range(spool_module._IOV_MAX * 2 + 5)]
+    chunks[3] = memoryview(b"")
+    s = Spool(tmp_path / "spool")
+    w = s.write("a/b/c.dcm", chunks, durable=False)
+    expected = b"".join(bytes(c) for c in chunks)
+    assert (tmp_path / "spool" / "a/b/c.dcm").read_bytes() == expected
+    assert w.size == len(expected) and w.digest == digest([expected])
