@@ -1,6 +1,6 @@
 """Issue 16, part 1: is model 1's hematoma volume biased on data it was not trained on?
 
-    .venv/bin/python benchmarks/volume_bias.py [--model models/segmenter/1] [--work var/bench/volume_bias]
+    .venv/bin/python benchmarks/volume_bias.py [--model models/segmenter/N] [--work var/bench/volume_bias]
                                                [--cases 5=30,2.5=6,1=4] [--seed 1616]
 
 Held-out cohorts from a deliberately *different* generator configuration
@@ -9,7 +9,9 @@ edge-enhancing kernels, slice profiles with tails, soft clot margins, another re
 more noise), one cohort per slice thickness (seed + index of the thickness), generated into --work when
 missing. Each baseline series goes through the evaluation code of ``ich-node evaluate segmenter``
 (the pipeline's loading, brain extraction and the model's own runtime); the reference is the
-generator's continuous lesion volume. Prints and writes ``benchmarks/results/volume_bias.json``
+generator's continuous lesion volume. Prints and writes ``benchmarks/results/volume_bias_vN.json``
+(``volume_bias.json`` for version 1, its name before there were two; ``--model`` defaults to the
+highest bundled version, the one a new node serves)
 (per thickness: median signed % bias, mean |dV|, Bland–Altman, clots >= 2 mL missed; per case) and
 ``bland_altman_thickness.png`` + ``cases.csv`` under --work; the false-positive volume on the real
 normal GE head (found beside the repository) is added. Synthetic data only: no clinical claim.
@@ -29,6 +31,7 @@ sys.path.insert(0, str(REPO))
 from training.evaluate_segmenter import (  # noqa: E402
     CaseResult, agreement_by_thickness, evaluate_segmenter, false_positive_ml, plot_bland_altman_by_thickness,
     write_cases_csv)
+from pipeline.models import ModelPaths  # noqa: E402
 from training.synth import write_cohort  # noqa: E402
 from training.synth.options import shifted_appearance  # noqa: E402
 
@@ -43,14 +46,18 @@ def parse_cases(text: str) -> dict[float, int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=REPO / "models" / "segmenter" / "1")
+    ap.add_argument("--model", type=Path, default=None, help="model 1 directory (default: the highest bundled)")
     ap.add_argument("--work", type=Path, default=REPO / "var" / "bench" / "volume_bias")
     ap.add_argument("--cases", default="5=30,2.5=6,1=4", help="thickness=cases, comma-separated")
     ap.add_argument("--seed", type=int, default=1616, help="cohort seed of the first thickness (+1, +2 … for the next)")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "volume_bias.json")
+    ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--no-normal-head", action="store_true")
     args = ap.parse_args(argv)
+    args.model = args.model or ModelPaths.bundled().segmenter
+    if args.out is None:
+        name = "volume_bias.json" if args.model.name == "1" else f"volume_bias_v{args.model.name}.json"
+        args.out = REPO / "benchmarks" / "results" / name
 
     t_start = time.monotonic()
     results: list[CaseResult] = []

@@ -1,6 +1,6 @@
 """Issue 16, part 1: where does model 1 lose hematoma volume — the CNN, the edge refinement or the brain mask?
 
-    .venv/bin/python benchmarks/volume_loss.py --cohort DIR [--cohort DIR ...] [--model models/segmenter/1]
+    .venv/bin/python benchmarks/volume_loss.py --cohort DIR [--cohort DIR ...] [--model models/segmenter/N]
                                                [--cache var/bench/volume_loss] [--json OUT.json]
 
 For every baseline of each cohort (``ich-node synth`` output with its ground-truth masks) the model's
@@ -80,10 +80,14 @@ def case_maps(seg, series_dir: Path, mask_path: Path, cache: Path):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cohort", type=Path, action="append", required=True)
-    ap.add_argument("--model", type=Path, default=REPO / "models" / "segmenter" / "1")
+    ap.add_argument("--model", type=Path, default=None, help="model 1 directory (default: the highest bundled)")
     ap.add_argument("--cache", type=Path, default=REPO / "var" / "bench" / "volume_loss")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.model is None:
+        from pipeline.models import ModelPaths
+
+        args.model = ModelPaths.bundled().segmenter
 
     from pipeline.segment import load_segmenter
     from training.segmenter import dice

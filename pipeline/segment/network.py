@@ -56,8 +56,18 @@ def device() -> str:
 
 
 def _backend() -> str:
-    """The Keras backend this process will use, read without importing Keras (``$KERAS_BACKEND``)."""
-    return os.environ.get("KERAS_BACKEND", "tensorflow")
+    """The Keras backend this process will use, read without importing Keras, where Keras reads it:
+    ``$KERAS_BACKEND``, else ``keras.json`` in ``$KERAS_HOME`` (default ``~/.keras``), else TensorFlow."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    import json
+
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json")) as fh:
+            return str(json.load(fh).get("backend") or "tensorflow")
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
 
 
 def build_unet(base_filters: int = 8, depth: int = 3, dropout: float = 0.0, norm: str = "instance"):

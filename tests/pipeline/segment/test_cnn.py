@@ -259,3 +259,19 @@ def test_batched_tiles_give_the_shipped_model_its_one_call_per_tile_answer(ct_da
     for new, old in zip(batched, eager):
         assert np.abs(new - old).max() < 1e-4
         assert np.array_equal(new >= seg.config.threshold, old >= seg.config.threshold)
+
+
+def test_the_backend_is_read_where_keras_reads_it(tmp_path, monkeypatch):
+    """Threads and device are set up for the backend Keras will load: $KERAS_BACKEND, else keras.json."""
+    from pipeline.segment import network
+
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    assert network._backend() == "tensorflow"  # no keras.json: Keras' own default
+    (tmp_path / "keras.json").write_text('{"backend": "torch", "floatx": "float32"}')
+    assert network._backend() == "torch"
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    assert network._backend() == "jax"
+    monkeypatch.delenv("KERAS_BACKEND")
+    (tmp_path / "keras.json").write_text("not json")
+    assert network._backend() == "tensorflow"
