@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/ingest.py [--data ../shared/data/ct/philips-phantom-thin]
                                           [--repeats 5] [--associations 1] [--diagnose] [--ceiling]
+                                          [--receivers N] [--separate] [--json OUT]
 
 Both receivers run as subprocesses on loopback with ``TCP_NODELAY=1``; the same ``storescu``
 command line sends the same files to each (DIRFILE left out), alternating which peer goes first,
@@ -25,6 +26,9 @@ is what the Python receive path costs, the gap between it and the node is what d
 per image but one O_DSYNC journal write before the response (no validation, index or spool). It is the
 most any durable receiver written in Python can reach here — the test of whether the bar is within
 reach of Python at all.
+
+``--separate`` adds one independent node per association (own port, journal and index): the load
+spread perfectly over processes with nothing shared, i.e. the most ``--receivers`` could give.
 """
 
 from __future__ import annotations
@@ -72,19 +76,24 @@ def peak_rss_mb(pid: int) -> list[float]:
     return [m for m in map(hwm_mib, process_tree(pid)) if m]
 
 
-def send(port: int, files: list[Path], associations: int, receiver_pid: int | None = None) -> float:
+def send(port: int | list[int], files: list[Path], associations: int,
+         receiver_pid: int | list[int] | None = None) -> float:
+    """Send ``files`` over ``associations`` parallel storescu processes (association k to ``port[k]``
+    when ports are listed: one per receiver); returns the wall time."""
     chunks = [files[i::associations] for i in range(associations)]
-    c0 = cpu_seconds(receiver_pid) if receiver_pid else 0.0
+    ports = port if isinstance(port, list) else [port] * associations
+    pids = receiver_pid if isinstance(receiver_pid, list) else [receiver_pid] if receiver_pid else []
+    c0 = sum(map(cpu_seconds, pids))
     t0 = time.perf_counter()
-    procs = [subprocess.Popen(["storescu", "-aet", "BENCH", "-aec", "ICHNODE", "127.0.0.1", str(port), *map(str, c)],
-                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in chunks if c]
+    procs = [subprocess.Popen(["storescu", "-aet", "BENCH", "-aec", "ICHNODE", "127.0.0.1", str(p), *map(str, c)],
+                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for p, c in zip(ports, chunks) if c]
     for p in procs:
         _, err = p.communicate()
         if p.returncode != 0:
             raise RuntimeError(f"storescu failed ({p.returncode}): {err.decode()[-500:]}")
     dt = time.perf_counter() - t0
-    LAST_CPU[:] = [cpu_seconds(receiver_pid) - c0] if receiver_pid else []
-    LAST_RSS[:] = peak_rss_mb(receiver_pid) if receiver_pid else []
+    LAST_CPU[:] = [sum(map(cpu_seconds, pids)) - c0] if pids else []
+    LAST_RSS[:] = [m for pid in pids for m in peak_rss_mb(pid)]
     return dt
 
 
@@ -117,24 +126,63 @@ NOSYNC = ("import os, runpy, sys; os.fsync = lambda fd: None; sys.argv[0] = 'dic
           "runpy.run_module('dicomnode.scp', run_name='__main__')")
 
 
+def _node_cmd(data_dir: Path, port: int, durable: bool = True) -> list[str]:
+    entry = ["-m", "dicomnode.scp"] if durable else ["-c", NOSYNC]
+    return [sys.executable, *entry, "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)]
+
+
+def _node_env(associations: int, durable: bool = True, **extra: str) -> dict:
+    env = {**ENV, "ICH_NODE__LOGGING__LEVEL": "WARNING", "ICH_NODE__NODE__MAX_ASSOCIATIONS": str(max(16, associations)),
+           **extra}
+    if not durable:  # page cache only: no journal (its O_DSYNC write is durable) and fsync a no-op
+        env["ICH_NODE__STORAGE__JOURNAL_MB"] = "0"
+    return env
+
+
+def _count_stored(data_dirs: list[Path]) -> tuple[int, int]:
+    """(spool files, index rows) over the given node data directories."""
+    import sqlite3
+
+    files = indexed = 0
+    for d in data_dirs:
+        files += len(list((d / "spool").rglob("*.dcm")))
+        with sqlite3.connect(d / "index.sqlite3") as db:
+            indexed += db.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+    return files, indexed
+
+
 def run_node(work: Path, files: list[Path], associations: int, durable: bool = True) -> float:
     data_dir = work / "node"
     port = free_port()
-    entry = ["-m", "dicomnode.scp"] if durable else ["-c", NOSYNC]
-    cmd = [sys.executable, *entry, "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)]
-    env = {**ENV, "ICH_NODE__LOGGING__LEVEL": "WARNING", "ICH_NODE__NODE__MAX_ASSOCIATIONS": str(max(16, associations))}
-    if not durable:  # page cache only: no journal (its O_DSYNC write is durable) and fsync a no-op
-        env["ICH_NODE__STORAGE__JOURNAL_MB"] = "0"
-    dt, proc = timed(cmd, port, files, associations, env=env, cwd=REPO)
-    got = len(list((data_dir / "spool").rglob("*.dcm")))
-    if got != len(files):
-        raise RuntimeError(f"node stored {got} of {len(files)}: {proc.stderr.read().decode()[-1000:]}")
-    import sqlite3
+    dt, proc = timed(_node_cmd(data_dir, port, durable), port, files, associations,
+                     env=_node_env(associations, durable), cwd=REPO)
+    got, indexed = _count_stored([data_dir])
+    if got != len(files) or indexed != len(files):
+        raise RuntimeError(f"node stored {got} and indexed {indexed} of {len(files)}: "
+                           f"{proc.stderr.read().decode()[-1000:]}")
+    return dt
 
-    with sqlite3.connect(data_dir / "index.sqlite3") as db:
-        indexed = db.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
-    if indexed != len(files):
-        raise RuntimeError(f"node indexed {indexed} of {len(files)}")
+
+def run_separate_nodes(work: Path, files: list[Path], associations: int) -> float:
+    """One independent node per association (own port, data directory, journal and index; one receiver
+    each): the node's rate with the load spread perfectly and nothing shared — a diagnosis, not a setup."""
+    dirs = [work / f"node-{k}" for k in range(associations)]
+    ports = [free_port() for _ in dirs]
+    env = _node_env(1, ICH_NODE__NODE__RECEIVERS="1")
+    procs = []
+    try:
+        for d, port in zip(dirs, ports):
+            procs.append(subprocess.Popen(_node_cmd(d, port), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.PIPE, start_new_session=True))
+        for proc, port in zip(procs, ports):
+            wait_echo(port, proc, 60, env=ENV)
+        dt = send(ports, files, associations, [p.pid for p in procs])
+    finally:
+        for proc in procs:
+            stop(proc, 20, group=True)
+    got, indexed = _count_stored(dirs)
+    if got != len(files) or indexed != len(files):
+        raise RuntimeError(f"separate nodes stored {got} and indexed {indexed} of {len(files)}")
     return dt
 
 
@@ -157,6 +205,9 @@ def main() -> None:
                     help="also time benchmarks/minimal_scp.py: the least a durable Python receiver can do")
     ap.add_argument("--workdir", type=Path, default=None, help="where received files go (default: a temp dir under the repo's var/)")
     ap.add_argument("--receivers", type=int, default=1, help="the node's receiver processes (node.receivers)")
+    ap.add_argument("--separate", action="store_true",
+                    help="also time one independent node per association (own port and index): the load spread "
+                         "perfectly, nothing shared — what --receivers could reach at best")
     ap.add_argument("--json", type=Path, default=None, help="write the raw figures here (benchmarks/results/…)")
     args = ap.parse_args()
     os.environ["ICH_NODE__NODE__RECEIVERS"] = str(args.receivers)
@@ -171,11 +222,13 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     print(f"{len(files)} images, {size_mb:.1f} MB from {args.data}; {args.associations} association(s); "
           f"{args.repeats} repeats; node receiver processes: {args.receivers}; receivers write under {root}")
-    peers = ["storescp", "node"] + (["node-nosync"] if args.diagnose else []) + (["minimal"] if args.ceiling else [])
+    peers = (["storescp", "node"] + (["node-nosync"] if args.diagnose else []) + (["minimal"] if args.ceiling else [])
+             + (["separate"] if args.separate else []))
     runners = {"storescp": run_storescp, "node": run_node,
-               "node-nosync": lambda w, f, a: run_node(w, f, a, durable=False), "minimal": run_minimal}
+               "node-nosync": lambda w, f, a: run_node(w, f, a, durable=False), "minimal": run_minimal,
+               "separate": run_separate_nodes}
     times: dict[str, list[float]] = {p: [] for p in peers}
-    ratios, floor, minimal = [], [], []
+    ratios, floor, minimal, separate = [], [], [], []
     cpu: dict[str, list[float]] = {p: [] for p in peers}
     rss: dict[str, list[float]] = {p: [] for p in peers}
     for r in range(args.repeats):
@@ -201,6 +254,9 @@ def main() -> None:
         if args.ceiling:
             minimal.append(this["storescp"] / this["minimal"])
             extra += f"   minimal {len(files) / this['minimal']:7.1f} img/s   ratio {minimal[-1]:.2f}"
+        if args.separate:
+            separate.append(this["storescp"] / this["separate"])
+            extra += f"   separate {len(files) / this['separate']:7.1f} img/s   ratio {separate[-1]:.2f}"
         print(f"  repeat {r + 1}: storescp {len(files) / this['storescp']:7.1f} img/s   "
               f"node {len(files) / this['node']:7.1f} img/s   ratio {ratios[-1]:.2f}{extra}")
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -223,6 +279,9 @@ def main() -> None:
     if args.ceiling:
         print(f"minimal:  {len(files) / med['minimal']:.1f} images/s; ratio to storescp {statistics.median(minimal):.2f}x "
               "= hand-written upper layer + one O_DSYNC journal write per image, nothing else")
+    if args.separate:
+        print(f"separate: {len(files) / med['separate']:.1f} images/s; ratio to storescp {statistics.median(separate):.2f}x "
+              f"= {args.associations} independent nodes, one association each (nothing shared)")
     if args.json:
         import json
 

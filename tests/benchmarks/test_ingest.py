@@ -1,0 +1,41 @@
+"""benchmarks/ingest.py in its smallest configuration (issue 13, part 6): dcmtk storescp, the node with
+two receiver processes and two independent nodes (``--separate``) each receive the same few slices over
+two associations; every peer must store and index all of them (the benchmark raises otherwise) and the
+JSON holds a rate, CPU and peak RSS per peer. Missing tools or data fail under CI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.conftest import require_tool
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_ingest_benchmark_runs_every_peer_and_checks_what_they_stored(tmp_path, ct_data):
+    for tool in ("storescu", "storescp", "echoscu"):
+        require_tool(tool)
+    data = tmp_path / "slices"
+    data.mkdir()
+    for src in sorted((ct_data / "philips-phantom-thin").glob("I*"))[:6]:
+        shutil.copy(src, data / src.name)
+    out = tmp_path / "ingest.json"
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ingest.py"), "--data", str(data), "--repeats", "1",
+                        "--associations", "2", "--receivers", "2", "--separate", "--workdir", str(tmp_path / "work"),
+                        "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "separate:" in r.stdout and "issue 13's bar: >= 1.0x" in r.stdout, r.stdout
+    report = json.loads(out.read_text())
+    assert report["images"] == 6 and report["associations"] == 2 and report["receivers"] == 2
+    assert set(report["seconds"]) == {"storescp", "node", "separate"}
+    assert all(len(v) == 1 and v[0] > 0 for v in report["seconds"].values())
+    assert all(v and v[0] > 0 for v in report["cpu_ms_per_image"].values()), report["cpu_ms_per_image"]
+    # two node processes (a receiver and its child), two separate nodes: all measured
+    assert all(v and v[0] > 10 for v in report["peak_rss_mb"].values()), report["peak_rss_mb"]
