@@ -11,7 +11,7 @@ missing. Each baseline series goes through the evaluation code of ``ich-node eva
 (the pipeline's loading, brain extraction and the model's own runtime); the reference is the
 generator's continuous lesion volume. Prints and writes ``benchmarks/results/volume_bias_vN.json``
 (``volume_bias.json`` for version 1, its name before there were two; ``--model`` defaults to the
-highest bundled version, the one a new node serves)
+highest bundled version, the one a new node serves) and the per-case rows beside it (``…_cases.csv``)
 (per thickness: median signed % bias, mean |dV|, Bland–Altman, clots >= 2 mL missed; per case) and
 ``bland_altman_thickness.png`` + ``cases.csv`` under --work; the false-positive volume on the real
 normal GE head (found beside the repository) is added. Synthetic data only: no clinical claim.
@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
            "note": "synthetic data only; no clinical accuracy is claimed"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
+    import shutil
+
+    shutil.copyfile(args.work / "cases.csv", args.out.with_name(args.out.stem + "_cases.csv"))  # the raw rows, beside it
     for key, a in agreement.items():
         print(f"{key:>6}: n={a['n']:3d}  median signed {a['median_signed_pct']:+6.2f} %  mean dV {a['mean_signed_ml']:+6.2f} mL  "
               f"mean |dV| {a['mean_abs_ml']:5.2f} mL  under {a['under_estimated']}/{a['n']}  missed>=2mL {a['missed_ge_2ml']}")
