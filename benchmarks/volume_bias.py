@@ -20,6 +20,7 @@ normal GE head (found beside the repository) is added. Synthetic data only: no c
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import time
@@ -44,6 +45,20 @@ def parse_cases(text: str) -> dict[float, int]:
     return out
 
 
+TRAITS = ("head_source", "matrix", "ivh", "marker_hypodensity", "marker_blend")  # manifest columns broken down
+
+
+def breakdown(results: list[CaseResult], traits: dict[str, dict[str, str]]) -> dict[str, dict]:
+    """Mean |ΔV| and mean ΔV (mL) per value of each generator trait: which kind of case carries the error."""
+    groups: dict[str, list[float]] = {}
+    for r in results:
+        for trait, value in traits.get(r.case_id, {}).items():
+            if value != "":
+                groups.setdefault(f"{trait}={value}", []).append(r.volume_ml["cnn"] - r.true_ml)
+    return {k: {"n": len(v), "mean_abs_ml": round(sum(map(abs, v)) / len(v), 3),
+                "mean_signed_ml": round(sum(v) / len(v), 3)} for k, v in sorted(groups.items())}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=None, help="model 1 directory (default: the highest bundled)")
@@ -61,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.monotonic()
     results: list[CaseResult] = []
+    traits: dict[str, dict[str, str]] = {}  # case → what the generator drew for it (manifest)
     cohorts = {}
     for i, (thickness, n) in enumerate(parse_cases(args.cases).items()):
         seed = args.seed + i
@@ -70,14 +86,16 @@ def main(argv: list[str] | None = None) -> int:
             write_cohort(cohort, n, seed, shifted_appearance(thickness_mm=(thickness,)), workers=args.workers)
         summary = evaluate_segmenter(cohort, args.model, args.work / "eval" / cohort.name, baseline=False)
         cohorts[f"{thickness:g}mm"] = {"dir": cohort.name, "seed": seed, "cases": n, "fingerprint": summary["fingerprint"]}
-        import csv
-
+        with (cohort / "manifest.csv").open() as fh:
+            for row in csv.DictReader(fh):
+                traits[f"{thickness:g}mm/{row['case_id']}"] = {k: row.get(k, "") for k in TRAITS}
         with (args.work / "eval" / cohort.name / "cases.csv").open() as fh:
             for row in csv.DictReader(fh):
                 results.append(CaseResult(f"{thickness:g}mm/{row['case_id']}", float(row["true_ml"]),
                                           {"cnn": float(row["cnn_dice"])}, {"cnn": float(row["cnn_ml"])}, {},
                                           thickness))
     agreement = agreement_by_thickness(results)
+    by_trait = breakdown(results, traits)
     normal = None
     if not args.no_normal_head:
         from training.synth.realhead import real_head_dir
@@ -91,18 +109,22 @@ def main(argv: list[str] | None = None) -> int:
     out = {"benchmark": "volume_bias", "issue": "16 part 1", "model": str(args.model.relative_to(REPO) if args.model.is_absolute() and REPO in args.model.parents else args.model),
            "generator": "training.synth.options.shifted_appearance", "cohorts": cohorts,
            "reference": "generator's continuous lesion volume (baseline_volume_ml)", "agreement": agreement,
-           "normal_head": normal, "seconds": round(time.monotonic() - t_start, 1),
+           "normal_head": normal, "by_trait": by_trait, "seconds": round(time.monotonic() - t_start, 1),
            "cases": [{"case": r.case_id, "thickness_mm": r.thickness_mm, "true_ml": r.true_ml,
-                      "pred_ml": r.volume_ml["cnn"], "dice": r.dice["cnn"]} for r in results],
+                      "pred_ml": r.volume_ml["cnn"], "dice": r.dice["cnn"], **traits.get(r.case_id, {})}
+                     for r in results],
            "note": "synthetic data only; no clinical accuracy is claimed"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
-    import shutil
-
-    shutil.copyfile(args.work / "cases.csv", args.out.with_name(args.out.stem + "_cases.csv"))  # the raw rows, beside it
+    with args.out.with_name(args.out.stem + "_cases.csv").open("w", newline="") as fh:  # the raw rows, beside it
+        w = csv.DictWriter(fh, fieldnames=list(out["cases"][0]))
+        w.writeheader()
+        w.writerows(out["cases"])
     for key, a in agreement.items():
         print(f"{key:>6}: n={a['n']:3d}  median signed {a['median_signed_pct']:+6.2f} %  mean dV {a['mean_signed_ml']:+6.2f} mL  "
               f"mean |dV| {a['mean_abs_ml']:5.2f} mL  under {a['under_estimated']}/{a['n']}  missed>=2mL {a['missed_ge_2ml']}")
+    for key, g in by_trait.items():
+        print(f"{key:>22}: n={g['n']:3d}  mean |dV| {g['mean_abs_ml']:5.2f} mL  mean dV {g['mean_signed_ml']:+6.2f} mL")
     if normal:
         print(f"normal head {normal['series']}: {normal['false_positive_ml']:.2f} mL false positive")
     print(f"wrote {args.out}")
