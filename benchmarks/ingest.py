@@ -97,17 +97,23 @@ def send(port: int | list[int], files: list[Path], associations: int,
     return dt
 
 
-def timed(cmd: list[str], port: int, files: list[Path], associations: int, env: dict | None = None,
-          cwd: Path | None = None) -> tuple[float, subprocess.Popen]:
-    """Start a receiver, wait for its C-ECHO, send every file, stop it; the send's wall time."""
-    proc = subprocess.Popen(cmd, env=env or ENV, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+def timed(cmd: list[str] | list[list[str]], port: int | list[int], files: list[Path], associations: int,
+          env: dict | None = None, cwd: Path | None = None) -> tuple[float, list[subprocess.Popen]]:
+    """Start the receiver (or one per listed command, each on its listed port), wait for their C-ECHO,
+    send every file, stop them; the send's wall time and the processes."""
+    cmds, ports = (cmd, port) if isinstance(port, list) else ([cmd], [port])
+    procs: list[subprocess.Popen] = []
     try:
-        wait_echo(port, proc, 60, env=ENV)
-        dt = send(port, files, associations, proc.pid)
+        for c in cmds:
+            procs.append(subprocess.Popen(c, env=env or ENV, cwd=cwd, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.PIPE, start_new_session=True))
+        for proc, p in zip(procs, ports):
+            wait_echo(p, proc, 60, env=ENV)
+        dt = send(port, files, associations, [proc.pid for proc in procs])
     finally:
-        stop(proc, 20, group=True)
-    return dt, proc
+        for proc in procs:
+            stop(proc, 20, group=True)
+    return dt, procs
 
 
 def run_storescp(work: Path, files: list[Path], associations: int) -> float:
@@ -154,8 +160,8 @@ def _count_stored(data_dirs: list[Path]) -> tuple[int, int]:
 def run_node(work: Path, files: list[Path], associations: int, durable: bool = True) -> float:
     data_dir = work / "node"
     port = free_port()
-    dt, proc = timed(_node_cmd(data_dir, port, durable), port, files, associations,
-                     env=_node_env(associations, durable), cwd=REPO)
+    dt, (proc,) = timed(_node_cmd(data_dir, port, durable), port, files, associations,
+                        env=_node_env(associations, durable), cwd=REPO)
     got, indexed = _count_stored([data_dir])
     if got != len(files) or indexed != len(files):
         raise RuntimeError(f"node stored {got} and indexed {indexed} of {len(files)}: "
@@ -168,18 +174,8 @@ def run_separate_nodes(work: Path, files: list[Path], associations: int) -> floa
     each): the node's rate with the load spread perfectly and nothing shared — a diagnosis, not a setup."""
     dirs = [work / f"node-{k}" for k in range(associations)]
     ports = [free_port() for _ in dirs]
-    env = _node_env(1, ICH_NODE__NODE__RECEIVERS="1")
-    procs = []
-    try:
-        for d, port in zip(dirs, ports):
-            procs.append(subprocess.Popen(_node_cmd(d, port), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.PIPE, start_new_session=True))
-        for proc, port in zip(procs, ports):
-            wait_echo(port, proc, 60, env=ENV)
-        dt = send(ports, files, associations, [p.pid for p in procs])
-    finally:
-        for proc in procs:
-            stop(proc, 20, group=True)
+    dt, _ = timed([_node_cmd(d, p) for d, p in zip(dirs, ports)], ports, files, associations,
+                  env=_node_env(1, ICH_NODE__NODE__RECEIVERS="1"), cwd=REPO)
     got, indexed = _count_stored(dirs)
     if got != len(files) or indexed != len(files):
         raise RuntimeError(f"separate nodes stored {got} and indexed {indexed} of {len(files)}")

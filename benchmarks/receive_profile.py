@@ -16,6 +16,7 @@ import argparse
 import collections
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -127,8 +128,6 @@ def main(argv: list[str] | None = None) -> None:
         args.json.write_text(json.dumps({"command": " ".join(sys.argv), "images": n, "associations": args.associations,
                                          "images_per_s": n / wall, "process_cpu_ms_per_image": 1e3 * cpu / n,
                                          "steps": rows, "load_average": os.getloadavg()}, indent=1))
-    import shutil
-
     shutil.rmtree(work, ignore_errors=True)
 
 

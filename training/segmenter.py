@@ -533,10 +533,10 @@ def fit(train_items: list[Prepared], val_items: list[Prepared], config: TrainCon
     if weights.is_file():  # without the optimizer's state: a third of the size, and nothing inference reads
         best_model = keras.models.load_model(weights, compile=False)
         best_model.save(weights)
-    if val_items and weights.is_file():
-        threshold, table = tune_threshold(best_model, val_items, pre)
-        best = table[f"{threshold:.1f}"]
-        say(f"threshold {threshold} (validation median Dice by threshold: {table})")
+        if val_items:
+            threshold, table = tune_threshold(best_model, val_items, pre)
+            best = table[f"{threshold:.1f}"]
+            say(f"threshold {threshold} (validation median Dice by threshold: {table})")
     return {"history": history, "best": best if val_items else None, "best_epoch": best_epoch, "stopped": stopped,
             "threshold": threshold, "threshold_table": table}
 
