@@ -218,7 +218,8 @@ def hypodense_hematoma(item: Prepared) -> np.ndarray:
 
 def sample_patch(item: Prepared, patch: tuple[int, int, int], rng: np.random.Generator,
                  lesion_prob: float = 0.6, negative_prob: float = 0.2, hypodense_share: float = 0.0,
-                 augment: bool = True, hypodense_weight: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 augment: bool = True, hypodense_weight: float = 1.0,
+                 negative_weight: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A (patch) crop of image, soft label and per-voxel loss weight, centred on hematoma with ``lesion_prob``, on
     intraventricular blood with ``negative_prob`` (when the volume has any), else on brain; rotated
     (±15° axial, ±5° tilt), scaled (0.85–1.15) and left-right flipped at random. Of the hematoma-centred
@@ -231,7 +232,9 @@ def sample_patch(item: Prepared, patch: tuple[int, int, int], rng: np.random.Gen
     share of hematoma voxels, and where held-out Dice was lowest.
 
     The weight is 1 everywhere except on hypodense hematoma, where it is ``hypodense_weight``: centring
-    patches there did not teach the network to call it (docs/model1.md), so its misses cost more."""
+    patches there did not teach the network to call it (docs/model1.md), so its misses cost more; and on
+    intraventricular blood, ``negative_weight``: centring patches there did not stop the network calling
+    ventricular blood next to a clot hematoma (docs/model1.md, session 15), so those false calls cost more."""
     fg = item.label > 0.5
     u = rng.random()
     if fg.any() and u < lesion_prob:
@@ -270,6 +273,10 @@ def sample_patch(item: Prepared, patch: tuple[int, int, int], rng: np.random.Gen
         hypo = ndimage.affine_transform(hypodense_hematoma(item).astype(np.float32), matrix, offset,
                                         output_shape=patch, order=1, cval=0.0)
         weight += (hypodense_weight - 1.0) * np.clip(hypo, 0, 1)
+    if negative_weight != 1.0 and item.negative is not None and item.negative.any():
+        neg = ndimage.affine_transform(item.negative.astype(np.float32), matrix, offset, output_shape=patch,
+                                       order=1, cval=0.0)
+        weight += (negative_weight - 1.0) * np.clip(neg, 0, 1)
     return image.astype(np.float32), np.clip(label, 0, 1).astype(np.float32), weight
 
 
@@ -290,11 +297,13 @@ def _sampler_process(items, patch, batch_size, seed, kw, out) -> None:
 
 def batches(items: list[Prepared], patch: tuple[int, int, int], batch_size: int, seed: int,
             augment: bool = True, prefetch: int = 4, hypodense_share: float = 0.0,
-            hypodense_weight: float = 1.0, workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            hypodense_weight: float = 1.0, workers: int = 0,
+            negative_weight: float = 1.0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Endless (image, label, weight) batches made in a background thread (numpy/scipy release the GIL
     while TF trains), or with ``workers`` > 0 in that many forked processes (seeds ``[seed, k]``): a GPU
     step is faster than one core can cut patches."""
-    kw = dict(augment=augment, hypodense_share=hypodense_share, hypodense_weight=hypodense_weight)
+    kw = dict(augment=augment, hypodense_share=hypodense_share, hypodense_weight=hypodense_weight,
+              negative_weight=negative_weight)
     if workers > 0:
         yield from _process_batches(items, patch, batch_size, seed, kw, workers, prefetch)
         return
@@ -402,6 +411,7 @@ class TrainConfig:
     init_from: Path | None = None        # a model directory whose weights training starts from
     hypodense_share: float = 0.0         # of hematoma-centred patches, centred on hypodense blood (sample_patch)
     hypodense_weight: float = 1.0        # cross-entropy weight of hypodense hematoma voxels (sample_patch)
+    negative_weight: float = 1.0         # cross-entropy weight of intraventricular blood voxels (sample_patch)
     sampler_workers: int = 0             # processes making patches (0: one thread; a GPU needs several)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
@@ -481,7 +491,7 @@ def fit(train_items: list[Prepared], val_items: list[Prepared], config: TrainCon
     # sampler processes fork before the backend starts its threads (and never touch it)
     stream = batches(train_items, tuple(pre.patch), config.batch_size, config.seed,
                      hypodense_share=config.hypodense_share, hypodense_weight=config.hypodense_weight,
-                     workers=config.sampler_workers)
+                     workers=config.sampler_workers, negative_weight=config.negative_weight)
     configure_threads(config.threads)  # TensorFlow starts only now: preparation workers never see it
     import keras
 
@@ -679,7 +689,9 @@ is claimed, and none has been measured on real hemorrhages.**
   {tuple(config.preprocess.patch)}, augmentation by rotation, scaling, left-right flip and intensity jitter;
   60 % of patches centred on hematoma, 20 % on intraventricular blood (hard negatives), the rest on brain{
   f"; of the hematoma patches {config.hypodense_share:.0%} centred on its hypodense part" if config.hypodense_share else ""}{
-  f"; cross-entropy on hypodense hematoma voxels weighted {config.hypodense_weight:g}×" if config.hypodense_weight != 1 else ""}.
+  f"; cross-entropy on hypodense hematoma voxels weighted {config.hypodense_weight:g}×" if config.hypodense_weight != 1 else ""}{
+  f"; on intraventricular blood {config.negative_weight:g}×" if config.negative_weight != 1 else ""}{
+  f"; fine-tuned from the weights of version {config.init_from.name}" if config.init_from else ""}.
   Trained on {metrics.get('device', '?')}, {config.epochs} × {config.steps_per_epoch} steps of batch {config.batch_size}.
 - Data: {metadata.training_data['cases']} synthetic cases (fingerprint `{metadata.training_data['fingerprint'][:16]}…`).
 - Validation (synthetic, model grid): median Dice {val['median_dice']} on {val['cases']} held-out volumes,

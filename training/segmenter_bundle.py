@@ -94,7 +94,7 @@ def fit_bundle(bundle: Path, out_dir: Path, config: TrainConfig, say=print) -> d
     deadline = t0 + config.max_minutes * 60 if config.max_minutes is not None else None
     fitted = fit(data.train, data.val, config, out_dir / WEIGHTS_FILE, say, deadline)
     record = {"fitted": fitted, "device": device(), "seconds": {"train": round(time.monotonic() - t0, 1)},
-              "train_config": {k: v for k, v in asdict(config).items() if k not in ("preprocess", "init_from")},
+              "train_config": {k: v for k, v in asdict(config).items() if k != "preprocess"},
               "patch": list(config.preprocess.patch)}
     (out_dir / FITTED_FILE).write_text(json.dumps(record, indent=2, default=str))
     return record
@@ -120,7 +120,10 @@ def finish(bundle: Path, fitted_dir: Path, out_dir: Path, *, version: str | None
     data, pre = load(bundle)
     pre = replace(pre, patch=tuple(record["patch"]), refine=refine, tta_flips=((2,),) if tta else ())
     known = {f.name for f in fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in record["train_config"].items() if k in known}, preprocess=pre)
+    kept = {k: v for k, v in record["train_config"].items() if k in known}
+    if kept.get("init_from"):  # the parent a fit started from, for the model card
+        kept["init_from"] = Path(kept["init_from"])
+    config = TrainConfig(**kept, preprocess=pre)
     out_dir.mkdir(parents=True, exist_ok=True)
     import keras  # re-saved without any optimizer state a fit may have stored beside the weights
 
@@ -149,9 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, default in (("epochs", 26), ("steps-per-epoch", 100), ("batch-size", 4), ("base-filters", 8),
                           ("patch", 48), ("sampler-workers", 0), ("seed", 0)):
         f.add_argument(f"--{name}", type=int, default=default)
-    for name, default in (("learning-rate", 1e-3), ("hypodense-weight", 1.0), ("hypodense-share", 0.0)):
+    for name, default in (("learning-rate", 1e-3), ("hypodense-weight", 1.0), ("hypodense-share", 0.0),
+                          ("negative-weight", 1.0)):
         f.add_argument(f"--{name}", type=float, default=default)
     f.add_argument("--max-minutes", type=float, default=None)
+    f.add_argument("--init-from", type=Path, default=None, help="a model directory to fine-tune")
     d = sub.add_parser("finish", help="write the model directory from a bundle and a fit")
     d.add_argument("--bundle", type=Path, required=True)
     d.add_argument("--fitted", type=Path, required=True)
@@ -173,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         config = TrainConfig(epochs=a.epochs, steps_per_epoch=a.steps_per_epoch, batch_size=a.batch_size,
                              base_filters=a.base_filters, seed=a.seed, learning_rate=a.learning_rate,
                              hypodense_weight=a.hypodense_weight, hypodense_share=a.hypodense_share,
+                             negative_weight=a.negative_weight, init_from=a.init_from,
                              sampler_workers=a.sampler_workers, max_minutes=a.max_minutes,
                              preprocess=PreprocessConfig(patch=(a.patch,) * 3))
         fit_bundle(a.bundle, a.out, config)

@@ -42,6 +42,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                                               help="Share of hematoma patches centred on its hypodense part (blend sign, black hole)."),
         hypodense_weight: float = typer.Option(1.0, "--hypodense-weight", min=1.0,
                                                help="Cross-entropy weight of hypodense hematoma voxels (1 = unweighted)."),
+        negative_weight: float = typer.Option(1.0, "--negative-weight", min=1.0,
+                                              help="Cross-entropy weight of intraventricular blood voxels (not hematoma; 1 = unweighted)."),
         extra_cohort: Optional[list[Path]] = typer.Option(None, "--extra-cohort", exists=True, file_okay=False,
                                                           help="Another cohort whose cases all train (repeatable); validation stays --cohort's."),
         max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this wall time; keep the best epoch."),
@@ -65,7 +67,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                               learning_rate=learning_rate, base_filters=base_filters, val_fraction=val_fraction,
                               seed=seed, max_minutes=max_minutes, threads=threads, workers=workers,
                               init_from=init_from, hypodense_share=hypodense_share,
-                              hypodense_weight=hypodense_weight, preprocess=pre)
+                              hypodense_weight=hypodense_weight, negative_weight=negative_weight, preprocess=pre)
             result = train(cohort, out, cfg, version=version, parent_version=parent_version, cache_dir=cache,
                            extra_cohorts=extra_cohort or ())
         except (ValueError, FileNotFoundError, FileExistsError) as exc:

@@ -26,6 +26,8 @@ class RefineParams:
     edge_fraction: float = 0.5     # 0.5 = half-way between surroundings and core: the half-maximum edge
     shell_mm: tuple[float, float] = (1.5, 4.0)  # ring around the mask that gives the surroundings' density
     max_hu: float = 100.0         # denser than any clot: bone, calcification
+    slice_hole_fraction: float = 0.0  # a hole open to the next slice is filled where denser than this far
+    #                                   from the surroundings to the core (CSF of a ventricle stays out)
 
     def __post_init__(self) -> None:
         if self.grow_mm < 0 or not 0 < self.edge_fraction < 1 or not 0 < self.core_probability < 1:
@@ -62,8 +64,11 @@ def refine_mask(hu: np.ndarray, brain: np.ndarray, prob: np.ndarray, threshold: 
     keep = np.unique(labels[m & candidate])
     out = np.isin(labels, keep[keep > 0]) | core
     out = ndimage.binary_fill_holes(out)
-    for z in range(out.shape[0]):  # holes open to the next slice are still closed within the slice
-        out[z] = ndimage.binary_fill_holes(out[z])
+    # holes open to the next slice are closed within the slice where they are denser than the brain
+    # around the clot (hypodense blood); a ventricle a clot wraps around is CSF and stays out
+    hole_hu = around_hu + params.slice_hole_fraction * (clot_hu - around_hu)
+    for z in range(out.shape[0]):
+        out[z] |= ndimage.binary_fill_holes(out[z]) & (hus[z] >= hole_hu)
     full = np.zeros(mask.shape, bool)
     full[box] = out & b
     return full

@@ -153,6 +153,29 @@ def test_hypodense_weight_marks_the_hypodense_blood_and_nothing_else():
     assert all(np.array_equal(p, q) for p, q in zip(a, b))
 
 
+def test_negative_weight_marks_the_intraventricular_blood_and_nothing_else():
+    """The loss weight is negative_weight on intraventricular blood (a false call there costs more), 1 on
+    the clot and on brain; it changes no patch, only what a mistake costs."""
+    image = np.full((48, 48, 48), 0.25, np.float32)
+    label = np.zeros(image.shape, np.float32)
+    label[8:30, 8:40, 8:40] = 1.0
+    negative = np.zeros(image.shape, bool)
+    negative[30:42, 8:40, 8:40] = True                        # ventricular blood right against the clot
+    image[label > 0] = image[negative] = 0.55
+    item = Prepared("k", image, label, np.ones(image.shape, bool), negative)
+    rng = np.random.default_rng(5)
+    for _ in range(6):
+        x, y, w = sample_patch(item, (24, 24, 24), rng, lesion_prob=0.5, negative_prob=0.5, negative_weight=8.0)
+        assert w.min() >= 1.0 and w.max() <= 8.0
+        blood = (y < 0.01) & (x > 0.5)                         # dense, not hematoma: the ventricular blood
+        if blood.sum() > 50:
+            assert np.median(w[blood]) > 7.5
+        assert np.median(w[y > 0.99]) == 1.0
+    a = [sample_patch(item, (24, 24, 24), np.random.default_rng(7))[0] for _ in range(2)]
+    b = [sample_patch(item, (24, 24, 24), np.random.default_rng(7), negative_weight=3.0)[0] for _ in range(2)]
+    assert all(np.array_equal(p, q) for p, q in zip(a, b))
+
+
 def test_weighted_loss_charges_misses_on_heavier_voxels_more():
     from training.segmenter import dice_bce_loss
 
@@ -243,7 +266,7 @@ def test_extra_cohorts_only_train_and_are_recorded(trained, tmp_path):
     res = CliRunner().invoke(app, ["train", "segmenter", "--cohort", str(cohort), "--extra-cohort", str(extra),
                                    "--out", str(out), "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "1",
                                    "--spacing", "4", "--patch", "16", "--base-filters", "4", "--val-fraction", "0.25",
-                                   "--hypodense-weight", "4", "--threads", "2", "--no-tta"])
+                                   "--hypodense-weight", "4", "--negative-weight", "6", "--threads", "2", "--no-tta"])
     assert res.exit_code == 0, res.output
     meta = ModelMetadata.read(out)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -251,5 +274,5 @@ def test_extra_cohorts_only_train_and_are_recorded(trained, tmp_path):
     assert meta.training_data["cases"] == 6
     assert meta.training_data["extra_cohorts"] == [{"cohort": "extra", "fingerprint": read_cohort(extra).fingerprint(),
                                                     "cases": 2}]
-    assert metrics["train_config"]["hypodense_weight"] == 4.0
+    assert metrics["train_config"]["hypodense_weight"] == 4.0 and metrics["train_config"]["negative_weight"] == 6.0
     assert len(list((extra / ".cache" / "segmenter").glob("*.npz"))) == 2  # each cohort keeps its own cache

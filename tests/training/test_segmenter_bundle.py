@@ -81,6 +81,15 @@ def test_fit_and_finish_write_a_model_the_runtime_loads(packed):
     assert val["median_dice"] == val["dice_by_threshold"]["0.3"]
     with pytest.raises(ValueError, match="threshold"):
         B.finish(path, fitted, root / "models" / "9", threshold=1.5)
+    # a fine-tune of that model with intraventricular blood weighted: both recorded, the card names the parent
+    tuned = root / "tuned"
+    assert B.main(["fit", "--bundle", str(path), "--out", str(tuned), "--epochs", "1", "--steps-per-epoch", "1",
+                   "--batch-size", "2", "--base-filters", "4", "--patch", "16", "--init-from", str(out),
+                   "--negative-weight", "4"]) == 0
+    child = B.finish(path, tuned, root / "models" / "10", say=lambda _m: None).model_dir
+    assert json.loads((child / "metrics.json").read_text())["train_config"]["negative_weight"] == 4.0
+    card = (child / "MODEL_CARD.md").read_text()
+    assert "on intraventricular blood 4×" in card and "fine-tuned from the weights of version 7" in card
 
 
 def test_process_sampler_errors_reach_the_trainer():

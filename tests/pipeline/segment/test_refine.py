@@ -55,6 +55,20 @@ def test_enclosed_hypodensity_stays_part_of_the_clot(scene):
     assert refined[hole].mean() > 0.95
 
 
+def test_a_ventricle_the_clot_wraps_around_is_not_filled(scene):
+    """Issue 16: a clot beside a ventricle can enclose it in a slice while the ventricle goes on in the next
+    slices. Its CSF is not hematoma; a hypodense pocket in the same place (denser than brain) is."""
+    hu, brain, prob, clot, _ = scene
+    tube = np.zeros(hu.shape, bool)
+    tube[:, 46:54, 46:54] = True                      # a ventricle running through every slice
+    prob = np.where(tube, 0.0, prob).astype(np.float32)  # the CNN leaves it out
+    csf = np.where(tube, 8.0, hu).astype(np.float32)
+    refined = refine_mask(csf, brain, prob, 0.5, SPACING)
+    assert refined[tube & clot].mean() < 0.1  # only its rim, smoothed towards the clot
+    pocket = np.where(tube, 42.0, hu).astype(np.float32)  # hypodense blood instead: above the brain's 30 HU
+    assert refine_mask(pocket, brain, prob, 0.5, SPACING)[tube & clot].mean() > 0.9
+
+
 def test_stays_inside_the_brain(scene):
     hu, brain, prob, _, _ = scene
     brain = brain.copy()
