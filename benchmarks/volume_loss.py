@@ -29,8 +29,9 @@ sys.path.insert(0, str(REPO))
 
 
 def decompose(truth: np.ndarray, prob: np.ndarray, brain: np.ndarray, final: np.ndarray, threshold: float,
-              voxel_ml: float) -> dict:
-    """The true hematoma's volume (mL) split by where it went; all arrays on the same grid."""
+              voxel_ml: float, negative: np.ndarray | None = None) -> dict:
+    """The true hematoma's volume (mL) split by where it went, and the false positives split by whether
+    they lie on blood that is not the target (``negative``: intraventricular); all arrays on one grid."""
     truth, brain, final = truth.astype(bool), brain.astype(bool), final.astype(bool)
     called = prob >= threshold
     lost = truth & ~final
@@ -42,6 +43,7 @@ def decompose(truth: np.ndarray, prob: np.ndarray, brain: np.ndarray, final: np.
         "lost_below_threshold_ml": float((lost & brain & ~called).sum() * voxel_ml),
         "lost_by_refinement_ml": float((lost & brain & called).sum() * voxel_ml),
         "false_positive_ml": float((final & ~truth).sum() * voxel_ml),
+        "false_positive_on_ivh_ml": float((final & ~truth & negative).sum() * voxel_ml) if negative is not None else 0.0,
     }
 
 
@@ -50,7 +52,7 @@ def summarise(rows: list[dict]) -> dict:
     from training.evaluate_segmenter import volume_agreement
 
     keys = ("true_mask_ml", "predicted_ml", "lost_outside_brain_ml", "lost_below_threshold_ml",
-            "lost_by_refinement_ml", "false_positive_ml")
+            "lost_by_refinement_ml", "false_positive_ml", "false_positive_on_ivh_ml")
     out = {"n": len(rows)}
     if rows:
         out.update({f"mean_{k}": round(float(np.mean([r[k] for r in rows])), 3) for k in keys})
@@ -63,18 +65,19 @@ def case_maps(seg, series_dir: Path, mask_path: Path, cache: Path):
     from pipeline.brain import extract_brain
     from pipeline.volume import load_series
     from training.evaluate_segmenter import truth_on_grid
-    from training.segmenter import TARGET_LABELS
+    from training.segmenter import NEGATIVE_LABELS, TARGET_LABELS
 
     volume = load_series(series_dir).volume
+    negative = truth_on_grid(mask_path, volume, NEGATIVE_LABELS)  # not cached: older caches lack it
     if cache.is_file():
         z = np.load(cache)
-        return volume, z["prob"].astype(np.float32), z["brain"], z["truth"]
+        return volume, z["prob"].astype(np.float32), z["brain"], z["truth"], negative
     brain = extract_brain(volume)
     truth = truth_on_grid(mask_path, volume, TARGET_LABELS)
     prob = seg.predict_proba(volume, brain)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(cache, prob=prob.astype(np.float16), brain=brain, truth=truth)
-    return volume, prob.astype(np.float16).astype(np.float32), brain, truth
+    return volume, prob.astype(np.float16).astype(np.float32), brain, truth, negative
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,27 +101,30 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for cohort in args.cohort:
         for r in csv.DictReader((cohort / "manifest.csv").open()):
-            volume, prob, brain, truth = case_maps(
+            volume, prob, brain, truth, negative = case_maps(
                 seg, cohort / r["baseline_dir"], cohort / r["baseline_mask"],
                 args.cache / args.model.name / cohort.name / f"{r['case_id']}.npz")
             final = seg.mask_from_proba(volume, brain.astype(bool), prob)
             row = {"cohort": cohort.name, "case": r["case_id"], "markers": r.get("markers", ""),
                    "hypodense_marker": r.get("marker_hypodensity") == "1",
                    "reference_ml": float(r["baseline_volume_ml"]), "dice": float(dice(final, truth)),
-                   **decompose(truth, prob, brain, final, cfg.threshold, volume.voxel_volume_ml)}
+                   "ivh": r.get("ivh") == "1",
+                   **decompose(truth, prob, brain, final, cfg.threshold, volume.voxel_volume_ml, negative)}
             rows.append({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
             print(f"{cohort.name} {r['case_id']} {'H' if row['hypodense_marker'] else ' '} true {row['reference_ml']:6.1f} "
                   f"pred {row['predicted_ml']:6.1f} | lost: below threshold {row['lost_below_threshold_ml']:5.2f}  "
                   f"refinement {row['lost_by_refinement_ml']:5.2f}  outside brain {row['lost_outside_brain_ml']:5.2f}", flush=True)
     groups = {"all": rows, "hypodensity_marker": [r for r in rows if r["hypodense_marker"]],
-              "no_hypodensity_marker": [r for r in rows if not r["hypodense_marker"]]}
+              "no_hypodensity_marker": [r for r in rows if not r["hypodense_marker"]],
+              "intraventricular_blood": [r for r in rows if r["ivh"]]}
     summary = {k: summarise(v) for k, v in groups.items()}
     for k, s in summary.items():
         if s["n"]:
             a = s["agreement"]
             print(f"{k:>22}: n={s['n']:2d}  median signed {a['median_signed_pct']:+6.2f} %  mean |dV| {a['mean_abs_ml']:.2f} mL  "
                   f"mean lost below threshold {s['mean_lost_below_threshold_ml']:.2f}, by refinement "
-                  f"{s['mean_lost_by_refinement_ml']:.2f}, outside brain {s['mean_lost_outside_brain_ml']:.2f} mL")
+                  f"{s['mean_lost_by_refinement_ml']:.2f}, outside brain {s['mean_lost_outside_brain_ml']:.2f} mL; "
+                  f"false positive {s['mean_false_positive_ml']:.2f} (on ventricular blood {s['mean_false_positive_on_ivh_ml']:.2f})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({

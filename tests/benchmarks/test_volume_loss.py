@@ -27,3 +27,15 @@ def test_lost_volume_is_attributed_to_brain_mask_threshold_or_refinement() -> No
     assert d["kept_ml"] + d["lost_outside_brain_ml"] + d["lost_below_threshold_ml"] + d["lost_by_refinement_ml"] \
         == pytest.approx(d["true_mask_ml"])
     assert d["false_positive_ml"] == 0.5 and d["predicted_ml"] == 18.5
+
+
+def test_false_positives_on_ventricular_blood_are_counted_apart() -> None:
+    truth = np.zeros((4, 10, 10), bool)
+    truth[1:3, 2:5, 2:5] = True
+    ivh = np.zeros_like(truth)
+    ivh[1:3, 5:8, 2:5] = True                      # ventricular blood right beside the clot
+    final = truth | ivh
+    final[0, 0, 0] = True                          # and one false positive elsewhere
+    d = decompose(truth, np.where(final, 0.9, 0.0), np.ones_like(truth), final, 0.5, 1.0, negative=ivh)
+    assert d["false_positive_ml"] == 19.0 and d["false_positive_on_ivh_ml"] == 18.0
+    assert decompose(truth, np.where(final, 0.9, 0.0), np.ones_like(truth), final, 0.5, 1.0)["false_positive_on_ivh_ml"] == 0.0
