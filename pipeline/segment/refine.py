@@ -5,7 +5,8 @@ threshold is one number for every clot. Here the edge is re-drawn where the CT s
 a few millimetres around the CNN's mask, voxels are hematoma when their (lightly smoothed) density is
 at least halfway from the surrounding brain to the clot's own core density — the half-maximum edge
 of a partial-volume blurred object. Only regions connected to the CNN's mask are kept, the CNN's
-confident core always stays, and enclosed holes (a black hole is part of the clot) are filled.
+confident core always stays, and enclosed holes (a black hole is part of the clot) are filled; a hole
+that is open to the next slice only where it is denser than the brain around (a ventricle's CSF is not).
 It never adds a blob the CNN did not find, so it cannot create false positives elsewhere.
 """
 
@@ -32,6 +33,8 @@ class RefineParams:
     def __post_init__(self) -> None:
         if self.grow_mm < 0 or not 0 < self.edge_fraction < 1 or not 0 < self.core_probability < 1:
             raise ValueError("grow_mm must be >= 0, edge_fraction and core_probability in (0, 1)")
+        if not 0 <= self.slice_hole_fraction < 1:
+            raise ValueError(f"slice_hole_fraction must be in [0, 1), got {self.slice_hole_fraction}")
         if not 0 <= self.shell_mm[0] < self.shell_mm[1]:
             raise ValueError(f"shell_mm must be (inner, outer) with inner < outer, got {self.shell_mm}")
 

@@ -81,6 +81,8 @@ def test_params_are_validated():
         RefineParams(edge_fraction=1.5)
     with pytest.raises(ValueError, match="shell_mm"):
         RefineParams(shell_mm=(4.0, 1.0))
+    with pytest.raises(ValueError, match="slice_hole_fraction"):
+        RefineParams(slice_hole_fraction=1.0)
 
 
 def _pv_sphere(thickness: float, r_true: float = 12.0, r_cnn: float = 10.5, px: float = 0.5, z0: float = 0.0):
