@@ -68,15 +68,16 @@ def case_maps(seg, series_dir: Path, mask_path: Path, cache: Path):
     from training.segmenter import NEGATIVE_LABELS, TARGET_LABELS
 
     volume = load_series(series_dir).volume
-    negative = truth_on_grid(mask_path, volume, NEGATIVE_LABELS)  # not cached: older caches lack it
     if cache.is_file():
         z = np.load(cache)
-        return volume, z["prob"].astype(np.float32), z["brain"], z["truth"], negative
+        negative = z["negative"] if "negative" in z.files else truth_on_grid(mask_path, volume, NEGATIVE_LABELS)
+        return volume, z["prob"].astype(np.float32), z["brain"], z["truth"], negative  # (older caches lack it)
     brain = extract_brain(volume)
     truth = truth_on_grid(mask_path, volume, TARGET_LABELS)
+    negative = truth_on_grid(mask_path, volume, NEGATIVE_LABELS)
     prob = seg.predict_proba(volume, brain)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(cache, prob=prob.astype(np.float16), brain=brain, truth=truth)
+    np.savez_compressed(cache, prob=prob.astype(np.float16), brain=brain, truth=truth, negative=negative)
     return volume, prob.astype(np.float16).astype(np.float32), brain, truth, negative
 
 

@@ -264,19 +264,18 @@ def sample_patch(item: Prepared, patch: tuple[int, int, int], rng: np.random.Gen
             matrix = matrix @ np.diag([1.0, 1.0, -1.0])
     half = (np.asarray(patch, float) - 1) / 2
     offset = centre - matrix @ half
-    image = ndimage.affine_transform(item.image, matrix, offset, output_shape=patch, order=1, cval=0.0)
-    label = ndimage.affine_transform(item.label, matrix, offset, output_shape=patch, order=1, cval=0.0)
+
+    def warp(volume: np.ndarray) -> np.ndarray:  # every array of the patch moves the same way
+        return ndimage.affine_transform(volume, matrix, offset, output_shape=patch, order=1, cval=0.0)
+
+    image, label = warp(item.image), warp(item.label)
     if augment:  # small intensity jitter in window units (≈ ±3 HU offset, ±5 % gain)
         image = np.where(image > 0, image * rng.uniform(0.95, 1.05) + rng.uniform(-0.025, 0.025), 0.0)
     weight = np.ones(patch, np.float32)
     if hypodense_weight != 1.0 and hypodense_hematoma(item).any():
-        hypo = ndimage.affine_transform(hypodense_hematoma(item).astype(np.float32), matrix, offset,
-                                        output_shape=patch, order=1, cval=0.0)
-        weight += (hypodense_weight - 1.0) * np.clip(hypo, 0, 1)
+        weight += (hypodense_weight - 1.0) * np.clip(warp(hypodense_hematoma(item).astype(np.float32)), 0, 1)
     if negative_weight != 1.0 and item.negative is not None and item.negative.any():
-        neg = ndimage.affine_transform(item.negative.astype(np.float32), matrix, offset, output_shape=patch,
-                                       order=1, cval=0.0)
-        weight += (negative_weight - 1.0) * np.clip(neg, 0, 1)
+        weight += (negative_weight - 1.0) * np.clip(warp(item.negative.astype(np.float32)), 0, 1)
     return image.astype(np.float32), np.clip(label, 0, 1).astype(np.float32), weight
 
 
