@@ -8,7 +8,8 @@ never seen in its training). Every model is run the node's way (``pipeline.class
 ``predict(volume, mask)`` with the cohort's ground-truth baseline mask), so each cuts its own features
 (v1: native grid; v2: 1 mm, mm-cut slices). Printed and written per model: AUC overall and per
 (matrix, slice thickness) domain, the worst domain's distance to the best, ECE (10 equal-width bins),
-calibration slope. Synthetic data only; with ~100 test cases a domain holds ~10–25 cases, so its AUC
+calibration slope, and the registry's promotion gate (``training.retrain.gate``, the rule ``ich-node retrain``
+applies) for the candidate against the baseline on these cases. Synthetic data only; with ~100 test cases a domain holds ~10–25 cases, so its AUC
 is noisy (the count and positives are printed beside it).
 """
 
@@ -50,6 +51,17 @@ def score(y: np.ndarray, p: np.ndarray, domains: list[tuple]) -> dict:
             "mean_predicted": cal["mean_predicted"], "observed_rate": cal["observed_rate"]}
 
 
+def judge(candidate: dict, baseline: dict, cases: int) -> dict:
+    """The registry's gate (AUC ≥ baseline − margin, Brier ≤ baseline + margin, AUC CI above chance)."""
+    from training.retrain import GatePolicy, gate
+
+    def metrics(m: dict) -> dict:
+        return {"auc": m["auc"], "brier": m["brier"], "auc_ci95": m["auc_ci95"], "cases": cases}
+
+    decision = gate("classifier", metrics(candidate), metrics(baseline), GatePolicy())
+    return {"passed": decision.passed, "reasons": decision.reasons}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cohort", type=Path, required=True)
@@ -84,6 +96,7 @@ def main() -> None:
                                "radiomics_params": extra.get("radiomics_params"),
                                "cnn_slice_geometry": extra.get("cnn_slice_geometry"), **score(y, p, domains)}
     out["seconds"] = round(time.time() - t0, 1)
+    out["gate"] = judge(out["models"]["candidate"], out["models"]["baseline"], len(test))
 
     for role, m in out["models"].items():
         print(f"{role:9s} {m['dir']}  ({m['module']}, {m['radiomics_params']})")
@@ -94,6 +107,7 @@ def main() -> None:
             print(f"    {d:12s} n={v['cases']:3d} pos={v['positives']:2d}  AUC {auc}")
         if m["worst_below_best"] is not None:
             print(f"  worst domain below best: {m['worst_below_best']:.3f} (bar: 0.03)")
+    print(f"gate ({'passed' if out['gate']['passed'] else 'refused'}): " + "; ".join(out["gate"]["reasons"]))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2) + "\n")
     print(f"-> {args.json}")

@@ -4,7 +4,8 @@
                                                [--cache var/bench/volume_loss] [--json OUT.json]
 
 For every baseline of each cohort (``ich-node synth`` output with its ground-truth masks) the model's
-probability map on the CT grid is computed once (cached as ``<cache>/<model>/<cohort>/<case>.npz``: the map,
+probability map on the CT grid is computed once (cached as ``<cache>/<model key>/<cohort>/<case>.npz``, the
+key naming the model directory and a digest of its files: the map,
 brain mask and truth), then the true hematoma's volume is split into where it ends up:
 kept by the shipped runtime, outside the brain mask (no segmenter sees it), below the CNN's threshold
 (the network never called it), or called by the CNN and dropped by the edge refinement. Cases are grouped
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import sys
 import time
@@ -81,6 +83,14 @@ def case_maps(seg, series_dir: Path, mask_path: Path, cache: Path):
     return volume, prob.astype(np.float16).astype(np.float32), brain, truth, negative
 
 
+def model_key(model_dir: Path) -> str:
+    """``<name>-<digest of the directory's files>``: two candidates both called "3" never share cached maps."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        h.update(f.relative_to(model_dir).as_posix().encode() + b"\0" + f.read_bytes())
+    return f"{Path(model_dir).name}-{h.hexdigest()[:12]}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cohort", type=Path, action="append", required=True)
@@ -100,11 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     seg = load_segmenter(args.model)
     cfg = seg.config
     rows = []
+    key = model_key(args.model)
     for cohort in args.cohort:
         for r in csv.DictReader((cohort / "manifest.csv").open()):
             volume, prob, brain, truth, negative = case_maps(
                 seg, cohort / r["baseline_dir"], cohort / r["baseline_mask"],
-                args.cache / args.model.name / cohort.name / f"{r['case_id']}.npz")
+                args.cache / key / cohort.name / f"{r['case_id']}.npz")
             final = seg.mask_from_proba(volume, brain.astype(bool), prob)
             row = {"cohort": cohort.name, "case": r["case_id"], "markers": r.get("markers", ""),
                    "hypodense_marker": r.get("marker_hypodensity") == "1",

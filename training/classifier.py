@@ -94,12 +94,19 @@ def load_case(case: CohortCase):
     return volume, (sitk.GetArrayFromImage(on_grid) == HEMATOMA_LABEL).astype(np.uint8)
 
 
-def split_cohort(cases: list[CohortCase], seed: int = 0, test_pos: int = 24, test_neg: int = 76):
-    """The seed's test set (24 expanders / 76 not) when the cohort allows, else 25 % stratified."""
+def split_cohort(cases: list[CohortCase], seed: int = 0, test_pos: int = 24, test_neg: int = 76,
+                 test_fraction: float | None = None):
+    """The seed's test set (24 expanders / 76 not) when the cohort allows, else 25 % stratified;
+    ``test_fraction``: that share of each class instead (a large cohort judged per domain needs more
+    than 100 test cases)."""
     rng = np.random.default_rng(seed)
     pos = [c for c in cases if c.label == 1]
     neg = [c for c in cases if c.label == 0]
-    if len(pos) < 2 * test_pos or len(neg) < 2 * test_neg:
+    if test_fraction is not None:
+        if not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+        test_pos, test_neg = max(1, round(test_fraction * len(pos))), max(1, round(test_fraction * len(neg)))
+    elif len(pos) < 2 * test_pos or len(neg) < 2 * test_neg:
         test_pos, test_neg = max(1, len(pos) // 4), max(1, len(neg) // 4)
     test_ids = {c.case_id for c in rng.permutation(np.array(pos, dtype=object))[:test_pos]}
     test_ids |= {c.case_id for c in rng.permutation(np.array(neg, dtype=object))[:test_neg]}

@@ -49,7 +49,7 @@ def _tag(warm_cases, seed: int, steps: int) -> str:
 def prepare(cohort: Path | str, cache_dir: Path | str | None = None, *, seed: int = 0, warmup_steps: int = 0,
             warmup_cohort: Path | str | None = None, backbones=("resnet50", "inception_v3"),
             cnn_sizes: dict | None = None, progress=None, features: str = "v1",
-            pretrained: Path | str | None = None) -> Prepared:
+            pretrained: Path | str | None = None, test_fraction: float | None = None) -> Prepared:
     """Split, extract (cached) and warm up the CNN backbones; ``features`` names the recipe (v1, v2).
 
     The backbones warm up on ``warmup_cohort`` (a separate synthetic cohort, so the CNN features do
@@ -69,7 +69,7 @@ def prepare(cohort: Path | str, cache_dir: Path | str | None = None, *, seed: in
     geo = rcp.slice_geometry
     C.extract_base(cases, cache, rcp.radiomics_params, sizes=used, progress=progress, geometry=geo)
     cases = [c for c in cases if cache.has_base(c.case_id, rcp.radiomics_version, geo)]
-    train, test = C.split_cohort(cases, seed)
+    train, test = C.split_cohort(cases, seed, test_fraction=test_fraction)
     if pretrained is not None:
         warm_cache, warm_cases = cache, []          # pretrained backbones: nothing to warm up
     elif warmup_cohort is not None:
@@ -224,7 +224,8 @@ def evaluate(prep: Prepared, out_dir: Path | str, *, n_boot: int = 2000, modules
 def train_and_ship(cohort: Path | str, out: Path | str, *, cache_dir: Path | str | None = None, seed: int = 0,
                    warmup_steps: int = 0, warmup_cohort: Path | str | None = None,
                    version: str | None = None, module: str | None = None,
-                   n_boot: int = 2000, progress=None, features: str = "v1") -> tuple[Path, dict]:
+                   n_boot: int = 2000, progress=None, features: str = "v1",
+                   test_fraction: float | None = None) -> tuple[Path, dict]:
     """The one command behind a shipped classifier: evaluate all modules, save the chosen one.
 
     The shipped module is the one with the best *training* cross-validation AUC (or ``module``); its
@@ -234,7 +235,7 @@ def train_and_ship(cohort: Path | str, out: Path | str, *, cache_dir: Path | str
     if (out / "metadata.json").exists():
         raise FileExistsError(f"{out} already holds a model; choose a new version directory")
     prep = prepare(cohort, cache_dir, seed=seed, warmup_steps=warmup_steps, warmup_cohort=warmup_cohort,
-                   progress=progress, features=features)
+                   progress=progress, features=features, test_fraction=test_fraction)
     summary = evaluate(prep, out / "report", n_boot=n_boot)
     fitted = summary.pop("_fitted")
     name = module or summary["selected_by_train_cv"]
@@ -249,7 +250,7 @@ def train_and_ship(cohort: Path | str, out: Path | str, *, cache_dir: Path | str
     C.save_model(fitted[name], out, version=version or (out.name if out.name.isdigit() else "1"),
                  groups=C.MODULES[name], training_cases=prep.train, cnn_weight_files=prep.warmup_files,
                  metrics=metrics, radiomics_params=prep.recipe.radiomics_params,
-                 extra={"split_seed": seed, "warmup_steps": warmup_steps, "feature_recipe": prep.recipe.name,
+                 extra={"split_seed": seed, "test_fraction": test_fraction, "warmup_steps": warmup_steps, "feature_recipe": prep.recipe.name,
                         "cnn_slice_geometry": (prep.recipe.slice_geometry.spec()
                                                if prep.recipe.slice_geometry else None),
                                          "warmup_cohort": str(warmup_cohort) if warmup_cohort else "training split",

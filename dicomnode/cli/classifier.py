@@ -44,6 +44,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         version: Optional[str] = typer.Option(None, "--version"),
         n_boot: int = typer.Option(2000, "--n-boot", min=100),
         features: str = typer.Option("v1", "--features", help="Feature recipe: v1 (the seed's, native grid) or v2 (resolution-independent: 1 mm radiomics grid, fixed bins, CNN slices in mm)."),
+        test_fraction: Optional[float] = typer.Option(None, "--test-fraction", min=0.05, max=0.95, help="Hold out this share of each class (default: the seed's 24 expanders + 76 others when the cohort allows)."),
     ) -> None:
         """Evaluate all modules on the cohort's split (report in OUT/report) and save the chosen one to OUT."""
         from training.evaluate_classifier import train_and_ship
@@ -53,7 +54,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             path, summary = train_and_ship(cohort, out, cache_dir=cache, seed=seed, warmup_steps=warmup_steps,
                                            warmup_cohort=warmup_cohort,
                                            version=version, module=module, n_boot=n_boot, progress=_progress,
-                                           features=features)
+                                           features=features, test_fraction=test_fraction)
         except (ValueError, FileNotFoundError, FileExistsError) as exc:
             raise _fail(str(exc))
         _table(summary)
@@ -101,6 +102,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         n_boot: int = typer.Option(2000, "--n-boot", min=100),
         features: str = typer.Option("v1", "--features", help="Feature recipe: v1 (the seed's, native grid) or v2 (resolution-independent: 1 mm radiomics grid, fixed bins, CNN slices in mm)."),
         pretrained: Optional[Path] = typer.Option(None, "--pretrained-backbones", exists=True, file_okay=False, help="Backbones from `ich-node train backbones` (DIR/<backbone>/) instead of the BatchNorm warm-up."),
+        test_fraction: Optional[float] = typer.Option(None, "--test-fraction", min=0.05, max=0.95, help="Hold out this share of each class (default: the seed's 24 expanders + 76 others when the cohort allows)."),
     ) -> None:
         """The seed's Table 2 on one split: 5 feature modules + volume and marker baselines; JSON, PNG, HTML."""
         from training.evaluate_classifier import evaluate, prepare
@@ -109,7 +111,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         out = out or cohort / "classifier-evaluation"
         try:
             prep = prepare(cohort, cache, seed=seed, warmup_steps=warmup_steps, warmup_cohort=warmup_cohort,
-                           progress=_progress, features=features, pretrained=pretrained)
+                           progress=_progress, features=features, pretrained=pretrained,
+                           test_fraction=test_fraction)
             summary = evaluate(prep, out, n_boot=n_boot)
         except (ValueError, FileNotFoundError) as exc:
             raise _fail(str(exc))

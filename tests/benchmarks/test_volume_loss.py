@@ -39,3 +39,16 @@ def test_false_positives_on_ventricular_blood_are_counted_apart() -> None:
     d = decompose(truth, np.where(final, 0.9, 0.0), np.ones_like(truth), final, 0.5, 1.0, negative=ivh)
     assert d["false_positive_ml"] == 19.0 and d["false_positive_on_ivh_ml"] == 18.0
     assert decompose(truth, np.where(final, 0.9, 0.0), np.ones_like(truth), final, 0.5, 1.0)["false_positive_on_ivh_ml"] == 0.0
+
+
+def test_cache_key_tells_two_models_of_the_same_name_apart(tmp_path) -> None:
+    from benchmarks.volume_loss import model_key
+
+    a, b = tmp_path / "a" / "3", tmp_path / "b" / "3"
+    for d, weights in ((a, b"one"), (b, b"two")):
+        d.mkdir(parents=True)
+        (d / "weights.bin").write_bytes(weights)
+        (d / "metadata.json").write_text("{}")
+    assert model_key(a).startswith("3-") and model_key(a) != model_key(b)
+    (b / "weights.bin").write_bytes(b"one")
+    assert model_key(a) == model_key(b)

@@ -41,6 +41,11 @@ def test_split_is_stratified_and_disjoint(cohort):
     many = [C.CohortCase(f"c{i}", None, None, int(i < 60)) for i in range(240)]
     tr, te = C.split_cohort(many, seed=1)
     assert len(te) == 100 and sum(c.label for c in te) == 24  # the seed's test set
+    tr, te = C.split_cohort(many, seed=1, test_fraction=0.3)   # a large cohort judged per domain
+    assert len(te) == 72 and sum(c.label for c in te) == 18 and len(tr) == 168
+    assert not {c.case_id for c in tr} & {c.case_id for c in te}
+    with pytest.raises(ValueError, match="test_fraction"):
+        C.split_cohort(many, test_fraction=1.0)
 
 
 def test_evaluation_writes_table2_json_plots_html(prepared, tmp_path):

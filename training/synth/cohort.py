@@ -1,7 +1,8 @@
 """Write a whole cohort: DICOM studies, ground-truth masks, ``manifest.csv`` and ``cohort.json``.
 
 Cases are independent (seeded by ``case_seed(seed, index)``), so the output does not depend on
-the number of worker processes, and a cohort of N cases is a prefix of a cohort of N+M.
+the number of worker processes, and a cohort of N cases is a prefix of a cohort of N+M (``first``
+starts a cohort further on: parts written separately concatenate into that same cohort).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def write_case(out_dir: Path, case: SynthCase, cohort_seed: int, index: int, rle
     row: dict = {}
     name = f"SYNTH^{case.case_id.upper()}"
     for which, series, number in (("baseline", case.baseline, 2), ("followup", case.followup, 2)):
+        if series is None:   # SynthOptions(write_followup=False): labels only, no follow-up study
+            continue
         study_uid, series_uid = uid(root, which, "study"), uid(root, which, "series")
         write_series(cdir / which, series, patient_id=case.patient_id, patient_name=name, sex=case.patient_sex,
                      age=case.patient_age, study_uid=study_uid, series_uid=series_uid,
@@ -94,22 +97,26 @@ def _job(args) -> dict:
 
 
 def write_cohort(out_dir: str | os.PathLike, n_cases: int, seed: int = 0, options: SynthOptions | None = None, *,
-                 workers: int = 1, progress: Callable[[int], None] | None = None, previews: int = 0) -> Path:
-    """Generate ``n_cases`` cases into ``out_dir``; returns the manifest path.
+                 workers: int = 1, progress: Callable[[int], None] | None = None, previews: int = 0,
+                 first: int = 0) -> Path:
+    """Generate cases ``first`` .. ``first + n_cases - 1`` into ``out_dir``; returns the manifest path.
 
     ``progress(k)`` is called after each finished case (the CLI feeds a progress bar with it);
     the first ``previews`` cases also get a PNG contact sheet in ``out_dir/previews``.
+    ``options.write_followup=False`` writes baselines only (the expansion label is drawn, not measured
+    on the follow-up image, so it is the same): half the time and disk for classifier training, but no
+    follow-up study for anything that reads one (the manifest's follow-up columns stay empty).
     """
     opts = options or SynthOptions()
-    if not opts.write_followup:
-        raise ValueError("a cohort needs follow-up studies (write_followup=True)")
     if n_cases < 1:
         raise ValueError(f"n_cases must be >= 1, got {n_cases}")
+    if first < 0:
+        raise ValueError(f"first must be >= 0, got {first}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if (out / "manifest.csv").exists() or (out / "cases").exists():
         raise FileExistsError(f"{out} already holds a cohort; choose an empty directory")
-    jobs = [(str(out), int(seed), i, opts.to_dict(), int(previews)) for i in range(n_cases)]
+    jobs = [(str(out), int(seed), i, opts.to_dict(), int(previews)) for i in range(first, first + n_cases)]
     rows: list[dict] = []
     if workers <= 1:
         for j in jobs:
@@ -131,7 +138,7 @@ def write_cohort(out_dir: str | os.PathLike, n_cases: int, seed: int = 0, option
             w.writerow({k: r.get(k, "") for k in MANIFEST_COLUMNS})
     tmp.replace(manifest)
     meta = {"generator": "ich-node training.synth", "version": GENERATOR_VERSION, "seed": int(seed),
-            "n_cases": n_cases, "options": opts.to_dict(), "summary": summarize(rows),
+            "n_cases": n_cases, "first": int(first), "followups": opts.write_followup, "options": opts.to_dict(), "summary": summarize(rows),
             "labels": {"1": "intracerebral hematoma", "2": "intraventricular blood"},
             "python": platform.python_version()}
     (out / "cohort.json").write_text(json.dumps(meta, indent=2, default=list))

@@ -25,6 +25,9 @@ def save_preview(case, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
     for ax, series, name, vol in ((axes[0], case.baseline, "baseline", case.baseline_volume_ml),
                                   (axes[1], case.followup, "follow-up", case.followup_volume_ml)):
+        if series is None:   # a baselines-only cohort
+            ax.axis("off")
+            continue
         img, lab = _slice(series)
         ax.imshow(img, cmap="gray", vmin=0, vmax=80)
         if (lab == 1).any():

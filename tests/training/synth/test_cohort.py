@@ -126,6 +126,26 @@ def test_same_seed_same_bytes_and_workers_do_not_matter(tmp_path, cohort):
     assert _rows(tmp_path / "a")[0]["baseline_study_uid"] != _rows(cohort)[0]["baseline_study_uid"]
 
 
+def test_baselines_only_parts_concatenate_into_the_same_cohort(tmp_path, cohort):
+    """Classifier cohorts at scale: parts written from ``first`` on, without follow-up studies, hold the
+    same baselines and labels as the whole cohort written at once."""
+    part = tmp_path / "part"
+    write_cohort(part, 2, seed=5, options=OPTS.with_(write_followup=False), first=1)
+    whole, rows = _rows(cohort), _rows(part)
+    assert [r["case_id"] for r in rows] == ["case00001", "case00002"]
+    for got, want in zip(rows, whole[1:]):
+        for col in ("patient_id", "expansion", "baseline_volume_ml", "followup_volume_ml", "growth_pct", "markers",
+                    "baseline_study_uid", "baseline_series_uid", "baseline_mask_volume_ml", "seed"):
+            assert got[col] == want[col], col
+        assert got["followup_dir"] == got["followup_mask"] == ""
+        files = [sorted(p.name for p in (root / r["baseline_dir"]).iterdir()) for root, r in ((part, got), (cohort, want))]
+        assert files[0] == files[1]
+        assert all((part / got["baseline_dir"] / f).read_bytes() == (cohort / want["baseline_dir"] / f).read_bytes()
+                   for f in files[0])
+    assert not any(part.glob("cases/*/followup*"))
+    assert json.loads((part / "cohort.json").read_text())["followups"] is False
+
+
 def test_refuses_non_empty_output(cohort):
     with pytest.raises(FileExistsError):
         write_cohort(cohort, 1, seed=5, options=OPTS)

@@ -1,0 +1,67 @@
+"""benchmarks/classifier_cohort.py (issue 16, part 2): a cohort built in parts is one ordinary cohort, and a
+stopped build goes on where it stopped; benchmarks/classifier_domains.py applies the registry's gate."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from benchmarks import classifier_cohort as cc  # noqa: E402
+from benchmarks import classifier_domains as cd  # noqa: E402
+from training import classifier as C  # noqa: E402
+from training.synth import SynthOptions  # noqa: E402
+
+TINY = SynthOptions(matrix=128, thickness_mm=(5.0,), tilt_fraction=0.0, prevalence=0.5, write_followup=False)
+
+
+def _build(out: Path, monkeypatch, *extra: str) -> None:
+    monkeypatch.setattr(cc, "synth_options", lambda: TINY)
+    monkeypatch.setattr(sys, "argv", ["classifier_cohort.py", "--out", str(out), "--cases", "3", "--part", "2",
+                                      "--seed", "31", "--workers", "1", *extra])
+    cc.main()
+
+
+def test_parts_make_one_cohort_with_cached_features_and_resume(tmp_path, monkeypatch):
+    out = tmp_path / "big"
+    _build(out, monkeypatch)
+    cases = C.read_cohort(out)
+    assert [c.case_id for c in cases] == ["case00000", "case00001", "case00002"]
+    assert all(c.mask_path.is_file() and not c.baseline_dir.exists() for c in cases)   # DICOM dropped by default
+    cache = C.FeatureCache(out / "features-cache")
+    from pipeline.features.recipe import recipe
+
+    v2 = recipe("v2")
+    assert all(cache.has_base(c.case_id, v2.radiomics_version, v2.slice_geometry) for c in cases)
+    # the same cases as one cohort written at once: labels from the same per-case seeds
+    from training.synth import write_cohort
+
+    write_cohort(tmp_path / "whole", 3, seed=31, options=TINY)
+    assert [c.label for c in C.read_cohort(tmp_path / "whole")] == [c.label for c in cases]
+    # resume: finished parts are skipped, an unfinished one is done again
+    (out / "parts" / "p001" / cc.DONE).unlink()
+    before = (out / "parts" / "p000" / "manifest.csv").stat().st_mtime_ns
+    _build(out, monkeypatch, "--keep-dicom")
+    assert (out / "parts" / "p000" / "manifest.csv").stat().st_mtime_ns == before
+    assert (out / "parts" / "p001" / cc.DONE).is_file()
+    assert [c.case_id for c in C.read_cohort(out)] == [c.case_id for c in cases]
+
+
+def test_domains_benchmark_applies_the_registry_gate():
+    base = {"auc": 0.80, "brier": 0.15, "auc_ci95": [0.70, 0.90]}
+    same = cd.judge(dict(base), base, 300)
+    assert same["passed"] and len(same["reasons"]) == 3
+    worse = cd.judge({**base, "auc": 0.75}, base, 300)
+    assert not worse["passed"] and any("auc 0.7500 FAILS" in r for r in worse["reasons"])
+    chance = cd.judge({**base, "auc_ci95": [0.45, 0.95]}, base, 300)
+    assert not chance["passed"]
+
+
+def test_no_part_starts_after_the_time_limit(tmp_path, monkeypatch):
+    out = tmp_path / "none"
+    _build(out, monkeypatch, "--minutes", "0")
+    assert not (out / "manifest.csv").exists() and not (out / "parts").exists()
