@@ -65,3 +65,20 @@ def test_no_part_starts_after_the_time_limit(tmp_path, monkeypatch):
     out = tmp_path / "none"
     _build(out, monkeypatch, "--minutes", "0")
     assert not (out / "manifest.csv").exists() and not (out / "parts").exists()
+
+
+def test_domain_spread_is_judged_against_one_shared_roc():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y = np.array([1] * 60 + [0] * 180)
+    domains = [(256, 5.0), (512, 1.0), (512, 5.0)] * 80
+    shared = y * 2.0 + rng.normal(0, 1.0, y.size)          # one ROC for every domain (AUC ≈ 0.92)
+    same = cd.spread_by_chance(y, shared, domains, n=300)
+    assert same["permutations"] == 300 and same["p_value"] > 0.05
+    broken = shared.copy()
+    broken[[i for i, d in enumerate(domains) if d == (512, 1.0)]] = rng.normal(0, 1.0, 80)   # chance in one domain
+    diff = cd.spread_by_chance(y, broken, domains, n=300)
+    assert diff["observed"] > diff["null_p95"] and diff["p_value"] < 0.01
+    scored = cd.score(y, broken, domains)
+    assert scored["by_domain"]["512x1mm"]["auc_ci95"][0] < 0.5 < scored["by_domain"]["256x5mm"]["auc_ci95"][0]
