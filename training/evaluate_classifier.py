@@ -250,7 +250,8 @@ def train_and_ship(cohort: Path | str, out: Path | str, *, cache_dir: Path | str
     C.save_model(fitted[name], out, version=version or (out.name if out.name.isdigit() else "1"),
                  groups=C.MODULES[name], training_cases=prep.train, cnn_weight_files=prep.warmup_files,
                  metrics=metrics, radiomics_params=prep.recipe.radiomics_params,
-                 extra={"split_seed": seed, "test_fraction": test_fraction, "warmup_steps": warmup_steps, "feature_recipe": prep.recipe.name,
+                 extra={"split_seed": seed, "test_fraction": test_fraction, "warmup_steps": warmup_steps,
+                        "feature_recipe": prep.recipe.name,
                         "cnn_slice_geometry": (prep.recipe.slice_geometry.spec()
                                                if prep.recipe.slice_geometry else None),
                                          "warmup_cohort": str(warmup_cohort) if warmup_cohort else "training split",
