@@ -1,10 +1,11 @@
 """Issue 16, part 2: does model 2 hold up across matrix and slice thickness? AUC by domain, calibration.
 
     .venv/bin/python benchmarks/classifier_domains.py --cohort var/m2v2/cohort \
-        --model var/m2v2/model [--baseline models/classifier/1] [--json benchmarks/results/classifier_domains.json]
+        --model var/m2v2/model [--baseline models/classifier/1] [--all-cases] [--json benchmarks/results/classifier_domains.json]
 
 The test split is the one the candidate model's own report held out (``<model>/report/test_predictions.csv``,
-never seen in its training). Every model is run the node's way (``pipeline.classify.load_classifier``,
+never seen in its training), or with ``--all-cases`` every case of a cohort generated later. Every model
+is run the node's way (``pipeline.classify.load_classifier``,
 ``predict(volume, mask)`` with the cohort's ground-truth baseline mask), so each cuts its own features
 (v1: native grid; v2: 1 mm, mm-cut slices). Printed and written per model: AUC overall and per
 (matrix, slice thickness) domain, the worst domain's distance to the best, ECE (10 equal-width bins),
@@ -59,8 +60,10 @@ def spread_by_chance(y: np.ndarray, p: np.ndarray, domains: list[tuple], n: int 
         if (s := _spread(y, p, g)) is not None:
             null.append(s)
     null_arr = np.array(null)
+    if observed is None or not len(null_arr):   # fewer than two domains with both classes
+        return {"observed": observed, "null_median": None, "null_p95": None, "p_value": None, "permutations": 0}
     return {"observed": observed, "null_median": float(np.median(null_arr)), "null_p95": float(np.quantile(null_arr, 0.95)),
-            "p_value": None if observed is None else float((1 + (null_arr >= observed).sum()) / (1 + len(null_arr))),
+            "p_value": float((1 + (null_arr >= observed).sum()) / (1 + len(null_arr))),
             "permutations": len(null_arr)}
 
 
@@ -96,14 +99,19 @@ def main() -> None:
     ap.add_argument("--cohort", type=Path, required=True)
     ap.add_argument("--model", type=Path, required=True, help="candidate model dir (its report/ names the test split)")
     ap.add_argument("--baseline", type=Path, default=REPO / "models" / "classifier" / "1")
+    ap.add_argument("--all-cases", action="store_true",
+                    help="score every case of COHORT (a fresh cohort neither model trained on), not the candidate's test split")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "classifier_domains.json")
     args = ap.parse_args()
 
-    with open(args.model / "report" / "test_predictions.csv", newline="") as fh:
-        test_ids = [r["case_id"] for r in csv.DictReader(fh)]
     with open(args.cohort / "manifest.csv", newline="") as fh:
         rows = {r["case_id"]: r for r in csv.DictReader(fh)}
     cases = {c.case_id: c for c in C.read_cohort(args.cohort)}
+    if args.all_cases:   # a cohort neither model has seen: every case is held out
+        test_ids = list(cases)
+    else:
+        with open(args.model / "report" / "test_predictions.csv", newline="") as fh:
+            test_ids = [r["case_id"] for r in csv.DictReader(fh)]
     test = [cases[i] for i in test_ids]
     domains = [(int(rows[c.case_id]["matrix"]), float(rows[c.case_id]["slice_thickness_mm"])) for c in test]
     y = np.array([c.label for c in test])
@@ -136,8 +144,8 @@ def main() -> None:
         for d, v in m["by_domain"].items():
             auc = "  n/a" if v["auc"] is None else f"{v['auc']:.3f} ({v['auc_ci95'][0]:.2f}-{v['auc_ci95'][1]:.2f})"
             print(f"    {d:12s} n={v['cases']:3d} pos={v['positives']:2d}  AUC {auc}")
-        if m["worst_below_best"] is not None:
-            ch = m["spread_by_chance"]
+        ch = m["spread_by_chance"]
+        if m["worst_below_best"] is not None and ch["p_value"] is not None:
             print(f"  worst domain below best: {m['worst_below_best']:.3f} (bar: 0.03); one shared ROC gives "
                   f"{ch['null_median']:.3f} (95th percentile {ch['null_p95']:.3f}), p = {ch['p_value']:.3f}")
     print(f"gate ({'passed' if out['gate']['passed'] else 'refused'}): " + "; ".join(out["gate"]["reasons"]))

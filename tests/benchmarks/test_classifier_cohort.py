@@ -82,3 +82,12 @@ def test_domain_spread_is_judged_against_one_shared_roc():
     assert diff["observed"] > diff["null_p95"] and diff["p_value"] < 0.01
     scored = cd.score(y, broken, domains)
     assert scored["by_domain"]["512x1mm"]["auc_ci95"][0] < 0.5 < scored["by_domain"]["256x5mm"]["auc_ci95"][0]
+
+
+def test_domain_spread_needs_two_domains_with_both_classes():
+    import numpy as np
+
+    y = np.array([1, 0, 1, 0, 0])
+    p = np.array([0.9, 0.1, 0.8, 0.2, 0.3])
+    out = cd.spread_by_chance(y, p, [(256, 5.0)] * 4 + [(512, 1.0)], n=50)
+    assert out["observed"] is None and out["p_value"] is None and out["permutations"] == 0
