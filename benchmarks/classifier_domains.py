@@ -10,8 +10,8 @@ is run the node's way (``pipeline.classify.load_classifier``,
 (v1: native grid; v2: 1 mm, mm-cut slices). Printed and written per model: AUC overall and per
 (matrix, slice thickness) domain, the worst domain's distance to the best, ECE (10 equal-width bins),
 calibration slope, and the registry's promotion gate (``training.retrain.gate``, the rule ``ich-node retrain``
-applies) for the candidate against the baseline on these cases. Synthetic data only; with ~100 test cases a domain holds ~10–25 cases, so its AUC
-is noisy (the count and positives are printed beside it).
+applies) for the candidate against the baseline on these cases. Synthetic data only; with ~100 test cases a
+domain holds ~10–25 cases, so its AUC is noisy (the count and positives are printed beside it).
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
     return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
 
 
+def _domain(d: tuple) -> str:
+    return f"{d[0]}x{d[1]:g}mm"
+
+
 def _spread(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> float | None:
     aucs = [a for g in np.unique(groups) if (a := _auc(y[groups == g], p[groups == g])) is not None]
     return (max(aucs) - min(aucs)) if len(aucs) > 1 else None
@@ -48,7 +52,7 @@ def spread_by_chance(y: np.ndarray, p: np.ndarray, domains: list[tuple], n: int 
     """How far apart the domains' AUCs fall when they share one ROC: the cases' domains are shuffled
     within each class (every domain keeps its cases and expanders), ``n`` times. Why: with a few dozen
     cases per domain the best-minus-worst spread is mostly noise; this says how much of it."""
-    groups = np.array([f"{d[0]}x{d[1]:g}" for d in domains])
+    groups = np.array([_domain(d) for d in domains])
     observed = _spread(y, p, groups)
     rng = np.random.default_rng(seed)
     null = []
@@ -73,7 +77,7 @@ def score(y: np.ndarray, p: np.ndarray, domains: list[tuple]) -> dict:
         idx = np.array([x == d for x in domains])
         auc = _auc(y[idx], p[idx])
         ci = list(stats.delong_auc_ci(y[idx], p[idx])[1:]) if auc is not None else None
-        by[f"{d[0]}x{d[1]:g}mm"] = {"cases": int(idx.sum()), "positives": int(y[idx].sum()), "auc": auc, "auc_ci95": ci}
+        by[_domain(d)] = {"cases": int(idx.sum()), "positives": int(y[idx].sum()), "auc": auc, "auc_ci95": ci}
     aucs = [v["auc"] for v in by.values() if v["auc"] is not None]
     cal = stats.calibration(y, p)
     return {"auc": _auc(y, p), "auc_ci95": list(stats.delong_auc_ci(y, p)[1:]), "by_domain": by,

@@ -72,8 +72,7 @@ def case_maps(seg, series_dir: Path, mask_path: Path, cache: Path):
     volume = load_series(series_dir).volume
     if cache.is_file():
         z = np.load(cache)
-        negative = z["negative"] if "negative" in z.files else truth_on_grid(mask_path, volume, NEGATIVE_LABELS)
-        return volume, z["prob"].astype(np.float32), z["brain"], z["truth"], negative  # (older caches lack it)
+        return volume, z["prob"].astype(np.float32), z["brain"], z["truth"], z["negative"]
     brain = extract_brain(volume)
     truth = truth_on_grid(mask_path, volume, TARGET_LABELS)
     negative = truth_on_grid(mask_path, volume, NEGATIVE_LABELS)
