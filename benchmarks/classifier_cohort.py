@@ -14,6 +14,8 @@ part already featurised is skipped, so a stopped run goes on where it stopped; `
 starts no part after M minutes. ``OUT/manifest.csv`` lists the finished parts' cases (paths
 into ``parts/``), so ``OUT`` is an ordinary cohort for ``ich-node train classifier`` and
 ``benchmarks/classifier_domains.py`` (which needs the DICOM of its test cases: ``--keep-dicom``).
+``--features none`` renders only (DICOM kept, no cache): a cohort that models are run on the node's
+way (``classifier_domains.py --all-cases``) needs no cached features.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=1000)
     ap.add_argument("--part", type=int, default=100, help="cases per part")
     ap.add_argument("--seed", type=int, default=2612)
-    ap.add_argument("--features", default="v2", help="feature recipe (pipeline.features.recipe)")
+    ap.add_argument("--features", default="v2",
+                    help="feature recipe (pipeline.features.recipe), or 'none' to render only (DICOM kept)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--minutes", type=float, default=None, help="start no new part after this many minutes")
     ap.add_argument("--keep-dicom", action="store_true", help="keep each part's DICOM (needed to run models on it)")
@@ -78,12 +81,12 @@ def main() -> None:
 
     from pipeline.features.recipe import recipe
 
-    rcp = recipe(args.features)
+    rcp = None if args.features == "none" else recipe(args.features)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    cache = C.FeatureCache(out / "features-cache")
+    cache = None if rcp is None else C.FeatureCache(out / "features-cache")
     opts = synth_options()
-    meta = {"seed": args.seed, "cases": args.cases, "part": args.part, "features": rcp.name,
+    meta = {"seed": args.seed, "cases": args.cases, "part": args.part, "features": rcp.name if rcp else "none",
             "options": opts.to_dict(), "command": " ".join(sys.argv)}
     (out / "build.json").write_text(json.dumps(meta, indent=1, default=list))
     deadline = None if args.minutes is None else time.monotonic() + 60 * args.minutes
@@ -103,10 +106,11 @@ def main() -> None:
         if not part.exists():
             write_cohort(part, n, args.seed, opts, workers=args.workers, first=first)
         t1 = time.time()
-        C.extract_base(C.read_cohort(part), cache, rcp.radiomics_params, geometry=rcp.slice_geometry)
+        if rcp is not None:
+            C.extract_base(C.read_cohort(part), cache, rcp.radiomics_params, geometry=rcp.slice_geometry)
         t2 = time.time()
-        (part / DONE).write_text(rcp.name)
-        if not args.keep_dicom:
+        (part / DONE).write_text(rcp.name if rcp else "none")
+        if rcp is not None and not args.keep_dicom:
             for d in (part / "cases").glob("*/baseline"):
                 shutil.rmtree(d)
         done.append(part)

@@ -1,7 +1,8 @@
 """Issue 16, part 2: does model 2 hold up across matrix and slice thickness? AUC by domain, calibration.
 
     .venv/bin/python benchmarks/classifier_domains.py --cohort var/m2v2/cohort \
-        --model var/m2v2/model [--baseline models/classifier/1] [--all-cases] [--json benchmarks/results/classifier_domains.json]
+        --model var/m2v2/model [--model ANOTHER ...] [--baseline models/classifier/1] [--all-cases] [--workers 2] \
+        [--json benchmarks/results/classifier_domains.json]
 
 The test split is the one the candidate model's own report held out (``<model>/report/test_predictions.csv``,
 never seen in its training), or with ``--all-cases`` every case of a cohort generated later. Every model
@@ -98,13 +99,40 @@ def judge(candidate: dict, baseline: dict, cases: int) -> dict:
     return {"passed": decision.passed, "reasons": decision.reasons}
 
 
+_MODELS: dict = {}
+
+
+def _load(paths: dict[str, Path]) -> None:
+    """Worker start: each process loads every model once."""
+    _MODELS.update({role: load_classifier(path) for role, path in paths.items()})
+
+
+def _predict(case) -> dict[str, float]:
+    """One case through every model, the node's way (the case's DICOM and ground-truth mask)."""
+    volume, mask = C.load_case(case)
+    return {role: clf.predict(volume, mask).probability for role, clf in _MODELS.items()}
+
+
+def roles(candidates: list[Path]) -> dict[str, Path]:
+    """``candidate`` for one model; ``candidate:<dir name>`` for each of several (names must differ)."""
+    if len(candidates) == 1:
+        return {"candidate": candidates[0]}
+    named = {f"candidate:{p.name}": p for p in candidates}
+    if len(named) != len(candidates):
+        raise SystemExit("--model directories must have different names")
+    return named
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cohort", type=Path, required=True)
-    ap.add_argument("--model", type=Path, required=True, help="candidate model dir (its report/ names the test split)")
+    ap.add_argument("--model", type=Path, required=True, action="append",
+                    help="candidate model dir (its report/ names the test split); repeat to judge several "
+                         "candidates on the same cases (--all-cases: the first one's split otherwise)")
     ap.add_argument("--baseline", type=Path, default=REPO / "models" / "classifier" / "1")
     ap.add_argument("--all-cases", action="store_true",
                     help="score every case of COHORT (a fresh cohort neither model trained on), not the candidate's test split")
+    ap.add_argument("--workers", type=int, default=1, help="processes scoring cases in parallel")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "classifier_domains.json")
     args = ap.parse_args()
 
@@ -114,32 +142,39 @@ def main() -> None:
     if args.all_cases:   # a cohort neither model has seen: every case is held out
         test_ids = list(cases)
     else:
-        with open(args.model / "report" / "test_predictions.csv", newline="") as fh:
+        with open(args.model[0] / "report" / "test_predictions.csv", newline="") as fh:
             test_ids = [r["case_id"] for r in csv.DictReader(fh)]
     test = [cases[i] for i in test_ids]
     domains = [(int(rows[c.case_id]["matrix"]), float(rows[c.case_id]["slice_thickness_mm"])) for c in test]
     y = np.array([c.label for c in test])
 
-    models = {"baseline": args.baseline, "candidate": args.model}
+    candidates = roles(args.model)
+    models = {"baseline": args.baseline, **candidates}
     out = {"benchmark": "classifier_domains", "issue": "16 part 2", "cohort": str(args.cohort),
-           "test_cases": len(test), "test_positives": int(y.sum()), "models": {},
+           "command": " ".join(sys.argv), "test_cases": len(test), "test_positives": int(y.sum()), "models": {},
            "note": "synthetic data only; no clinical accuracy is claimed"}
     t0 = time.time()
-    probs = {}
+    if args.workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.workers, initializer=_load, initargs=(models,)) as pool:
+            per_case = list(pool.map(_predict, test, chunksize=4))
+    else:
+        _load(models)
+        per_case = [_predict(c) for c in test]
+    probs = {role: np.array([pc[role] for pc in per_case]) for role in models}
     for role, path in models.items():
-        clf = load_classifier(path)
-        extra = clf.metadata.extra or {}
-        p = []
-        for case in test:
-            volume, mask = C.load_case(case)
-            p.append(clf.predict(volume, mask).probability)
-        p = probs[role] = np.array(p)
+        extra = load_classifier(path).metadata.extra or {}
         out["models"][role] = {"dir": str(path), "module": extra.get("module"),
                                "radiomics_params": extra.get("radiomics_params"),
-                               "cnn_slice_geometry": extra.get("cnn_slice_geometry"), **score(y, p, domains)}
+                               "cnn_slice_geometry": extra.get("cnn_slice_geometry"), **score(y, probs[role], domains)}
     out["seconds"] = round(time.time() - t0, 1)
-    out["gate"] = judge(out["models"]["candidate"], out["models"]["baseline"], len(test))
-    out["candidate_vs_baseline_delong"] = stats.delong_test(y, probs["candidate"], probs["baseline"])
+    gates = {r: judge(out["models"][r], out["models"]["baseline"], len(test)) for r in candidates}
+    delong = {r: stats.delong_test(y, probs[r], probs["baseline"]) for r in candidates}
+    if len(candidates) == 1:   # the layout of the results committed before several candidates were possible
+        out["gate"], out["candidate_vs_baseline_delong"] = gates["candidate"], delong["candidate"]
+    else:
+        out["gates"], out["candidates_vs_baseline_delong"] = gates, delong
 
     for role, m in out["models"].items():
         print(f"{role:9s} {m['dir']}  ({m['module']}, {m['radiomics_params']})")
@@ -152,16 +187,17 @@ def main() -> None:
         if m["worst_below_best"] is not None and ch["p_value"] is not None:
             print(f"  worst domain below best: {m['worst_below_best']:.3f} (bar: 0.03); one shared ROC gives "
                   f"{ch['null_median']:.3f} (95th percentile {ch['null_p95']:.3f}), p = {ch['p_value']:.3f}")
-    print(f"gate ({'passed' if out['gate']['passed'] else 'refused'}): " + "; ".join(out["gate"]["reasons"]))
+    for role, g in gates.items():
+        print(f"gate for {role} ({'passed' if g['passed'] else 'refused'}): " + "; ".join(g["reasons"]))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2) + "\n")
-    per_case = args.json.with_name(f"{args.json.stem}_cases.csv")
-    with open(per_case, "w", newline="") as fh:
+    per_case_csv = args.json.with_name(f"{args.json.stem}_cases.csv")
+    with open(per_case_csv, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["case_id", "matrix", "slice_thickness_mm", "expansion", *(f"p_{r}" for r in probs)])
         for i, c in enumerate(test):
             w.writerow([c.case_id, *domains[i], int(y[i]), *(f"{probs[r][i]:.6f}" for r in probs)])
-    print(f"-> {args.json}, {per_case}")
+    print(f"-> {args.json}, {per_case_csv}")
 
 
 if __name__ == "__main__":

@@ -91,3 +91,19 @@ def test_domain_spread_needs_two_domains_with_both_classes():
     p = np.array([0.9, 0.1, 0.8, 0.2, 0.3])
     out = cd.spread_by_chance(y, p, [(256, 5.0)] * 4 + [(512, 1.0)], n=50)
     assert out["observed"] is None and out["p_value"] is None and out["permutations"] == 0
+
+
+def test_render_only_parts_keep_their_dicom_and_cache_nothing(tmp_path, monkeypatch):
+    out = tmp_path / "fresh"
+    _build(out, monkeypatch, "--features", "none")
+    cases = C.read_cohort(out)
+    assert len(cases) == 3 and not (out / "features-cache").exists()
+    assert all(any(Path(c.baseline_dir).iterdir()) for c in cases)   # DICOM kept for the models to read
+    assert {p.read_text() for p in (out / "parts").glob("*/features.done")} == {"none"}
+
+
+def test_several_candidates_are_named_by_their_directories():
+    assert cd.roles([Path("a/model")]) == {"candidate": Path("a/model")}
+    assert list(cd.roles([Path("a/model"), Path("b/model_all")])) == ["candidate:model", "candidate:model_all"]
+    with pytest.raises(SystemExit):
+        cd.roles([Path("a/model"), Path("b/model")])
