@@ -4,7 +4,8 @@
 
 Used by ``benchmarks/ingest.py --ceiling`` to answer one question: could *any* receiver written in
 Python reach the ingest bar on this machine? It hand-parses the upper layer (A-ASSOCIATE, P-DATA,
-A-RELEASE), reads each PDU with ``recv_into`` into one buffer, answers C-ECHO and C-STORE, and before
+A-RELEASE), reads each data fragment with ``recv_into`` straight into the data set's buffer (no copy
+between buffers), answers C-ECHO and C-STORE, and before
 each C-STORE response writes the data set with one ``O_DSYNC`` overwrite into a pre-written journal
 file (durable, no metadata change: the cheapest durable write there is). It does NOT do what makes
 the node a node — no UID validation, no header parsing, no spool files, no index, no TLS, no
@@ -108,62 +109,71 @@ class Journal:
 
 
 def serve(conn: socket.socket, journal: Journal) -> None:
+    """One association. P-DATA is read PDV by PDV: a data fragment goes from the socket straight into
+    the data set's buffer (one copy in user space, as storescp's read), a command into its own."""
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    buf = bytearray(MAX_PDU + 6)
-    view = memoryview(buf)
+    head = bytearray(6)
+    buf = bytearray(MAX_PDU + 6)   # A-ASSOCIATE and other small PDUs
     data = bytearray(8 << 20)
-    dlen, command, ctx = 0, b"", 0
+    dlen, command = 0, b""
 
-    def read(n: int, at: int = 0) -> bool:
+    def read(into: memoryview, n: int) -> bool:
         got = 0
         while got < n:
-            k = conn.recv_into(view[at + got:at + n], n - got)
+            k = conn.recv_into(into[got:n], n - got)
             if not k:
                 return False
             got += k
         return True
 
-    while read(6):
-        kind, _, length = struct.unpack_from(">BBI", buf)
-        if length > len(buf) - 6:
+    while read(memoryview(head), 6):
+        kind, _, length = struct.unpack_from(">BBI", head)
+        if length > MAX_PDU:
             return
-        if not read(length, 6):
+        if kind != 0x04:
+            if not read(memoryview(buf), length):
+                return
+            if kind == 0x01:
+                conn.sendall(associate_ac(*parse_rq(bytes(buf[:length]))))
+                continue
+            if kind == 0x05:
+                conn.sendall(struct.pack(">BBI", 0x06, 0, 4) + bytes(4))
             return
-        if kind == 0x01:
-            conn.sendall(associate_ac(*parse_rq(bytes(view[6:6 + length]))))
-        elif kind == 0x04:
-            pos, end = 6, 6 + length
-            while pos < end:
-                n, ctx, hdr = struct.unpack_from(">IBB", buf, pos)
-                frag = view[pos + 6:pos + 4 + n]
-                pos += 4 + n
-                if hdr & 1:  # command
-                    command += bytes(frag)
-                    if not hdr & 2:
-                        continue
-                    c = parse_command(command)
-                    field = struct.unpack("<H", c[0x0100])[0]
-                    if field == ECHO_RQ:
-                        conn.sendall(response(ctx, 0x8030, c[0x0110], c[0x0002], None))
-                        command = b""
-                    elif field != STORE_RQ:
-                        return
+        left = length
+        while left > 0:
+            if not read(memoryview(head), 6):
+                return
+            n, ctx, hdr = struct.unpack_from(">IBB", head)
+            left -= 4 + n
+            size = n - 2
+            if size < 0 or left < 0:
+                return
+            if hdr & 1:  # command fragment
+                if not read(memoryview(buf), size):
+                    return
+                command += bytes(buf[:size])
+                if not hdr & 2:
                     continue
-                if dlen + len(frag) > len(data):
-                    data.extend(bytes(dlen + len(frag) - len(data)))
-                data[dlen:dlen + len(frag)] = frag
-                dlen += len(frag)
-                if hdr & 2:  # last data fragment: durable, then acknowledge
-                    with memoryview(data) as d:
-                        journal.append(d[:dlen])
-                    c = parse_command(command)
-                    conn.sendall(response(ctx, 0x8001, c[0x0110], c[0x0002], c[0x1000]))
-                    dlen, command = 0, b""
-        elif kind == 0x05:
-            conn.sendall(struct.pack(">BBI", 0x06, 0, 4) + bytes(4))
-            return
-        else:
-            return
+                c = parse_command(command)
+                field = struct.unpack("<H", c[0x0100])[0]
+                if field == ECHO_RQ:
+                    conn.sendall(response(ctx, 0x8030, c[0x0110], c[0x0002], None))
+                    command = b""
+                elif field != STORE_RQ:
+                    return
+                continue
+            if dlen + size > len(data):
+                data.extend(bytes(dlen + size - len(data)))
+            with memoryview(data) as d:
+                if not read(d[dlen:], size):
+                    return
+            dlen += size
+            if hdr & 2:  # last data fragment: durable, then acknowledge
+                with memoryview(data) as d:
+                    journal.append(d[:dlen])
+                c = parse_command(command)
+                conn.sendall(response(ctx, 0x8001, c[0x0110], c[0x0002], c[0x1000]))
+                dlen, command = 0, b""
 
 
 def main() -> None:

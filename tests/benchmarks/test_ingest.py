@@ -59,3 +59,33 @@ def test_receive_profile_times_every_step_of_each_stored_image(tmp_path, ct_data
     for label in ("header scan, UID checks, pseudonym", "structure check", "journal append (O_DSYNC)",
                   "spool file", "index row", "digest"):
         assert steps[label]["calls"] == 5 and steps[label]["cpu_ms_per_image"] > 0, steps[label]
+
+
+def test_minimal_receiver_journals_each_data_set_before_answering(tmp_path, ct_data):
+    """benchmarks/minimal_scp.py (the --ceiling floor) must really receive: every slice's data set lands in
+    its journal, whole, and storescu sees success — else the ceiling it reports would be a fake."""
+    import pydicom
+
+    from benchmarks.peers import free_port, stop, storescu, wait_echo
+
+    for tool in ("storescu", "echoscu"):
+        require_tool(tool)
+    files = sorted((ct_data / "philips-phantom-thin").glob("I*"))[:3]
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "minimal_scp.py"), "--port", str(port),
+                             "--dir", str(tmp_path), "--journal-mb", "8"], start_new_session=True)
+    try:
+        wait_echo(port, proc, 60)
+        storescu(port, files, options=("-xi",))  # raises unless every C-STORE succeeded
+    finally:
+        stop(proc, 20, group=True)
+    journal = (tmp_path / "journal").read_bytes()
+    at = 0
+    for f in files:
+        ds = pydicom.dcmread(f)
+        uid = ds.SOPInstanceUID.encode()
+        found = journal.find(uid, at)
+        assert found >= 0, f"{f.name}'s data set is not in the journal"
+        pixels = ds.PixelData[-4096:]   # the data set's tail sits after its UID, whole
+        assert journal.find(pixels, found) > found, f"{f.name}'s pixel data did not arrive whole"
+        at = found
