@@ -1,7 +1,7 @@
 """Issue 16, part 2: does model 2 hold up across matrix and slice thickness? AUC by domain, calibration.
 
     .venv/bin/python benchmarks/classifier_domains.py --cohort var/m2v2/cohort \
-        --model var/m2v2/model [--model ANOTHER ...] [--baseline models/classifier/1] [--all-cases] [--workers 2] \
+        --model var/m2v2/model [--model ANOTHER ...] [--baseline models/classifier/1] [--all-cases] \
         [--json benchmarks/results/classifier_domains.json]
 
 The test split is the one the candidate model's own report held out (``<model>/report/test_predictions.csv``,
@@ -103,7 +103,7 @@ _MODELS: dict = {}
 
 
 def _load(paths: dict[str, Path]) -> None:
-    """Worker start: each process loads every model once."""
+    """Load every model once."""
     _MODELS.update({role: load_classifier(path) for role, path in paths.items()})
 
 
@@ -132,7 +132,6 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, default=REPO / "models" / "classifier" / "1")
     ap.add_argument("--all-cases", action="store_true",
                     help="score every case of COHORT (a fresh cohort neither model trained on), not the candidate's test split")
-    ap.add_argument("--workers", type=int, default=1, help="processes scoring cases in parallel")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "classifier_domains.json")
     args = ap.parse_args()
 
@@ -154,14 +153,8 @@ def main() -> None:
            "command": " ".join(sys.argv), "test_cases": len(test), "test_positives": int(y.sum()), "models": {},
            "note": "synthetic data only; no clinical accuracy is claimed"}
     t0 = time.time()
-    if args.workers > 1:
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(args.workers, initializer=_load, initargs=(models,)) as pool:
-            per_case = list(pool.map(_predict, test, chunksize=4))
-    else:
-        _load(models)
-        per_case = [_predict(c) for c in test]
+    _load(models)   # radiomics already spreads each case over the cores (a case pool over it deadlocked)
+    per_case = [_predict(c) for c in test]
     probs = {role: np.array([pc[role] for pc in per_case]) for role in models}
     for role, path in models.items():
         extra = load_classifier(path).metadata.extra or {}
