@@ -99,18 +99,15 @@ def judge(candidate: dict, baseline: dict, cases: int) -> dict:
     return {"passed": decision.passed, "reasons": decision.reasons}
 
 
-_MODELS: dict = {}
-
-
-def _load(paths: dict[str, Path]) -> None:
-    """Load every model once."""
-    _MODELS.update({role: load_classifier(path) for role, path in paths.items()})
-
-
-def _predict(case) -> dict[str, float]:
-    """One case through every model, the node's way (the case's DICOM and ground-truth mask)."""
+def _predict(case, loaded: dict) -> dict[str, tuple[float, float]]:
+    """One case through every model, the node's way (the case's DICOM and ground-truth mask):
+    {role: (probability, seconds)}."""
     volume, mask = C.load_case(case)
-    return {role: clf.predict(volume, mask).probability for role, clf in _MODELS.items()}
+    out = {}
+    for role, clf in loaded.items():
+        t = time.perf_counter()
+        out[role] = (clf.predict(volume, mask).probability, time.perf_counter() - t)
+    return out
 
 
 def roles(candidates: list[Path]) -> dict[str, Path]:
@@ -128,7 +125,7 @@ def main() -> None:
     ap.add_argument("--cohort", type=Path, required=True)
     ap.add_argument("--model", type=Path, required=True, action="append",
                     help="candidate model dir (its report/ names the test split); repeat to judge several "
-                         "candidates on the same cases (--all-cases: the first one's split otherwise)")
+                         "candidates on the same cases (without --all-cases: the first one's test split)")
     ap.add_argument("--baseline", type=Path, default=REPO / "models" / "classifier" / "1")
     ap.add_argument("--all-cases", action="store_true",
                     help="score every case of COHORT (a fresh cohort neither model trained on), not the candidate's test split")
@@ -153,14 +150,20 @@ def main() -> None:
            "command": " ".join(sys.argv), "test_cases": len(test), "test_positives": int(y.sum()), "models": {},
            "note": "synthetic data only; no clinical accuracy is claimed"}
     t0 = time.time()
-    _load(models)   # radiomics already spreads each case over the cores (a case pool over it deadlocked)
-    per_case = [_predict(c) for c in test]
-    probs = {role: np.array([pc[role] for pc in per_case]) for role in models}
+    loaded = {role: load_classifier(path) for role, path in models.items()}
+    per_case = []   # one case at a time: radiomics spreads each over the cores (a case pool over it deadlocked)
+    for i, case in enumerate(test, 1):
+        per_case.append(_predict(case, loaded))
+        if i % 50 == 0 or i == len(test):
+            print(f"{i}/{len(test)} cases scored, {time.time() - t0:.0f} s", flush=True)
+    probs = {role: np.array([pc[role][0] for pc in per_case]) for role in models}
+    seconds = {role: float(np.median([pc[role][1] for pc in per_case])) for role in models}
     for role, path in models.items():
-        extra = load_classifier(path).metadata.extra or {}
+        extra = loaded[role].metadata.extra or {}
         out["models"][role] = {"dir": str(path), "module": extra.get("module"),
                                "radiomics_params": extra.get("radiomics_params"),
-                               "cnn_slice_geometry": extra.get("cnn_slice_geometry"), **score(y, probs[role], domains)}
+                               "cnn_slice_geometry": extra.get("cnn_slice_geometry"),
+                               "median_seconds_per_case": round(seconds[role], 3), **score(y, probs[role], domains)}
     out["seconds"] = round(time.time() - t0, 1)
     gates = {r: judge(out["models"][r], out["models"]["baseline"], len(test)) for r in candidates}
     delong = {r: stats.delong_test(y, probs[r], probs["baseline"]) for r in candidates}
@@ -170,7 +173,8 @@ def main() -> None:
         out["gates"], out["candidates_vs_baseline_delong"] = gates, delong
 
     for role, m in out["models"].items():
-        print(f"{role:9s} {m['dir']}  ({m['module']}, {m['radiomics_params']})")
+        print(f"{role:9s} {m['dir']}  ({m['module']}, {m['radiomics_params']}; "
+              f"{m['median_seconds_per_case']:.2f} s per case, median)")
         print(f"  AUC {m['auc']:.3f} (95% CI {m['auc_ci95'][0]:.3f}-{m['auc_ci95'][1]:.3f})  ECE {m['ece_10']:.3f}  "
               f"slope {m['calibration_slope']:.2f}  mean p {m['mean_predicted']:.3f} vs rate {m['observed_rate']:.3f}")
         for d, v in m["by_domain"].items():
