@@ -182,11 +182,12 @@ def run_separate_nodes(work: Path, files: list[Path], associations: int) -> floa
     return dt
 
 
-def run_minimal(work: Path, files: list[Path], associations: int) -> float:
-    """benchmarks/minimal_scp.py: hand-written upper layer + O_DSYNC journal, nothing else (a floor)."""
+def run_minimal(work: Path, files: list[Path], associations: int, write: str = "dataset") -> float:
+    """benchmarks/minimal_scp.py: hand-written upper layer + durable journal, nothing else (a floor);
+    ``write``: how it makes each data set durable (``minimal_scp.py --write``)."""
     port = free_port()
     cmd = [sys.executable, str(REPO / "benchmarks" / "minimal_scp.py"), "--port", str(port), "--dir", str(work),
-           "--journal-mb", "128"]
+           "--journal-mb", "128", "--write", write]
     return timed(cmd, port, files, associations)[0]
 
 
@@ -199,6 +200,9 @@ def main() -> None:
                     help="also time the node with fsync disabled (not durable): where the time goes")
     ap.add_argument("--ceiling", action="store_true",
                     help="also time benchmarks/minimal_scp.py: the least a durable Python receiver can do")
+    ap.add_argument("--minimal-write", choices=("dataset", "fragment", "writeback"), default="dataset",
+                    help="with --ceiling: one durable write per data set, one per fragment as it arrives, or "
+                         "fragments written out as they arrive and one fdatasync (minimal_scp.py --write)")
     ap.add_argument("--workdir", type=Path, default=None, help="where received files go (default: a temp dir under the repo's var/)")
     ap.add_argument("--receivers", type=int, default=1, help="the node's receiver processes (node.receivers)")
     ap.add_argument("--separate", action="store_true",
@@ -221,7 +225,8 @@ def main() -> None:
     peers = (["storescp", "node"] + (["node-nosync"] if args.diagnose else []) + (["minimal"] if args.ceiling else [])
              + (["separate"] if args.separate else []))
     runners = {"storescp": run_storescp, "node": run_node,
-               "node-nosync": lambda w, f, a: run_node(w, f, a, durable=False), "minimal": run_minimal,
+               "node-nosync": lambda w, f, a: run_node(w, f, a, durable=False),
+               "minimal": lambda w, f, a: run_minimal(w, f, a, args.minimal_write),
                "separate": run_separate_nodes}
     times: dict[str, list[float]] = {p: [] for p in peers}
     ratios, floor, minimal, separate = [], [], [], []
@@ -287,6 +292,7 @@ def main() -> None:
             "associations": args.associations, "receivers": args.receivers, "repeats": args.repeats,
             "seconds": times, "ratio_per_repeat": ratios, "ratio_median": statistics.median(ratios),
             "cpu_ms_per_image": cpu, "peak_rss_mb": rss, "load_average": os.getloadavg(),
+            **({"minimal_write": args.minimal_write} if args.ceiling else {}),
         }, indent=1))
 
 

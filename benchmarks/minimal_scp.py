@@ -1,6 +1,7 @@
 """A measuring device, not the product: the least a Python Storage SCP can do per image, durably.
 
-    .venv/bin/python benchmarks/minimal_scp.py --port 11112 --dir var/bench/minimal [--journal-mb 256]
+    .venv/bin/python benchmarks/minimal_scp.py --port 11112 --dir var/bench/minimal [--journal-mb 256] \
+        [--write dataset|fragment|writeback]
 
 Used by ``benchmarks/ingest.py --ceiling`` to answer one question: could *any* receiver written in
 Python reach the ingest bar on this machine? It hand-parses the upper layer (A-ASSOCIATE, P-DATA,
@@ -87,25 +88,59 @@ def response(ctx: int, field: int, msg_id: bytes, sop_class: bytes, sop_uid: byt
     return struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv
 
 
-class Journal:
-    """A pre-written file overwritten in a ring with O_DSYNC: each write is durable when it returns."""
+WRITES = ("dataset", "fragment", "writeback")
 
-    def __init__(self, path: Path, size: int) -> None:
+
+def _start_writeback(fd: int, at: int, n: int) -> None:
+    """sync_file_range(SYNC_FILE_RANGE_WRITE): start writing these pages out now, do not wait."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.sync_file_range.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+    if libc.sync_file_range(fd, at, n, 2) != 0:
+        raise OSError(ctypes.get_errno(), "sync_file_range")
+
+
+class Journal:
+    """A pre-written file overwritten in a ring: each data set is durable when its last write returns.
+
+    ``write`` says how (why three: does writing while the peer still sends hide the flush?):
+    ``dataset`` one O_DSYNC write of the whole data set after its last fragment; ``fragment`` one
+    O_DSYNC write per fragment as it arrives; ``writeback`` each fragment written to the page cache and
+    its write-out started at once (``sync_file_range``), one ``fdatasync`` after the last.
+    """
+
+    def __init__(self, path: Path, size: int, write: str = "dataset") -> None:
+        if write not in WRITES:
+            raise ValueError(f"write must be one of {WRITES}, got {write!r}")
         with open(path, "wb") as f:  # really written, so later overwrites change no metadata
             chunk = bytes(1 << 20)
             for _ in range(size >> 20):
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
-        self.fd = os.open(path, os.O_WRONLY | os.O_DSYNC)
-        self.size, self.pos, self.lock = size, 0, threading.Lock()
+        self.fd = os.open(path, os.O_WRONLY | (0 if write == "writeback" else os.O_DSYNC))
+        self.size, self.pos, self.lock, self.write = size, 0, threading.Lock(), write
+
+    def _reserve(self, n: int) -> int:
+        with self.lock:
+            if self.pos + n > self.size:
+                self.pos = 0
+            at, self.pos = self.pos, self.pos + n
+        return at
 
     def append(self, data: memoryview) -> None:
-        with self.lock:
-            if self.pos + len(data) > self.size:
-                self.pos = 0
-            at, self.pos = self.pos, self.pos + len(data)
+        """A whole data set (``dataset``)."""
+        os.pwrite(self.fd, data, self._reserve(len(data)))
+
+    def fragment(self, data: memoryview, last: bool) -> None:
+        """One fragment (``fragment``, ``writeback``); the data set is durable when ``last`` returns."""
+        at = self._reserve(len(data))
         os.pwrite(self.fd, data, at)
+        if self.write == "writeback":
+            _start_writeback(self.fd, at, len(data))
+            if last:
+                os.fdatasync(self.fd)
 
 
 def serve(conn: socket.socket, journal: Journal) -> None:
@@ -162,15 +197,19 @@ def serve(conn: socket.socket, journal: Journal) -> None:
                 elif field != STORE_RQ:
                     return
                 continue
-            if dlen + size > len(data):
-                data.extend(bytes(dlen + size - len(data)))
+            streaming, last = journal.write != "dataset", bool(hdr & 2)
+            at = 0 if streaming else dlen
+            if at + size > len(data):
+                data.extend(bytes(at + size - len(data)))
             with memoryview(data) as d:
-                if not read(d[dlen:], size):
+                if not read(d[at:], size):
                     return
-            dlen += size
-            if hdr & 2:  # last data fragment: durable, then acknowledge
-                with memoryview(data) as d:
+                if streaming:
+                    journal.fragment(d[:size], last)
+                dlen = at + size
+                if last and not streaming:
                     journal.append(d[:dlen])
+            if last:  # durable, then acknowledge
                 c = parse_command(command)
                 conn.sendall(response(ctx, 0x8001, c[0x0110], c[0x0002], c[0x1000]))
                 dlen, command = 0, b""
@@ -182,9 +221,10 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--dir", type=Path, required=True)
     ap.add_argument("--journal-mb", type=int, default=256)
+    ap.add_argument("--write", choices=WRITES, default="dataset", help="how each data set is made durable (Journal)")
     args = ap.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
-    journal = Journal(args.dir / "journal", args.journal_mb << 20)
+    journal = Journal(args.dir / "journal", args.journal_mb << 20, args.write)
     server = socket.create_server((args.host, args.port))
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     while True:

@@ -61,9 +61,10 @@ def test_receive_profile_times_every_step_of_each_stored_image(tmp_path, ct_data
         assert steps[label]["calls"] == 5 and steps[label]["cpu_ms_per_image"] > 0, steps[label]
 
 
-def test_minimal_receiver_journals_each_data_set_before_answering(tmp_path, ct_data):
-    """benchmarks/minimal_scp.py (the --ceiling floor) must really receive: every slice's data set lands in
-    its journal, whole, and storescu sees success — else the ceiling it reports would be a fake."""
+@pytest.mark.parametrize("write", ["dataset", "fragment", "writeback"])
+def test_minimal_receiver_journals_each_data_set_before_answering(tmp_path, ct_data, write):
+    """benchmarks/minimal_scp.py (the --ceiling floor) must really receive, whichever way it writes: every
+    slice's data set lands in its journal, whole, and storescu sees success — else its ceiling is a fake."""
     import pydicom
 
     from benchmarks.peers import free_port, stop, storescu, wait_echo
@@ -73,7 +74,8 @@ def test_minimal_receiver_journals_each_data_set_before_answering(tmp_path, ct_d
     files = sorted((ct_data / "philips-phantom-thin").glob("I*"))[:3]
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "minimal_scp.py"), "--port", str(port),
-                             "--dir", str(tmp_path), "--journal-mb", "8"], start_new_session=True)
+                             "--dir", str(tmp_path), "--journal-mb", "8", "--write", write],
+                            start_new_session=True)
     try:
         wait_echo(port, proc, 60)
         storescu(port, files, options=("-xi",))  # raises unless every C-STORE succeeded
