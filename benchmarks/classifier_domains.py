@@ -10,8 +10,9 @@ is run the node's way (``pipeline.classify.load_classifier``,
 ``predict(volume, mask)`` with the cohort's ground-truth baseline mask), so each cuts its own features
 (v1: native grid; v2: 1 mm, mm-cut slices). Printed and written per model: AUC overall and per
 (matrix, slice thickness) domain, the worst domain's distance to the best, ECE (10 equal-width bins),
-calibration slope, and the registry's promotion gate (``training.retrain.gate``, the rule ``ich-node retrain``
-applies) for the candidate against the baseline on these cases. Synthetic data only; with ~100 test cases a
+calibration slope, each model's median seconds per case, and the registry's promotion gate
+(``training.retrain.gate``, the rule ``ich-node retrain`` applies) for each candidate against the baseline on
+these cases. Synthetic data only; with ~100 test cases a
 domain holds ~10–25 cases, so its AUC is noisy (the count and positives are printed beside it).
 """
 
