@@ -8,7 +8,8 @@ Python reach the ingest bar on this machine? It hand-parses the upper layer (A-A
 A-RELEASE), reads each data fragment with ``recv_into`` straight into the data set's buffer (no copy
 between buffers), answers C-ECHO and C-STORE, and before
 each C-STORE response writes the data set with one ``O_DSYNC`` overwrite into a pre-written journal
-file (durable, no metadata change: the cheapest durable write there is). It does NOT do what makes
+file (durable, no metadata change: the cheapest durable write there is; ``--write`` tries two other ways,
+see ``Journal``). It does NOT do what makes
 the node a node — no UID validation, no header parsing, no spool files, no index, no TLS, no
 allow-list, no negotiation beyond "accept every context with the first offered transfer syntax",
 no recovery; a journal that wraps overwrites old images. Never point a scanner at it.
@@ -17,6 +18,7 @@ no recovery; a journal that wraps overwrites old images. Never point a scanner a
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import socket
@@ -91,13 +93,20 @@ def response(ctx: int, field: int, msg_id: bytes, sop_class: bytes, sop_uid: byt
 WRITES = ("dataset", "fragment", "writeback")
 
 
-def _start_writeback(fd: int, at: int, n: int) -> None:
-    """sync_file_range(SYNC_FILE_RANGE_WRITE): start writing these pages out now, do not wait."""
+@functools.cache
+def _sync_file_range():
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.sync_file_range.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
-    if libc.sync_file_range(fd, at, n, 2) != 0:
+    fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+    return fn
+
+
+def _start_writeback(fd: int, at: int, n: int) -> None:
+    """sync_file_range(SYNC_FILE_RANGE_WRITE): start writing these pages out now, do not wait."""
+    if _sync_file_range()(fd, at, n, 2) != 0:
+        import ctypes
+
         raise OSError(ctypes.get_errno(), "sync_file_range")
 
 
