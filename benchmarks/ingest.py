@@ -200,9 +200,10 @@ def main() -> None:
                     help="also time the node with fsync disabled (not durable): where the time goes")
     ap.add_argument("--ceiling", action="store_true",
                     help="also time benchmarks/minimal_scp.py: the least a durable Python receiver can do")
-    ap.add_argument("--minimal-write", choices=("dataset", "fragment", "writeback"), default="dataset",
+    ap.add_argument("--minimal-write", choices=("dataset", "fragment", "writeback"), nargs="+", default=["dataset"],
                     help="with --ceiling: one durable write per data set, one per fragment as it arrives, or "
-                         "fragments written out as they arrive and one fdatasync (minimal_scp.py --write)")
+                         "fragments written out as they arrive and one fdatasync (minimal_scp.py --write); "
+                         "several: one minimal peer each, in the same alternating repeats")
     ap.add_argument("--workdir", type=Path, default=None, help="where received files go (default: a temp dir under the repo's var/)")
     ap.add_argument("--receivers", type=int, default=1, help="the node's receiver processes (node.receivers)")
     ap.add_argument("--separate", action="store_true",
@@ -222,14 +223,16 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     print(f"{len(files)} images, {size_mb:.1f} MB from {args.data}; {args.associations} association(s); "
           f"{args.repeats} repeats; node receiver processes: {args.receivers}; receivers write under {root}")
-    peers = (["storescp", "node"] + (["node-nosync"] if args.diagnose else []) + (["minimal"] if args.ceiling else [])
+    minimal_peers = {("minimal" if w == "dataset" else f"minimal-{w}"): w for w in dict.fromkeys(args.minimal_write)}
+    peers = (["storescp", "node"] + (["node-nosync"] if args.diagnose else []) + (list(minimal_peers) if args.ceiling else [])
              + (["separate"] if args.separate else []))
     runners = {"storescp": run_storescp, "node": run_node,
                "node-nosync": lambda w, f, a: run_node(w, f, a, durable=False),
-               "minimal": lambda w, f, a: run_minimal(w, f, a, args.minimal_write),
+               **{peer: (lambda w, f, a, mode=mode: run_minimal(w, f, a, mode)) for peer, mode in minimal_peers.items()},
                "separate": run_separate_nodes}
     times: dict[str, list[float]] = {p: [] for p in peers}
-    ratios, floor, minimal, separate = [], [], [], []
+    ratios, floor, separate = [], [], []
+    minimal: dict[str, list[float]] = {peer: [] for peer in minimal_peers}
     cpu: dict[str, list[float]] = {p: [] for p in peers}
     rss: dict[str, list[float]] = {p: [] for p in peers}
     for r in range(args.repeats):
@@ -253,8 +256,9 @@ def main() -> None:
             floor.append(this["storescp"] / this["node-nosync"])
             extra = f"   node-nosync {len(files) / this['node-nosync']:7.1f} img/s   ratio {floor[-1]:.2f}"
         if args.ceiling:
-            minimal.append(this["storescp"] / this["minimal"])
-            extra += f"   minimal {len(files) / this['minimal']:7.1f} img/s   ratio {minimal[-1]:.2f}"
+            for peer, got in minimal.items():
+                got.append(this["storescp"] / this[peer])
+                extra += f"   {peer} {len(files) / this[peer]:7.1f} img/s   ratio {got[-1]:.2f}"
         if args.separate:
             separate.append(this["storescp"] / this["separate"])
             extra += f"   separate {len(files) / this['separate']:7.1f} img/s   ratio {separate[-1]:.2f}"
@@ -278,8 +282,9 @@ def main() -> None:
         print("peak RSS per receiver process (largest, median over repeats): "
               + ", ".join(f"{p} {statistics.median(v):.0f} MB" for p, v in rss.items() if v))
     if args.ceiling:
-        print(f"minimal:  {len(files) / med['minimal']:.1f} images/s; ratio to storescp {statistics.median(minimal):.2f}x "
-              f"= hand-written upper layer + a durable journal (--minimal-write {args.minimal_write}), nothing else")
+        for peer, mode in minimal_peers.items():
+            print(f"{peer}:  {len(files) / med[peer]:.1f} images/s; ratio to storescp {statistics.median(minimal[peer]):.2f}x "
+                  f"= hand-written upper layer + a durable journal (--minimal-write {mode}), nothing else")
     if args.separate:
         print(f"separate: {len(files) / med['separate']:.1f} images/s; ratio to storescp {statistics.median(separate):.2f}x "
               f"= {args.associations} independent nodes, one association each (nothing shared)")
@@ -292,7 +297,7 @@ def main() -> None:
             "associations": args.associations, "receivers": args.receivers, "repeats": args.repeats,
             "seconds": times, "ratio_per_repeat": ratios, "ratio_median": statistics.median(ratios),
             "cpu_ms_per_image": cpu, "peak_rss_mb": rss, "load_average": os.getloadavg(),
-            **({"minimal_write": args.minimal_write} if args.ceiling else {}),
+            **({"minimal_peers": minimal_peers, "minimal_ratio_per_repeat": minimal} if args.ceiling else {}),
         }, indent=1))
 
 

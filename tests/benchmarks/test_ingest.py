@@ -1,6 +1,6 @@
 """benchmarks/ingest.py in its smallest configuration (issue 13, part 6): dcmtk storescp, the node with
-two receiver processes and two independent nodes (``--separate``) each receive the same few slices over
-two associations; every peer must store and index all of them (the benchmark raises otherwise) and the
+two receiver processes, two independent nodes (``--separate``) and the minimal receiver in two write modes
+(``--ceiling``) each receive the same few slices over two associations; every peer must store and index all of them (the benchmark raises otherwise) and the
 JSON holds a rate, CPU and peak RSS per peer. Missing tools or data fail under CI."""
 
 from __future__ import annotations
@@ -28,13 +28,16 @@ def test_ingest_benchmark_runs_every_peer_and_checks_what_they_stored(tmp_path, 
         shutil.copy(src, data / src.name)
     out = tmp_path / "ingest.json"
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ingest.py"), "--data", str(data), "--repeats", "1",
-                        "--associations", "2", "--receivers", "2", "--separate", "--workdir", str(tmp_path / "work"),
+                        "--associations", "2", "--receivers", "2", "--separate", "--ceiling", "--minimal-write", "dataset",
+                        "writeback", "--workdir", str(tmp_path / "work"),
                         "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "separate:" in r.stdout and "issue 13's bar: >= 1.0x" in r.stdout, r.stdout
     report = json.loads(out.read_text())
     assert report["images"] == 6 and report["associations"] == 2 and report["receivers"] == 2
-    assert set(report["seconds"]) == {"storescp", "node", "separate"}
+    assert set(report["seconds"]) == {"storescp", "node", "separate", "minimal", "minimal-writeback"}
+    assert report["minimal_peers"] == {"minimal": "dataset", "minimal-writeback": "writeback"}
+    assert all(len(v) == 1 and v[0] > 0 for v in report["minimal_ratio_per_repeat"].values())
     assert all(len(v) == 1 and v[0] > 0 for v in report["seconds"].values())
     cpu = report["cpu_ms_per_image"]  # from /proc in 10 ms ticks: storescp's six images may take less than one
     assert cpu["storescp"][0] >= 0 and cpu["node"][0] > 0 and cpu["separate"][0] > 0, cpu
