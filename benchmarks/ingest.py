@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/ingest.py [--data ../shared/data/ct/philips-phantom-thin]
                                           [--repeats 5] [--associations 1] [--diagnose] [--ceiling]
+                                          [--minimal-write dataset|writeback|fragment ...]
                                           [--receivers N] [--separate] [--json OUT]
 
 Both receivers run as subprocesses on loopback with ``TCP_NODELAY=1``; the same ``storescu``
@@ -25,7 +26,8 @@ is what the Python receive path costs, the gap between it and the node is what d
 ``--ceiling`` adds ``benchmarks/minimal_scp.py``: a hand-written Python upper layer that does nothing
 per image but one O_DSYNC journal write before the response (no validation, index or spool). It is the
 most any durable receiver written in Python can reach here — the test of whether the bar is within
-reach of Python at all.
+reach of Python at all. ``--minimal-write dataset writeback fragment`` times one such peer per way of
+making a data set durable (see ``minimal_scp.Journal``) in the same alternating repeats.
 
 ``--separate`` adds one independent node per association (own port, journal and index): the load
 spread perfectly over processes with nothing shared, i.e. the most ``--receivers`` could give.
