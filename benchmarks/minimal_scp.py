@@ -18,6 +18,7 @@ no recovery; a journal that wraps overwrites old images. Never point a scanner a
 from __future__ import annotations
 
 import argparse
+import ctypes
 import functools
 import os
 import signal
@@ -95,8 +96,6 @@ WRITES = ("dataset", "fragment", "writeback")
 
 @functools.cache
 def _sync_file_range():
-    import ctypes
-
     fn = ctypes.CDLL(None, use_errno=True).sync_file_range
     fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
     return fn
@@ -105,8 +104,6 @@ def _sync_file_range():
 def _start_writeback(fd: int, at: int, n: int) -> None:
     """sync_file_range(SYNC_FILE_RANGE_WRITE): start writing these pages out now, do not wait."""
     if _sync_file_range()(fd, at, n, 2) != 0:
-        import ctypes
-
         raise OSError(ctypes.get_errno(), "sync_file_range")
 
 

@@ -254,6 +254,6 @@ def train_and_ship(cohort: Path | str, out: Path | str, *, cache_dir: Path | str
                         "feature_recipe": prep.recipe.name,
                         "cnn_slice_geometry": (prep.recipe.slice_geometry.spec()
                                                if prep.recipe.slice_geometry else None),
-                                         "warmup_cohort": str(warmup_cohort) if warmup_cohort else "training split",
-                                         "report": "report/report.html"})
+                        "warmup_cohort": str(warmup_cohort) if warmup_cohort else "training split",
+                        "report": "report/report.html"})
     return out, summary
