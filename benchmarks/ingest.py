@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/ingest.py [--data ../shared/data/ct/philips-phantom-thin]
                                           [--repeats 5] [--associations 1] [--diagnose] [--ceiling]
                                           [--minimal-write dataset|writeback|fragment ...]
+                                          [--node-journal-write stream|dataset ...]
                                           [--receivers N] [--separate] [--json OUT]
 
 Both receivers run as subprocesses on loopback with ``TCP_NODELAY=1``; the same ``storescu``
@@ -12,7 +13,8 @@ time is the sender's wall time (association to release); images/s for both and t
 node/storescp (median over repeats) are printed.
 
 Not the same work: before it acknowledges, the node validates the data set and makes it durable
-(one O_DSYNC write into its write-ahead journal; with ``storage.journal_mb = 0`` it writes the spool
+(in its write-ahead journal: each fragment as it arrives and one fdatasync, or one O_DSYNC write per
+data set with ``storage.journal_write = "dataset"``; with ``storage.journal_mb = 0`` it writes the spool
 file, fsyncs it and its directory and commits the index instead); right after the acknowledgement,
 before it reads the next request, it writes the spool file (temp → rename) and commits the SQLite
 index. storescp writes to the page cache and acknowledges (no fsync at all). Before each receiver
@@ -28,6 +30,11 @@ per image but one O_DSYNC journal write before the response (no validation, inde
 most any durable receiver written in Python can reach here — the test of whether the bar is within
 reach of Python at all. ``--minimal-write dataset writeback fragment`` times one such peer per way of
 making a data set durable (see ``minimal_scp.Journal``) in the same alternating repeats.
+
+``--node-journal-write stream dataset`` times the node once per ``storage.journal_write`` (the first
+is the peer called ``node``, the others ``node-<mode>``) in the same alternating repeats: each fragment
+journaled as it arrives and one fdatasync (``stream``, the default) against one O_DSYNC write per data
+set (``dataset``).
 
 ``--separate`` adds one independent node per association (own port, journal and index): the load
 spread perfectly over processes with nothing shared, i.e. the most ``--receivers`` could give.
@@ -159,11 +166,13 @@ def _count_stored(data_dirs: list[Path]) -> tuple[int, int]:
     return files, indexed
 
 
-def run_node(work: Path, files: list[Path], associations: int, durable: bool = True) -> float:
+def run_node(work: Path, files: list[Path], associations: int, durable: bool = True,
+             journal_write: str | None = None) -> float:
     data_dir = work / "node"
     port = free_port()
+    extra = {"ICH_NODE__STORAGE__JOURNAL_WRITE": journal_write} if journal_write else {}
     dt, (proc,) = timed(_node_cmd(data_dir, port, durable), port, files, associations,
-                        env=_node_env(associations, durable), cwd=REPO)
+                        env=_node_env(associations, durable, **extra), cwd=REPO)
     got, indexed = _count_stored([data_dir])
     if got != len(files) or indexed != len(files):
         raise RuntimeError(f"node stored {got} and indexed {indexed} of {len(files)}: "
@@ -206,6 +215,9 @@ def main() -> None:
                     help="with --ceiling: one durable write per data set, one per fragment as it arrives, or "
                          "fragments written out as they arrive and one fdatasync (minimal_scp.py --write); "
                          "several: one minimal peer each, in the same alternating repeats")
+    ap.add_argument("--node-journal-write", choices=("stream", "dataset"), nargs="+", default=None,
+                    help="the node's storage.journal_write; several: one node peer each (the first is 'node'), "
+                         "in the same alternating repeats")
     ap.add_argument("--workdir", type=Path, default=None, help="where received files go (default: a temp dir under the repo's var/)")
     ap.add_argument("--receivers", type=int, default=1, help="the node's receiver processes (node.receivers)")
     ap.add_argument("--separate", action="store_true",
@@ -226,15 +238,20 @@ def main() -> None:
     print(f"{len(files)} images, {size_mb:.1f} MB from {args.data}; {args.associations} association(s); "
           f"{args.repeats} repeats; node receiver processes: {args.receivers}; receivers write under {root}")
     minimal_peers = {("minimal" if w == "dataset" else f"minimal-{w}"): w for w in dict.fromkeys(args.minimal_write)}
-    peers = (["storescp", "node"] + (["node-nosync"] if args.diagnose else []) + (list(minimal_peers) if args.ceiling else [])
-             + (["separate"] if args.separate else []))
-    runners = {"storescp": run_storescp, "node": run_node,
+    modes = list(dict.fromkeys(args.node_journal_write or [None]))
+    node_peers = {("node" if i == 0 else f"node-{m}"): m for i, m in enumerate(modes)}
+    peers = (["storescp", *node_peers] + (["node-nosync"] if args.diagnose else [])
+             + (list(minimal_peers) if args.ceiling else []) + (["separate"] if args.separate else []))
+    runners = {"storescp": run_storescp,
+               **{peer: (lambda w, f, a, mode=mode: run_node(w, f, a, journal_write=mode))
+                  for peer, mode in node_peers.items()},
                "node-nosync": lambda w, f, a: run_node(w, f, a, durable=False),
                **{peer: (lambda w, f, a, mode=mode: run_minimal(w, f, a, mode)) for peer, mode in minimal_peers.items()},
                "separate": run_separate_nodes}
     times: dict[str, list[float]] = {p: [] for p in peers}
     ratios, floor, separate = [], [], []
     minimal: dict[str, list[float]] = {peer: [] for peer in minimal_peers}
+    other_nodes: dict[str, list[float]] = {peer: [] for peer in list(node_peers)[1:]}
     cpu: dict[str, list[float]] = {p: [] for p in peers}
     rss: dict[str, list[float]] = {p: [] for p in peers}
     for r in range(args.repeats):
@@ -254,6 +271,9 @@ def main() -> None:
             times[peer].append(this[peer])
         ratios.append(this["storescp"] / this["node"])
         extra = ""
+        for peer, got in other_nodes.items():
+            got.append(this["storescp"] / this[peer])
+            extra += f"   {peer} {len(files) / this[peer]:7.1f} img/s   ratio {got[-1]:.2f}"
         if args.diagnose:
             floor.append(this["storescp"] / this["node-nosync"])
             extra = f"   node-nosync {len(files) / this['node-nosync']:7.1f} img/s   ratio {floor[-1]:.2f}"
@@ -268,10 +288,14 @@ def main() -> None:
               f"node {len(files) / this['node']:7.1f} img/s   ratio {ratios[-1]:.2f}{extra}")
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"storescp: {len(files) / med['storescp']:.1f} images/s ({size_mb / med['storescp']:.1f} MB/s), no fsync")
-    how = ("durable before each ack (journal O_DSYNC write), spool file + index commit right after it"
+    how = ("durable in its journal before each ack, spool file + index commit right after it"
            if os.environ.get("ICH_NODE__STORAGE__JOURNAL_MB", "").strip() != "0"
            else "journal off: spool file fsynced (file + directory) and index committed before each ack")
-    print(f"node:     {len(files) / med['node']:.1f} images/s ({size_mb / med['node']:.1f} MB/s), {how}")
+    print(f"node:     {len(files) / med['node']:.1f} images/s ({size_mb / med['node']:.1f} MB/s), {how}"
+          + (f"; storage.journal_write = {node_peers['node']}" if node_peers["node"] else ""))
+    for peer, got in other_nodes.items():
+        print(f"{peer}: {len(files) / med[peer]:.1f} images/s; ratio to storescp {statistics.median(got):.2f}x "
+              f"(storage.journal_write = {node_peers[peer]})")
     bar = "0.9x with one association" if args.associations == 1 else "1.0x of storescp --fork"
     print(f"ratio node/storescp: {statistics.median(ratios):.2f}x (median of per-repeat ratios; issue 13's bar: >= {bar})")
     if args.diagnose:
@@ -300,6 +324,7 @@ def main() -> None:
             "seconds": times, "ratio_per_repeat": ratios, "ratio_median": statistics.median(ratios),
             "cpu_ms_per_image": cpu, "peak_rss_mb": rss, "load_average": os.getloadavg(),
             **({"minimal_peers": minimal_peers, "minimal_ratio_per_repeat": minimal} if args.ceiling else {}),
+            **({"node_peers": node_peers, "node_ratio_per_repeat": other_nodes} if args.node_journal_write else {}),
         }, indent=1))
 
 

@@ -183,6 +183,10 @@ class StorageSection(_Section):
     # before the answer; spool files and index rows are flushed in bulk at checkpoints and replayed
     # after a crash. 0 = off: every spool file is fsynced on its own before the answer (slower).
     journal_mb: int = Field(256, ge=0)
+    # How a data set goes into the journal on the fast C-STORE path: "stream" = each P-DATA fragment as
+    # it arrives (write-out started at once), one fdatasync after the last; "dataset" = one O_DSYNC
+    # write of the whole data set after the last fragment (the node before session 18; slower).
+    journal_write: Literal["stream", "dataset"] = "stream"
 
 
 class SelectionSection(_Section):

@@ -32,10 +32,20 @@ C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 NO_DATA_SET = 0x0101
 
-# Answer = (status, error comment) for one stored data set; Receiver.answer has this shape. Work it
-# appends to the last argument runs after the response has left (see Receiver.store's ``later``).
-Answer = Callable[[str, str, str, list, str, list], "tuple[int, str]"]  # data set as its fragments
+# Answer = (status, error comment) for one stored data set; Receiver.answer has this shape:
+# answer(sop_class, sop_uid, transfer_syntax, fragments, calling_ae, later, journal=stream). Work it
+# appends to ``later`` runs after the response has left (see Receiver.store); ``journal`` is the
+# data set's JournalStream (or None), already holding every fragment.
+Answer = Callable[..., "tuple[int, str]"]
 STREAM_OVER = 32 << 20  # default memory_limit: a CT slice is 0.5 MB, an enhanced multi-frame CT can be GBs
+
+
+class JournalStream(Protocol):
+    """Where each fragment is journaled as it arrives (``dicomnode.store.journal.JournalStream``)."""
+
+    def write(self, chunk: memoryview) -> None: ...
+
+    def abandon(self) -> None: ...
 
 
 class Sink(Protocol):
@@ -112,11 +122,13 @@ class FastStore:
     """One association's C-STORE in progress on the fast path (lives in its DUL thread)."""
 
     def __init__(self, answer: Answer, calling_ae: Callable[[], str], open_stream: OpenStream | None = None,
-                 memory_limit: int = STREAM_OVER) -> None:
+                 memory_limit: int = STREAM_OVER,
+                 journal_stream: "Callable[[], JournalStream | None] | None" = None) -> None:
         self.answer = answer
         self.calling_ae = calling_ae  # asked when a data set is complete (negotiation is over by then)
         self.open_stream = open_stream
         self.memory_limit = memory_limit
+        self.journal_stream = journal_stream  # Journal.stream: fragments journaled as they arrive
         self._contexts: dict[int, object] | None = None  # accepted contexts by id, once established
         self.sink: Sink | None = None
         self._reset()
@@ -128,6 +140,7 @@ class FastStore:
         self.fragments: list[memoryview] = []
         self.held = 0  # bytes in self.fragments
         self.sink = None
+        self.journal: JournalStream | None = None
 
     @property
     def busy(self) -> bool:
@@ -137,6 +150,8 @@ class FastStore:
         """A non-P-DATA PDU arrived (release, abort): whatever was half-received is dropped."""
         if self.sink is not None:
             self.sink.discard()
+        if self.journal is not None:
+            self.journal.abandon()
         self._reset()
 
     def _context(self, assoc, context_id: int):
@@ -171,6 +186,7 @@ class FastStore:
                 return False
             self.context_id, self.command = ctx, command
             self.transfer_syntax = str(context.transfer_syntax[0])
+            self.journal = self.journal_stream() if self.journal_stream is not None else None
             items = items[1:]
         view = memoryview(body)
         for ctx, mch, start, end in items:
@@ -182,6 +198,8 @@ class FastStore:
             else:
                 self.fragments.append(fragment)
                 self.held += len(fragment)
+                if self.journal is not None:  # the disk works while the peer still sends
+                    self.journal.write(fragment)
                 if self.held > self.memory_limit and self.open_stream is not None:
                     self._start_stream()
             if mch & 0x02:
@@ -194,17 +212,23 @@ class FastStore:
         self.sink = self.open_stream(_uid(command.get(0x0002)), _uid(command.get(0x1000)), self.transfer_syntax,
                                      self.calling_ae(), self.fragments)
         self.fragments, self.held = [], 0
+        if self.journal is not None:  # a streamed data set is made durable by its spool file's fsyncs
+            self.journal.abandon()
+            self.journal = None
 
     def _finish(self, dul) -> None:
         command, context_id, data, sink = self.command, self.context_id, self.fragments, self.sink  # not joined
         sop_class, sop_uid = _uid(command.get(0x0002)), _uid(command.get(0x1000))
-        transfer_syntax = self.transfer_syntax
+        transfer_syntax, journal = self.transfer_syntax, self.journal
         self._reset()
         later: list = []
         if sink is not None:
             status, comment = sink.finish()
         else:
-            status, comment = self.answer(sop_class, sop_uid, transfer_syntax, data, self.calling_ae(), later)
+            status, comment = self.answer(sop_class, sop_uid, transfer_syntax, data, self.calling_ae(), later,
+                                          journal=journal)
+        if journal is not None:  # refused, or journaled whole after all: its fragments are void
+            journal.abandon()
         dul.socket.send(store_response(context_id, _us(command.get(0x0110)) or 0, command.get(0x0002, b""),
                                        command.get(0x1000, b""), status, comment))
         for work in later:  # a journaled data set's spool file and index row, while the peer sends the next one

@@ -19,7 +19,7 @@ from ..config import NodeConfig
 from .header import STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH
 from .header import StoreRefused, check_complete, parse_header
 from ..store.index import Index, InstanceInfo, InstanceRecord, StoreOutcome
-from ..store.journal import Entry, Journal, JournalStalled
+from ..store.journal import Entry, Journal, JournalStalled, JournalStream
 from ..pseudonym import Pseudonymizer
 from .admission import Admission
 from ..store.spool import Spool, SpoolFull
@@ -135,7 +135,8 @@ class Receiver:
 
     def store(self, sop_class: str, sop_uid: str, transfer_syntax: str, data: Data, calling_ae: str = "", *,
               received_at: float | None = None, rewrite: bool = False,
-              later: list[Callable[[], object]] | None = None) -> StoredInstance | None:
+              later: list[Callable[[], object]] | None = None,
+              journal_stream: JournalStream | None = None) -> StoredInstance | None:
         """Store one data set as received (``data``: its bytes, or its P-DATA fragments in order);
         raises :class:`StoreRefused` with the status to answer.
 
@@ -144,7 +145,8 @@ class Receiver:
         spool file, index row, listeners — is not done here but appended to ``later``
         as one call (returns None): the caller answers the peer first and runs it right after, while
         the peer prepares its next image. ``rewrite`` (journal replay) writes the file again even when
-        the index already knows these bytes, and makes it durable directly."""
+        the index already knows these bytes, and makes it durable directly. ``journal_stream``: the
+        journal already holds the data set's fragments (fast path): a commit makes it durable."""
         chunks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
         size = sum(len(c) for c in chunks)
         hdr = self.check(sop_class, sop_uid, transfer_syntax, chunks)
@@ -159,7 +161,10 @@ class Receiver:
             if not self.spool.has_room(len(meta) + size):
                 raise StoreRefused(STATUS_OUT_OF_RESOURCES, "node disk is full (free space below threshold)")
             try:
-                seq = journal.append(sop_class, sop_uid, transfer_syntax, calling_ae, now, chunks)
+                if journal_stream is not None:
+                    seq = journal_stream.commit(sop_class, sop_uid, transfer_syntax, calling_ae, now, size)
+                if seq is None:  # no stream, or it was abandoned
+                    seq = journal.append(sop_class, sop_uid, transfer_syntax, calling_ae, now, chunks)
             except JournalStalled as exc:
                 LOG.critical("C-STORE refused: %s", exc)
                 raise StoreRefused(STATUS_OUT_OF_RESOURCES, "node storage failing; send again later") from None
@@ -327,10 +332,12 @@ class Receiver:
     # -- pynetdicom handlers -------------------------------------------------------------------
 
     def answer(self, sop_class: str, sop_uid: str, transfer_syntax: str, data: Data,
-               calling_ae: str = "", later: list[Callable[[], object]] | None = None) -> tuple[int, str]:
-        """:meth:`store`, as the (status, error comment) to answer; never raises. ``later``: see store."""
+               calling_ae: str = "", later: list[Callable[[], object]] | None = None,
+               journal: JournalStream | None = None) -> tuple[int, str]:
+        """:meth:`store`, as the (status, error comment) to answer; never raises. ``later``, ``journal``:
+        see store (``journal_stream``)."""
         try:
-            self.store(sop_class, sop_uid, transfer_syntax, data, calling_ae, later=later)
+            self.store(sop_class, sop_uid, transfer_syntax, data, calling_ae, later=later, journal_stream=journal)
         except StoreRefused as exc:
             return self._refused(exc, calling_ae)
         except Exception:

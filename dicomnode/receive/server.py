@@ -220,6 +220,8 @@ def _admission(config: NodeConfig, ae, receiver: Receiver) -> Admission:
     node = config.node
     stream_over = node.stream_over_mb << 20
     fast = node.fast_store and fastpath.available()
+    journal = receiver.journal
+    journal_stream = journal.stream if journal is not None and config.storage.journal_write == "stream" else None
 
     def install_fast(assoc) -> bool:
         if fast:
@@ -227,7 +229,7 @@ def _admission(config: NodeConfig, ae, receiver: Receiver) -> Admission:
         if not (fast and fastpath.allowed_on(assoc, receiver.handle_store)):
             return False
         fastpath.install(assoc, FastStore(receiver.answer, functools.partial(_calling_ae, assoc), receiver.open_stream,
-                                          stream_over))
+                                          stream_over, journal_stream))
         return True
 
     return Admission(lambda: ae.active_associations, max_connections=node.max_associations,

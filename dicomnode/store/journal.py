@@ -9,24 +9,26 @@ the data directory's filesystem) later makes them durable in bulk and moves the 
 watermark; after a crash :meth:`Journal.open` returns the entries past the watermark and the
 receiver re-materialises them (``Receiver.replay``). That is how databases make commits cheap.
 
-Layout: one file of ``size`` bytes in two halves. Entries are written back to back from the start
-of a half (4 KiB aligned). When an entry does not fit, the writer moves to the other half, which
-must be covered by a checkpoint first; a background thread checkpoints the half just left as soon
-as the writer leaves it, so the writer normally never waits. Entries larger than a half are not
-journaled (``append`` returns None; the caller makes that file durable the classic way).
+Layout: one file of ``size`` bytes in two halves, records written back to back through each half
+(their format and the crash scan: :mod:`dicomnode.store.journal_records`). When a record does not fit,
+the writer moves to the other half, which must be covered by a checkpoint first; a background thread
+checkpoints the half just left as soon as the writer leaves it, so the writer normally never waits.
+Data sets larger than a half are not journaled (``append`` returns None; the caller makes that file
+durable the classic way).
+
+Two ways in: :meth:`Journal.append` writes a whole data set with one O_DSYNC write;
+:meth:`Journal.stream` takes it fragment by fragment *as the peer sends it*: each fragment goes to the
+page cache and its write-out starts at once (``sync_file_range``), and ``commit`` writes a small
+commit record and waits for one ``fdatasync``. The disk then works while the network does: on the dev
+VM a durable receiver written this way reaches storescp's rate where one O_DSYNC write per data set
+did not (docs/node-receive.md, session 17). A stream that would hold a half the writer needs is
+abandoned (its data set is still in memory: the caller appends it whole instead).
 
 An entry whose spool file or index row could not be written after its answer stays in flight (no
 checkpoint passes it) and is read back with :meth:`Journal.read` to be stored again (the receiver
 retries it). Should the writer need its half before that succeeds, it waits at most ``stall_s`` and
 then raises :class:`JournalStalled`: the receiver answers "out of resources" (the peer sends again
 later) instead of hanging, and nothing acknowledged is lost.
-
-Entry: header (magic, version, seq, lengths, CRC-32 of the metadata, XXH3-64 of the data set) + the
-small metadata JSON + the data set bytes. A torn or stale entry fails its magic, sequence or checksum
-check and is ignored (its sender got no answer and sends again). The data set's checksum is on the
-acknowledgement path: XXH3 costs 0.01 ms per CT slice where CRC-32 costs 0.12 ms and SHA-256 0.3 ms.
-Version 1 entries (SHA-256 of the data set) are still read, so a journal left by an unclean stop of
-an older node is replayed after an upgrade.
 """
 
 from __future__ import annotations
@@ -34,15 +36,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import hashlib
-import json
+import itertools
 import logging
+import mmap
 import os
-import struct
 import threading
 import time
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -50,17 +49,11 @@ import xxhash
 
 from ichutil.files import atomic_write_text, fsync_dir
 
-from .digest import digest
+from . import journal_records as records
+from .journal_records import ALIGN, MAGIC, RECORD_ALIGN, VERSION, Entry  # noqa: F401 - the journal's public names
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"ICHJ"
-VERSION = 3  # 3: the CRC-32 also covers the header's seq and lengths (2: metadata only; both still read)
-ALIGN = 4096
-_HEADER = struct.Struct("<4sHHQIIIQ")  # magic, version, reserved, seq, meta length, data length, crc32(meta), xxh3_64(data)
-_HEADER_V1 = struct.Struct("<4sHHQIII32s")  # … crc32(meta), sha256(data): read only
-_HEADERS = {1: _HEADER_V1, 2: _HEADER, 3: _HEADER}
-_COVERED = struct.Struct("<QII")  # seq, meta length, data length: what version 3's CRC covers besides the metadata
 CHECKPOINT_FILE = "journal.checkpoint"
 
 
@@ -68,36 +61,33 @@ class JournalStalled(OSError):
     """The writer needs a half that still holds entries not yet stored elsewhere."""
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One journaled data set, as needed to store it again."""
-
-    seq: int
-    sop_class: str
-    sop_uid: str
-    transfer_syntax: str
-    calling_ae: str
-    received_at: float
-    data: bytes
-    span: int = 0  # bytes it takes in the journal file
-
-    @property
-    def digest(self) -> str:
-        """dicomnode.store.digest of ``data`` (as the index keeps it)."""
-        return digest([self.data])
-
-
 @functools.lru_cache(maxsize=1)
-def _libc_syncfs():
+def _libc():
     name = ctypes.util.find_library("c")
-    return getattr(ctypes.CDLL(name, use_errno=True), "syncfs", None) if name else None
+    return ctypes.CDLL(name, use_errno=True) if name else None
 
 
 def _syncfs(fd: int) -> None:
     """Flush every dirty page of the filesystem holding ``fd`` (Linux syncfs; else a global sync)."""
-    fn = _libc_syncfs()
+    fn = getattr(_libc(), "syncfs", None)
     if fn is None or fn(fd) != 0:
         os.sync()
+
+
+@functools.lru_cache(maxsize=1)
+def _sync_file_range():
+    fn = getattr(_libc(), "sync_file_range", None)
+    if fn is not None:
+        fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+    return fn
+
+
+def _start_writeback(fd: int, at: int, n: int) -> None:
+    """Start writing these pages to the disk now, without waiting (Linux ``sync_file_range`` with
+    SYNC_FILE_RANGE_WRITE); a hint only: the commit's ``fdatasync`` is what makes them durable."""
+    fn = _sync_file_range()
+    if fn is not None:
+        fn(fd, at, n, 2)
 
 
 class Journal:
@@ -110,22 +100,26 @@ class Journal:
         self.size = size - size % (2 * ALIGN)
         self.checkpoint_every_s = checkpoint_every_s
         self.stall_s = stall_s
-        self._fd = -1
+        self._fd = -1   # O_DSYNC: entries (append)
+        self._bfd = -1  # through the page cache: streams (fragments, commits), made durable by fdatasync
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._seq = 0              # last sequence number handed out
         self._checkpointed = 0     # every entry <= this is durable outside the journal
         self._half = 0             # half being written
         self._pos = 0              # next offset within the journal file
-        self._half_last = [0, 0]   # highest seq written into each half
+        self._half_last = [0, 0]   # highest seq with a record in each half
         self._inflight: dict[int, int] = {}  # seq -> offset of entries not yet stored elsewhere
+        self._streams: dict[int, JournalStream] = {}  # open (uncommitted) streams by id
+        self._stream_ids = itertools.count(1)
         self._recovered = 0
         self._write_lock = threading.Lock()
         self._written = 0  # the watermark last written to the checkpoint file
         self._want_checkpoint = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.stats = {"journaled": 0, "bypassed": 0, "checkpoints": 0, "waits": 0, "stalls": 0}
+        self.stats = {"journaled": 0, "bypassed": 0, "checkpoints": 0, "waits": 0, "stalls": 0,
+                      "streamed": 0, "streams_abandoned": 0}
 
     # -- life cycle ----------------------------------------------------------------------------
     def open(self) -> list[Entry]:
@@ -146,15 +140,19 @@ class Journal:
         elif not self.path.is_file():
             self._prewrite()
         self._checkpointed = self._read_checkpoint()
-        entries = self._scan()
+        entries, top = _scan_file(self.path, self._checkpointed)
         for old in self._previous():
             known = {e.seq for e in entries}
-            entries += [e for e in _scan_any(old, self._checkpointed) if e.seq not in known]
+            more, old_top = _scan_file(old, self._checkpointed)
+            entries += [e for e in more if e.seq not in known]
+            top = max(top, old_top)
         entries.sort(key=lambda e: e.seq)
-        self._seq = max([self._checkpointed] + [e.seq for e in entries])
+        self._seq = max([self._checkpointed, top] + [e.seq for e in entries])
         self._recovered = self._seq  # appends wait for a checkpoint past this (the caller's replay)
         self._written = self._checkpointed
         self._fd = os.open(self.path, os.O_RDWR | os.O_DSYNC)
+        self._bfd = os.open(self.path, os.O_RDWR)
+        self._stream_ids = itertools.count(int.from_bytes(os.urandom(6), "little") << 16)  # see journal_records
         self._half, self._pos = 0, 0
         self._thread = threading.Thread(target=self._checkpointer, name="journal-checkpoint", daemon=True)
         self._thread.start()
@@ -170,7 +168,8 @@ class Journal:
             self._thread.join(30)
         self.checkpoint()
         os.close(self._fd)
-        self._fd = -1
+        os.close(self._bfd)
+        self._fd = self._bfd = -1
 
     # -- writing -------------------------------------------------------------------------------
     def append(self, sop_class: str, sop_uid: str, transfer_syntax: str, calling_ae: str, received_at: float,
@@ -178,36 +177,35 @@ class Journal:
         """Durably journal one data set (``chunks`` joined, e.g. as its P-DATA fragments arrived);
         returns its sequence number (pass it to :meth:`done` once the spool file and index row
         exist), or None when it is too big to journal."""
-        meta = json.dumps([sop_class, sop_uid, transfer_syntax, calling_ae, received_at]).encode()
-        size = sum(len(c) for c in chunks)
-        total = _HEADER.size + len(meta) + size
-        span = -(-total // ALIGN) * ALIGN
-        half_size = self.size // 2
-        if span > half_size:
+        meta = records.metadata(sop_class, sop_uid, transfer_syntax, calling_ae, received_at)
+        span = records.entry_span(len(meta), sum(len(c) for c in chunks))
+        if span > self.size // 2:
             self.stats["bypassed"] += 1
             return None
         with self._cond:
-            if self._checkpointed < self._recovered:
-                raise RuntimeError("journal: store the entries open() returned and checkpoint() before appending")
-            if self._pos + span > (self._half + 1) * half_size:
-                self._switch_half()
+            self._check_recovered()
+            at = self._reserve(span, ALIGN)
             self._seq += 1
-            seq, at = self._seq, self._pos
-            self._pos += span
-            self._half_last[self._half] = seq
+            seq = self._seq
+            self._mark(seq)
             self._inflight[seq] = at
-        check = xxhash.xxh3_64()
-        for c in chunks:
-            check.update(c)
-        crc = zlib.crc32(meta, zlib.crc32(_COVERED.pack(seq, len(meta), size)))
-        header = _HEADER.pack(MAGIC, VERSION, 0, seq, len(meta), size, crc, check.intdigest())
         try:
-            os.pwritev(self._fd, [header, meta, *chunks], at)
+            os.pwritev(self._fd, [records.entry_header(seq, meta, chunks), meta, *chunks], at)
         except BaseException:
             self.done(seq)
             raise
         self.stats["journaled"] += 1
         return seq
+
+    def stream(self) -> "JournalStream | None":
+        """A data set to be journaled fragment by fragment as it arrives (see :class:`JournalStream`);
+        None when the journal is not taking writes (closed, or its replay not yet checkpointed)."""
+        with self._cond:
+            if self._bfd < 0 or self._checkpointed < self._recovered:
+                return None
+            stream = JournalStream(self, next(self._stream_ids))
+            self._streams[stream.id] = stream
+        return stream
 
     def done(self, seq: int | None) -> None:
         """The entry's spool file and index row are written (or it was abandoned)."""
@@ -222,16 +220,34 @@ class Journal:
             at = self._inflight.get(seq)
         if at is None:
             raise KeyError(f"journal entry {seq} is not in flight")
-        with open(self.path, "rb") as f:
-            f.seek(at)
-            entry = _read_entry(f, at, at + self.size // 2, 0, 0)
-        if not isinstance(entry, Entry) or entry.seq != seq:
+        with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            entry = records.entry_at(buf, at)
+        if entry is None or entry.seq != seq:
             raise OSError(f"journal entry {seq} fails its checks")
         return entry
+
+    def _check_recovered(self) -> None:
+        if self._checkpointed < self._recovered:
+            raise RuntimeError("journal: store the entries open() returned and checkpoint() before appending")
+
+    def _reserve(self, span: int, align: int) -> int:
+        """Room for ``span`` bytes at the writer's position (lock held); may move to the other half."""
+        at = -(-self._pos // align) * align
+        if at + span > (self._half + 1) * (self.size // 2):
+            self._switch_half()
+            at = self._pos
+        self._pos = at + span
+        return at
+
+    def _mark(self, seq: int) -> None:
+        """A record of entry ``seq`` lies in the current half (lock held)."""
+        self._half_last[self._half] = max(self._half_last[self._half], seq)
 
     def _switch_half(self) -> None:
         """Move to the other half once a checkpoint covers what it holds (lock held)."""
         other = 1 - self._half
+        for stream in [s for s in self._streams.values() if other in s.halves]:
+            self._drop(stream, "the journal needs its half")  # it holds a half back: appended whole instead
         self._want_checkpoint.set()  # covers the half we leave; normally done long before we return
         deadline = time.monotonic() + self.stall_s
         while self._half_last[other] > self._checkpointed:
@@ -243,6 +259,13 @@ class Journal:
             self._want_checkpoint.set()
             self._cond.wait(0.2)
         self._half, self._pos = other, other * (self.size // 2)
+
+    def _drop(self, stream: "JournalStream", why: str) -> None:
+        """Abandon an open stream (lock held): it writes nothing more and never commits."""
+        if stream.abandon_quietly():
+            self._streams.pop(stream.id, None)
+            self.stats["streams_abandoned"] += 1
+            log.debug("journal stream %d abandoned: %s", stream.id, why)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def checkpoint(self) -> int:
@@ -284,7 +307,7 @@ class Journal:
                 time.sleep(1.0)
                 self._want_checkpoint.set()
 
-    # -- reading -------------------------------------------------------------------------------
+    # -- files ---------------------------------------------------------------------------------
     def _previous(self) -> list[Path]:
         """Journal files of another size kept aside until their entries are stored again."""
         return sorted(self.path.parent.glob(f"{self.path.name}.previous-*"))
@@ -318,71 +341,123 @@ class Journal:
         return value
 
     def _scan(self) -> list[Entry]:
-        """Valid entries of both halves, by sequence number (each half is read from its start until
-        an entry fails its checks or its sequence stops increasing)."""
-        out: list[Entry] = []
-        half_size = self.size // 2
-        with open(self.path, "rb") as f:
-            for half in (0, 1):
-                pos, end, last = half * half_size, (half + 1) * half_size, 0
-                while True:
-                    f.seek(pos)
-                    entry = _read_entry(f, pos, end, last, self._checkpointed)
-                    if entry is None:
-                        break
-                    if isinstance(entry, Entry):
-                        out.append(entry)
-                        last, pos = entry.seq, pos + entry.span
-                    else:  # (seq, span) of an entry flushed long ago: only its order matters
-                        last, pos = entry[0], pos + entry[1]
-        return sorted(out, key=lambda e: e.seq)
+        """Intact entries newer than the watermark (what :meth:`open` would return), by sequence number."""
+        return [e for e in _scan_file(self.path, self._checkpointed)[0] if e.seq > self._checkpointed]
 
 
-def _scan_any(path: Path, checkpointed: int) -> list[Entry]:
-    """Entries past ``checkpointed`` anywhere in a journal file of unknown layout (every 4 KiB boundary)."""
-    out: list[Entry] = []
-    end = path.stat().st_size
-    with open(path, "rb") as f:
-        pos = 0
-        while pos < end:
-            f.seek(pos)
-            entry = _read_entry(f, pos, end, 0, checkpointed)
-            if isinstance(entry, Entry):
-                out.append(entry)
-                pos += entry.span
-            else:
-                pos += entry[1] if entry else ALIGN
-    return out
+class JournalStream:
+    """One data set journaled as it arrives (:meth:`Journal.stream`): ``write`` each fragment, then
+    ``commit`` (durable when it returns) or ``abandon``.
+
+    Its sequence number is handed out at the commit, so an open stream never holds a checkpoint back;
+    until then the journal may drop it (``Journal._switch_half``, when the writer needs the half its
+    fragments lie in), under ``_lock`` so no fragment of a dropped stream lands after the writer has
+    reclaimed that half. Never raises on the way in: a fragment that cannot be journaled (dropped, a
+    failed write, a data set too big) abandons the stream and ``commit`` returns None — the caller
+    still holds the data set and appends it whole. One thread writes a stream (its association's).
+    """
+
+    def __init__(self, journal: Journal, stream_id: int) -> None:
+        self.journal = journal
+        self.id = stream_id
+        self.halves: set[int] = set()  # where its fragments lie (under the journal's lock)
+        self._places: list[tuple[int, int]] = []
+        self._check = xxhash.xxh3_64()
+        self._size = 0
+        self._lock = threading.Lock()
+        self._dead = False
+        self._committed = False
+
+    @property
+    def open(self) -> bool:
+        return not (self._dead or self._committed)
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        """Journal one fragment and start writing it out (page cache; made durable by ``commit``)."""
+        j = self.journal
+        n = len(chunk)
+        if not self.open:
+            return
+        if self._size + n > j.size // 4:  # a stream may span both halves only if each keeps room for others
+            self.abandon()
+            return
+        span = records.record_span(n)
+        try:
+            with j._cond:
+                at = j._reserve(span, RECORD_ALIGN)  # may drop this very stream (then nothing is written)
+                self.halves.add(j._half)
+            with self._lock:
+                if self._dead:
+                    return
+                os.pwritev(j._bfd, [records.fragment_header(self.id, len(self._places), n), chunk], at)
+                _start_writeback(j._bfd, at, span)
+        except (OSError, ValueError) as exc:  # JournalStalled among them
+            log.warning("journal stream %d: %s; the data set is journaled whole instead", self.id, exc)
+            self.abandon()
+            return
+        self._places.append((at, n))
+        self._check.update(chunk)
+        self._size += n
+
+    def commit(self, sop_class: str, sop_uid: str, transfer_syntax: str, calling_ae: str,
+               received_at: float, size: int) -> int | None:
+        """Write the commit record and wait until the data set is durable; returns its sequence
+        number (pass it to ``Journal.done`` as for an entry), or None when the stream was abandoned
+        or does not hold exactly ``size`` bytes (the caller appends the data set whole)."""
+        j = self.journal
+        if not self.open or size != self._size or not self._places:
+            self.abandon()
+            return None
+        meta = records.metadata(sop_class, sop_uid, transfer_syntax, calling_ae, received_at)
+        seq = None
+        try:
+            record = records.commit_record(0, meta, self.id, self._places, self._check.intdigest())
+            with j._cond:
+                at = j._reserve(len(record), RECORD_ALIGN)  # may drop this stream
+                with self._lock:
+                    if self._dead:
+                        return None
+                    self._committed = True
+                j._seq += 1
+                seq = j._seq
+                for half in self.halves | {j._half}:  # neither half is reused before a checkpoint passes it
+                    j._half_last[half] = max(j._half_last[half], seq)
+                j._inflight[seq] = at
+                j._streams.pop(self.id, None)
+            record = records.commit_record(seq, meta, self.id, self._places, self._check.intdigest())
+            os.pwrite(j._bfd, record, at)
+            os.fdatasync(j._bfd)
+        except (OSError, ValueError) as exc:
+            log.warning("journal stream %d: commit failed (%s); the data set is journaled whole instead", self.id, exc)
+            j.done(seq)
+            self.abandon()
+            return None
+        j.stats["streamed"] += 1
+        return seq
+
+    def abandon(self) -> None:
+        """No commit will follow (refused, too big, the association ended)."""
+        j = self.journal
+        with j._cond:
+            j._drop(self, "abandoned")
+
+    def abandon_quietly(self) -> bool:
+        """Mark it dead unless committed (the journal's lock held); True when it was open."""
+        with self._lock:
+            if self._dead or self._committed:
+                return False
+            self._dead = True
+            return True
 
 
-def _read_entry(f, pos: int, end: int, last: int, checkpointed: int) -> "Entry | tuple[int, int] | None":
-    """The entry at ``pos`` (file positioned there) if it is intact, newer than ``last`` and ends by
-    ``end``; only (seq, span), without reading its data, when it is not newer than ``checkpointed``."""
-    head = f.read(_HEADER_V1.size)
-    if len(head) < _HEADER_V1.size:
-        return None
-    magic, version = struct.unpack_from("<4sH", head)
-    fmt = _HEADERS.get(version)
-    if magic != MAGIC or fmt is None:
-        return None
-    _, _, _, seq, mlen, dlen, crc, check = fmt.unpack_from(head)
-    span = -(-(fmt.size + mlen + dlen) // ALIGN) * ALIGN
-    if seq <= last or pos + span > end:
-        return None
-    if seq <= checkpointed:
-        return seq, span
-    f.seek(pos + fmt.size)
-    payload = f.read(mlen + dlen)
-    data = payload[mlen:]
-    if version == 1:
-        intact = hashlib.sha256(data).digest() == check
-    else:
-        intact = xxhash.xxh3_64_intdigest(data) == check
-    covered = zlib.crc32(_COVERED.pack(seq, mlen, dlen)) if version >= 3 else 0
-    if zlib.crc32(payload[:mlen], covered) != crc or not intact:
-        return None
+def _scan_file(path: Path, checkpointed: int) -> tuple[list[Entry], int]:
+    """:func:`journal_records.scan` of one journal file (mapped, not read into memory)."""
     try:
-        sop_class, sop_uid, ts, calling, received_at = json.loads(payload[:mlen])
-        return Entry(seq, sop_class, sop_uid, ts, calling, float(received_at), data, span)
-    except (ValueError, TypeError):
-        return None
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return [], 0
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                return records.scan(buf, checkpointed)
+    except OSError:
+        log.exception("journal %s cannot be read", path)
+        return [], 0

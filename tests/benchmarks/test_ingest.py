@@ -29,13 +29,15 @@ def test_ingest_benchmark_runs_every_peer_and_checks_what_they_stored(tmp_path, 
     out = tmp_path / "ingest.json"
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ingest.py"), "--data", str(data), "--repeats", "1",
                         "--associations", "2", "--receivers", "2", "--separate", "--ceiling", "--minimal-write", "dataset",
-                        "writeback", "--workdir", str(tmp_path / "work"),
+                        "writeback", "--node-journal-write", "stream", "dataset", "--workdir", str(tmp_path / "work"),
                         "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "separate:" in r.stdout and "issue 13's bar: >= 1.0x" in r.stdout, r.stdout
     report = json.loads(out.read_text())
     assert report["images"] == 6 and report["associations"] == 2 and report["receivers"] == 2
-    assert set(report["seconds"]) == {"storescp", "node", "separate", "minimal", "minimal-writeback"}
+    assert set(report["seconds"]) == {"storescp", "node", "node-dataset", "separate", "minimal", "minimal-writeback"}
+    assert report["node_peers"] == {"node": "stream", "node-dataset": "dataset"}
+    assert len(report["node_ratio_per_repeat"]["node-dataset"]) == 1
     assert report["minimal_peers"] == {"minimal": "dataset", "minimal-writeback": "writeback"}
     assert all(len(v) == 1 and v[0] > 0 for v in report["minimal_ratio_per_repeat"].values())
     assert all(len(v) == 1 and v[0] > 0 for v in report["seconds"].values())
@@ -59,9 +61,11 @@ def test_receive_profile_times_every_step_of_each_stored_image(tmp_path, ct_data
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     steps = {s["step"]: s for s in json.loads(out.read_text())["steps"]}
     # each image passed every step once: the wrappers sit where the receiver really calls
-    for label in ("header scan, UID checks, pseudonym", "structure check", "journal append (O_DSYNC)",
+    for label in ("header scan, UID checks, pseudonym", "structure check", "journal commit (fdatasync)",
                   "spool file", "index row", "digest"):
         assert steps[label]["calls"] == 5 and steps[label]["cpu_ms_per_image"] > 0, steps[label]
+    fragments = steps["journal: fragments as they arrive (write-out started)"]
+    assert fragments["calls"] >= 5 and fragments["cpu_ms_per_image"] > 0, fragments
 
 
 @pytest.mark.parametrize("write", ["dataset", "fragment", "writeback"])

@@ -406,6 +406,22 @@ def test_without_journal_every_file_is_fsynced_before_the_answer(node_factory, d
     assert len(synced) >= 6  # the file and its directory, per instance
 
 
+@pytest.mark.parametrize("journal_write", ["stream", "dataset"])
+def test_each_journal_write_mode_journals_every_instance_its_way(node_factory, dcmtk, ct_data, journal_write):
+    """storage.journal_write: "stream" commits each data set from the fragments journaled as they came,
+    "dataset" appends it whole; both store every byte (a crash replay of each: tests/dicomnode/store)."""
+    n = node_factory(storage={"journal_write": journal_write})
+    files = images(ct_data, "philips-phantom-5mm")[:4]
+    assert storescu(dcmtk, n.port, [str(p) for p in files]).returncode == 0
+    stats = n.server.receiver.journal.stats
+    assert (stats["streamed"], stats["journaled"]) == ((4, 0) if journal_write == "stream" else (0, 4))
+    assert stats["streams_abandoned"] == 0
+    for p in files:
+        ds = pydicom.dcmread(p)
+        info = n.index.instance(ds.SOPInstanceUID)
+        assert n.spool.abspath(info.path).read_bytes().endswith(p.read_bytes()[-4096:])
+
+
 def test_kill_9_right_after_answers_loses_no_acknowledged_instance(tmp_path, ct_data, free_port):
     """The node answers once a data set is in its journal; the spool file and index row follow right
     after. A ``kill -9`` inside that window must lose nothing the peer was told is stored: the restarted

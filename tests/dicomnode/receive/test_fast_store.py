@@ -60,7 +60,7 @@ class _Recorder:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, sop_class, sop_uid, ts, data, calling, later=None):
+    def __call__(self, sop_class, sop_uid, ts, data, calling, later=None, journal=None):
         self.calls.append((sop_class, sop_uid, ts, b"".join(data), calling))
         return 0, ""
 

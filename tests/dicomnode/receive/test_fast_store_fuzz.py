@@ -104,7 +104,7 @@ def fast_store(status: tuple[int, str] = (0, ""), memory_limit: int | None = Non
     """A FastStore whose answers (and streamed data sets) are logged: [(kind, data set bytes)]."""
     log: list = []
 
-    def answer(sop_class, sop_uid, transfer_syntax, data, calling_ae, later=None):
+    def answer(sop_class, sop_uid, transfer_syntax, data, calling_ae, later=None, journal=None):
         log.append(("answer", b"".join(bytes(c) for c in data)))
         return status
 

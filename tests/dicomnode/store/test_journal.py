@@ -48,16 +48,20 @@ def test_entries_after_the_last_checkpoint_come_back_after_a_crash(tmp_path):
     assert Journal(path, 1 << 20).open() == []  # a clean stop leaves nothing to replay
 
 
-def test_a_torn_entry_and_what_follows_it_in_its_half_are_ignored(tmp_path):
+def test_a_torn_entry_is_ignored_and_does_not_hide_the_entries_after_it(tmp_path):
+    """Two associations reserve places in one order and write in another: when the machine stops, the
+    earlier place may be a hole (never written) or torn while a later entry was written and
+    acknowledged. That later entry must come back (the scan used to stop at the first bad entry)."""
     path = tmp_path / "receive.wal"
     j = Journal(path, 1 << 20)
     j.open()
-    seqs = [put(j, i)[0] for i in range(3)]
+    seqs = [put(j, i)[0] for i in range(4)]
     raw = bytearray(path.read_bytes())
     raw[ALIGN + 100] ^= 0xFF  # inside the second entry's data (each 3 kB entry takes one 4 KiB block)
+    raw[2 * ALIGN:3 * ALIGN] = bytes(ALIGN)  # the third: a hole
     path.write_bytes(bytes(raw))
     entries = Journal(path, 1 << 20).open()
-    assert [e.seq for e in entries] == seqs[:1]
+    assert [e.seq for e in entries] == [seqs[0], seqs[3]]
 
 
 def test_an_entry_written_by_a_version_1_journal_is_still_replayed(tmp_path):
@@ -268,3 +272,113 @@ def test_a_failure_after_the_answer_is_retried_from_the_journal_and_ingest_goes_
     assert j.stats["stalls"] == 0 and rx.stats.failures == {0x0110: 1}
     rx.close()
     j.close()
+
+
+# -- streams: a data set journaled fragment by fragment as it arrives -------------------------------
+
+
+def stream_in(j: Journal, i: int, parts: list[bytes], commit: bool = True) -> int | None:
+    stream = j.stream()
+    for part in parts:
+        stream.write(part)
+    if not commit:
+        return None
+    return stream.commit(CT, f"1.2.3.{i}", TS, "PACS", 1000.0 + i, sum(map(len, parts)))
+
+
+def test_a_committed_stream_comes_back_after_a_crash_and_an_open_one_does_not(tmp_path):
+    path = tmp_path / "receive.wal"
+    j = Journal(path, 1 << 20, checkpoint_every_s=3600)
+    j.open()
+    parts = [b"a" * 700, b"b" * 16000, b"", b"c" * 3]
+    committed = stream_in(j, 1, parts)
+    assert committed is not None and j.stats["streamed"] == 1
+    assert j.read(committed).data == b"".join(parts)  # to store it again after a failure
+    stream_in(j, 2, [b"never acknowledged"], commit=False)
+    _, appended = put(j, 3)
+    entries = Journal(path, 1 << 20).open()  # the crash: no close
+    assert [(e.sop_uid, e.data) for e in entries] == [("1.2.3.1", b"".join(parts)), ("1.2.3.3", appended)]
+    assert entries[0].calling_ae == "PACS" and entries[0].received_at == 1001.0
+
+
+def test_a_stream_that_does_not_hold_the_whole_data_set_is_not_committed(tmp_path):
+    j = Journal(tmp_path / "receive.wal", 1 << 20)
+    j.open()
+    stream = j.stream()
+    stream.write(b"x" * 100)
+    assert stream.commit(CT, "1.2.3", TS, "PACS", 1.0, 101) is None  # the caller appends it whole
+    too_big = j.stream()
+    too_big.write(bytes(j.size // 4 + 1))
+    assert not too_big.open and too_big.commit(CT, "1.2.4", TS, "PACS", 1.0, j.size // 4 + 1) is None
+    assert j.checkpoint() == j._seq  # abandoned streams hold no checkpoint back
+    j.close()
+
+
+def test_a_torn_fragment_voids_its_data_set(tmp_path):
+    path = tmp_path / "receive.wal"
+    j = Journal(path, 1 << 20, checkpoint_every_s=3600)
+    j.open()
+    stream_in(j, 1, [b"x" * 5000, b"y" * 5000])
+    raw = bytearray(path.read_bytes())
+    raw[raw.index(b"y" * 100) + 7] ^= 0x01  # a page of the second fragment never reached the disk whole
+    path.write_bytes(bytes(raw))
+    assert Journal(path, 1 << 20).open() == []
+
+
+def test_an_open_stream_never_stalls_the_writer_it_is_abandoned(tmp_path):
+    """A peer that starts a data set and then sends nothing must not hold half the journal: when the
+    writer needs that half, the stream is dropped (its data set is still in memory and will be
+    appended whole) instead of every other association waiting for it."""
+    j = Journal(tmp_path / "receive.wal", 8 * ALIGN, stall_s=0.5)  # halves of 4 pages
+    j.open()
+    slow = j.stream()
+    slow.write(b"first fragment")
+    for i in range(20):  # wraps both halves several times
+        put(j, i, size=100)
+    assert j.stats["stalls"] == 0 and j.stats["streams_abandoned"] == 1
+    assert slow.commit(CT, "1.2.3.99", TS, "PACS", 1.0, len(b"first fragment")) is None
+    j.close()
+
+
+def test_streams_and_appends_from_many_threads_wrap_and_come_back_intact(tmp_path):
+    """Three threads stream (fragments interleaved with each other's in the file), one appends; 64 kB
+    halves wrap many times. After a crash, every data set past the watermark comes back byte for byte."""
+    path = tmp_path / "receive.wal"
+    j = Journal(path, 32 * ALIGN, checkpoint_every_s=60)
+    j.open()
+    expect: dict[str, bytes] = {}
+    errors: list = []
+
+    def streamer(base: int) -> None:
+        try:
+            for i in range(base, base + 120):
+                data = bytes([i % 251]) * (500 + 37 * (i % 50))
+                parts = [data[k:k + 700] for k in range(0, len(data), 700)]
+                seq = stream_in(j, i, parts)
+                if seq is None:
+                    seq = j.append(CT, f"1.2.3.{i}", TS, "PACS", 1000.0 + i, parts)
+                expect[f"1.2.3.{i}"] = data
+                j.done(seq)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    def appender() -> None:
+        for i in range(5000, 5120):
+            _, expect[f"1.2.3.{i}"] = put(j, i, size=1500)
+
+    threads = [threading.Thread(target=streamer, args=(b,)) for b in (0, 1000, 2000)]
+    threads.append(threading.Thread(target=appender))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert j.stats["streamed"] > 100 and j.stats["checkpoints"] >= 10
+    j._stop.set()  # the crash
+    j._want_checkpoint.set()
+    j._thread.join(10)
+    entries = Journal(path, 32 * ALIGN).open()
+    assert entries and all(e.seq > j._checkpointed for e in entries)
+    assert max(e.seq for e in entries) >= j._seq - 3
+    for e in entries:
+        assert e.data == expect[e.sop_uid]

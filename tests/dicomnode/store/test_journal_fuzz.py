@@ -1,7 +1,8 @@
 """Property-based fuzzing of the write-ahead journal's scan (``dicomnode.store.journal``), issue 13 part 5.
 
-A journal of 16 blocks (two 32 KiB halves) takes up to 14 entries of 0-9 kB with checkpoints at drawn
-points (so it wraps), then "crashes" (no close, no last checkpoint). Then the file is corrupted: bit
+A journal of 16 blocks (two 32 KiB halves) takes up to 14 data sets of 0-9 kB — each appended whole,
+streamed as three fragments and committed, or streamed and never committed — with checkpoints at
+drawn points (so it wraps), then "crashes" (no close, no last checkpoint). Then the file is corrupted: bit
 flips, byte writes, runs of 0x00/0xFF/random bytes (anywhere, or aimed at an entry header), a
 truncation, or a garbage ``journal.checkpoint`` file; and reopened.
 
@@ -54,17 +55,30 @@ def payload(i: int, size: int) -> bytes:
     return random.Random(i).randbytes(size)
 
 
-def write_then_crash(path: Path, plan: list[tuple[int, bool]]) -> tuple[dict[str, tuple], int]:
-    """Journal ``plan`` [(data size, checkpoint after it)]; stop like a kill -9 would.
+def write_then_crash(path: Path, plan: list[tuple]) -> tuple[dict[str, tuple], int]:
+    """Journal ``plan`` [(data size, checkpoint after it[, how])]; stop like a kill -9 would. How:
+    ``append`` (one write), ``stream`` (fragments as they would arrive, then a commit; appended whole if
+    the stream was abandoned, as the receiver does), ``open`` (fragments, no commit: never acknowledged).
 
     Returns ({sop_uid: (seq, sop_class, ts, calling AE, received_at, data)}, checkpoint watermark)."""
     j = Journal(path, SIZE, checkpoint_every_s=3600)
     assert j.open() == []
     written: dict[str, tuple] = {}
-    for i, (size, checkpoint) in enumerate(plan):
+    for i, (size, checkpoint, *how) in enumerate(plan):
+        how = how[0] if how else "append"
         data = payload(i, size)
         uid = f"1.2.826.0.1.3680043.10.1427.{i}"
-        seq = j.append(CT, uid, TS, f"AE{i}", 1000.0 + i, [data[:size // 2], data[size // 2:]])
+        parts = [data[:size // 3], data[size // 3:size // 2], data[size // 2:]]
+        seq = None
+        if how != "append":
+            stream = j.stream()
+            for part in parts:
+                stream.write(part)
+            if how == "open":
+                continue
+            seq = stream.commit(CT, uid, TS, f"AE{i}", 1000.0 + i, size)
+        if seq is None:
+            seq = j.append(CT, uid, TS, f"AE{i}", 1000.0 + i, parts)
         if seq is not None:
             written[uid] = (seq, CT, TS, f"AE{i}", 1000.0 + i, data)
             j.done(seq)
@@ -93,7 +107,8 @@ def as_written(e) -> tuple:
     return e.seq, e.sop_class, e.transfer_syntax, e.calling_ae, e.received_at, e.data
 
 
-PLAN = st.lists(st.tuples(st.integers(0, 9000), st.booleans()), max_size=14)
+PLAN = st.lists(st.tuples(st.integers(0, 9000), st.booleans(), st.sampled_from(["append", "stream", "open"])),
+                max_size=14)
 _WHERE = st.one_of(st.integers(0, SIZE - 1),                                # anywhere
                    st.tuples(st.integers(0, 15), st.integers(0, 47)).map(lambda b: b[0] * ALIGN + b[1]))  # a header
 CORRUPTION = st.one_of(
