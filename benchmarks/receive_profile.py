@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--associations", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--journal-write", choices=("dataset", "stream"), default=None,
+                    help="storage.journal_write (default: the node's default)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     acc: dict = collections.defaultdict(lambda: [0, 0.0, 0.0])
@@ -96,6 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="receive-profile-", dir=root))
     cfg = load_config(None)
     cfg.node.data_dir, cfg.node.host, cfg.node.port, cfg.logging.level = str(work), "127.0.0.1", free_port(), "WARNING"
+    if args.journal_write:
+        cfg.storage.journal_write = args.journal_write
     index, spool = Index(cfg.node.index_path), Spool(cfg.node.spool_dir, cfg.storage.min_free_bytes)
     server = start_scp(cfg, index, spool)
     try:

@@ -183,10 +183,12 @@ class StorageSection(_Section):
     # before the answer; spool files and index rows are flushed in bulk at checkpoints and replayed
     # after a crash. 0 = off: every spool file is fsynced on its own before the answer (slower).
     journal_mb: int = Field(256, ge=0)
-    # How a data set goes into the journal on the fast C-STORE path: "stream" = each P-DATA fragment as
-    # it arrives (write-out started at once), one fdatasync after the last; "dataset" = one O_DSYNC
-    # write of the whole data set after the last fragment (the node before session 18; slower).
-    journal_write: Literal["stream", "dataset"] = "stream"
+    # How a data set goes into the journal on the fast C-STORE path: "dataset" = one O_DSYNC write of
+    # the whole data set after its last fragment; "stream" = each P-DATA fragment as it arrives (its
+    # write-out started at once), one fdatasync after the last: less waiting at the answer, more CPU
+    # in the receiving thread — slower on the dev VM (docs/node-receive.md, session 18), may pay
+    # where a flush is slow (network storage).
+    journal_write: Literal["dataset", "stream"] = "dataset"
 
 
 class SelectionSection(_Section):

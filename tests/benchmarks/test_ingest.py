@@ -47,7 +47,8 @@ def test_ingest_benchmark_runs_every_peer_and_checks_what_they_stored(tmp_path, 
     assert all(v and v[0] > 10 for v in report["peak_rss_mb"].values()), report["peak_rss_mb"]
 
 
-def test_receive_profile_times_every_step_of_each_stored_image(tmp_path, ct_data):
+@pytest.mark.parametrize("journal_write", ["dataset", "stream"])
+def test_receive_profile_times_every_step_of_each_stored_image(tmp_path, ct_data, journal_write):
     require_tool("storescu")
     require_tool("echoscu")
     data = tmp_path / "slices"
@@ -56,16 +57,36 @@ def test_receive_profile_times_every_step_of_each_stored_image(tmp_path, ct_data
         shutil.copy(src, data / src.name)
     out = tmp_path / "profile.json"
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "receive_profile.py"), "--data", str(data),
-                        "--workdir", str(tmp_path / "work"), "--json", str(out)],
+                        "--workdir", str(tmp_path / "work"), "--journal-write", journal_write, "--json", str(out)],
                        capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     steps = {s["step"]: s for s in json.loads(out.read_text())["steps"]}
     # each image passed every step once: the wrappers sit where the receiver really calls
-    for label in ("header scan, UID checks, pseudonym", "structure check", "journal commit (fdatasync)",
-                  "spool file", "index row", "digest"):
+    journal = {"dataset": ["journal append (O_DSYNC; storage.journal_write = dataset)"],
+               "stream": ["journal commit (fdatasync)"]}[journal_write]
+    for label in ["header scan, UID checks, pseudonym", "structure check", "spool file", "index row", "digest", *journal]:
         assert steps[label]["calls"] == 5 and steps[label]["cpu_ms_per_image"] > 0, steps[label]
     fragments = steps["journal: fragments as they arrive (write-out started)"]
-    assert fragments["calls"] >= 5 and fragments["cpu_ms_per_image"] > 0, fragments
+    assert (fragments["calls"] >= 5) if journal_write == "stream" else fragments["calls"] == 0, fragments
+
+
+def test_critical_path_runs_the_node_four_ways_beside_storescp(tmp_path, ct_data):
+    for tool in ("storescu", "storescp", "echoscu"):
+        require_tool(tool)
+    data = tmp_path / "slices"
+    data.mkdir()
+    for src in sorted((ct_data / "philips-phantom-thin").glob("I*"))[:4]:
+        shutil.copy(src, data / src.name)
+    out = tmp_path / "critical.json"
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "critical_path.py"), "--data", str(data), "--repeats", "1",
+                        "--workdir", str(tmp_path / "work"), "--json", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = json.loads(out.read_text())  # each variant checked what it journaled and indexed (else it exits non-zero)
+    assert set(report["ratio_median"]) == {"node-dataset", "node-dataset-no-after-work", "node-stream",
+                                           "node-stream-no-after-work"}
+    assert all(len(v) == 1 and v[0] > 0 for v in report["seconds"].values())
+    assert all(v[0] > 0 for v in report["cpu_ms_per_image"].values())
 
 
 @pytest.mark.parametrize("write", ["dataset", "fragment", "writeback"])
