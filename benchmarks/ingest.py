@@ -33,8 +33,8 @@ making a data set durable (see ``minimal_scp.Journal``) in the same alternating 
 
 ``--node-journal-write stream dataset`` times the node once per ``storage.journal_write`` (the first
 is the peer called ``node``, the others ``node-<mode>``) in the same alternating repeats: each fragment
-journaled as it arrives and one fdatasync (``stream``, the default) against one O_DSYNC write per data
-set (``dataset``).
+journaled as it arrives and one fdatasync (``stream``) against one O_DSYNC write per data set
+(``dataset``, the default).
 
 ``--separate`` adds one independent node per association (own port, journal and index): the load
 spread perfectly over processes with nothing shared, i.e. the most ``--receivers`` could give.

@@ -19,10 +19,12 @@ durable the classic way).
 Two ways in: :meth:`Journal.append` writes a whole data set with one O_DSYNC write;
 :meth:`Journal.stream` takes it fragment by fragment *as the peer sends it*: each fragment goes to the
 page cache and its write-out starts at once (``sync_file_range``), and ``commit`` writes a small
-commit record and waits for one ``fdatasync``. The disk then works while the network does: on the dev
-VM a durable receiver written this way reaches storescp's rate where one O_DSYNC write per data set
-did not (docs/node-receive.md, session 17). A stream that would hold a half the writer needs is
-abandoned (its data set is still in memory: the caller appends it whole instead).
+commit record and waits for one ``fdatasync``. The disk then works while the network does: a minimal
+receiver written this way reaches storescp's rate on the dev VM where one O_DSYNC write per data set
+does not (docs/node-receive.md, session 17); the node itself, whose receiving thread has no network wait
+to hide the writes behind, measured slower with it (session 18), so ``storage.journal_write`` defaults
+to ``dataset``. A stream that would hold a half the writer needs is abandoned (its data set is still in
+memory: the caller appends it whole instead).
 
 An entry whose spool file or index row could not be written after its answer stays in flight (no
 checkpoint passes it) and is read back with :meth:`Journal.read` to be stored again (the receiver
