@@ -107,7 +107,8 @@ def main() -> None:
             write_cohort(part, n, args.seed, opts, workers=args.workers, first=first)
         t1 = time.time()
         if rcp is not None:
-            C.extract_base(C.read_cohort(part), cache, rcp.radiomics_params, geometry=rcp.slice_geometry)
+            C.extract_base(C.read_cohort(part), cache, rcp.radiomics_params, geometry=rcp.slice_geometry,
+                           antialias=rcp.antialias)
         t2 = time.time()
         (part / DONE).write_text(rcp.name if rcp else "none")
         if rcp is not None and not args.keep_dicom:

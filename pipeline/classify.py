@@ -71,7 +71,8 @@ class FeatureExtractor:
 
     def __init__(self, groups: list[str], radiomics_params: Path | None = None,
                  cnn_weights: dict | None = None, cnn_input_sizes: dict | None = None,
-                 radiomics_workers: int | None = None, cnn_geometry: SliceGeometry | None = None) -> None:
+                 radiomics_workers: int | None = None, cnn_geometry: SliceGeometry | None = None,
+                 radiomics_antialias: bool = False) -> None:
         unknown = set(groups) - set(GROUPS)
         if unknown:
             raise ClassifierError(f"unknown feature groups {sorted(unknown)}; known: {GROUPS}")
@@ -81,7 +82,8 @@ class FeatureExtractor:
         if "radiomics" in groups:
             from pipeline.features.radiomics import DEFAULT_PARAMS, RadiomicsExtractor
 
-            self._radiomics = RadiomicsExtractor(radiomics_params or DEFAULT_PARAMS, workers=radiomics_workers)
+            self._radiomics = RadiomicsExtractor(radiomics_params or DEFAULT_PARAMS, workers=radiomics_workers,
+                                                 antialias=radiomics_antialias)
         for name in groups:
             if name == "radiomics":
                 continue
@@ -188,7 +190,8 @@ def load_classifier(model_dir: Path | str, imagenet_dir: Path | str | None = Non
                for name, spec in (extra.get("cnn_weights") or {}).items()}
     params = model_dir / extra["radiomics_params"] if extra.get("radiomics_params") else None
     features = FeatureExtractor(extra["groups"], params, weights, extra.get("cnn_input_sizes"), radiomics_workers,
-                                SliceGeometry.from_spec(extra.get("cnn_slice_geometry")))
+                                SliceGeometry.from_spec(extra.get("cnn_slice_geometry")),
+                                bool(extra.get("radiomics_antialias", False)))
     return ExpansionClassifier(model_dir, meta, pipeline, features, extra["threshold"])
 
 

@@ -177,12 +177,12 @@ def _key_slices(volume, mask, sizes, geometry) -> dict[str, np.ndarray]:
 
 
 def extract_base(cases: list[CohortCase], cache: FeatureCache, radiomics_params: Path | None = None,
-                 sizes=tuple(CNN_SIZES.values()), progress=None, geometry=None) -> None:
+                 sizes=tuple(CNN_SIZES.values()), progress=None, geometry=None, antialias: bool = False) -> None:
     """Radiomics, hematoma volume and the windowed CNN key slices (cut by ``geometry``; None: v1) of every
     case (cached; a case whose radiomics are cached only gets the slices it lacks)."""
     from pipeline.features.radiomics import DEFAULT_PARAMS, RadiomicsExtractor
 
-    extractor = RadiomicsExtractor(radiomics_params or DEFAULT_PARAMS)
+    extractor = RadiomicsExtractor(radiomics_params or DEFAULT_PARAMS, antialias=antialias)
     todo = [c for c in cases if not cache.has_base(c.case_id, extractor.version, geometry)]
     cached = {c.case_id for c in todo if cache.has(c.case_id, f"{extractor.version}.json")}  # slices missing only
     if len(cached) < len(todo):

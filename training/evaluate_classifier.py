@@ -67,7 +67,8 @@ def prepare(cohort: Path | str, cache_dir: Path | str | None = None, *, seed: in
     used = tuple(sorted(set(sizes[b] for b in backbones)))
     rcp = recipe(features)
     geo = rcp.slice_geometry
-    C.extract_base(cases, cache, rcp.radiomics_params, sizes=used, progress=progress, geometry=geo)
+    C.extract_base(cases, cache, rcp.radiomics_params, sizes=used, progress=progress, geometry=geo,
+                   antialias=rcp.antialias)
     cases = [c for c in cases if cache.has_base(c.case_id, rcp.radiomics_version, geo)]
     train, test = C.split_cohort(cases, seed, test_fraction=test_fraction)
     if pretrained is not None:
@@ -251,7 +252,7 @@ def train_and_ship(cohort: Path | str, out: Path | str, *, cache_dir: Path | str
                  groups=C.MODULES[name], training_cases=prep.train, cnn_weight_files=prep.warmup_files,
                  metrics=metrics, radiomics_params=prep.recipe.radiomics_params,
                  extra={"split_seed": seed, "test_fraction": test_fraction, "warmup_steps": warmup_steps,
-                        "feature_recipe": prep.recipe.name,
+                        "feature_recipe": prep.recipe.name, "radiomics_antialias": prep.recipe.antialias,
                         "cnn_slice_geometry": (prep.recipe.slice_geometry.spec()
                                                if prep.recipe.slice_geometry else None),
                         "warmup_cohort": str(warmup_cohort) if warmup_cohort else "training split",

@@ -89,12 +89,13 @@ class ClassifierTrainer:
         from pipeline.models import ModelMetadata
 
         proto = {"module": "Radiomics", "groups": ("radiomics",), "radiomics_params": None, "cnn_weights": {},
-                 "cnn_input_sizes": {}, "cnn_slice_geometry": None, "seed": 0}
+                 "cnn_input_sizes": {}, "cnn_slice_geometry": None, "radiomics_antialias": False, "seed": 0}
         if self.served_dir is not None:
             extra = ModelMetadata.read(self.served_dir).extra or {}
             proto.update(module=extra.get("module", proto["module"]), groups=tuple(extra.get("groups", proto["groups"])),
                          cnn_input_sizes=extra.get("cnn_input_sizes") or {},
-                         cnn_slice_geometry=extra.get("cnn_slice_geometry"))  # the same cut as the served model
+                         cnn_slice_geometry=extra.get("cnn_slice_geometry"),  # the same cut as the served model
+                         radiomics_antialias=bool(extra.get("radiomics_antialias", False)))
             if extra.get("radiomics_params"):
                 proto["radiomics_params"] = Path(self.served_dir) / extra["radiomics_params"]
             for name, spec in (extra.get("cnn_weights") or {}).items():
@@ -115,7 +116,8 @@ class ClassifierTrainer:
 
         sizes = tuple(proto["cnn_input_sizes"].get(g) or clf.CNN_SIZES[g] for g in proto["groups"] if g != "radiomics")
         geometry = cnn.SliceGeometry.from_spec(proto["cnn_slice_geometry"])
-        clf.extract_base(cases, cache, proto["radiomics_params"], sizes=sizes, geometry=geometry)
+        clf.extract_base(cases, cache, proto["radiomics_params"], sizes=sizes, geometry=geometry,
+                         antialias=proto["radiomics_antialias"])
         version = Path(proto["radiomics_params"] or DEFAULT_PARAMS).stem
         cases = [c for c in cases if cache.has(c.case_id, f"{version}.json")]
         parts = []
@@ -151,7 +153,8 @@ class ClassifierTrainer:
                        cnn_weight_files={n: p for n, (p, _s) in proto["cnn_weights"].items()},
                        metrics={"cv_auc_train": fitted.cv_auc}, radiomics_params=proto["radiomics_params"],
                        parent_version=parent_version,
-                       extra={"protocol": "retrain (training.retrain)", "cnn_slice_geometry": proto["cnn_slice_geometry"]})
+                       extra={"protocol": "retrain (training.retrain)", "cnn_slice_geometry": proto["cnn_slice_geometry"],
+                              "radiomics_antialias": proto["radiomics_antialias"]})
         return Path(out_dir)
 
     def evaluate(self, model_dir: Path | None, val_dir: Path, out_dir: Path) -> dict:

@@ -43,7 +43,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         module: Optional[str] = typer.Option(None, "--module", help="Ship this module instead of the best by training CV AUC."),
         version: Optional[str] = typer.Option(None, "--version"),
         n_boot: int = typer.Option(2000, "--n-boot", min=100),
-        features: str = typer.Option("v1", "--features", help="Feature recipe: v1 (the seed's, native grid) or v2 (resolution-independent: 1 mm radiomics grid, fixed bins, CNN slices in mm)."),
+        features: str = typer.Option("v1", "--features", help="Feature recipe: v1 (the seed's, native grid), v2 (1 mm radiomics grid, fixed bins, CNN slices in mm) or v3 (1 x 1 x 5 mm grid, thin series smoothed down to it)."),
         test_fraction: Optional[float] = typer.Option(None, "--test-fraction", min=0.05, max=0.95, help="Hold out this share of each class (default: the seed's 24 expanders + 76 others when the cohort allows)."),
     ) -> None:
         """Evaluate all modules on the cohort's split (report in OUT/report) and save the chosen one to OUT."""
@@ -100,7 +100,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         warmup_steps: int = typer.Option(0, "--warmup-steps", min=0),
         warmup_cohort: Optional[Path] = typer.Option(None, "--warmup-cohort", exists=True, file_okay=False),
         n_boot: int = typer.Option(2000, "--n-boot", min=100),
-        features: str = typer.Option("v1", "--features", help="Feature recipe: v1 (the seed's, native grid) or v2 (resolution-independent: 1 mm radiomics grid, fixed bins, CNN slices in mm)."),
+        features: str = typer.Option("v1", "--features", help="Feature recipe: v1 (the seed's, native grid), v2 (1 mm radiomics grid, fixed bins, CNN slices in mm) or v3 (1 x 1 x 5 mm grid, thin series smoothed down to it)."),
         pretrained: Optional[Path] = typer.Option(None, "--pretrained-backbones", exists=True, file_okay=False, help="Backbones from `ich-node train backbones` (DIR/<backbone>/) instead of the BatchNorm warm-up."),
         test_fraction: Optional[float] = typer.Option(None, "--test-fraction", min=0.05, max=0.95, help="Hold out this share of each class (default: the seed's 24 expanders + 76 others when the cohort allows)."),
     ) -> None:

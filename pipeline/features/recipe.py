@@ -8,6 +8,8 @@ parts (``radiomics_params`` file, ``cnn_slice_geometry``) and every path reads t
   slice ±3 native slices, the whole matrix resized (tied to one pixel size and slice thickness).
 - ``v2`` — resolution-independent (issue 16): radiomics resampled to 1 mm isotropic with fixed bin widths
   (``radiomics-v2.yaml``); CNN slices ±15 mm apart showing a fixed 240 mm field of view.
+- ``v3`` — the coarsest common grid: radiomics on 1 × 1 × 5 mm, thin series smoothed down to it first
+  (``antialias``; ``radiomics-v3.yaml``), not thick ones interpolated up; CNN slices as v2.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class Recipe:
     name: str
     radiomics_params: Path
     slice_geometry: SliceGeometry | None  # None: v1's native ±3 slices
+    antialias: bool = False  # smooth the axes the radiomics resampling coarsens (RadiomicsExtractor)
 
     @property
     def radiomics_version(self) -> str:
@@ -33,6 +36,7 @@ class Recipe:
 RECIPES = {
     "v1": Recipe("v1", PARAMS_DIR / "radiomics-v1.yaml", None),
     "v2": Recipe("v2", PARAMS_DIR / "radiomics-v2.yaml", SliceGeometry(fov_mm=240.0, offset_mm=15.0)),
+    "v3": Recipe("v3", PARAMS_DIR / "radiomics-v3.yaml", SliceGeometry(fov_mm=240.0, offset_mm=15.0), antialias=True),
 }
 
 

@@ -109,17 +109,19 @@ def test_delong_and_calibration_statistics():
     assert dc["model"][0] > dc["treat_all"][0]
 
 
-def test_v2_recipe_is_cut_the_same_way_in_training_runtime_and_retraining(cohort, tmp_path):
-    """Resolution-independent features (issue 16): training caches v2 radiomics and mm-cut key slices,
-    the saved model records them, the node's loader computes the same values from the volume, and the
-    retraining protocol of a served v2 model uses the same recipe."""
+@pytest.mark.parametrize("features", ["v2", "v3"])
+def test_v2_recipe_is_cut_the_same_way_in_training_runtime_and_retraining(cohort, tmp_path, features):
+    """Resolution-independent features (issue 16): training caches v2 (v3) radiomics and mm-cut key
+    slices, the saved model records them (v3: smoothed before resampling), the node's loader computes
+    the same values from the volume, and the retraining protocol of a served model uses the same recipe."""
     from pipeline.classify import load_classifier
     from training.trainers import ClassifierTrainer
 
-    prep = E.prepare(cohort, tmp_path / "cache", seed=0, cnn_sizes=SIZES, features="v2")
-    assert prep.recipe.name == "v2" and any(c.startswith("original_ngtdm") for c in prep.tables["radiomics"])
+    prep = E.prepare(cohort, tmp_path / "cache", seed=0, cnn_sizes=SIZES, features=features)
+    assert prep.recipe.name == features and any(c.startswith("original_ngtdm") for c in prep.tables["radiomics"])
+    assert prep.recipe.antialias == (features == "v3")
     case_dir = tmp_path / "cache" / C.safe_key(prep.train[0].case_id)
-    assert (case_dir / "radiomics-v2.json").is_file() and (case_dir / "slices-fov240-off15.npz").is_file()
+    assert (case_dir / f"radiomics-{features}.json").is_file() and (case_dir / "slices-fov240-off15.npz").is_file()
     assert not (case_dir / "slices.npz").exists()  # v1's cut is not what v2 reads
 
     groups = C.MODULES["Radiomics+ResNet50"]
@@ -127,11 +129,13 @@ def test_v2_recipe_is_cut_the_same_way_in_training_runtime_and_retraining(cohort
     fitted = C.fit_module("Radiomics+ResNet50", X, np.array([c.label for c in prep.train]), **TINY)
     out = C.save_model(fitted, tmp_path / "2", version="2", groups=groups, training_cases=prep.train,
                        cnn_weight_files=prep.warmup_files, metrics={}, radiomics_params=prep.recipe.radiomics_params,
-                       extra={"cnn_input_sizes": SIZES, "cnn_slice_geometry": prep.recipe.slice_geometry.spec()})
+                       extra={"cnn_input_sizes": SIZES, "cnn_slice_geometry": prep.recipe.slice_geometry.spec(),
+                              "radiomics_antialias": prep.recipe.antialias})
     meta = json.loads((out / "metadata.json").read_text())["extra"]
-    assert meta["radiomics_params"] == "radiomics-v2.yaml" and meta["cnn_slice_geometry"]["offset_mm"] == 15.0
+    assert meta["radiomics_params"] == f"radiomics-{features}.yaml" and meta["cnn_slice_geometry"]["offset_mm"] == 15.0
 
     clf = load_classifier(out)
+    assert clf.features._radiomics.antialias == prep.recipe.antialias
     case = prep.test[0]
     volume, mask = C.load_case(case)
     pred = clf.predict(volume, mask)
@@ -139,8 +143,9 @@ def test_v2_recipe_is_cut_the_same_way_in_training_runtime_and_retraining(cohort
     assert pred.probability == pytest.approx(cached, abs=1e-9)
 
     proto = ClassifierTrainer(served_dir=out).protocol()
-    assert proto["radiomics_params"].name == "radiomics-v2.yaml"
+    assert proto["radiomics_params"].name == f"radiomics-{features}.yaml"
     assert proto["cnn_slice_geometry"] == prep.recipe.slice_geometry.spec()
+    assert proto["radiomics_antialias"] == prep.recipe.antialias
 
 
 def test_table2_can_use_pretrained_backbones_instead_of_the_warmup(cohort, prepared, tmp_path):
