@@ -10,6 +10,7 @@ parts (``radiomics_params`` file, ``cnn_slice_geometry``) and every path reads t
   (``radiomics-v2.yaml``); CNN slices ±15 mm apart showing a fixed 240 mm field of view.
 - ``v3`` — the coarsest common grid: radiomics on 1 × 1 × 5 mm, thin series smoothed down to it first
   (``antialias``; ``radiomics-v3.yaml``), not thick ones interpolated up; CNN slices as v2.
+- ``v4`` — v1's discretisation (25 HU bins, no re-segmentation) on v3's common grid (``radiomics-v4.yaml``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ RECIPES = {
     "v1": Recipe("v1", PARAMS_DIR / "radiomics-v1.yaml", None),
     "v2": Recipe("v2", PARAMS_DIR / "radiomics-v2.yaml", SliceGeometry(fov_mm=240.0, offset_mm=15.0)),
     "v3": Recipe("v3", PARAMS_DIR / "radiomics-v3.yaml", SliceGeometry(fov_mm=240.0, offset_mm=15.0), antialias=True),
+    "v4": Recipe("v4", PARAMS_DIR / "radiomics-v4.yaml", SliceGeometry(fov_mm=240.0, offset_mm=15.0), antialias=True),
 }
 
 
