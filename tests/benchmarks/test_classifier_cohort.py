@@ -107,3 +107,34 @@ def test_several_candidates_are_named_by_their_directories():
     assert list(cd.roles([Path("a/model"), Path("b/model_all")])) == ["candidate:model", "candidate:model_all"]
     with pytest.raises(SystemExit):
         cd.roles([Path("a/model"), Path("b/model")])
+
+
+def test_fixed_feature_diagnostic_fits_the_seed_protocol_on_the_named_features_only(tmp_path, monkeypatch):
+    """benchmarks/classifier_fixed_features.py: the seed's SFS + SVM on another model's selected features, saved
+    as a model the node runs (recipe v4: smoothed 1 x 1 x 5 mm grid, recorded in its metadata)."""
+    import json
+
+    from benchmarks import classifier_fixed_features as ff
+    from pipeline.classify import load_classifier
+
+    out = tmp_path / "cohort"
+    monkeypatch.setattr(cc, "synth_options", lambda: TINY)
+    monkeypatch.setattr(sys, "argv", ["classifier_cohort.py", "--out", str(out), "--cases", "12", "--part", "12",
+                                      "--seed", "41", "--workers", "1", "--features", "v4", "--keep-dicom"])
+    cc.main()
+    names = ["original_firstorder_Entropy", "original_firstorder_InterquartileRange", "original_glcm_SumEntropy",
+             "original_gldm_DependenceEntropy"]
+    donor = tmp_path / "donor"
+    donor.mkdir()
+    (donor / "metadata.json").write_text(json.dumps({"extra": {"selected_features": names}}))
+    model = tmp_path / "model"
+    monkeypatch.setattr(sys, "argv", ["classifier_fixed_features.py", "--cohort", str(out), "--features", "v4",
+                                      "--names-from", str(donor), "--out", str(model), "--test-fraction", "0.25"])
+    ff.main()
+    extra = json.loads((model / "metadata.json").read_text())["extra"]
+    assert extra["feature_list"] == names and set(extra["selected_features"]) <= set(names)
+    assert extra["radiomics_params"] == "radiomics-v4.yaml" and extra["radiomics_antialias"] is True
+    clf = load_classifier(model)
+    assert clf.feature_names == names and clf.features._radiomics.antialias
+    case = C.read_cohort(out)[0]
+    assert 0.0 <= clf.predict(*C.load_case(case)).probability <= 1.0
