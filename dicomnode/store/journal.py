@@ -154,7 +154,7 @@ class Journal:
         self._written = self._checkpointed
         self._fd = os.open(self.path, os.O_RDWR | os.O_DSYNC)
         self._bfd = os.open(self.path, os.O_RDWR)
-        self._stream_ids = itertools.count(int.from_bytes(os.urandom(6), "little") << 16)  # see journal_records
+        self._stream_ids = itertools.count(int.from_bytes(os.urandom(6), "little") << 8)  # see journal_records; < 2**56
         self._half, self._pos = 0, 0
         self._thread = threading.Thread(target=self._checkpointer, name="journal-checkpoint", daemon=True)
         self._thread.start()

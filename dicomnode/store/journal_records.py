@@ -26,7 +26,10 @@ Header (36 bytes, all versions from 2): magic, version, kind, seq, a, b, CRC-32,
 | 4 fragment (seq: the stream id) | fragment index | fragment length | kind, seq, a, b | 0 |
 | 4 commit | metadata length | table length | kind, seq, a, b + metadata + table | XXH3-64 of the data |
 
-(version 1: the same up to the CRC, then the SHA-256 of the data; read only.) The commit's table holds
+(version 1: the same up to the CRC, then the SHA-256 of the data; read only, so a journal left by an
+unclean stop of an older node is replayed after an upgrade.) The data set's checksum is on the
+acknowledgement path: XXH3 costs 0.01 ms per CT slice where CRC-32 costs 0.12 ms and SHA-256 0.3 ms. The
+commit's table holds
 the stream id, then (offset, length) of each fragment, in order. Stream ids count up from a random
 start at each open, so a stale fragment of an earlier run never matches a new commit's table.
 """
