@@ -248,39 +248,34 @@ def _drop_witness(filtered: sitk.Image, crop: sitk.Image) -> sitk.Image:
     return out
 
 
-def antialias(image: sitk.Image, mask: sitk.Image, spacing, pad_mm: float) -> tuple[sitk.Image, sitk.Image]:
-    """``image`` smoothed along every axis that resampling to ``spacing`` (x, y, z mm) coarsens, with
-    ``mask`` cropped alike (to the mask's box + ``pad_mm`` + the smoothing's reach).
+def antialias(image: sitk.Image, mask: sitk.Image, spacing, pad: int) -> sitk.Image:
+    """``image`` (as float32) smoothed along every axis that resampling to ``spacing`` (x, y, z mm) coarsens.
 
     Why: pyradiomics resamples by interpolation, so a 1 mm series put on a 5 mm grid keeps 1 mm slices'
     noise and detail one slice in five, unlike a series acquired at 5 mm. A Gaussian of FWHM
     √(target² − source²) per axis first gives the thin series about the slice profile of a thick one
     (IBSI: anti-aliasing before down-sampling). Axes that are not coarsened are left alone.
+
+    Only the part pyradiomics will read is smoothed — the mask's box + ``pad`` (``padDistance``) voxels of the
+    *new* spacing + the Gaussian's and the B-spline's reach — and pasted back into the whole image, so the
+    values equal smoothing everything and the resampled grid keeps its place (a cropped image would shift it).
     """
     from scipy import ndimage
 
     src = np.asarray(image.GetSpacing(), float)
-    dst = np.asarray(spacing, float)
-    sigma_mm = np.sqrt(np.clip(dst ** 2 - src ** 2, 0, None)) / 2.3548  # FWHM -> sigma
+    sigma_mm = np.sqrt(np.clip(np.asarray(spacing, float) ** 2 - src ** 2, 0, None)) / 2.3548  # FWHM -> sigma
     where = np.nonzero(sitk.GetArrayViewFromImage(mask))
-    if len(where[0]) == 0:
-        return image, mask
-    size = np.asarray(image.GetSize())
-    lo_zyx = np.array([w.min() for w in where])
-    hi_zyx = np.array([w.max() for w in where])
-    reach = np.ceil((pad_mm + 4 * sigma_mm) / src).astype(int) + 3  # + the B-spline's support
-    lo = np.maximum(lo_zyx[::-1] - reach, 0)
-    hi = np.minimum(hi_zyx[::-1] + reach, size - 1)
-    region = [int(v) for v in hi - lo + 1], [int(v) for v in lo]
-    image = sitk.RegionOfInterest(image, *region)
-    mask = sitk.RegionOfInterest(mask, *region)
-    if not (sigma_mm > 0).any():
-        return image, mask
     arr = sitk.GetArrayFromImage(image).astype(np.float32)
-    smooth = ndimage.gaussian_filter(arr, sigma=tuple((sigma_mm / src)[::-1]), mode="nearest")
-    out = sitk.GetImageFromArray(smooth)
+    if len(where[0]) and (sigma_mm > 0).any():
+        sigma = (sigma_mm / src)[::-1]  # voxels, (z, y, x)
+        reach = np.ceil((pad * np.asarray(spacing, float) + 8 * sigma_mm) / src).astype(int)[::-1] + 3
+        lo = np.maximum([w.min() for w in where] - reach, 0)
+        hi = np.minimum([w.max() + 1 for w in where] + reach, arr.shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        arr[box] = ndimage.gaussian_filter(arr[box], sigma=tuple(sigma), mode="nearest")
+    out = sitk.GetImageFromArray(arr)
     out.CopyInformation(image)
-    return out, mask
+    return out
 
 
 class RadiomicsExtractor:
@@ -323,7 +318,7 @@ class RadiomicsExtractor:
         if not (sitk.GetArrayViewFromImage(mask) == label).any():
             raise ValueError(f"radiomics: the mask has no voxels with label {label}")
         if self.antialias:
-            image, mask = antialias(image, mask, settings["resampledPixelSpacing"], settings.get("padDistance", 5))
+            image = antialias(image, mask, settings["resampledPixelSpacing"], settings.get("padDistance", 5))
         image, mask = self._stock.loadImage(image, mask, None, **settings)
         shape_mask = mask  # stock: shape on the loaded mask unless resegmentShape, the rest re-segmented
         if settings.get("resegmentRange") is not None:
