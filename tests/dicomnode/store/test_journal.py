@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 
@@ -120,6 +121,8 @@ def test_wrapping_waits_for_checkpoints_and_keeps_only_recent_entries(tmp_path):
     j._stop.set()  # the crash: the checkpointer stops where it is (no final checkpoint)
     j._want_checkpoint.set()
     j._thread.join(10)
+    os.close(j._fd)
+    os.close(j._bfd)
     entries = Journal(path, 32 * ALIGN).open()
     assert entries and all(e.seq > j._checkpointed for e in entries)
     assert max(e.seq for e in entries) == max(last.values())
@@ -377,6 +380,8 @@ def test_streams_and_appends_from_many_threads_wrap_and_come_back_intact(tmp_pat
     j._stop.set()  # the crash
     j._want_checkpoint.set()
     j._thread.join(10)
+    os.close(j._fd)
+    os.close(j._bfd)
     entries = Journal(path, 32 * ALIGN).open()
     assert entries and all(e.seq > j._checkpointed for e in entries)
     assert max(e.seq for e in entries) >= j._seq - 3
