@@ -19,13 +19,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_ingest_benchmark_runs_every_peer_and_checks_what_they_stored(tmp_path, ct_data):
+def slices(tmp_path: Path, ct_data: Path, n: int) -> Path:
+    """The first ``n`` thin Philips slices in a folder of their own (dcmtk's tools required)."""
     for tool in ("storescu", "storescp", "echoscu"):
         require_tool(tool)
     data = tmp_path / "slices"
     data.mkdir()
-    for src in sorted((ct_data / "philips-phantom-thin").glob("I*"))[:6]:
+    for src in sorted((ct_data / "philips-phantom-thin").glob("I*"))[:n]:
         shutil.copy(src, data / src.name)
+    return data
+
+
+def test_ingest_benchmark_runs_every_peer_and_checks_what_they_stored(tmp_path, ct_data):
+    data = slices(tmp_path, ct_data, 6)
     out = tmp_path / "ingest.json"
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ingest.py"), "--data", str(data), "--repeats", "1",
                         "--associations", "2", "--receivers", "2", "--separate", "--ceiling", "--minimal-write", "dataset",
@@ -71,12 +77,7 @@ def test_receive_profile_times_every_step_of_each_stored_image(tmp_path, ct_data
 
 
 def test_critical_path_runs_the_node_four_ways_beside_storescp(tmp_path, ct_data):
-    for tool in ("storescu", "storescp", "echoscu"):
-        require_tool(tool)
-    data = tmp_path / "slices"
-    data.mkdir()
-    for src in sorted((ct_data / "philips-phantom-thin").glob("I*"))[:4]:
-        shutil.copy(src, data / src.name)
+    data = slices(tmp_path, ct_data, 4)
     out = tmp_path / "critical.json"
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "critical_path.py"), "--data", str(data), "--repeats", "1",
                         "--workdir", str(tmp_path / "work"), "--json", str(out)],

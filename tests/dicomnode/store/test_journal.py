@@ -27,6 +27,15 @@ def put(j: Journal, i: int, size: int = 3000) -> tuple[int, bytes]:
     return seq, data
 
 
+def crash(j: Journal) -> None:
+    """Stop ``j`` as a kill -9 would: the checkpointer stops where it is, no final checkpoint; its files closed."""
+    j._stop.set()
+    j._want_checkpoint.set()
+    j._thread.join(10)
+    os.close(j._fd)
+    os.close(j._bfd)
+
+
 def test_entries_after_the_last_checkpoint_come_back_after_a_crash(tmp_path):
     path = tmp_path / "j" / "receive.wal"
     j = Journal(path, 1 << 20)
@@ -118,11 +127,7 @@ def test_wrapping_waits_for_checkpoints_and_keeps_only_recent_entries(tmp_path):
         t.join(60)
     assert not any(t.is_alive() for t in threads)
     assert j.stats["checkpoints"] >= 10 and j.stats["journaled"] == 300
-    j._stop.set()  # the crash: the checkpointer stops where it is (no final checkpoint)
-    j._want_checkpoint.set()
-    j._thread.join(10)
-    os.close(j._fd)
-    os.close(j._bfd)
+    crash(j)
     entries = Journal(path, 32 * ALIGN).open()
     assert entries and all(e.seq > j._checkpointed for e in entries)
     assert max(e.seq for e in entries) == max(last.values())
@@ -377,11 +382,7 @@ def test_streams_and_appends_from_many_threads_wrap_and_come_back_intact(tmp_pat
         t.join(60)
     assert not errors and not any(t.is_alive() for t in threads)
     assert j.stats["streamed"] > 100 and j.stats["checkpoints"] >= 10
-    j._stop.set()  # the crash
-    j._want_checkpoint.set()
-    j._thread.join(10)
-    os.close(j._fd)
-    os.close(j._bfd)
+    crash(j)
     entries = Journal(path, 32 * ALIGN).open()
     assert entries and all(e.seq > j._checkpointed for e in entries)
     assert max(e.seq for e in entries) >= j._seq - 3
