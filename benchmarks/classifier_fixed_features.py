@@ -44,9 +44,11 @@ def main() -> None:
     rcp = recipe(args.features)
     names = json.loads((args.names_from / "metadata.json").read_text())["extra"]["selected_features"]
     cache = C.FeatureCache(args.cache or args.cohort / "features-cache")
-    cases = [c for c in C.read_cohort(args.cohort) if cache.has(c.case_id, f"{rcp.radiomics_version}.json")]
-    if not cases:
-        sys.exit(f"no case of {args.cohort} has cached {rcp.radiomics_version} features: run ich-node train first")
+    every = C.read_cohort(args.cohort)
+    cases = [c for c in every if cache.has(c.case_id, f"{rcp.radiomics_version}.json")]
+    if len(cases) < len(every):  # a part-filled cache would silently train on fewer cases
+        sys.exit(f"{len(every) - len(cases)} of {len(every)} cases of {args.cohort} have no cached "
+                 f"{rcp.radiomics_version} features: run `ich-node train classifier --features {rcp.name}` on it first")
     train, _ = C.split_cohort(cases, args.seed, test_fraction=args.test_fraction)
     X = C.radiomics_table(train, cache, rcp.radiomics_version)[names]
     y = np.array([c.label for c in train])
