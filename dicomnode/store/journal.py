@@ -241,9 +241,32 @@ class Journal:
         self._pos = at + span
         return at
 
-    def _mark(self, seq: int) -> None:
-        """A record of entry ``seq`` lies in the current half (lock held)."""
-        self._half_last[self._half] = max(self._half_last[self._half], seq)
+    def _mark(self, seq: int, half: int | None = None) -> None:
+        """A record of entry ``seq`` lies in ``half`` (default: the current one), so the writer does not
+        reuse it before a checkpoint passes ``seq`` (lock held)."""
+        half = self._half if half is None else half
+        self._half_last[half] = max(self._half_last[half], seq)
+
+    def _place(self, stream: "JournalStream", span: int) -> int:
+        """Room for one of ``stream``'s fragments; may drop the stream (it then writes nothing)."""
+        with self._cond:
+            at = self._reserve(span, RECORD_ALIGN)
+            stream.halves.add(self._half)
+        return at
+
+    def _admit(self, stream: "JournalStream", size: int) -> tuple[int, int] | None:
+        """(sequence number, place) of ``stream``'s commit record of ``size`` bytes, once the stream can
+        no longer be dropped; None when it was dropped first."""
+        with self._cond:
+            at = self._reserve(size, RECORD_ALIGN)  # may drop this stream
+            if not stream.seal():
+                return None
+            self._seq += 1
+            for half in stream.halves | {self._half}:  # neither half is reused before a checkpoint passes it
+                self._mark(self._seq, half)
+            self._inflight[self._seq] = at
+            self._streams.pop(stream.id, None)
+            return self._seq, at
 
     def _switch_half(self) -> None:
         """Move to the other half once a checkpoint covers what it holds (lock held)."""
@@ -385,9 +408,7 @@ class JournalStream:
             return
         span = records.record_span(n)
         try:
-            with j._cond:
-                at = j._reserve(span, RECORD_ALIGN)  # may drop this very stream (then nothing is written)
-                self.halves.add(j._half)
+            at = j._place(self, span)
             with self._lock:
                 if self._dead:
                     return
@@ -413,21 +434,11 @@ class JournalStream:
         meta = records.metadata(sop_class, sop_uid, transfer_syntax, calling_ae, received_at)
         seq = None
         try:
-            record = records.commit_record(0, meta, self.id, self._places, self._check.intdigest())
-            with j._cond:
-                at = j._reserve(len(record), RECORD_ALIGN)  # may drop this stream
-                with self._lock:
-                    if self._dead:
-                        return None
-                    self._committed = True
-                j._seq += 1
-                seq = j._seq
-                for half in self.halves | {j._half}:  # neither half is reused before a checkpoint passes it
-                    j._half_last[half] = max(j._half_last[half], seq)
-                j._inflight[seq] = at
-                j._streams.pop(self.id, None)
-            record = records.commit_record(seq, meta, self.id, self._places, self._check.intdigest())
-            os.pwrite(j._bfd, record, at)
+            admitted = j._admit(self, records.commit_size(len(meta), len(self._places)))
+            if admitted is None:
+                return None
+            seq, at = admitted
+            os.pwrite(j._bfd, records.commit_record(seq, meta, self.id, self._places, self._check.intdigest()), at)
             os.fdatasync(j._bfd)
         except (OSError, ValueError) as exc:
             log.warning("journal stream %d: commit failed (%s); the data set is journaled whole instead", self.id, exc)
@@ -439,9 +450,17 @@ class JournalStream:
 
     def abandon(self) -> None:
         """No commit will follow (refused, too big, the association ended)."""
-        j = self.journal
-        with j._cond:
-            j._drop(self, "abandoned")
+        with self.journal._cond:
+            self.journal._drop(self, "abandoned")
+
+    def seal(self) -> bool:
+        """Mark it committed unless it was dropped (the journal's lock held): from then on the journal
+        keeps its halves for it; True when sealed."""
+        with self._lock:
+            if self._dead:
+                return False
+            self._committed = True
+            return True
 
     def abandon_quietly(self) -> bool:
         """Mark it dead unless committed (the journal's lock held); True when it was open."""

@@ -84,8 +84,8 @@ def metadata(sop_class: str, sop_uid: str, transfer_syntax: str, calling_ae: str
     return json.dumps([sop_class, sop_uid, transfer_syntax, calling_ae, received_at]).encode()
 
 
-def entry_span(meta_len: int, data_len: int) -> int:
-    return -(-(HEADER.size + meta_len + data_len) // ALIGN) * ALIGN
+def entry_span(meta_len: int, data_len: int, header_size: int = HEADER.size) -> int:
+    return -(-(header_size + meta_len + data_len) // ALIGN) * ALIGN
 
 
 def record_span(payload_len: int) -> int:
@@ -106,6 +106,11 @@ def entry_header(seq: int, meta: bytes, chunks: Sequence[bytes | memoryview]) ->
 def fragment_header(seq: int, index: int, length: int) -> bytes:
     crc = zlib.crc32(_COVERED4.pack(FRAGMENT, seq, index, length))
     return HEADER.pack(MAGIC, STREAM_VERSION, FRAGMENT, seq, index, length, crc, 0)
+
+
+def commit_size(meta_len: int, fragments: int) -> int:
+    """Bytes of the commit record of a stream of ``fragments`` (its place is reserved before its seq is known)."""
+    return HEADER.size + meta_len + _ID.size + fragments * _TABLE.size
 
 
 def commit_record(seq: int, meta: bytes, stream_id: int, places: Sequence[tuple[int, int]], check: int) -> bytes:
@@ -164,21 +169,14 @@ def entry_at(buf, at: int) -> Entry | None:
     (stream_id,) = _ID.unpack_from(table)
     parts = []
     for index, (place, length) in enumerate(_TABLE.iter_unpack(table[_ID.size:])):
-        if place + HEADER.size + length > len(buf) or not _is_fragment(buf, place, stream_id, index, length):
+        if buf[place:place + HEADER.size] != fragment_header(stream_id, index, length) \
+                or place + HEADER.size + length > len(buf):
             return None
         parts.append(buf[place + HEADER.size:place + HEADER.size + length])
     data = b"".join(parts)
     if xxhash.xxh3_64_intdigest(data) != check:
         return None
     return _entry(seq, buf[at + HEADER.size:at + HEADER.size + mlen], data)
-
-
-def _is_fragment(buf, at: int, seq: int, index: int, length: int) -> bool:
-    if buf[at:at + 4] != MAGIC:
-        return False
-    _, version, kind, s, a, b, crc, _ = HEADER.unpack_from(buf, at)
-    return (version, kind, s, a, b) == (STREAM_VERSION, FRAGMENT, seq, index, length) and \
-        crc == zlib.crc32(_COVERED4.pack(kind, s, a, b))
 
 
 def _record(buf, at: int, checkpointed: int) -> "tuple[int, int, Entry | int | None] | None":
@@ -204,7 +202,7 @@ def _record(buf, at: int, checkpointed: int) -> "tuple[int, int, Entry | int | N
     if fmt is None or at + fmt.size > end:
         return None
     _, _, _, seq, mlen, dlen, crc, check = fmt.unpack_from(buf, at)
-    span = -(-(fmt.size + mlen + dlen) // ALIGN) * ALIGN
+    span = entry_span(mlen, dlen, fmt.size)
     if at + fmt.size + mlen + dlen > end:
         return None
     meta = buf[at + fmt.size:at + fmt.size + mlen]

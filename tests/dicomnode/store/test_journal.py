@@ -309,6 +309,15 @@ def test_a_committed_stream_comes_back_after_a_crash_and_an_open_one_does_not(tm
     assert entries[0].calling_ae == "PACS" and entries[0].received_at == 1001.0
 
 
+def test_a_commit_record_takes_exactly_the_place_reserved_for_it():
+    from dicomnode.store import journal_records as records
+
+    meta = records.metadata(CT, "1.2.3", TS, "PACS", 1.0)
+    for n in (1, 2, 40):
+        places = [(i * 70000, 65000) for i in range(n)]
+        assert len(records.commit_record(7, meta, 2**55, places, 123)) == records.commit_size(len(meta), n)
+
+
 def test_a_stream_that_does_not_hold_the_whole_data_set_is_not_committed(tmp_path):
     j = Journal(tmp_path / "receive.wal", 1 << 20)
     j.open()
