@@ -8,6 +8,10 @@ from typing import Optional
 
 import typer
 
+FEATURES_HELP = ("Feature recipe (pipeline/features/recipe.py): v1 (the seed's, native grid), v2 (1 mm radiomics grid, "
+                 "fixed bins, CNN slices in mm), v3 (1 x 1 x 5 mm grid, thin series smoothed down to it) or v4 "
+                 "(v1's 25 HU bins on v3's grid).")
+
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
     from rich.console import Console
@@ -43,7 +47,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         module: Optional[str] = typer.Option(None, "--module", help="Ship this module instead of the best by training CV AUC."),
         version: Optional[str] = typer.Option(None, "--version"),
         n_boot: int = typer.Option(2000, "--n-boot", min=100),
-        features: str = typer.Option("v1", "--features", help="Feature recipe: v1 (the seed's, native grid), v2 (1 mm radiomics grid, fixed bins, CNN slices in mm) or v3 (1 x 1 x 5 mm grid, thin series smoothed down to it)."),
+        features: str = typer.Option("v1", "--features", help=FEATURES_HELP),
         test_fraction: Optional[float] = typer.Option(None, "--test-fraction", min=0.05, max=0.95, help="Hold out this share of each class (default: the seed's 24 expanders + 76 others when the cohort allows)."),
     ) -> None:
         """Evaluate all modules on the cohort's split (report in OUT/report) and save the chosen one to OUT."""
@@ -100,7 +104,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         warmup_steps: int = typer.Option(0, "--warmup-steps", min=0),
         warmup_cohort: Optional[Path] = typer.Option(None, "--warmup-cohort", exists=True, file_okay=False),
         n_boot: int = typer.Option(2000, "--n-boot", min=100),
-        features: str = typer.Option("v1", "--features", help="Feature recipe: v1 (the seed's, native grid), v2 (1 mm radiomics grid, fixed bins, CNN slices in mm) or v3 (1 x 1 x 5 mm grid, thin series smoothed down to it)."),
+        features: str = typer.Option("v1", "--features", help=FEATURES_HELP),
         pretrained: Optional[Path] = typer.Option(None, "--pretrained-backbones", exists=True, file_okay=False, help="Backbones from `ich-node train backbones` (DIR/<backbone>/) instead of the BatchNorm warm-up."),
         test_fraction: Optional[float] = typer.Option(None, "--test-fraction", min=0.05, max=0.95, help="Hold out this share of each class (default: the seed's 24 expanders + 76 others when the cohort allows)."),
     ) -> None:
