@@ -51,7 +51,7 @@ def main() -> None:
     for name, (k, grid) in GRIDS.items():
         t0 = time.time()
         fm = C.fit_module("Radiomics", x_tr, y_tr, seed=args.seed, n_features_grid=grid, prefilter_k=k)
-        auc = float(roc_auc_score(y_te, fm.pipeline.predict_proba(x_te)[:, 1]))
+        auc = float(roc_auc_score(y_te, fm.probability(x_te)))
         out["grids"][name] = {"train_cv_auc": fm.cv_auc, "test_auc": auc, "best_params": fm.best_params,
                               "selected": fm.selected, "seconds": round(time.time() - t0, 1)}
         print(f"{name:22s} train CV AUC {fm.cv_auc:.3f}  held-out {auc:.3f}  {fm.best_params}", flush=True)

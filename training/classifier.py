@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .selection import Prefilter, domain_of
+
 log = logging.getLogger(__name__)
 
 PREFILTER_K = 20
@@ -239,6 +241,11 @@ def radiomics_table(cases: list[CohortCase], cache: FeatureCache, version: str =
     return pd.DataFrame(rows, index=[c.case_id for c in cases])
 
 
+def case_domains(cases: list[CohortCase], cache: FeatureCache) -> list[tuple[int, float]]:
+    """Each case's (matrix, slice thickness in mm), as its cached features saw it."""
+    return [domain_of(cache.read_json(c.case_id, "meta.json")) for c in cases]
+
+
 def meta_table(cases: list[CohortCase], cache: FeatureCache) -> pd.DataFrame:
     df = pd.DataFrame([cache.read_json(c.case_id, "meta.json") for c in cases], index=[c.case_id for c in cases])
     markers = pd.DataFrame([c.markers for c in cases], index=df.index)
@@ -283,6 +290,11 @@ class FittedModule:
     oof_probability: np.ndarray   # out-of-fold calibrated probabilities on the training set
     selected: list[str]
     fit_seconds: float
+    prefilter: Prefilter = field(default_factory=Prefilter)
+
+    def probability(self, X: pd.DataFrame) -> np.ndarray:
+        """P(expansion) per row of a feature table holding (at least) the columns the model was fitted on."""
+        return self.pipeline.predict_proba(X[list(self.pipeline.feature_names_in_)])[:, 1]
 
 
 def _youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
@@ -295,8 +307,12 @@ def _youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def fit_module(name: str, X: pd.DataFrame, y: np.ndarray, seed: int = 0, n_features_grid=N_FEATURES_GRID,
-               prefilter_k: int = PREFILTER_K, svm_grid=None) -> FittedModule:
-    """The seed's protocol on one feature set; everything chosen on the training data only."""
+               prefilter_k: int = PREFILTER_K, svm_grid=None, prefilter: Prefilter | None = None,
+               domains=None) -> FittedModule:
+    """The seed's protocol on one feature set; everything chosen on the training data only.
+
+    ``prefilter`` (default: the protocol's F-test top ``prefilter_k``) decides which columns SFS is
+    offered; ``domains`` (each case's matrix and slice thickness) is what a ``domain_stable`` one ranks by."""
     import tempfile
 
     from sklearn.base import clone
@@ -306,7 +322,11 @@ def fit_module(name: str, X: pd.DataFrame, y: np.ndarray, seed: int = 0, n_featu
 
     t0 = time.time()
     y = np.asarray(y, dtype=int)
-    k = min(prefilter_k, X.shape[1])
+    prefilter = prefilter or Prefilter(k=prefilter_k)
+    offered = prefilter.offer(X, y, domains)
+    if offered is not None:
+        X = X[offered]
+    k = min(prefilter.k, X.shape[1])
     grid_n = tuple(n for n in n_features_grid if n < k) or (max(1, k - 1),)
     with tempfile.TemporaryDirectory(prefix="ich-sfs-") as cachedir:
         search = make_search(seed, grid_n, k, memory=cachedir, svm_grid=svm_grid)
@@ -330,7 +350,7 @@ def fit_module(name: str, X: pd.DataFrame, y: np.ndarray, seed: int = 0, n_featu
     keep_idx = np.flatnonzero(keep)[fitted_inner.named_steps["prefilter"].get_support()]
     selected = list(names[keep_idx[fitted_inner.named_steps["sfs"].get_support()]])
     return FittedModule(name, pipeline, _youden_threshold(y, oof), dict(search.best_params_),
-                        float(search.best_score_), oof, selected, round(time.time() - t0, 1))
+                        float(search.best_score_), oof, selected, round(time.time() - t0, 1), prefilter)
 
 
 def library_versions() -> dict:
@@ -387,6 +407,7 @@ def save_model(fitted: FittedModule, out_dir: Path, *, version: str, groups: tup
                "cnn_input_sizes": {g: CNN_SIZES[g] for g in groups if g in CNN_SIZES},
                "best_params": fitted.best_params, "cv_auc_train": fitted.cv_auc,
                "selected_features": fitted.selected, "n_features_in": len(fitted.pipeline.feature_names_in_),
+               "prefilter": fitted.prefilter.spec(),
                **(extra or {})})
     meta.write(out_dir)
     return out_dir

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ import pandas as pd
 
 from pipeline.features.recipe import Recipe, recipe
 from training import classifier as C
+from training.selection import Prefilter
 from training import stats
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Prepared:
     warmup_files: dict      # backbone -> warm-up npz path, or pretrained backbone directory
     seed: int
     recipe: Recipe          # how the features were cut (pipeline.features.recipe)
+    domains: dict = field(default_factory=dict)  # case_id -> (matrix, slice thickness mm)
 
 
 def _tag(warm_cases, seed: int, steps: int) -> str:
@@ -104,7 +106,8 @@ def prepare(cohort: Path | str, cache_dir: Path | str | None = None, *, seed: in
             log.info("warm-up %s: %.0f s", name, time.time() - t0)
         warm[name] = path
         tables[name] = C.cnn_table(cases, cache, name, WarmupWeights(path), tag, sizes[name], geometry=geo)
-    return Prepared(cohort, train, test, tables, C.meta_table(cases, cache), warm, seed, rcp)
+    domains = dict(zip((c.case_id for c in cases), C.case_domains(cases, cache)))
+    return Prepared(cohort, train, test, tables, C.meta_table(cases, cache), warm, seed, rcp, domains)
 
 
 def module_matrix(prep: Prepared, groups, cases) -> pd.DataFrame:
@@ -172,7 +175,7 @@ def _metrics(y: np.ndarray, p: np.ndarray, threshold: float, seed: int, n_boot: 
 
 def evaluate(prep: Prepared, out_dir: Path | str, *, n_boot: int = 2000, modules=None,
              n_features_grid=C.N_FEATURES_GRID, prefilter_k: int = C.PREFILTER_K, svm_grid=None,
-             jobs: int = 2) -> dict:
+             jobs: int = 2, prefilter: Prefilter | None = None) -> dict:
     """Train every module on the training split, test on the held-out split, write the report."""
     from training import report
 
@@ -186,15 +189,17 @@ def evaluate(prep: Prepared, out_dir: Path | str, *, n_boot: int = 2000, modules
     todo = {n: g for n, g in (modules or C.MODULES).items() if all(x in prep.tables for x in g)}
     fits = Parallel(n_jobs=min(jobs, len(todo)) or 1)(  # one module per process: they are independent
         delayed(C.fit_module)(name, module_matrix(prep, groups, prep.train), y_train, seed=prep.seed,
-                              n_features_grid=n_features_grid, prefilter_k=prefilter_k, svm_grid=svm_grid)
+                              n_features_grid=n_features_grid, prefilter_k=prefilter_k, svm_grid=svm_grid,
+                              prefilter=prefilter, domains=[prep.domains[c.case_id] for c in prep.train])
         for name, groups in todo.items())
     for (name, groups), fm in zip(todo.items(), fits):
-        p = fm.pipeline.predict_proba(module_matrix(prep, groups, prep.test))[:, 1]
+        p = fm.probability(module_matrix(prep, groups, prep.test))
         probs[name] = p
         fitted[name] = fm
         results[name] = {**_metrics(y_test, p, fm.threshold, prep.seed, n_boot), "kind": "fusion",
                          "groups": list(groups), "cv_auc_train": fm.cv_auc, "best_params": fm.best_params,
-                         "selected_features": fm.selected, "fit_seconds": fm.fit_seconds}
+                         "selected_features": fm.selected, "prefilter": fm.prefilter.name,
+                         "fit_seconds": fm.fit_seconds}
         log.info("%s: test AUC %.3f (train CV %.3f)", name, results[name]["auc"]["value"], fm.cv_auc)
     has_markers = any(c.startswith("marker_") for c in prep.meta.columns)
     for name in BASELINES:
@@ -226,7 +231,7 @@ def train_and_ship(cohort: Path | str, out: Path | str, *, cache_dir: Path | str
                    warmup_steps: int = 0, warmup_cohort: Path | str | None = None,
                    version: str | None = None, module: str | None = None,
                    n_boot: int = 2000, progress=None, features: str = "v1",
-                   test_fraction: float | None = None) -> tuple[Path, dict]:
+                   test_fraction: float | None = None, prefilter: Prefilter | None = None) -> tuple[Path, dict]:
     """The one command behind a shipped classifier: evaluate all modules, save the chosen one.
 
     The shipped module is the one with the best *training* cross-validation AUC (or ``module``); its
@@ -237,7 +242,7 @@ def train_and_ship(cohort: Path | str, out: Path | str, *, cache_dir: Path | str
         raise FileExistsError(f"{out} already holds a model; choose a new version directory")
     prep = prepare(cohort, cache_dir, seed=seed, warmup_steps=warmup_steps, warmup_cohort=warmup_cohort,
                    progress=progress, features=features, test_fraction=test_fraction)
-    summary = evaluate(prep, out / "report", n_boot=n_boot)
+    summary = evaluate(prep, out / "report", n_boot=n_boot, prefilter=prefilter)
     fitted = summary.pop("_fitted")
     name = module or summary["selected_by_train_cv"]
     if name not in fitted:

@@ -87,15 +87,18 @@ class ClassifierTrainer:
         stay those of the served version (small site data should not retrain a CNN).
         """
         from pipeline.models import ModelMetadata
+        from training.selection import Prefilter
 
         proto = {"module": "Radiomics", "groups": ("radiomics",), "radiomics_params": None, "cnn_weights": {},
-                 "cnn_input_sizes": {}, "cnn_slice_geometry": None, "radiomics_antialias": False, "seed": 0}
+                 "cnn_input_sizes": {}, "cnn_slice_geometry": None, "radiomics_antialias": False, "seed": 0,
+                 "prefilter": Prefilter()}
         if self.served_dir is not None:
             extra = ModelMetadata.read(self.served_dir).extra or {}
             proto.update(module=extra.get("module", proto["module"]), groups=tuple(extra.get("groups", proto["groups"])),
                          cnn_input_sizes=extra.get("cnn_input_sizes") or {},
                          cnn_slice_geometry=extra.get("cnn_slice_geometry"),  # the same cut as the served model
-                         radiomics_antialias=bool(extra.get("radiomics_antialias", False)))
+                         radiomics_antialias=bool(extra.get("radiomics_antialias", False)),
+                         prefilter=Prefilter.from_spec(extra.get("prefilter")))  # what SFS was offered
             if extra.get("radiomics_params"):
                 proto["radiomics_params"] = Path(self.served_dir) / extra["radiomics_params"]
             for name, spec in (extra.get("cnn_weights") or {}).items():
@@ -145,10 +148,12 @@ class ClassifierTrainer:
         from training import classifier as clf
 
         proto = self.protocol()
-        cases, X = self._table(clf.read_cohort(train_dir), self._cache(train_dir), proto)
+        cache = self._cache(train_dir)
+        cases, X = self._table(clf.read_cohort(train_dir), cache, proto)
         y = np.array([c.label for c in cases])
         grid = {"n_features_grid": tuple(proto["n_features_grid"])} if proto.get("n_features_grid") else {}
-        fitted = clf.fit_module(proto["module"], X, y, seed=proto["seed"], **grid)
+        fitted = clf.fit_module(proto["module"], X, y, seed=proto["seed"], prefilter=proto["prefilter"],
+                                domains=clf.case_domains(cases, cache), **grid)
         clf.save_model(fitted, out_dir, version="0", groups=tuple(proto["groups"]), training_cases=cases,
                        cnn_weight_files={n: p for n, (p, _s) in proto["cnn_weights"].items()},
                        metrics={"cv_auc_train": fitted.cv_auc}, radiomics_params=proto["radiomics_params"],

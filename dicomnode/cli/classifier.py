@@ -11,6 +11,18 @@ import typer
 FEATURES_HELP = ("Feature recipe (pipeline/features/recipe.py): v1 (the seed's, native grid), v2 (1 mm radiomics grid, "
                  "fixed bins, CNN slices in mm), v3 (1 x 1 x 5 mm grid, thin series smoothed down to it) or v4 "
                  "(v1's 25 HU bins on v3's grid).")
+PREFILTER_HELP = ("Which features sequential forward selection is offered: 'protocol' (the seed's: top 20 by F-test) "
+                  "or RANKING-K[-rR] ranked on the training cases, RANKING f_test or domain_stable (each feature's "
+                  "worst (matrix, slice thickness) domain), at most R correlated, e.g. domain_stable-20-r0.8.")
+
+
+def _prefilter(text: str):
+    from training.selection import Prefilter
+
+    try:
+        return Prefilter.parse(text)
+    except ValueError as exc:
+        raise _fail(str(exc), 2)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -49,6 +61,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         n_boot: int = typer.Option(2000, "--n-boot", min=100),
         features: str = typer.Option("v1", "--features", help=FEATURES_HELP),
         test_fraction: Optional[float] = typer.Option(None, "--test-fraction", min=0.05, max=0.95, help="Hold out this share of each class (default: the seed's 24 expanders + 76 others when the cohort allows)."),
+        prefilter: str = typer.Option("protocol", "--prefilter", help=PREFILTER_HELP),
     ) -> None:
         """Evaluate all modules on the cohort's split (report in OUT/report) and save the chosen one to OUT."""
         from training.evaluate_classifier import train_and_ship
@@ -58,7 +71,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             path, summary = train_and_ship(cohort, out, cache_dir=cache, seed=seed, warmup_steps=warmup_steps,
                                            warmup_cohort=warmup_cohort,
                                            version=version, module=module, n_boot=n_boot, progress=_progress,
-                                           features=features, test_fraction=test_fraction)
+                                           features=features, test_fraction=test_fraction,
+                                           prefilter=_prefilter(prefilter))
         except (ValueError, FileNotFoundError, FileExistsError) as exc:
             raise _fail(str(exc))
         _table(summary)
@@ -107,6 +121,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         features: str = typer.Option("v1", "--features", help=FEATURES_HELP),
         pretrained: Optional[Path] = typer.Option(None, "--pretrained-backbones", exists=True, file_okay=False, help="Backbones from `ich-node train backbones` (DIR/<backbone>/) instead of the BatchNorm warm-up."),
         test_fraction: Optional[float] = typer.Option(None, "--test-fraction", min=0.05, max=0.95, help="Hold out this share of each class (default: the seed's 24 expanders + 76 others when the cohort allows)."),
+        prefilter: str = typer.Option("protocol", "--prefilter", help=PREFILTER_HELP),
     ) -> None:
         """The seed's Table 2 on one split: 5 feature modules + volume and marker baselines; JSON, PNG, HTML."""
         from training.evaluate_classifier import evaluate, prepare
@@ -117,7 +132,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             prep = prepare(cohort, cache, seed=seed, warmup_steps=warmup_steps, warmup_cohort=warmup_cohort,
                            progress=_progress, features=features, pretrained=pretrained,
                            test_fraction=test_fraction)
-            summary = evaluate(prep, out, n_boot=n_boot)
+            summary = evaluate(prep, out, n_boot=n_boot, prefilter=_prefilter(prefilter))
         except (ValueError, FileNotFoundError) as exc:
             raise _fail(str(exc))
         summary.pop("_fitted", None)

@@ -11,6 +11,7 @@ import pytest
 from training import classifier as C
 from training import evaluate_classifier as E
 from training import stats
+from training.selection import Prefilter
 
 TINY = {"n_features_grid": (2,), "prefilter_k": 4, "svm_grid": [{"svm__kernel": ["linear"], "svm__C": [1.0]}]}
 SIZES = {"resnet50": 32, "inception_v3": 75}  # smallest inputs of the real architectures
@@ -126,7 +127,10 @@ def test_v2_recipe_is_cut_the_same_way_in_training_runtime_and_retraining(cohort
 
     groups = C.MODULES["Radiomics+ResNet50"]
     X = E.module_matrix(prep, groups, prep.train)
-    fitted = C.fit_module("Radiomics+ResNet50", X, np.array([c.label for c in prep.train]), **TINY)
+    y = np.array([c.label for c in prep.train])
+    pf = Prefilter("f_test", 4, 0.95)  # a pre-filter other than the protocol's is recorded and repeated
+    fitted = C.fit_module("Radiomics+ResNet50", X, y, prefilter=pf, **{**TINY, "prefilter_k": 99})
+    assert len(fitted.pipeline.feature_names_in_) == 4 and fitted.prefilter == pf
     out = C.save_model(fitted, tmp_path / "2", version="2", groups=groups, training_cases=prep.train,
                        cnn_weight_files=prep.warmup_files, metrics={}, radiomics_params=prep.recipe.radiomics_params,
                        extra={"cnn_input_sizes": SIZES, "cnn_slice_geometry": prep.recipe.slice_geometry.spec(),
@@ -139,13 +143,14 @@ def test_v2_recipe_is_cut_the_same_way_in_training_runtime_and_retraining(cohort
     case = prep.test[0]
     volume, mask = C.load_case(case)
     pred = clf.predict(volume, mask)
-    cached = fitted.pipeline.predict_proba(E.module_matrix(prep, groups, [case]))[0, 1]
+    cached = fitted.probability(E.module_matrix(prep, groups, [case]))[0]
     assert pred.probability == pytest.approx(cached, abs=1e-9)
 
     proto = ClassifierTrainer(served_dir=out).protocol()
     assert proto["radiomics_params"].name == f"radiomics-{features}.yaml"
     assert proto["cnn_slice_geometry"] == prep.recipe.slice_geometry.spec()
     assert proto["radiomics_antialias"] == prep.recipe.antialias
+    assert meta["prefilter"] == pf.spec() and proto["prefilter"] == pf
 
 
 def test_table2_can_use_pretrained_backbones_instead_of_the_warmup(cohort, prepared, tmp_path):
