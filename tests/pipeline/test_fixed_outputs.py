@@ -18,27 +18,34 @@ from pipeline.analyze import Analyzer
 from pipeline.models import ModelPaths
 from pipeline.result import Status
 
-#: per bundled segmenter version, with classifier 1; the phantom is an air cavity with inserts, so these
-#: volumes mean nothing clinically (docs/model1.md): they only have to stay put
+#: per (bundled segmenter, bundled classifier) version; the phantom is an air cavity with inserts, so these
+#: volumes and probabilities mean nothing clinically (docs/model1.md): they only have to stay put
 #: re-pinned in session 15 (issue 16): the edge refinement no longer fills a slice's hole that is less dense
-#: than the brain around the clot (a ventricle's CSF); was 42.24 mL / 0.84158 and 53.194 mL / 0.97515
+#: than the brain around the clot (a ventricle's CSF); was 42.24 mL / 0.84158 and 53.194 mL / 0.97515.
+#: classifier 2 (session 19: recipe v4, correlation-capped pre-filter) pinned when it was bundled.
 PINNED = {
-    "1": {"volume_ml": 42.227, "expansion_probability": 0.8413279300463183},
-    "2": {"volume_ml": 53.106, "expansion_probability": 0.9748092333298278},
+    ("1", "1"): {"volume_ml": 42.227, "expansion_probability": 0.8413279300463183},
+    ("2", "1"): {"volume_ml": 53.106, "expansion_probability": 0.9748092333298278},
+    ("1", "2"): {"volume_ml": 42.227, "expansion_probability": 0.6998478037130665},
+    ("2", "2"): {"volume_ml": 53.106, "expansion_probability": 0.880596417191667},
 }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("segmenter", sorted(PINNED))
-def test_bundled_models_give_the_pinned_volume_and_probability(segmenter: str, phantom_dir: Path, tmp_path: Path):
+@pytest.mark.parametrize("segmenter, classifier", sorted(PINNED))
+def test_bundled_models_give_the_pinned_volume_and_probability(segmenter: str, classifier: str, phantom_dir: Path,
+                                                                 tmp_path: Path):
     bundled = ModelPaths.bundled()
-    models = ModelPaths(segmenter=bundled.segmenter.parent / segmenter, classifier=bundled.classifier)
+    models = ModelPaths(segmenter=bundled.segmenter.parent / segmenter, classifier=bundled.classifier.parent / classifier)
     result = Analyzer(models).analyze(phantom_dir, tmp_path / "out")
     assert result.status is Status.ANALYZED
-    assert result.volume_ml == pytest.approx(PINNED[segmenter]["volume_ml"], abs=0.05)
-    assert result.expansion_probability == pytest.approx(PINNED[segmenter]["expansion_probability"], abs=1e-4)
+    pinned = PINNED[segmenter, classifier]
+    assert result.volume_ml == pytest.approx(pinned["volume_ml"], abs=0.05)
+    assert result.expansion_probability == pytest.approx(pinned["expansion_probability"], abs=1e-4)
 
 
-def test_every_bundled_segmenter_version_is_pinned():
-    assert ModelPaths.bundled().segmenter.name in PINNED
-    assert {p.name for p in ModelPaths.bundled().segmenter.parent.iterdir() if p.is_dir()} == set(PINNED)
+@pytest.mark.parametrize("kind, position", [("segmenter", 0), ("classifier", 1)])
+def test_every_bundled_version_is_pinned(kind: str, position: int):
+    bundled = getattr(ModelPaths.bundled(), kind)
+    assert bundled.name in {pair[position] for pair in PINNED}
+    assert {p.name for p in bundled.parent.iterdir() if p.is_dir()} == {pair[position] for pair in PINNED}
