@@ -142,8 +142,8 @@ def git_state() -> dict:
 class Run:
     """Orthanc + the node, the studies sent one at a time, the figures collected."""
 
-    def __init__(self, root: Path, quiet_s: float | None, timeout: float) -> None:
-        self.root, self.timeout = root, timeout
+    def __init__(self, root: Path, quiet_s: float | None, timeout: float, classifier: str | None = None) -> None:
+        self.root, self.timeout, self.classifier = root, timeout, classifier
         self.orthanc = OrthancServer(root / "orthanc")
         self.port, self.metrics_port = free_port(), free_port()
         self.log = root / "node.log"
@@ -160,7 +160,8 @@ class Run:
     def overrides(self) -> dict:
         return {"node.host": "127.0.0.1", "node.port": self.port, "node.data_dir": "<fresh temp dir>",
                 "destinations": ["ORTHANC@127.0.0.1:<free port>"], "metrics.port": self.metrics_port,
-                **({"selection.quiet_seconds": float(self.args[-1])} if "--quiet-seconds" in self.args else {})}
+                **({"selection.quiet_seconds": float(self.args[-1])} if "--quiet-seconds" in self.args else {}),
+                **({"served classifier": self.classifier} if self.classifier is not None else {})}
 
     def _watch(self) -> None:
         """Between polls: the node still runs."""
@@ -169,6 +170,12 @@ class Run:
 
     def start(self) -> dict:
         self.orthanc.start()
+        if self.classifier is not None:  # a bundled version other than the newest, promoted as an admin would
+            r = subprocess.run([str(EXE), "models", "promote", f"classifier:{self.classifier}",
+                                "--data-dir", str(self.root / "var"), "--reason", "turnaround benchmark"],
+                               capture_output=True, text=True, env=self.env, cwd=REPO, timeout=300)
+            if r.returncode != 0:
+                raise RuntimeError(f"ich-node models promote classifier:{self.classifier} failed: {r.stderr[-2000:]}")
         self.launched = time.time()
         self.node = start_node(self.args, self.log, self.env, cwd=REPO)
         self.rss = PeakRSS({"node": self.node.pid})
@@ -247,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, help="where the run folder is made (default: the system temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the run folder (node log, data dir, studies)")
     ap.add_argument("--json", type=Path, help="write the raw per-study results here")
+    ap.add_argument("--classifier", help="serve this bundled classifier version (default: the newest, as a new node)")
     opts = ap.parse_args(argv)
     kinds = [k.strip() for k in opts.studies.split(",") if k.strip()]
     if not kinds or set(kinds) - {"5mm", "1mm"} or opts.repeats < 1:
@@ -275,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         print("copying the studies with fresh UIDs ...", flush=True)
         copies = {k: [copy_study(s["folder"], root / "studies" / f"{k}-{i}") for i in range(opts.repeats + 1)]
                   for k, s in sources.items()}
-        run = Run(root, opts.quiet_seconds, opts.timeout)
+        run = Run(root, opts.quiet_seconds, opts.timeout, opts.classifier)
         report["settings"] = {
             "repeats": opts.repeats, "quiet_seconds": quiet,
             "quiet_seconds_from": "--quiet-seconds" if opts.quiet_seconds is not None else "the node's default",
