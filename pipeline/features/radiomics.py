@@ -13,6 +13,9 @@ such as the node's analysis child, which may not have children):
   filter runs on the box plus one "witness" voxel carrying the whole image's largest |HU|.
 - LBP3D uses a global cubic-spline prefilter: it runs stock on the whole image, in the main process
   while the workers compute the other images' features.
+- Recipes that resample (v2–v4) hand pyradiomics' resampler only the part of the image its grid can read
+  (:func:`resampling_box`; the mask whole, so the grid stays put): ITK's B-spline otherwise prepares the
+  whole series first (512 x 512 x 164 at 1 mm: 3.2 → 1.1 s per case for v4).
 
 Every feature value equals stock's (tests/pipeline/features/test_radiomics.py; benchmarks/features.py).
 ``extract(..., only=names)`` computes just those features (the node asks for what model 2 reads, see
@@ -38,6 +41,7 @@ import SimpleITK as sitk
 PARAMS_DIR = Path(__file__).resolve().parent / "params"
 DEFAULT_PARAMS = PARAMS_DIR / "radiomics-v1.yaml"
 MARGIN = 8  # >= half the coif1 support (6) and the gradient's 1 voxel
+RESAMPLE_MARGIN = 40  # source voxels kept beyond the resampler's reach: 0.27**40 ~ 1e-23 (resampling_box)
 
 
 class LBP3DUnavailable(ImportError):
@@ -248,6 +252,27 @@ def _drop_witness(filtered: sitk.Image, crop: sitk.Image) -> sitk.Image:
     return out
 
 
+def resampling_box(mask: sitk.Image, spacing, pad: int) -> tuple[slice, slice, slice]:
+    """The (x, y, z) part of the image that resampling the mask's region to ``spacing`` can read.
+
+    Why: pyradiomics resamples with a cubic B-spline, and ITK computes the spline's coefficients over the
+    *whole* input before interpolating a single point (2.4 s of 3.2 for a 512 x 512 x 164 series). The grid
+    it resamples onto comes from the *mask* alone (its box + ``pad`` voxels of the new spacing), so the image
+    may be cut down to that grid's reach — 2 new voxels more for the spline's support, and ``RESAMPLE_MARGIN``
+    source voxels more, across which the coefficients' dependence on the cut (a recursive filter whose
+    influence falls by 0.27 per voxel) shrinks below double precision. Cut with SimpleITK's slicing, the
+    image keeps its physical place; the mask is passed whole, so the grid does not move.
+    """
+    src = np.asarray(mask.GetSpacing(), float)
+    dst = np.where(np.asarray(spacing, float) == 0, src, np.asarray(spacing, float))
+    where = np.nonzero(sitk.GetArrayViewFromImage(mask))  # (z, y, x)
+    reach = np.ceil((pad + 2) * dst / src).astype(int) + RESAMPLE_MARGIN  # (x, y, z)
+    size = mask.GetSize()
+    lo = [max(int(w.min()) - r, 0) for w, r in zip(where[::-1], reach)]
+    hi = [min(int(w.max()) + 1 + r, n) for w, r, n in zip(where[::-1], reach, size)]
+    return tuple(slice(a, b) for a, b in zip(lo, hi))  # type: ignore[return-value]
+
+
 def antialias(image: sitk.Image, mask: sitk.Image, spacing, pad: int) -> sitk.Image:
     """``image`` (as float32) smoothed along every axis that resampling to ``spacing`` (x, y, z mm) coarsens.
 
@@ -317,8 +342,12 @@ class RadiomicsExtractor:
         label = settings.get("label", 1)
         if not (sitk.GetArrayViewFromImage(mask) == label).any():
             raise ValueError(f"radiomics: the mask has no voxels with label {label}")
+        near = mask
+        if settings.get("interpolator") is not None and settings.get("resampledPixelSpacing") is not None:
+            box = resampling_box(mask, settings["resampledPixelSpacing"], settings.get("padDistance", 5))
+            image, near = image[box], mask[box]  # the mask stays whole: the resampled grid is placed by it
         if self.antialias:
-            image = antialias(image, mask, settings["resampledPixelSpacing"], settings.get("padDistance", 5))
+            image = antialias(image, near, settings["resampledPixelSpacing"], settings.get("padDistance", 5))
         image, mask = self._stock.loadImage(image, mask, None, **settings)
         shape_mask = mask  # stock: shape on the loaded mask unless resegmentShape, the rest re-segmented
         if settings.get("resegmentRange") is not None:

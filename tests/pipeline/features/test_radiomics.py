@@ -208,6 +208,23 @@ def test_antialias_crops_only_what_no_feature_sees():
     np.testing.assert_array_equal(np.array(list(ours.values())), np.array(list(stock.values())))
 
 
+@pytest.mark.parametrize("params, antialias", [(V2, False), (R.PARAMS_DIR / "radiomics-v4.yaml", True)])
+def test_the_image_cut_to_what_resampling_reads_gives_stocks_values(params, antialias):
+    """A thin, wide series and a small clot: the image handed to pyradiomics' resampler is cut to the grid's
+    reach (resampling_box; ITK's B-spline otherwise prepares the whole volume) and every feature still equals
+    stock pyradiomics on the whole (smoothed) image, to the last bit."""
+    image, mask = phantom(shape=(140, 256, 256), spacing=(0.45, 0.45, 1.25), centre=(3.0, -2.0, 5.0),
+                          radii=(7.0, 6.0, 6.0), seed=6)
+    box = R.resampling_box(mask, (1, 1, 5) if antialias else (1, 1, 1), pad=10)
+    cut = [b.stop - b.start for b in box]
+    assert cut[0] < 256 and cut[1] < 256 and (antialias or cut[2] < 140), cut  # the cut is real
+    ours = R.RadiomicsExtractor(params, workers=1, antialias=antialias).extract(image, mask)
+    whole = R.antialias(image, mask, (1, 1, 5), 10) if antialias else image
+    stock = R.stock_features(whole, mask, params)
+    assert list(ours) == list(stock)
+    np.testing.assert_array_equal(np.array(list(ours.values())), np.array(list(stock.values())))
+
+
 @pytest.mark.parametrize("params", [V3, R.PARAMS_DIR / "radiomics-v4.yaml"])
 def test_v3_and_v4_equal_stock_on_the_smoothed_image_and_every_image_type_is_present(params):
     image, mask = phantom(shape=(48, 96, 96), spacing=(0.45, 0.45, 1.25), seed=3)
