@@ -22,8 +22,8 @@ import pandas as pd
 
 from pipeline.features.recipe import Recipe, recipe
 from training import classifier as C
-from training.selection import Prefilter
 from training import stats
+from training.selection import Prefilter
 
 log = logging.getLogger(__name__)
 
