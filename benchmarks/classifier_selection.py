@@ -7,8 +7,8 @@
 Every variant fits the seed's SFS + SVM + sigmoid calibration (``training.classifier.fit_module``) on the same
 training split as ``ich-node train classifier --test-fraction`` and the recipe's cached radiomics; only the
 columns SFS is offered differ (``training.selection``: F-test or worst-domain ranking, with or without a
-correlation cap), each ranked on the training cases alone. Scored on the validation cohort's cached features
-of the same recipe (filled by ``training.classifier.extract_base``, the node's feature code): AUC, ECE, per
+correlation cap), each ranked on the training cases alone. Scored on the validation cohort's features of the
+same recipe (computed where not cached by ``training.classifier.extract_base``, the node's feature code): AUC, ECE, per
 domain, and the shipped v1's probabilities on the same cases (``--baseline-csv``, the node's way) with a paired
 DeLong test and the gate's AUC bar (v1 − 0.02). The validation cohort may choose a variant; it cannot judge it.
 """
@@ -38,11 +38,14 @@ from training import stats  # noqa: E402
 VARIANTS = ("protocol", "f_test-20-r0.8", "domain_stable-20", "domain_stable-20-r0.8", "domain_stable-40-r0.8")
 
 
-def _cases(cohort: Path, cache: C.FeatureCache, version: str) -> list:
+def _cases(cohort: Path, cache: C.FeatureCache, rcp) -> list:
+    """The cohort's cases with the recipe's features, computed (and cached) where missing."""
     every = C.read_cohort(cohort)
-    cases = [c for c in every if cache.has(c.case_id, f"{version}.json")]
+    C.extract_base(every, cache, rcp.radiomics_params, geometry=rcp.slice_geometry, antialias=rcp.antialias)
+    cases = [c for c in every if cache.has(c.case_id, f"{rcp.radiomics_version}.json")]
     if len(cases) < len(every):
-        sys.exit(f"{len(every) - len(cases)} of {len(every)} cases of {cohort} lack cached {version} features")
+        sys.exit(f"{len(every) - len(cases)} of {len(every)} cases of {cohort} have no {rcp.radiomics_version} "
+                 f"features (empty masks?)")
     return cases
 
 
@@ -56,10 +59,10 @@ def main() -> None:
     from joblib import Parallel, delayed
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cohort", type=Path, required=True, help="training cohort (its cache filled)")
+    ap.add_argument("--cohort", type=Path, required=True, help="training cohort (features cached there)")
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--features", default="v4")
-    ap.add_argument("--validation", type=Path, required=True, help="validation cohort (its cache filled)")
+    ap.add_argument("--validation", type=Path, required=True, help="validation cohort (features cached in its features-cache)")
     ap.add_argument("--baseline-csv", type=Path, required=True,
                     help="per-case CSV of classifier_domains.py on the validation cohort (p_baseline: shipped v1)")
     ap.add_argument("--variant", action="append", help=f"a --prefilter of ich-node train classifier (default: {', '.join(VARIANTS)})")
@@ -71,14 +74,14 @@ def main() -> None:
 
     rcp = recipe(args.features)
     cache = C.FeatureCache(args.cache or args.cohort / "features-cache")
-    train, _ = C.split_cohort(_cases(args.cohort, cache, rcp.radiomics_version), args.seed,
+    train, _ = C.split_cohort(_cases(args.cohort, cache, rcp), args.seed,
                               test_fraction=args.test_fraction)
     X = C.radiomics_table(train, cache, rcp.radiomics_version)
     y = np.array([c.label for c in train])
     domains = C.case_domains(train, cache)
 
     vcache = C.FeatureCache(args.validation / "features-cache")
-    val = _cases(args.validation, vcache, rcp.radiomics_version)
+    val = _cases(args.validation, vcache, rcp)
     Xv = C.radiomics_table(val, vcache, rcp.radiomics_version)[X.columns]
     yv = np.array([c.label for c in val])
     vdomains = C.case_domains(val, vcache)
